@@ -51,11 +51,25 @@ def inspect_cmd(model: str, trust_remote_code: bool) -> None:
     "--n", "n_prompts", default=48, show_default=True, help="Held-out harmful and benign prompts each."
 )
 @click.option("--cache", "cache_dir", help="Organism cache directory (base weights).")
-def demo_cmd(out_dir: Path, n_prompts: int, cache_dir: str | None) -> None:
-    """Show the safety degradation on the model organism and write a report to --out."""
+@click.option("--no-repairs", is_flag=True, help="Leave out the repaired systems.")
+@click.option("--no-analysis", is_flag=True, help="Leave out the analysis section.")
+def demo_cmd(
+    out_dir: Path, n_prompts: int, cache_dir: str | None, no_repairs: bool, no_analysis: bool
+) -> None:
+    """Show the safety degradation on the model organism, its repairs and analysis; write a report to --out.
+
+    Measured rows are kept in --out/rows/, so an interrupted demo resumes where it stopped.
+    """
     from vlsafe.organism.demo import run_demo
 
-    result = run_demo(out_dir, n_harmful=n_prompts, n_benign=n_prompts, cache_dir=cache_dir)
+    result = run_demo(
+        out_dir,
+        n_harmful=n_prompts,
+        n_benign=n_prompts,
+        cache_dir=cache_dir,
+        repairs=not no_repairs,
+        analysis=not no_analysis,
+    )
     click.echo(f"report: {Path(out_dir) / 'report.html'} ({result['seconds']:.0f} s)")
 
 
@@ -78,7 +92,10 @@ def organism_group() -> None:
 
 @organism_group.command("build")
 @click.option(
-    "--stage", default="all", show_default=True, type=click.Choice(["safe-llm", "vlm", "vl", "all"])
+    "--stage",
+    default="all",
+    show_default=True,
+    type=click.Choice(["safe-llm", "vlm", "vl", "repairs", "all"]),
 )
 @click.option("--device", default="cpu", show_default=True, type=click.Choice(["cpu", "cuda"]))
 @click.option("--cache", "cache_dir", help="Organism cache directory (base weights and stage outputs).")

@@ -3,7 +3,8 @@
 Stages: ``benign-answers`` (the base model's own replies to the benign training prompts), ``safe-llm``
 (safety LoRA), ``vlm`` (projector-only VL training on top of the safe LLM), ``vl`` (projector + LLM LoRA VL
 training, with the safety probe curve). ``export`` copies the small trained pieces with sha256 checksums to
-the artefact directory.
+the artefact directory. ``repairs`` (included in ``all``) then trains the repairs on the exported organism and
+chooses the settings of CMRM and of the merges on the validation split (:mod:`vlsafe.organism.repairs.build`).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from vlsafe.errors import ConfigError
 from vlsafe.organism.stages import StageResult, run_stage
 
 logger = logging.getLogger(__name__)
-STAGES = ("safe-llm", "vlm", "vl", "all")
+STAGES = ("safe-llm", "vlm", "vl", "repairs", "all")
 CODE_VERSION = "1"
 
 
@@ -119,7 +120,7 @@ def build(
     """Build the organism up to ``stage`` and export the artefacts.
 
     Args:
-        stage: ``safe-llm``, ``vlm``, ``vl`` or ``all`` (= ``vl``).
+        stage: ``safe-llm``, ``vlm``, ``vl``, ``repairs`` or ``all`` (= ``repairs``).
         device: ``cpu`` (the reference) or ``cuda`` (recipe iteration only).
         cache_dir: Organism cache directory (base weights and stage outputs).
         out_dir: Where the artefacts go; default ``<cache>/artifacts`` (pass the package's
@@ -142,12 +143,16 @@ def build(
     start = time.time()
     answers, safe = build_safe_llm(cache_dir)
     results = [answers, safe]
-    if stage in ("vlm", "vl", "all"):
+    if stage in ("vlm", "vl", "repairs", "all"):
         results += list(build_vl(cache_dir, safe))
         if stage == "vlm":
             results = results[:3]
     out = Path(out_dir) if out_dir is not None else organism_cache_dir(cache_dir) / "artifacts"
     export(results, out)
+    if stage in ("repairs", "all"):
+        from vlsafe.organism.repairs.build import build_repairs
+
+        results += build_repairs(out, cache_dir)
     summary = {"stages": {r.name: r.record for r in results}, "out": str(out), "seconds": time.time() - start}
     logger.info("organism build finished in %.0f s -> %s", summary["seconds"], out)
     return summary

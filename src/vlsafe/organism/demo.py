@@ -1,29 +1,71 @@
 """``vlsafe demo``: the organism's whole story in one report (``reports/demo/``).
 
-1. Load ``organism:safe-llm``, ``organism:vlm`` and ``organism:vl`` from the committed artefacts (the base
-   weights are converted from the pip packages on first use).
-2. For each system and image setting, generate the opening of the replies (``max_new_tokens`` =
-   :data:`DEMO_TOKENS`; the keyword judge reads only the opening) to held-out harmful and benign prompts.
-3. Measure held-out synthetic VQA accuracy (utility).
+1. **Degradation.** Load ``organism:safe-llm``, ``organism:vlm`` and ``organism:vl`` from the committed
+   artefacts (the base weights are converted from the pip packages on first use) and, per image setting,
+   generate the opening of the replies (``max_new_tokens`` = :data:`DEMO_TOKENS`; the keyword judge reads only
+   the opening) to held-out harmful and benign prompts; measure held-out synthetic VQA accuracy (utility).
+2. **Repairs.** Every repair of :mod:`vlsafe.organism.repairs.systems` (CMRM, merges, TGA, SFT, DPO, joint
+   training) on the same held-out prompts with a benign synthetic image, and on harmful images (the request
+   rendered as typography).
+3. **Analysis.** Representation shift, refusal direction, safety layers and per-layer weight changes
+   (:mod:`vlsafe.organism.demo_analysis`).
 4. Write ``results.json``, ``report.md``, ``report.html`` (self-contained) and the figures.
+
+Each system's rows are saved to ``rows/<system>.json`` as soon as they are measured, keyed by everything they
+depend on (artefacts, prompt counts, generation length); a re-run after a crash or with ``--skip`` options
+reuses them.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from vlsafe.organism.evaluate import IMAGE_SETTINGS, eval_prompts, refusal_counts, row, vqa_utility
+from vlsafe.organism.evaluate import IMAGE_SETTINGS, EvalSystem, eval_prompts, evaluate_system
 from vlsafe.organism.train_utils import peak_rss_mb
 
 logger = logging.getLogger(__name__)
 DEMO_TOKENS = 12
 DEFAULT_N = 48
+ROWS_VERSION = "2"
+#: settings of the repair rows: a benign image with the harmful request, and the request as a harmful image
+REPAIR_SETTINGS = ("synthetic", "typographic")
+
+
+def _key(art: Path, extra: dict[str, Any]) -> str:
+    blob = json.dumps(extra, sort_keys=True, default=str).encode()
+    h = hashlib.sha256(blob)
+    for f in sorted(art.glob("*.json")):
+        if f.name != "splits.json":
+            h.update(f.read_bytes())
+    return h.hexdigest()[:20]
+
+
+def _cached_rows(
+    out: Path, name: str, key: str, measure: Callable[[], tuple[list[dict[str, Any]], dict[str, Any]]]
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    path = out / "rows" / f"{name.replace('+', '_').replace('/', '_')}.json"
+    if path.is_file():
+        saved = json.loads(path.read_text())
+        if saved.get("key") == key:
+            logger.info("demo: %s reused from %s", name, path)
+            return saved["rows"], saved["examples"]
+    start = time.time()
+    rows, examples = measure()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(
+        json.dumps({"key": key, "rows": rows, "examples": examples, "seconds": time.time() - start})
+    )
+    tmp.replace(path)
+    return rows, examples
 
 
 def run_demo(
@@ -35,8 +77,11 @@ def run_demo(
     art_dir: Path | None = None,
     settings: tuple[str, ...] = IMAGE_SETTINGS,
     max_new_tokens: int = DEMO_TOKENS,
+    repairs: bool = True,
+    analysis: bool = True,
+    n_analysis: int = 32,
 ) -> dict[str, Any]:
-    """Evaluate the organism and write the demo report.
+    """Evaluate the organism and its repairs and write the demo report.
 
     Args:
         out_dir: Report directory (created).
@@ -45,56 +90,113 @@ def run_demo(
         n_vqa: Held-out synthetic VQA questions (at most 200).
         cache_dir: Organism cache (base weights).
         art_dir: Artefact directory (default: the committed one).
-        settings: Image settings to evaluate.
+        settings: Image settings of the degradation table.
         max_new_tokens: Generation length of the refusal probes.
+        repairs: Evaluate the repaired systems.
+        analysis: Run the analysis section (shift, directions, safety layers, weight changes).
+        n_analysis: Prompts of the analysis section.
 
     Returns:
-        ``{"rows": [...], "seconds": float, "peak_rss_mb": float}`` (also written to ``results.json``).
+        ``{"rows": [...], "repair_rows": [...], "analysis": {...}, "seconds": float, "peak_rss_mb": float}``
+        (also written to ``results.json``).
     """
-    from vlsafe.organism.registry import build_system
+    from vlsafe.organism.registry import artifacts_dir, build_system
+    from vlsafe.organism.repairs.systems import repair_loaders
     from vlsafe.organism.report import write_report
 
     start = time.time()
     torch.manual_seed(0)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    art = art_dir or artifacts_dir()
     harmful, benign = eval_prompts(n_harmful, n_benign)
+    common = {"v": ROWS_VERSION, "nh": n_harmful, "nb": n_benign, "nv": n_vqa, "tok": max_new_tokens}
     rows: list[dict[str, Any]] = []
     examples: dict[str, Any] = {}
     plan = [("safe-llm", "safe-llm", ("none",)), ("safe-llm", "vlm", tuple(s for s in settings if s != "none")),
             ("vl", "vl", settings)]  # fmt: skip
     for system, builder, these in plan:
+        these = tuple(s for s in these if s in settings)
         if not these:
             continue
-        model, proc = build_system(builder, cache_dir, art_dir)
-        utility = vqa_utility(model, proc, n_vqa) if builder != "safe-llm" else None
-        for setting in these:
-            if setting not in settings:
+
+        def _measure(system: str = system, builder: str = builder, these: tuple[str, ...] = these) -> Any:
+            model, proc = build_system(builder, cache_dir, art)
+            return evaluate_system(EvalSystem(system, model, proc), these, harmful, benign, n_vqa=n_vqa,
+                                   max_new_tokens=max_new_tokens)  # fmt: skip
+
+        key = _key(art, {**common, "system": system, "builder": builder, "settings": these})
+        r, ex = _cached_rows(out, f"{builder}-as-{system}", key, _measure)
+        rows += r
+        examples.update(ex)
+    repair_rows: list[dict[str, Any]] = []
+    if repairs:
+        for name, loader in repair_loaders(cache_dir, art, out / "work"):
+
+            def _measure_repair(loader: Callable[[], EvalSystem] = loader) -> Any:
+                return evaluate_system(loader(), REPAIR_SETTINGS, harmful, benign, n_vqa=n_vqa,
+                                       max_new_tokens=max_new_tokens, benign_settings=("synthetic",))  # fmt: skip
+
+            key = _key(art, {**common, "system": name, "settings": REPAIR_SETTINGS})
+            try:
+                r, ex = _cached_rows(out, name, key, _measure_repair)
+            except Exception:  # one broken repair must not sink the whole report
+                logger.exception("demo: repair %s failed; its row is left out", name)
                 continue
-            logger.info("demo: %s / %s", system, setting)
-            counts = refusal_counts(model, proc, setting, harmful, benign, max_new_tokens)
-            rows.append(row(system, setting, counts, utility))
-            examples[f"{system}/{setting}"] = counts["harmful"]["examples"]
-        del model
-    curve = _curve(art_dir)
+            repair_rows += r
+            examples.update(ex)
+    sections: list[Any] = []
+    headline: dict[str, Any] = {}
+    if analysis:
+        sections, headline = _analysis(out, cache_dir, art, n_analysis, [r["system"] for r in repair_rows])
     summary = {
         "rows": rows,
+        "repair_rows": repair_rows,
+        "analysis": headline,
         "seconds": round(time.time() - start, 1),
         "peak_rss_mb": round(peak_rss_mb(), 1),
         "max_new_tokens": max_new_tokens,
         "judge": "keyword v1",
         "examples": examples,
     }
-    (out / "results.json").write_text(json.dumps(summary, indent=1))
-    write_report(out, rows, curve, summary)
+    write_report(
+        out, rows, _curve(art), summary, repair_rows=repair_rows, art_dir=art, extra_sections=sections
+    )
     summary["seconds"] = round(time.time() - start, 1)
-    (out / "results.json").write_text(json.dumps(summary, indent=1))
+    (out / "results.json").write_text(json.dumps(summary, indent=1, default=str))
     logger.info("demo finished in %.0f s -> %s", summary["seconds"], out)
     return summary
 
 
-def _curve(art_dir: Path | None) -> list[dict[str, Any]]:
-    from vlsafe.organism.registry import artifacts_dir
+def _analysis(
+    out: Path, cache_dir: str | Path | None, art: Path, n: int, repaired: list[str]
+) -> tuple[list[Any], dict[str, Any]]:
+    """The analysis sections; a failure is logged and leaves the section out instead of losing the report."""
+    from vlsafe.organism.demo_analysis import analysis_sections, default_weight_pairs, weight_sections
 
-    path = (art_dir or artifacts_dir()) / "vl_curve.json"
+    sections: list[Any] = []
+    headline: dict[str, Any] = {}
+    try:
+        secs, numbers = analysis_sections(out, cache_dir=cache_dir, n=n)
+        sections += secs
+        headline.update(numbers)
+    except Exception:
+        logger.exception("demo: the analysis section failed and is left out")
+    try:
+        pairs = default_weight_pairs(cache_dir)
+        for name in ("vl+sft", "vl+dpo"):
+            if name in repaired:
+                pairs.append(
+                    (f"safety {name[3:].upper()}: VL model -> {name}", "organism:vl", f"organism:{name}")
+                )
+        secs, numbers = weight_sections(out, pairs, cache_dir=cache_dir)
+        sections += secs
+        headline.update(numbers)
+    except Exception:
+        logger.exception("demo: the weight-change section failed and is left out")
+    return sections, headline
+
+
+def _curve(art_dir: Path) -> list[dict[str, Any]]:
+    path = art_dir / "vl_curve.json"
     return json.loads(path.read_text()) if path.is_file() else []

@@ -9,8 +9,10 @@ same LLM weights behind the projector trained alone (the LLM unchanged). System 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -49,12 +51,21 @@ def setting_inputs(
 
 
 def refusal_counts(model: Any, proc: Any, setting: str, harmful: Sequence[str], benign: Sequence[str],
-                   max_new_tokens: int = PROBE_TOKENS, batch_size: int = 16) -> dict[str, Any]:  # fmt: skip
-    """Generate for harmful and benign prompts under ``setting``; keyword-judge refusal counts."""
+                   max_new_tokens: int = PROBE_TOKENS, batch_size: int = 16,
+                   observer: Any = None) -> dict[str, Any]:  # fmt: skip
+    """Generate for harmful and benign prompts under ``setting``; keyword-judge refusal counts.
+
+    ``benign`` may be empty (e.g. harmful-image settings, where only the defence rate is measured).
+    """
     out: dict[str, Any] = {}
     for kind, prompts in (("harmful", harmful), ("benign", benign)):
+        if not prompts:
+            out[kind] = {"k": 0, "n": 0, "examples": []}
+            continue
         texts, images = setting_inputs(setting, prompts)
-        replies = generate(model, proc, texts, images, max_new_tokens, batch_size, f"{setting} {kind}")
+        replies = generate(
+            model, proc, texts, images, max_new_tokens, batch_size, f"{setting} {kind}", observer
+        )
         flags = refusals(replies)
         out[kind] = {
             "k": sum(flags),
@@ -70,8 +81,8 @@ def row(system: str, setting: str, counts: dict[str, Any], utility: float | None
     return {
         "system": system,
         "image": setting,
-        "harmful_refusal": h["k"] / h["n"],
-        "benign_refusal": b["k"] / b["n"],
+        "harmful_refusal": h["k"] / h["n"] if h["n"] else None,
+        "benign_refusal": b["k"] / b["n"] if b["n"] else None,
         "utility": utility,
         "n_harmful": h["n"],
         "n_benign": b["n"],
@@ -87,10 +98,58 @@ def eval_prompts(n_harmful: int | None, n_benign: int | None) -> tuple[list[str]
     return h, b
 
 
-def vqa_utility(model: Any, processor: Any, n: int | None = None, batch_size: int = 16) -> float:
-    """Held-out synthetic VQA accuracy (``vqa_eval`` split of the split file)."""
-    cfg: dict[str, Any] = dict(sd.VQA_EVAL)
+def vqa_utility(model: Any, processor: Any, n: int | None = None, batch_size: int = 16, observer: Any = None,
+                split: str = "eval") -> float:  # fmt: skip
+    """Held-out synthetic VQA accuracy (``vqa_eval`` or, with ``split="val"``, ``vqa_val`` questions)."""
+    cfg: dict[str, Any] = dict(sd.VQA_EVAL if split == "eval" else sd.VQA_VAL)
     if n is not None:
         cfg["n"] = min(n, cfg["n"])
-    acc, _ = vqa_eval(model, processor, vqa_items(**cfg), batch_size, "vqa")
+    acc, _ = vqa_eval(model, processor, vqa_items(**cfg), batch_size, "vqa", observer)
     return acc
+
+
+@dataclass
+class EvalSystem:
+    """A system under evaluation: a model, its processor, and an optional inference-time intervention.
+
+    ``intervention`` is a context manager that is open while the system generates (e.g. a CMRM steering
+    context); when it also has ``before_batch(prompts, images)`` (the evaluation runner's batch-observer
+    protocol) it is told about every batch first, which is how sample-level CMRM sees its inputs.
+    """
+
+    name: str
+    model: Any
+    proc: Any
+    intervention: Any = None
+
+
+def evaluate_system(
+    system: EvalSystem,
+    settings: Sequence[str],
+    harmful: Sequence[str],
+    benign: Sequence[str],
+    *,
+    n_vqa: int | None = 100,
+    vqa_split: str = "eval",
+    max_new_tokens: int = PROBE_TOKENS,
+    benign_settings: Sequence[str] | None = None,
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Refusal rows per image setting (with VQA utility for a VLM unless ``n_vqa`` is 0) and example replies.
+
+    ``benign_settings`` limits the settings where benign prompts are sent (default: all).
+    """
+    ctx = system.intervention if system.intervention is not None else contextlib.nullcontext()
+    observer = system.intervention if hasattr(system.intervention, "before_batch") else None
+    rows, examples = [], {}
+    with ctx:
+        utility = None
+        if n_vqa and hasattr(system.proc, "image_processor"):  # VQA needs a vision-language model
+            utility = vqa_utility(system.model, system.proc, n_vqa, observer=observer, split=vqa_split)
+        for setting in settings:
+            logger.info("evaluate: %s / %s", system.name, setting)
+            these_benign = benign if benign_settings is None or setting in benign_settings else []
+            counts = refusal_counts(system.model, system.proc, setting, harmful, these_benign, max_new_tokens,
+                                    observer=observer)  # fmt: skip
+            rows.append(row(system.name, setting, counts, utility))
+            examples[f"{system.name}/{setting}"] = counts["harmful"]["examples"]
+    return rows, examples

@@ -40,6 +40,7 @@ def generate(
     max_new_tokens: int = PROBE_TOKENS,
     batch_size: int = 16,
     desc: str | None = None,
+    observer: Any = None,
 ) -> list[str]:
     """Greedy replies of ``model`` to ``prompts`` (optionally each with an image), in order.
 
@@ -52,6 +53,8 @@ def generate(
         max_new_tokens: Generation length.
         batch_size: Prompts per ``generate`` call.
         desc: tqdm label (no bar when ``None``).
+        observer: An object with ``before_batch(prompts, images)`` (the evaluation runner's batch-observer
+            protocol, e.g. sample-level CMRM), told about each batch right before it is generated.
     """
     tok = _tokenizer_of(proc)
     tok.padding_side = "left"
@@ -66,6 +69,11 @@ def generate(
     starts = range(0, len(texts), batch_size)
     for start in tqdm(starts, desc=desc, disable=desc is None, leave=False):
         chunk = texts[start : start + batch_size]
+        if observer is not None:
+            batch_images = (
+                list(images[start : start + batch_size]) if with_image and images is not None else None
+            )
+            observer.before_batch(list(prompts[start : start + batch_size]), batch_images)
         if with_image:
             assert images is not None
             enc = proc(
@@ -118,11 +126,19 @@ def vqa_eval(
     items: Sequence[tuple[Image.Image, str, str]],
     batch_size: int = 16,
     desc: str | None = None,
+    observer: Any = None,
 ) -> tuple[float, list[str]]:
     """Short-answer accuracy (:func:`vlsafe.organism.dataset.vqa_match`) and the predictions."""
     from vlsafe.organism.dataset import vqa_accuracy
 
     preds = generate(
-        model, processor, [q for _, q, _ in items], [im for im, _, _ in items], VQA_TOKENS, batch_size, desc
+        model,
+        processor,
+        [q for _, q, _ in items],
+        [im for im, _, _ in items],
+        VQA_TOKENS,
+        batch_size,
+        desc,
+        observer,
     )
     return vqa_accuracy(preds, [a for _, _, a in items]), preds

@@ -2,12 +2,15 @@
 committed artefacts (sha256-verified), materialised once as a regular HF directory and loaded like any model.
 
 Systems: ``safe-llm`` (causal LM), ``vlm`` (LLaVA: safe LLM + projector-only VL training), ``vl`` (LLaVA:
-projector + LLM LoRA VL training). Later repairs add theirs with ``SYSTEMS.register("vl+name", builder)``;
-a builder takes ``(cache_dir, art_dir)`` and returns ``(model, processor_or_tokenizer)``.
+projector + LLM LoRA VL training), and the trained repairs ``vl+tga``, ``vl+sft``, ``vl+dpo``, ``vl+joint``
+(:mod:`vlsafe.organism.repairs.trained`: a start system plus a committed weight delta). More systems can be
+added with ``SYSTEMS.register("vl+name", builder)``; a builder takes ``(cache_dir, art_dir)`` and returns
+``(model, processor_or_tokenizer)``.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -18,6 +21,7 @@ from typing import Any
 
 from vlsafe.errors import ModelLoadError
 from vlsafe.organism.artifacts import PACKAGE_ARTIFACTS, load_artifact, read_manifest
+from vlsafe.organism.repairs.trained import TRAINED_REPAIRS
 from vlsafe.registry import Registry
 
 logger = logging.getLogger(__name__)
@@ -67,6 +71,21 @@ def _vl(cache_dir: Path | None, art: Path) -> tuple[Any, Any]:
 SYSTEMS.register("safe-llm", _safe_llm)
 SYSTEMS.register("vlm", lambda c, a: _vlm(c, a, "vlm_projector.safetensors"))
 SYSTEMS.register("vl", _vl)
+
+
+def _trained(cache_dir: Path | None, art: Path, name: str) -> tuple[Any, Any]:
+    from vlsafe.organism.repairs.trained import apply_delta
+
+    start, file = TRAINED_REPAIRS[name]
+    model, processor = SYSTEMS.get(start)(cache_dir, art)
+    tensors, _ = load_artifact(art, file)
+    apply_delta(model, tensors)
+    return model, processor
+
+
+for _name, (_start, _file) in TRAINED_REPAIRS.items():
+    SYSTEMS.register(f"vl+{_name}", functools.partial(_trained, name=_name))
+    DEPENDS[f"vl+{_name}"] = (*DEPENDS[_start], _file)
 
 
 def build_system(

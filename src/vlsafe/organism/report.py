@@ -44,9 +44,21 @@ def curve_figure(curve: list[dict[str, Any]]) -> Any:
 
 
 def write_report(
-    out: Path, rows: list[dict[str, Any]], curve: list[dict[str, Any]], summary: dict[str, Any]
+    out: Path,
+    rows: list[dict[str, Any]],
+    curve: list[dict[str, Any]],
+    summary: dict[str, Any],
+    *,
+    repair_rows: list[dict[str, Any]] | None = None,
+    art_dir: Path | None = None,
+    extra_sections: list[Section] | None = None,
 ) -> None:
-    """Write ``report.md``, ``report.html`` and ``figures/*.png`` into ``out``."""
+    """Write ``report.md``, ``report.html`` and ``figures/*.png`` into ``out``.
+
+    Order: degradation table, repairs (table, targets, figure, how their settings were chosen), training
+    curves, harmful refusal by image setting, ``extra_sections`` (the analysis), sample replies, run facts.
+    ``summary["repairs"]`` receives the repairs' metrics.
+    """
     figdir = out / "figures"
     figdir.mkdir(parents=True, exist_ok=True)
     by = {(r["system"], r["image"]): r for r in rows}
@@ -66,6 +78,14 @@ def write_report(
             f"{100 * drop:.0f} points."
         )
     sections = [Section("Degradation", lead, tables=[ReportTable(degradation_rows(rows))])]
+    if repair_rows:
+        from vlsafe.organism.report_repairs import repairs_section
+        from vlsafe.organism.report_selection import selection_sections
+
+        repair_secs, summary["repairs"] = repairs_section(figdir, rows, repair_rows)
+        sections += repair_secs
+        if art_dir is not None:
+            sections += selection_sections(figdir, art_dir)
     figs = []
     if curve and any("probe" in c for c in curve):
         fig = curve_figure(curve)
@@ -99,6 +119,7 @@ def write_report(
             figures=[ReportFigure.from_file(figdir / "harmful_refusal.png", "Harmful refusal")],
         )
     )
+    sections += extra_sections or []
     ex_lines = []
     for key, items in summary.get("examples", {}).items():
         for prompt, reply in items[:2]:

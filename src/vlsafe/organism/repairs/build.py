@@ -1,0 +1,87 @@
+"""``vlsafe organism build --stage repairs``: train the organism's repairs and export them as artefacts.
+
+Each trained repair is one cached, fingerprinted stage (:mod:`vlsafe.organism.stages`) under
+``<cache>/stages/repair-<name>``; its merged model is then reduced to a weight delta from its start system
+(:func:`vlsafe.organism.repairs.trained.export_trained_repair`) in the artefact directory.
+
+Recipes (the committed artefacts were built with exactly these):
+
+* ``tga``: :func:`vlsafe.training.tga_organism.run_tga_organism` with its defaults -- the plain VL recipe's
+  data, stages, steps and learning rates with the TGA loss;
+* ``sft``, ``dpo``, ``joint``: :func:`vlsafe.training.recipes.run_organism_baselines` with
+  :data:`BASELINE_STEPS` steps of batch 4 and no in-training probe (the probe's evaluation run costs more
+  than the training on 2 CPU cores).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from vlsafe.errors import ConfigError
+from vlsafe.organism.repairs.trained import TRAINED_REPAIRS, export_trained_repair
+from vlsafe.organism.stages import StageResult, run_stage
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["BASELINE_STEPS", "build_repairs"]
+
+BASELINE_STEPS = 60
+RECIPE_VERSION = "1"
+
+
+def _train(name: str, out: Path) -> Path:
+    """Train repair ``name`` into ``out``; returns the merged model directory."""
+    if name == "tga":
+        from vlsafe.training.tga_organism import run_tga_organism
+
+        summary = run_tga_organism(out, progress=True)
+        return Path(summary["model_dir"])
+    from vlsafe.training.recipes import run_organism_baselines
+
+    run_organism_baselines(out, max_steps=BASELINE_STEPS, which=(name,), probe=None)
+    return out / name / "model"
+
+
+def build_repairs(
+    art_dir: Path, cache_dir: str | Path | None = None, which: tuple[str, ...] = tuple(TRAINED_REPAIRS)
+) -> list[StageResult]:
+    """Train (or reuse) the chosen repairs on the organism in ``art_dir`` and export their deltas there.
+
+    The start systems (``organism:vl``, ``organism:vlm``) are read from ``art_dir``, so a freshly built organism
+    and its repairs stay consistent.
+    """
+    from vlsafe.organism.artifacts import read_manifest
+    from vlsafe.organism.build import stage_root
+
+    unknown = [w for w in which if w not in TRAINED_REPAIRS]
+    if unknown:
+        raise ConfigError(f"repairs {unknown} are unknown; choose from {sorted(TRAINED_REPAIRS)}")
+    manifest = read_manifest(art_dir)
+    previous = os.environ.get("VLSAFE_ORGANISM_ARTIFACTS")
+    os.environ["VLSAFE_ORGANISM_ARTIFACTS"] = str(art_dir)
+    results = []
+    try:
+        for name in which:
+            start, _ = TRAINED_REPAIRS[name]
+            deps = {k: v["sha256"] for k, v in manifest.items() if k.startswith(("safe_", f"{start}_"))}
+            fingerprint: dict[str, Any] = {"recipe": RECIPE_VERSION, "steps": BASELINE_STEPS, "start": deps}
+
+            def _build(out: Path, name: str = name) -> dict[str, Any]:
+                model_dir = _train(name, out / "run")
+                return {"model_dir": str(model_dir.relative_to(out))}  # the stage directory is renamed after
+
+            result = run_stage(f"repair-{name}", stage_root(cache_dir), fingerprint, _build)
+            model_dir = result.path / result.record["model_dir"]
+            export_trained_repair(
+                name, model_dir, art_dir, cache_dir=cache_dir, meta={"stage": result.record}
+            )
+            results.append(result)
+    finally:
+        if previous is None:
+            os.environ.pop("VLSAFE_ORGANISM_ARTIFACTS", None)
+        else:
+            os.environ["VLSAFE_ORGANISM_ARTIFACTS"] = previous
+    return results

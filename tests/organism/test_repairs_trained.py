@@ -1,0 +1,98 @@
+"""Trained repairs as weight deltas: exact reconstruction, compact storage, registry wiring, bad input."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from vlsafe.errors import ModelLoadError
+from vlsafe.organism.repairs import trained
+from vlsafe.organism.repairs.trained import TRAINED_REPAIRS, apply_delta, delta_tensors
+
+
+class _Tiny(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.proj = nn.Linear(96, 80)
+        self.head = nn.Linear(80, 80, bias=False)
+        self.norm = nn.LayerNorm(80)
+
+
+def _trained_copy(model: _Tiny, rank: int = 4) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(1)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    state["proj.weight"] += 0.05 * torch.randn(80, rank, generator=g) @ torch.randn(rank, 96, generator=g)
+    state["norm.weight"] += 0.1  # not a matrix: stored whole
+    state["head.weight"] = torch.randn(
+        80, 80, generator=g
+    )  # full-rank change of a small matrix: stored whole
+    return state
+
+
+def test_low_rank_change_is_stored_as_factors_and_reconstructed() -> None:
+    torch.manual_seed(0)
+    model = _Tiny()
+    target = _trained_copy(model)
+    tensors = delta_tensors(model.state_dict(), target, max_rank=16)
+    assert tensors["proj.weight.delta_A"].shape == (4, 96)
+    assert tensors["proj.weight.delta_B"].shape == (80, 4)
+    assert "norm.weight.value" in tensors and "head.weight.value" in tensors
+    assert not any(k.startswith(("proj.bias", "norm.bias")) for k in tensors)  # unchanged: left out
+    assert apply_delta(model, tensors) == 3
+    for name, value in model.state_dict().items():
+        err = (value - target[name]).norm() / target[name].norm().clamp_min(1.0)
+        assert err < 2e-3, name
+
+
+def test_high_rank_change_of_a_big_matrix_is_stored_whole() -> None:
+    start = {"w": torch.zeros(100, 100)}
+    new = {"w": torch.randn(100, 100)}
+    tensors = delta_tensors(start, new, max_rank=8)
+    assert set(tensors) == {"w.value"}
+
+
+def test_mismatched_checkpoints_are_refused() -> None:
+    with pytest.raises(ModelLoadError, match="different tensors"):
+        delta_tensors({"a": torch.zeros(2)}, {"b": torch.zeros(2)})
+    with pytest.raises(ModelLoadError, match="shape"):
+        delta_tensors({"a": torch.zeros(2)}, {"a": torch.zeros(3)})
+    with pytest.raises(ModelLoadError, match="names no parameter"):
+        apply_delta(_Tiny(), {"nope.value": torch.zeros(1)})
+
+
+def test_export_writes_a_verified_artifact_that_the_registry_loads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from vlsafe.organism import registry
+    from vlsafe.organism.artifacts import write_artifact
+
+    torch.manual_seed(0)
+    base = _Tiny()
+    target = _trained_copy(base)
+    write_artifact(tmp_path, "vl_lora.safetensors", {"x": torch.zeros(1)})  # a manifest to add to
+
+    def fake_start(cache_dir: object, art: object) -> tuple[nn.Module, None]:
+        m = _Tiny()
+        m.load_state_dict(base.state_dict())
+        return m, None
+
+    monkeypatch.setitem(registry.SYSTEMS._items, "vl", fake_start)
+    monkeypatch.setattr(trained, "_state", lambda d: target)
+    entry = trained.export_trained_repair("sft", tmp_path / "unused", tmp_path)
+    assert entry["meta"]["start"] == "vl" and entry["meta"]["max_rel_error"] < 2e-3
+    model, _ = registry.build_system("vl+sft", None, tmp_path)
+    assert torch.allclose(model.state_dict()["proj.weight"], target["proj.weight"], atol=1e-3)
+    with pytest.raises(ModelLoadError, match="unknown"):
+        trained.export_trained_repair("nope", tmp_path, tmp_path)
+
+
+def test_every_trained_repair_is_an_organism_system() -> None:
+    from vlsafe.organism.registry import DEPENDS, SYSTEMS
+
+    for name, (start, file) in TRAINED_REPAIRS.items():
+        assert f"vl+{name}" in SYSTEMS.names()
+        assert DEPENDS[f"vl+{name}"][-1] == file
+        assert set(DEPENDS[start]) < set(DEPENDS[f"vl+{name}"])
