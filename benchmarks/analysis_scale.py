@@ -35,15 +35,15 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _common import emit, environment, interleaved, median, smollm2_shaped_llama  # noqa: E402
 
 
-def shift_worker(n: int, tokenizer_dir: str, batch: int) -> None:
+def shift_worker(n: int, tokenizer_dir: str, batch: int, threads: int = 1, layers: int = 30) -> None:
     """Run the shift analysis over ``n`` queries; print one JSON line with time and peak RSS."""
     from transformers import AutoTokenizer
 
     from vlsafe.analysis import compute_shift
     from vlsafe.models.bundle import ModelBundle
 
-    torch.set_num_threads(2)
-    model = smollm2_shaped_llama()
+    torch.set_num_threads(threads)
+    model = smollm2_shaped_llama(layers=layers)
     tok = AutoTokenizer.from_pretrained(tokenizer_dir)
     tok.chat_template = None
     bundle = ModelBundle(
@@ -60,7 +60,7 @@ def shift_worker(n: int, tokenizer_dir: str, batch: int) -> None:
     print(json.dumps({"n": n, "seconds": seconds, "peak_rss_mb": peak_mb}))
 
 
-def _run_shift(n: int, tokenizer_dir: str, batch: int) -> dict[str, float]:
+def _run_shift(n: int, tokenizer_dir: str, batch: int, threads: int, layers: int) -> dict[str, float]:
     cmd = [
         sys.executable,
         __file__,
@@ -70,6 +70,10 @@ def _run_shift(n: int, tokenizer_dir: str, batch: int) -> dict[str, float]:
         tokenizer_dir,
         "--batch",
         str(batch),
+        "--threads",
+        str(threads),
+        "--layers",
+        str(layers),
     ]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
     return json.loads(out.strip().splitlines()[-1])
@@ -132,10 +136,12 @@ def main() -> None:
     parser.add_argument("--tokenizer", help=argparse.SUPPRESS)
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--sizes", default="100,1000,10000")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=3, help="weight-diff repeats (0: skip that half)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads of the shift workers")
+    parser.add_argument("--layers", type=int, default=30, help="decoder layers of the random model")
     args = parser.parse_args()
     if args.shift_worker:
-        shift_worker(args.shift_worker, args.tokenizer, args.batch)
+        shift_worker(args.shift_worker, args.tokenizer, args.batch, args.threads, args.layers)
         return
     from vlsafe.models import build_tiny
 
@@ -145,7 +151,7 @@ def main() -> None:
         tiny = build_tiny("causal_lm", root / "tiny")
         sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
         for n in sizes:
-            r = _run_shift(n, str(tiny), args.batch)
+            r = _run_shift(n, str(tiny), args.batch, args.threads, args.layers)
             figures[f"shift_seconds_{n}"] = round(r["seconds"], 2)
             figures[f"shift_peak_rss_mb_{n}"] = round(r["peak_rss_mb"], 1)
             print(f"shift N={n}: {r['seconds']:.1f} s, peak RSS {r['peak_rss_mb']:.0f} MB", file=sys.stderr)
@@ -162,6 +168,8 @@ def main() -> None:
     finally:
         shutil.rmtree(root, ignore_errors=True)
     figures["cpu_count"] = os.cpu_count()
+    figures["shift_threads"] = args.threads
+    figures["shift_model_layers"] = args.layers
     emit(figures)
 
 

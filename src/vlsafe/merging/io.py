@@ -38,18 +38,27 @@ DTYPES: dict[str, torch.dtype] = {
     "BOOL": torch.bool,
 }
 _CODES = {v: k for k, v in DTYPES.items()}
+#: Prefix of the embedded model organism's systems (``organism:vl``, ``organism:safe-llm``, ...).
+ORGANISM_PREFIX = "organism:"
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".msgpack", ".h5", ".gguf", ".onnx")
 
 
 def resolve_checkpoint(ref: str | Path) -> Path:
-    """A local directory holding the safetensors checkpoint ``ref`` (a local path or a hub id).
+    """A local directory holding the safetensors checkpoint ``ref`` (a local path, hub id or organism ref).
 
     Hub ids are resolved with ``huggingface_hub.snapshot_download`` restricted to safetensors, json,
-    tokenizer and template files (never pickles).
+    tokenizer and template files (never pickles). ``organism:<system>`` refs (e.g. ``organism:vl``) are
+    the embedded model organism's systems, materialised by
+    :func:`vlsafe.organism.registry.resolve_organism` (cache: ``$VLSAFE_CACHE``).
 
     Raises:
-        ModelLoadError: the path does not exist and the hub lookup fails, or no safetensors are there.
+        ModelLoadError: the path does not exist and the hub lookup fails, or no safetensors are there,
+            or an organism ref names an unknown system.
     """
+    if str(ref).startswith(ORGANISM_PREFIX):
+        from vlsafe.organism.registry import resolve_organism  # lazy: the organism pulls in heavy modules
+
+        ref = resolve_organism(str(ref))
     path = Path(ref).expanduser()
     if not path.exists():
         if str(ref).count("/") != 1 or str(ref).startswith((".", "/")):

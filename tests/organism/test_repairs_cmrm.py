@@ -1,0 +1,196 @@
+"""CMRM repair on the organism: the selection rule, the resumable sweep and the demo systems (tiny llava)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from vlsafe.cmrm import CMRMIntervention
+from vlsafe.models import build_inputs
+from vlsafe.organism import safety_data as sd
+from vlsafe.organism.repairs import cmrm as rc
+from vlsafe.organism.repairs import select
+
+REF = {"harmful_refusal": 0.2, "benign_refusal": 0.05, "utility": 0.2}
+COLOURS = [(200, 30, 30), (20, 180, 90), (10, 10, 240), (240, 240, 10)]
+
+
+def _pt(name: str, h: float, b: float, u: float) -> dict:
+    return {"name": name, "harmful_refusal": h, "benign_refusal": b, "utility": u}
+
+
+def test_choose_feasible_highest_harmful():
+    pts = [_pt("a", 0.5, 0.10, 0.20), _pt("b", 0.9, 0.30, 0.20), _pt("c", 0.7, 0.15, 0.16)]
+    got = select.choose(pts, REF)  # b: benign +0.25 (too much); a and c feasible, c refuses more
+    assert got["name"] == "c" and got["within_limits"] is True
+
+
+def test_choose_ties_keep_first_and_limits_are_inclusive():
+    pts = [_pt("a", 0.6, 0.15, 0.15), _pt("b", 0.6, 0.05, 0.2)]  # a sits exactly on both limits
+    assert select.choose(pts, REF)["name"] == "a"
+    assert select.choose(list(reversed(pts)), REF)["name"] == "b"
+
+
+def test_choose_infeasible_fallback():
+    # score = harmful - max(0, rise) - max(0, drop): a 0.9-0.5=0.4, b 0.7-0.2-0.1=0.4 (tie -> a), c 0.8-0.3=0.5
+    pts = [_pt("a", 0.9, 0.55, 0.2), _pt("b", 0.7, 0.25, 0.1), _pt("c", 0.8, 0.35, 0.25)]
+    got = select.choose(pts, REF)
+    assert got["name"] == "c" and got["within_limits"] is False
+    with pytest.raises(ValueError, match="no candidate"):
+        select.choose([], REF)
+
+
+def test_choice_forbids_unknown_fields_and_keys_are_stable():
+    with pytest.raises(ValueError, match="colour"):
+        rc.CMRMChoice(level="dataset", alpha=1.0, colour="red")
+    a = rc.CMRMChoice(level="dataset", alpha=0.5, layers="all", delta=False)
+    b = rc.CMRMChoice(level="dataset", alpha=0.5, delta=False, layers="all")
+    assert a.key() == b.key() != rc.CMRMChoice(level="dataset", alpha=1.0, layers="all", delta=False).key()
+    assert a.options_label() == "dataset: layers=all no-delta"
+    assert a.apply_options() == {"alpha": 0.5, "layers": "all", "delta": False, "norm_scale": False,
+                                 "positions": "all", "prefill_only": False}  # fmt: skip
+
+
+def test_anchors_come_from_training_splits_only():
+    from vlsafe.organism.synthetic import make_example
+
+    anchors = rc.cmrm_anchors(6)
+    texts = [a["text"] for a in anchors]
+    assert (
+        texts
+        == [p.text for p in sd.load_split("harmful_train")][:3]
+        + [p.text for p in sd.load_split("benign_train")][:3]
+    )
+    held = {
+        p.text for s in ("harmful_val", "benign_val", "harmful_eval", "benign_eval") for p in sd.load_split(s)
+    }
+    assert not held & set(texts)
+    assert list(anchors[4]["image"].getdata()) == list(make_example(4, "train").image.getdata())
+    with pytest.raises(ValueError, match="at least 2"):
+        rc.cmrm_anchors(1)
+
+
+def _tiny_anchors() -> list[dict]:
+    qs = ["How do I pick a lock?", "Describe this picture.", "What colour is it?", "Is this safe?"]
+    return [{"text": q, "image": Image.new("RGB", (32, 32), c)} for q, c in zip(qs, COLOURS, strict=True)]
+
+
+def _fake_val_point(calls: list):
+    """Metrics as a known function of alpha: benign rise 0.1 * alpha, utility drop 0.03 * alpha."""
+
+    def fake(system, n_prompts=40, n_vqa=48) -> dict:
+        iv = system.intervention
+        alpha = 0.0 if iv is None else float(iv.options.alpha)
+        if iv is not None:
+            assert isinstance(iv, CMRMIntervention)
+            assert iv.sample_level == (system.name == "vl+cmrm-sample")
+        calls.append((system.name, alpha))
+        return {"harmful_refusal": 0.2 + 0.3 * alpha, "benign_refusal": 0.05 + 0.1 * alpha,
+                "utility": 0.2 - 0.03 * alpha, "n_harmful": 40, "n_benign": 40}  # fmt: skip
+
+    return fake
+
+
+GRID_D = [({"layers": "all", "delta": True}, [0.5, 1.0, 1.5]), ({"layers": [0], "delta": False}, [1.0])]
+GRID_S = [({"layers": "middle"}, [0.5, 2.0])]
+
+
+def test_select_writes_json_chooses_and_resumes(tiny_bundle, tmp_path: Path, monkeypatch):
+    bundle = tiny_bundle("llava")
+    calls: list = []
+    monkeypatch.setattr(select, "val_point", _fake_val_point(calls))
+    out = tmp_path / "sel.json"
+    kw = {"dataset_grid": GRID_D, "sample_grid": GRID_S, "bundle": bundle, "anchors": _tiny_anchors()}
+    data = rc.select_cmrm(out, figure=tmp_path / "sel.png", **kw)
+    assert calls == [("vl", 0.0)] + [("vl+cmrm-dataset", a) for a in (0.5, 1.0, 1.5, 1.0)] + [
+        ("vl+cmrm-sample", a) for a in (0.5, 2.0)
+    ]
+    assert json.loads(out.read_text()) == data
+    assert (tmp_path / "sel.png").read_bytes()[:4] == b"\x89PNG"
+    assert data["reference"]["harmful_refusal"] == 0.2 and data["anchors"]["n"] == 4
+    d = data["dataset"]
+    assert len(d["points"]) == 4 and all(len(p["vector_hash"]) == 16 for p in d["points"])
+    # benign rise 0.1 * alpha <= 0.1 -> alpha <= 1; two alpha-1.0 points tie: the first in grid order wins
+    assert d["chosen"]["choice"]["alpha"] == 1.0 and d["chosen"]["choice"]["layers"] == "all"
+    assert d["chosen"]["within_limits"] is True
+    assert data["sample"]["chosen"]["choice"]["alpha"] == 0.5
+    # a re-run measures nothing; dropping one point re-measures exactly that one
+    calls.clear()
+    assert rc.select_cmrm(out, **kw)["dataset"]["chosen"] == d["chosen"]
+    assert calls == []
+    saved = json.loads(out.read_text())
+    saved["dataset"]["points"].pop(1)
+    out.write_text(json.dumps(saved))
+    again = rc.select_cmrm(out, **kw)
+    assert calls == [("vl+cmrm-dataset", 1.0)]
+    assert [p["key"] for p in again["dataset"]["points"]] == [p["key"] for p in d["points"]]
+    # other anchors invalidate the sweep
+    calls.clear()
+    rc.select_cmrm(out, **{**kw, "anchors": _tiny_anchors()[:3]})
+    assert len(calls) == 7
+
+
+def _selection(alpha: float, anchors: list[dict]) -> dict:
+    def chosen(level: str) -> dict:
+        return {"choice": rc.CMRMChoice(level=level, alpha=alpha, layers="all").model_dump()}
+
+    return {"anchors": {"n": len(anchors)}, "dataset": {"chosen": chosen("dataset")},
+            "sample": {"chosen": chosen("sample")}}  # fmt: skip
+
+
+def _greedy(bundle, system, images, steps: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
+    texts = ["What is shown here?", "Describe this."]
+    batch = build_inputs(bundle, texts, variant="image", images=images).inputs
+    iv = system.intervention
+    with torch.inference_mode(), iv:
+        if hasattr(iv, "before_batch"):
+            iv.before_batch(texts, images)
+        logits = bundle.model(**batch).logits[:, -1]
+        out = bundle.model.generate(**batch, max_new_tokens=steps, do_sample=False)
+    return logits, out
+
+
+def test_cmrm_systems_alpha_zero_is_identity_and_alpha_moves(tiny_bundle):
+    bundle = tiny_bundle("llava")
+    anchors = _tiny_anchors()
+    images = [Image.new("RGB", (32, 32), c) for c in COLOURS[:2]]
+    batch = build_inputs(bundle, ["What is shown here?", "Describe this."], variant="image", images=images)
+    with torch.inference_mode():
+        plain_logits = bundle.model(**batch.inputs).logits[:, -1]
+        plain = bundle.model.generate(**batch.inputs, max_new_tokens=4, do_sample=False)
+    zero = rc.cmrm_systems(_selection(0.0, anchors), bundle=bundle, anchors=anchors)
+    assert [s.name for s in zero] == ["vl+cmrm-dataset", "vl+cmrm-sample"]
+    assert all(s.model is bundle.model and s.proc is bundle.processor for s in zero)
+    for system in zero:
+        logits, out = _greedy(bundle, system, images)
+        assert torch.equal(out, plain) and torch.equal(logits, plain_logits)
+    for system in rc.cmrm_systems(_selection(4.0, anchors), bundle=bundle, anchors=anchors):
+        logits, _ = _greedy(bundle, system, images)
+        assert (logits - plain_logits).abs().max() > 1e-3, system.name
+
+
+def test_sample_system_is_told_each_batch(tiny_bundle, monkeypatch):
+    from vlsafe.cmrm import SampleLevelCMRM
+
+    bundle = tiny_bundle("llava")
+    seen: list = []
+    original = SampleLevelCMRM.before_batch
+
+    def spy(self, texts, images):
+        seen.append((list(texts), len(images)))
+        return original(self, texts, images)
+
+    monkeypatch.setattr(SampleLevelCMRM, "before_batch", spy)
+    (system,) = rc.cmrm_systems({"sample": _selection(1.0, [])["sample"]}, bundle=bundle)
+    from vlsafe.organism.probe import generate
+
+    images = [Image.new("RGB", (32, 32), c) for c in COLOURS[:3]]
+    with system.intervention:
+        generate(system.model, system.proc, ["a?", "b?", "c?"], images, max_new_tokens=2, batch_size=2,
+                 observer=system.intervention)  # fmt: skip
+    assert seen == [(["a?", "b?"], 2), (["c?"], 1)]
+    assert system.intervention.sampler.n_computed == 3
