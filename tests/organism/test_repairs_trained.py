@@ -96,3 +96,30 @@ def test_every_trained_repair_is_an_organism_system() -> None:
         assert f"vl+{name}" in SYSTEMS.names()
         assert DEPENDS[f"vl+{name}"][-1] == file
         assert set(DEPENDS[start]) < set(DEPENDS[f"vl+{name}"])
+
+
+def test_build_repairs_trains_once_and_exports_each(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from vlsafe.organism.artifacts import write_artifact
+    from vlsafe.organism.repairs import build
+
+    art = tmp_path / "art"
+    write_artifact(art, "safe_lora.safetensors", {"x": torch.zeros(1)})
+    trained_calls: list[str] = []
+    exported: list[tuple[str, Path]] = []
+
+    def fake_train(name: str, out: Path) -> Path:
+        trained_calls.append(name)
+        (out / "model").mkdir(parents=True)
+        return out / "model"
+
+    monkeypatch.setattr(build, "_train", fake_train)
+    monkeypatch.setattr(
+        build, "export_trained_repair", lambda name, d, a, **k: exported.append((name, Path(d)))
+    )
+    for _ in range(2):
+        build.build_repairs(art, tmp_path / "cache", which=("sft", "tga"), selections=False)
+    assert trained_calls == ["sft", "tga"]  # the second build reuses the cached stages
+    assert [n for n, _ in exported] == ["sft", "tga", "sft", "tga"]
+    assert all(d.is_dir() and d.name == "model" for _, d in exported)
+    with pytest.raises(ValueError, match="unknown"):
+        build.build_repairs(art, tmp_path / "cache", which=("nope",))

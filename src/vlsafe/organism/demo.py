@@ -39,12 +39,19 @@ ROWS_VERSION = "2"
 REPAIR_SETTINGS = ("synthetic", "typographic")
 
 
-def _key(art: Path, extra: dict[str, Any]) -> str:
-    blob = json.dumps(extra, sort_keys=True, default=str).encode()
-    h = hashlib.sha256(blob)
-    for f in sorted(art.glob("*.json")):
-        if f.name != "splits.json":
-            h.update(f.read_bytes())
+def _key(art: Path, system: str, extra: dict[str, Any]) -> str:
+    """Cache key of a system's rows: the options plus the checksums of exactly the artefacts it is built from."""
+    from vlsafe.organism.artifacts import read_manifest
+    from vlsafe.organism.repairs.systems import dependencies
+
+    files, selections = dependencies(system)
+    manifest = read_manifest(art)
+    h = hashlib.sha256(json.dumps(extra, sort_keys=True, default=str).encode())
+    h.update((art / "splits.json").read_bytes())
+    for f in files:
+        h.update(manifest[f]["sha256"].encode())
+    for f in selections:
+        h.update((art / f).read_bytes())
     return h.hexdigest()[:20]
 
 
@@ -125,7 +132,7 @@ def run_demo(
             return evaluate_system(EvalSystem(system, model, proc), these, harmful, benign, n_vqa=n_vqa,
                                    max_new_tokens=max_new_tokens)  # fmt: skip
 
-        key = _key(art, {**common, "system": system, "builder": builder, "settings": these})
+        key = _key(art, builder, {**common, "system": system, "builder": builder, "settings": these})
         r, ex = _cached_rows(out, f"{builder}-as-{system}", key, _measure)
         rows += r
         examples.update(ex)
@@ -137,7 +144,7 @@ def run_demo(
                 return evaluate_system(loader(), REPAIR_SETTINGS, harmful, benign, n_vqa=n_vqa,
                                        max_new_tokens=max_new_tokens, benign_settings=("synthetic",))  # fmt: skip
 
-            key = _key(art, {**common, "system": name, "settings": REPAIR_SETTINGS})
+            key = _key(art, name, {**common, "system": name, "settings": REPAIR_SETTINGS})
             try:
                 r, ex = _cached_rows(out, name, key, _measure_repair)
             except Exception:  # one broken repair must not sink the whole report
@@ -177,7 +184,7 @@ def _analysis(
     sections: list[Any] = []
     headline: dict[str, Any] = {}
     try:
-        secs, numbers = analysis_sections(out, cache_dir=cache_dir, n=n)
+        secs, numbers = analysis_sections(out, cache_dir=cache_dir, n=n, weight_pairs=[])
         sections += secs
         headline.update(numbers)
     except Exception:

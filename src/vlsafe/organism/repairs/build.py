@@ -11,6 +11,10 @@ Recipes (the committed artefacts were built with exactly these):
 * ``sft``, ``dpo``, ``joint``: :func:`vlsafe.training.recipes.run_organism_baselines` with
   :data:`BASELINE_STEPS` steps of batch 4 and no in-training probe (the probe's evaluation run costs more
   than the training on 2 CPU cores).
+
+Then the settings of the untrained repairs are chosen on the validation split and written beside the
+artefacts: :func:`vlsafe.organism.repairs.cmrm.select_cmrm` (``cmrm_selection.json``) and
+:func:`vlsafe.organism.repairs.merge.select_merge` (``merge_selection.json``); both resume from their file.
 """
 
 from __future__ import annotations
@@ -46,9 +50,13 @@ def _train(name: str, out: Path) -> Path:
 
 
 def build_repairs(
-    art_dir: Path, cache_dir: str | Path | None = None, which: tuple[str, ...] = tuple(TRAINED_REPAIRS)
+    art_dir: Path,
+    cache_dir: str | Path | None = None,
+    which: tuple[str, ...] = tuple(TRAINED_REPAIRS),
+    selections: bool = True,
 ) -> list[StageResult]:
-    """Train (or reuse) the chosen repairs on the organism in ``art_dir`` and export their deltas there.
+    """Train (or reuse) the chosen repairs on the organism in ``art_dir`` and export their deltas there;
+    with ``selections``, also run (or resume) the CMRM and merge selections into ``art_dir``.
 
     The start systems (``organism:vl``, ``organism:vlm``) are read from ``art_dir``, so a freshly built organism
     and its repairs stay consistent.
@@ -79,6 +87,13 @@ def build_repairs(
                 name, model_dir, art_dir, cache_dir=cache_dir, meta={"stage": result.record}
             )
             results.append(result)
+        if selections:
+            from vlsafe.organism.repairs.cmrm import select_cmrm
+            from vlsafe.organism.repairs.merge import select_merge
+            from vlsafe.organism.repairs.systems import CMRM_SELECTION, MERGE_SELECTION
+
+            select_cmrm(art_dir / CMRM_SELECTION, cache_dir)
+            select_merge(art_dir / MERGE_SELECTION, cache_dir)
     finally:
         if previous is None:
             os.environ.pop("VLSAFE_ORGANISM_ARTIFACTS", None)

@@ -28,7 +28,7 @@ from vlsafe.organism.repairs.trained import TRAINED_REPAIRS
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["CMRM_SELECTION", "MERGE_SELECTION", "REPAIR_KIND", "repair_loaders"]
+__all__ = ["CMRM_SELECTION", "MERGE_SELECTION", "REPAIR_KIND", "dependencies", "repair_loaders"]
 
 CMRM_SELECTION = "cmrm_selection.json"
 MERGE_SELECTION = "merge_selection.json"
@@ -116,3 +116,14 @@ def _trained_loader(name: str, cache_dir: str | Path | None, art_dir: Path) -> L
         return EvalSystem(name, model, proc)
 
     return load
+
+
+def dependencies(system: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """``(artefact files, selection files)`` that the rows of ``system`` depend on (for result caching)."""
+    from vlsafe.organism.registry import DEPENDS
+
+    if system.startswith("vl+cmrm"):
+        return DEPENDS["vl"], (CMRM_SELECTION,)
+    if system.startswith("vl+merge"):
+        return tuple(dict.fromkeys((*DEPENDS["vl"], *DEPENDS["safe-llm"]))), (MERGE_SELECTION,)
+    return DEPENDS[system], ()
