@@ -13,6 +13,7 @@ from PIL import Image
 from safetensors.torch import load_file
 
 import vlsafe.organism.demo_analysis as da
+import vlsafe.organism.demo_weights as dw
 from vlsafe.analysis import compute_layers, compute_shift
 from vlsafe.errors import InputError
 from vlsafe.models import InputItem, ModelBundle, build_tiny
@@ -94,7 +95,7 @@ def test_weight_sections_one_line_per_pair_and_zero_for_identical(
         drawn.append(dict(curves))
         return real(x, curves, **kw)
 
-    monkeypatch.setattr(da, "line_curves", spy)
+    monkeypatch.setattr(dw, "line_curves", spy)
     pairs = [("same", llm_a, llm_a), ("seed 1 -> 2", llm_a, llm_b), ("LLM -> VLM", llm_b, vlm)]
     sections, nums = da.weight_sections(tmp_path / "out", pairs, progress=False)
     assert list(drawn[-1]) == ["same", "seed 1 -> 2", "LLM -> VLM"]  # one line per pair

@@ -3,8 +3,11 @@
 At the last prompt token of every layer ``j``: ``P_j = softmax(lm_head(final_norm(h_j)))``. Refusal tokens
 are the first tokens of refusal openings ("Sorry", "I", "cannot", "I'm sorry", "As an AI", ...), with and
 without a leading space, derived from the model's tokenizer. Per query, the *safety activation layer* is
-the first ``j`` where a refusal token enters the top-k of ``P_j - P_{j-1}`` (``P_{-1} = 0``) and the *end
-layer* the first ``j`` where a refusal token is the top-1 token of ``P_j``. Statistics are running sums per
+the first ``j >= 1`` where a refusal token enters the top-k of the layer-to-layer change ``P_j - P_{j-1}``
+and the *end layer* the first ``j`` where a refusal token is the top-1 token of ``P_j``. Layer 0 has no
+previous layer, so it can never be the activation layer (comparing ``P_0`` with zeros would make any
+refusal token already in the top-k of ``P_0`` "activate" at layer 0, and on a real model the frequent
+token "I" always is; that made the activation layer 0 for every query). Statistics are running sums per
 variant, so memory does not grow with the number of queries. With images and captions, the per-layer
 cosine between the image-span mean state and the mean state of the caption alone (as text) is measured too.
 """
@@ -115,8 +118,9 @@ class LensResult:
         count: queries per variant.
         sums: ``"{stat}.{variant}"`` -> ``[L]`` sums over queries (``mass``: refusal probability mass,
             ``topk``/``top1``: a refusal token in the top-k / top-1 of ``P_j``, ``delta_topk``: in the top-k
-            of ``P_j - P_{j-1}``, ``rank``: best refusal-token rank, 0 = top-1), and ``"activation.{v}"`` /
-            ``"end.{v}"`` -> ``[L + 1]`` histograms (last bin: never).
+            of ``P_j - P_{j-1}`` (always 0 at layer 0, which has no previous layer), ``rank``: best refusal-token rank, 0 = top-1), and ``"activation.{v}"`` /
+            ``"end.{v}"`` -> ``[L + 1]`` histograms (last bin: never; the activation histogram's bin 0
+            stays empty, the search starts at layer 1).
         caption_cosine: ``[L]`` sum of image-span vs caption-text cosines (empty when not measured).
         caption_count: queries behind ``caption_cosine``.
         meta: provenance.
@@ -171,13 +175,17 @@ class LensResult:
 
 
 def _lens_update(result: LensResult, variant: str, probs: torch.Tensor, refusal: torch.Tensor) -> None:
-    """Fold ``probs [L, B, V]`` of one batch into ``result``'s sums for ``variant``."""
+    """Fold ``probs [L, B, V]`` of one batch into ``result``'s sums for ``variant``.
+
+    The activation criterion (a refusal token in the top-k of ``P_j - P_{j-1}``) is evaluated from
+    ``j = 1`` on: layer 0 has no previous layer to change from.
+    """
     n_layers, batch, _ = probs.shape
     k = min(result.top_k, probs.shape[-1])
     s = result.sums
     is_ref = torch.zeros(probs.shape[-1], dtype=torch.bool)
     is_ref[refusal] = True
-    prev = torch.zeros_like(probs[0])
+    prev: torch.Tensor | None = None
     activation = torch.full((batch,), n_layers)
     end = torch.full((batch,), n_layers)
     for j in range(n_layers):
@@ -186,9 +194,11 @@ def _lens_update(result: LensResult, variant: str, probs: torch.Tensor, refusal:
         best = ref_p.max(dim=-1).values
         rank = (p > best[:, None]).sum(dim=-1)
         top = p.topk(k, dim=-1).indices
-        delta_top = (p - prev).topk(k, dim=-1).indices
         in_top = is_ref[top].any(dim=-1)
-        in_delta = is_ref[delta_top].any(dim=-1)
+        if prev is None:  # layer 0: no layer-to-layer change
+            in_delta = torch.zeros(batch, dtype=torch.bool)
+        else:
+            in_delta = is_ref[(p - prev).topk(k, dim=-1).indices].any(dim=-1)
         top1 = is_ref[p.argmax(dim=-1)]
         s[f"mass.{variant}"][j] += float(ref_p.sum())
         s[f"rank.{variant}"][j] += float(rank.sum())
@@ -223,7 +233,8 @@ def compute_layers(
         items: queries (harmful ones, typically), with images/captions for image and caption variants.
         variants: default ``text`` plus ``image`` when every item has an image (and ``caption`` when every
             item has a caption): the same content given as text and as image.
-        top_k: a refusal token must enter the top-k of ``P_j - P_{j-1}`` for the activation layer.
+        top_k: a refusal token must enter the top-k of ``P_j - P_{j-1}`` (``j >= 1``) for the activation
+            layer.
         refusal_phrases: phrases whose first tokens are the refusal tokens.
         caption_cosine: also measure image-span vs caption-text cosines (VLM, image and caption on every item).
         batch_size, seed, progress: batching, noise seed, progress bar.

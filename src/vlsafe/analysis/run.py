@@ -21,6 +21,7 @@ from vlsafe.analysis.shift import compute_shift, shift_from_data, shift_to_data
 from vlsafe.analysis.weights import WeightDiffResult, weight_diff
 from vlsafe.errors import InputError
 from vlsafe.models import ModelBundle, load_model
+from vlsafe.report import ReportTable, Section
 from vlsafe.steering import SteeringVector
 
 logger = logging.getLogger(__name__)
@@ -207,19 +208,44 @@ def run_weights(
     out_dir: str | Path,
     *,
     names: str = "auto",
+    resized: str = "error",
     progress: bool = True,
 ) -> dict[str, Path]:
-    """Per-layer, per-module relative weight change from A to B (see :func:`vlsafe.analysis.weight_diff`)."""
-    result = weight_diff(checkpoint_a, checkpoint_b, names=names, progress=progress)
+    """Per-layer, per-module relative weight change from A to B (see :func:`vlsafe.analysis.weight_diff`).
+
+    ``resized`` (``error`` | ``skip`` | ``overlap``) handles tensors whose leading dimension differs (a
+    VLM's resized vocabulary); the resized tensors are listed in ``data.json`` and in the summary.
+    """
+    result = weight_diff(checkpoint_a, checkpoint_b, names=names, resized=resized, progress=progress)
     out = Path(out_dir)
     data = {
         "rows": result.rows,
         "skipped_a": result.skipped_a,
         "skipped_b": result.skipped_b,
         "meta": result.meta,
+        "resized": result.resized,
     }
     save_data(out, "weights", data, {})
-    return _finish(out, "weights", weights_page(result))
+    return _finish(out, "weights", _weights_page(result))
+
+
+def _weights_page(result: WeightDiffResult) -> Page:
+    """:func:`weights_page` plus a section listing the resized tensors (skipped or compared on overlap)."""
+    sections, figs = weights_page(result)
+    if result.resized:
+        how = {
+            "skipped": "left out of the comparison",
+            "overlap": "compared on their common leading rows only",
+        }
+        text = (
+            f"{len(result.resized)} tensor(s) differ only in their leading dimension (a resized vocabulary, "
+            f"e.g. an added image token) and were "
+            + "; ".join(sorted({how.get(r["action"], r["action"]) for r in result.resized}))
+            + "."
+        )
+        rows = [{k: r[k] for k in ("name", "name_b", "shape_a", "shape_b", "action")} for r in result.resized]
+        sections.insert(1, Section("Resized tensors", text, tables=[ReportTable(rows)]))
+    return sections, figs
 
 
 def redraw(out_dir: str | Path) -> dict[str, Path]:
@@ -238,8 +264,10 @@ def redraw(out_dir: str | Path) -> dict[str, Path]:
     elif kind == "layers":
         page = lens_page(lens_from_data(data, tensors))
     elif kind == "weights":
-        page = weights_page(
-            WeightDiffResult(data["rows"], data["skipped_a"], data["skipped_b"], data["meta"])
+        page = _weights_page(
+            WeightDiffResult(
+                data["rows"], data["skipped_a"], data["skipped_b"], data["meta"], data.get("resized", [])
+            )
         )
     else:
         raise InputError(f"{out}/data.json has kind {kind!r}; known: {', '.join(TITLES)}")

@@ -6,6 +6,13 @@ positioned reads, no memory map, no full model in memory); for every tensor ``||
 reported per module and layer. A VLM can be compared with a text LLM: with ``names="auto"`` the
 language-model tensors of both are matched by their canonical LLM names (``vlsafe.merging.names``) and
 the tensors without a counterpart (vision tower, projector) are listed as skipped.
+
+A VLM's language model often has a *resized vocabulary* (an added ``<image>`` token: 49,153 embedding rows
+against the LLM's 49,152). Such tensors differ only in their leading dimension; ``resized`` chooses what
+happens to them: ``"error"`` (default: the architectures are treated as different and the first mismatching
+tensor is named), ``"skip"`` (left out of the comparison and listed in :attr:`WeightDiffResult.resized`),
+or ``"overlap"`` (the common leading rows are compared; the extra rows are ignored). Tensors whose shapes
+differ in any other dimension always raise.
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ logger = logging.getLogger(__name__)
 #: Elements per chunk (1 MiB of float32): bounded memory and cache-resident arithmetic.
 CHUNK_ELEMENTS = 1 << 18
 NAME_MODES = ("auto", "exact", "llm")
+RESIZED_MODES = ("error", "skip", "overlap")
 _LAYER_RE = re.compile(r"^(?P<component>.*?)\.?layers\.(?P<layer>\d+)\.(?P<module>.+)$")
 
 
@@ -52,14 +60,19 @@ class WeightDiffResult:
         rows: one dict per compared tensor: ``name`` (A's name), ``name_b``, ``component``, ``layer``,
             ``module``, ``shape``, ``norm_a``, ``norm_b``, ``diff`` (``||A-B||_F``), ``relative``
             (``diff / norm_a``; ``None`` when ``norm_a`` is 0 and the tensors differ).
+            Compared tensors also carry ``shape_b`` and ``rows_compared`` (the leading rows compared:
+            all of them unless ``resized="overlap"`` compared fewer; ``None`` for 0-d tensors).
         skipped_a / skipped_b: names without a counterpart (only with VLM<->LLM name matching).
-        meta: the two checkpoints, matching mode, bytes read.
+        meta: the two checkpoints, matching mode, ``resized`` mode, bytes read.
+        resized: one dict per tensor pair that differs only in its leading dimension (``name``,
+            ``name_b``, ``shape_a``, ``shape_b``, ``action``: ``"skipped"`` or ``"overlap"``).
     """
 
     rows: list[dict[str, Any]]
     skipped_a: list[str] = field(default_factory=list)
     skipped_b: list[str] = field(default_factory=list)
     meta: dict[str, Any] = field(default_factory=dict)
+    resized: list[dict[str, Any]] = field(default_factory=list)
 
     def per_layer(self, component: str | None = None) -> dict[int, float]:
         """Relative change of all tensors of each layer together: ``sqrt(sum diff^2) / sqrt(sum norm_a^2)``."""
@@ -105,12 +118,23 @@ class WeightDiffResult:
         return ranked[:n]
 
 
+def _is_resize(sa: tuple[int, ...], sb: tuple[int, ...]) -> bool:
+    """Whether two shapes differ only in their leading dimension (a resized vocabulary)."""
+    return len(sa) == len(sb) >= 1 and sa[1:] == sb[1:] and sa[0] != sb[0]
+
+
 def _match(
-    a: CheckpointReader, b: CheckpointReader, names: str
-) -> tuple[list[tuple[str, str]], list[str], list[str]]:
-    """Pairs ``(name_a, name_b)`` to compare and the skipped names; raises on an architecture mismatch."""
+    a: CheckpointReader, b: CheckpointReader, names: str, resized: str = "error"
+) -> tuple[list[tuple[str, str]], list[str], list[str], list[dict[str, Any]]]:
+    """Pairs ``(name_a, name_b)`` to compare, the skipped names and the resized pairs.
+
+    Raises on an architecture mismatch; with ``resized`` ``"skip"`` / ``"overlap"`` a pair that differs
+    only in its leading dimension is recorded instead (and, for ``"skip"``, left out of the pairs).
+    """
     if names not in NAME_MODES:
         raise ConfigError(f"names={names!r} is not one of {', '.join(NAME_MODES)}")
+    if resized not in RESIZED_MODES:
+        raise ConfigError(f"resized={resized!r} is not one of {', '.join(RESIZED_MODES)}")
     na, nb = a.names(), b.names()
     mode = names
     if mode == "auto":
@@ -132,6 +156,8 @@ def _match(
         pairs = [
             (ca.get(c, f"<missing: {c}>"), cb.get(c, f"<missing: {c}>")) for c in sorted(set(ca) | set(cb))
         ]
+    kept: list[tuple[str, str]] = []
+    resized_pairs: list[dict[str, Any]] = []
     for name_a, name_b in pairs:
         in_a, in_b = name_a in a.tensors, name_b in b.tensors
         if not in_a or not in_b:
@@ -141,31 +167,49 @@ def _match(
                 f"the checkpoints have different architectures: first mismatching tensor {present!r} "
                 f"has no counterpart {missing!r} in {where} (matching mode {mode!r})"
             )
-        sa, sb = a.info(name_a).shape, b.info(name_b).shape
+        sa, sb = tuple(a.info(name_a).shape), tuple(b.info(name_b).shape)
         if sa != sb:
-            raise InputError(
-                f"the checkpoints have different architectures: first mismatching tensor {name_a!r} has "
-                f"shape {list(sa)} in {a.ref} but {list(sb)} in {b.ref}"
+            resize = _is_resize(sa, sb)
+            if not resize or resized == "error":
+                hint = (
+                    " (only the leading dimension differs, e.g. a resized vocabulary: pass "
+                    "resized='skip' or resized='overlap' to compare the rest)"
+                    if resize
+                    else ""
+                )
+                raise InputError(
+                    f"the checkpoints have different architectures: first mismatching tensor {name_a!r} has "
+                    f"shape {list(sa)} in {a.ref} but {list(sb)} in {b.ref}{hint}"
+                )
+            action = "skipped" if resized == "skip" else "overlap"
+            resized_pairs.append(
+                {"name": name_a, "name_b": name_b, "shape_a": list(sa), "shape_b": list(sb), "action": action}
             )
-    return pairs, skipped_a, skipped_b
+            if resized == "skip":
+                continue
+        kept.append((name_a, name_b))
+    return kept, skipped_a, skipped_b, resized_pairs
 
 
 def _norms(
-    a: CheckpointReader, b: CheckpointReader, name_a: str, name_b: str
+    a: CheckpointReader, b: CheckpointReader, name_a: str, name_b: str, numel: int | None = None
 ) -> tuple[float, float, float, int]:
     """``||A-B||``, ``||A||``, ``||B||`` of one tensor pair, streamed in cache-sized float32 chunks.
 
     Chunks are converted into two preallocated float32 buffers (no allocation per chunk) and the
-    sums of squares are BLAS dot products, accumulated in float64 on the Python side.
+    sums of squares are BLAS dot products, accumulated in float64 on the Python side. ``numel``
+    limits the comparison to the leading elements (row-major: the common leading rows of a resized
+    tensor); default the whole of A's tensor.
     """
     with torch_threads(1):
-        return _norms_single(a, b, name_a, name_b)
+        return _norms_single(a, b, name_a, name_b, numel)
 
 
 def _norms_single(
-    a: CheckpointReader, b: CheckpointReader, name_a: str, name_b: str
+    a: CheckpointReader, b: CheckpointReader, name_a: str, name_b: str, numel: int | None = None
 ) -> tuple[float, float, float, int]:
-    numel = a.info(name_a).numel
+    if numel is None:
+        numel = a.info(name_a).numel
     diff2 = na2 = nb2 = 0.0
     nbytes = 0
     size = min(max(numel, 1), CHUNK_ELEMENTS)
@@ -187,7 +231,12 @@ def _norms_single(
 
 
 def weight_diff(
-    checkpoint_a: str | Path, checkpoint_b: str | Path, *, names: str = "auto", progress: bool = True
+    checkpoint_a: str | Path,
+    checkpoint_b: str | Path,
+    *,
+    names: str = "auto",
+    resized: str = "error",
+    progress: bool = True,
 ) -> WeightDiffResult:
     """Relative Frobenius norm of the change from checkpoint A to B, per tensor (module x layer).
 
@@ -197,17 +246,27 @@ def weight_diff(
         checkpoint_b: the changed checkpoint (e.g. the VLM after adaptation).
         names: ``exact`` (same tensor names and shapes in both), ``llm`` (match language-model tensors by
             their canonical LLM names: VLM vs LLM), or ``auto`` (``exact`` when the name sets agree).
+        resized: tensors whose shapes differ only in the leading dimension (a resized vocabulary):
+            ``error`` (raise, naming the first one), ``skip`` (leave them out and list them in
+            ``result.resized``) or ``overlap`` (compare the common leading rows; also listed).
         progress: show a progress bar.
 
     Raises:
-        InputError: the architectures differ; the message names the first mismatching tensor.
+        InputError: the architectures differ (with ``resized="error"``: also a resized vocabulary);
+            the message names the first mismatching tensor.
+        ConfigError: ``names`` or ``resized`` is not a known mode.
     """
     with CheckpointReader(checkpoint_a) as a, CheckpointReader(checkpoint_b) as b:
-        pairs, skipped_a, skipped_b = _match(a, b, names)
+        pairs, skipped_a, skipped_b, resized_pairs = _match(a, b, names, resized)
         rows = []
         total_bytes = 0
         for name_a, name_b in tqdm(pairs, desc="weight diff", unit="tensor", disable=not progress):
-            diff, norm_a, norm_b, nbytes = _norms(a, b, name_a, name_b)
+            shape_a, shape_b = list(a.info(name_a).shape), list(b.info(name_b).shape)
+            n_rows = min(shape_a[0], shape_b[0]) if shape_a else None
+            numel = None
+            if shape_a != shape_b and n_rows is not None:
+                numel = n_rows * math.prod(shape_a[1:])
+            diff, norm_a, norm_b, nbytes = _norms(a, b, name_a, name_b, numel)
             total_bytes += nbytes
             component, layer, module = split_name(llm_name_for(name_a) or name_a)
             if norm_a > 0:
@@ -221,7 +280,9 @@ def weight_diff(
                     "component": component,
                     "layer": layer,
                     "module": module,
-                    "shape": list(a.info(name_a).shape),
+                    "shape": shape_a,
+                    "shape_b": shape_b,
+                    "rows_compared": n_rows,
                     "norm_a": norm_a,
                     "norm_b": norm_b,
                     "diff": diff,
@@ -232,7 +293,15 @@ def weight_diff(
         "checkpoint_a": str(checkpoint_a),
         "checkpoint_b": str(checkpoint_b),
         "names": names,
+        "resized": resized,
         "bytes_read": total_bytes,
     }
+    if resized_pairs:
+        logger.info(
+            "weight diff: %d resized tensor(s) %s (%s)",
+            len(resized_pairs),
+            "skipped" if resized == "skip" else "compared on their common leading rows",
+            ", ".join(r["name"] for r in resized_pairs),
+        )
     logger.info("weight diff: %d tensors, %.1f MB read", len(rows), total_bytes / 1e6)
-    return WeightDiffResult(rows, skipped_a, skipped_b, meta)
+    return WeightDiffResult(rows, skipped_a, skipped_b, meta, resized_pairs)

@@ -130,15 +130,25 @@ def analyze_layers_cmd(ctx: click.Context, out_dir: Path, **o: Any) -> None:
 @click.option(
     "--names", default="auto", show_default=True, help="Tensor matching: auto, exact, llm (VLM vs LLM)."
 )
+@click.option(
+    "--resized",
+    type=click.Choice(["error", "skip", "overlap"]),
+    default="error",
+    show_default=True,
+    help="Tensors differing only in their leading dimension (resized vocabulary): error, skip them, "
+    "or compare the common leading rows.",
+)
 @_OUT
 @click.pass_context
 def analyze_weights_cmd(
-    ctx: click.Context, checkpoint_a: Path, checkpoint_b: Path, names: str, out_dir: Path
+    ctx: click.Context, checkpoint_a: Path, checkpoint_b: Path, names: str, resized: str, out_dir: Path
 ) -> None:
     """Relative weight change ||A-B||/||A|| per layer and module, streamed over safetensors."""
     from vlsafe.analysis import run_weights
 
-    paths = run_weights(checkpoint_a, checkpoint_b, out_dir, names=names, progress=not ctx.obj.get("quiet"))
+    paths = run_weights(
+        checkpoint_a, checkpoint_b, out_dir, names=names, resized=resized, progress=not ctx.obj.get("quiet")
+    )
     _echo_json({k: str(v) for k, v in paths.items()})
 
 

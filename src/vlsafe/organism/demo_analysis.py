@@ -13,8 +13,8 @@ Steps 2 and 3 share one forward pass per variant and batch (the lens reads the s
 the shift statistics do), which halves the CPU cost; the saved data is what ``run_shift`` /
 ``run_layers`` would write, and the figures are drawn by :func:`vlsafe.analysis.redraw`.
 
-:func:`weight_sections` compares checkpoints pairwise (per layer and module, streamed) into
-``out_dir/analysis/weights/<pair>`` and draws one combined per-layer figure, one line per pair.
+:func:`weight_sections`, :func:`default_weight_pairs` and :func:`resolve_checkpoint` live in
+:mod:`vlsafe.organism.demo_weights` and are re-exported here.
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import re
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -35,13 +34,10 @@ from vlsafe.analysis import (
     LensResult,
     ShiftAccumulator,
     ShiftResult,
-    WeightDiffResult,
     lens_probabilities,
     redraw,
     refusal_token_ids,
     run_directions,
-    run_weights,
-    split_name,
     unit_directions,
 )
 from vlsafe.analysis._forward import build_variant, forward_states
@@ -52,9 +48,16 @@ from vlsafe.analysis.lens import LENS_STATS, _lens_update, lens_to_data
 from vlsafe.analysis.shift import shift_to_data
 from vlsafe.errors import InputError
 from vlsafe.models import InputItem, ModelBundle, load_model
+from vlsafe.organism.demo_weights import (
+    BASE_LLM_REF,
+    default_weight_pairs,
+    resolve_checkpoint,
+    weight_sections,
+)
 from vlsafe.report import ReportFigure, ReportTable, Section, line_curves, save_png
 
 __all__ = [
+    "BASE_LLM_REF",
     "SHIFT_VARIANTS",
     "analysis_sections",
     "default_weight_pairs",
@@ -68,7 +71,6 @@ logger = logging.getLogger(__name__)
 #: Variants of the shift analysis (reference first) and of the logit lens.
 SHIFT_VARIANTS = ("text", "caption", "image", "blank", "noise")
 LENS_VARIANTS = ("text", "caption", "image")
-BASE_LLM_REF = "organism:base-llm"
 
 
 def demo_items(n: int) -> list[InputItem]:
@@ -150,8 +152,7 @@ def _shared_pass(
     return acc.finish(), lens
 
 
-def _fig(path: Path, caption: str) -> ReportFigure:
-    return ReportFigure.from_file(path, caption)
+_fig = ReportFigure.from_file
 
 
 def _argmax(values: Sequence[float]) -> int:
@@ -395,189 +396,3 @@ def _sections(
         ],
     )
     return [s_shift, s_dir, s_lens], numbers
-
-
-# -- weights ---------------------------------------------------------------------------------------
-
-
-def resolve_checkpoint(ref: str | Path, cache_dir: str | Path | None = None) -> Path:
-    """Folder of a checkpoint reference: ``organism:<system>``, ``organism:base-llm`` or a path."""
-    from vlsafe.organism.base import llm_cache_path
-    from vlsafe.organism.registry import resolve_organism
-
-    text = str(ref)
-    if text == BASE_LLM_REF:
-        path = llm_cache_path(cache_dir)
-        if not any(path.glob("*.safetensors")):
-            raise InputError(
-                f"{BASE_LLM_REF!r}: no converted SmolLM2 safetensors in {str(path)!r}; build the organism"
-            )
-        return path
-    if text.startswith("organism:"):
-        return resolve_organism(text, cache_dir)
-    path = Path(ref).expanduser()
-    if not path.exists():
-        raise InputError(f"checkpoint {text!r} does not exist")
-    return path
-
-
-def default_weight_pairs(cache_dir: str | Path | None = None) -> list[tuple[str, str, str]]:
-    """The organism's two steps: safety tuning of the base LLM, then VL adaptation of the safe LLM."""
-    return [
-        ("base LLM -> safe LLM", BASE_LLM_REF, "organism:safe-llm"),
-        ("safe LLM -> VL model", "organism:safe-llm", "organism:vl"),
-    ]
-
-
-def _diff_resized(a_dir: Path, b_dir: Path, folder: Path, progress: bool) -> None:
-    """:func:`run_weights` for checkpoints whose vocabulary differs (a VLM adds its image token).
-
-    The library refuses any shape mismatch; here tensors of different shapes (the embeddings and LM head)
-    are listed as skipped and every other matched tensor is compared the same way.
-    """
-    from vlsafe.analysis.weights import _norms
-    from vlsafe.merging.io import CheckpointReader
-    from vlsafe.merging.names import llm_name_for
-
-    with CheckpointReader(a_dir) as a, CheckpointReader(b_dir) as b:
-        na, nb = a.names(), b.names()
-        if set(na) == set(nb):
-            pairs = [(x, x) for x in sorted(na)]
-        else:
-            ca = {c: x for x in na if (c := llm_name_for(x)) is not None}
-            cb = {c: x for x in nb if (c := llm_name_for(x)) is not None}
-            pairs = [(ca[c], cb[c]) for c in sorted(set(ca) & set(cb))]
-        matched_a, matched_b = {p[0] for p in pairs}, {p[1] for p in pairs}
-        skipped_a = sorted(set(na) - matched_a)
-        skipped_b = sorted(set(nb) - matched_b)
-        resized = [(x, y) for x, y in pairs if a.info(x).shape != b.info(y).shape]
-        skipped_a += [x for x, _ in resized]
-        skipped_b += [y for _, y in resized]
-        rows, total = [], 0
-        for name_a, name_b in tqdm(pairs, desc="weight diff", disable=not progress):
-            if (name_a, name_b) in resized:
-                continue
-            diff, norm_a, norm_b, nbytes = _norms(a, b, name_a, name_b)
-            total += nbytes
-            component, layer, module = split_name(llm_name_for(name_a) or name_a)
-            rel = diff / norm_a if norm_a > 0 else (0.0 if diff == 0 else None)
-            rows.append({
-                "name": name_a, "name_b": name_b, "component": component, "layer": layer, "module": module,
-                "shape": list(a.info(name_a).shape), "norm_a": norm_a, "norm_b": norm_b, "diff": diff,
-                "relative": rel,
-            })  # fmt: skip
-    meta = {"checkpoint_a": str(a_dir), "checkpoint_b": str(b_dir), "names": "llm", "bytes_read": total,
-            "resized": [x for x, _ in resized]}  # fmt: skip
-    save_data(
-        folder, "weights", {"rows": rows, "skipped_a": skipped_a, "skipped_b": skipped_b, "meta": meta}, {}
-    )
-    redraw(folder)
-
-
-def _pearson(x: Sequence[float], y: Sequence[float]) -> float | None:
-    if len(x) < 3:
-        return None
-    tx, ty = torch.tensor(x, dtype=torch.float64), torch.tensor(y, dtype=torch.float64)
-    tx, ty = tx - tx.mean(), ty - ty.mean()
-    den = float(tx.norm() * ty.norm())
-    return float(tx @ ty) / den if den else None
-
-
-def _slug(label: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "_", label.lower()).strip("_") or "pair"
-
-
-def weight_sections(
-    out_dir: Path,
-    pairs: Sequence[tuple[str, str | Path, str | Path]],
-    cache_dir: str | Path | None = None,
-    *,
-    progress: bool = True,
-) -> tuple[list[Section], dict[str, Any]]:
-    """Per-layer weight changes of each ``(label, checkpoint_a, checkpoint_b)`` pair, one figure for all.
-
-    Each pair is compared by :func:`vlsafe.analysis.run_weights` (VLM<->LLM names matched automatically)
-    into ``out_dir/analysis/weights/<label>``; the combined figure
-    ``out_dir/analysis/weights/per_layer_all.png`` draws the relative Frobenius norm of the change of
-    each decoder layer of the language model, one line per pair.
-
-    Returns:
-        ``(sections, numbers)``; ``numbers[label]`` holds the per-layer changes and their peak.
-    """
-    if not pairs:
-        raise InputError("weight_sections needs at least one (label, checkpoint_a, checkpoint_b) pair")
-    labels = [p[0] for p in pairs]
-    if len(set(labels)) != len(labels) or len({_slug(x) for x in labels}) != len(labels):
-        raise InputError(f"pair labels must be distinct (also after lower-casing): {labels}")
-    root = Path(out_dir) / "analysis" / "weights"
-    curves: dict[str, dict[int, float]] = {}
-    heat: list[ReportFigure] = []
-    numbers: dict[str, Any] = {}
-    for label, ref_a, ref_b in pairs:
-        folder = root / _slug(label)
-        a_dir, b_dir = resolve_checkpoint(ref_a, cache_dir), resolve_checkpoint(ref_b, cache_dir)
-        try:
-            run_weights(a_dir, b_dir, folder, progress=progress)
-        except InputError as exc:
-            if "has shape" not in str(exc):
-                raise
-            logger.info("%s: %s; comparing the tensors of equal shape only", label, exc)
-            _diff_resized(a_dir, b_dir, folder, progress)
-        data = json.loads((folder / "data.json").read_text())
-        res = WeightDiffResult(data["rows"], data["skipped_a"], data["skipped_b"], data["meta"])
-        comps = res.components()
-        if not comps:
-            raise InputError(f"pair {label!r}: no tensor of numbered decoder layers in common")
-        comp = res.main_component()
-        per_layer = res.per_layer(comp)
-        curves[label] = per_layer
-        top = max(per_layer, key=lambda j: per_layer[j])
-        numbers[label] = {
-            "per_layer": {str(j): v for j, v in per_layer.items()},
-            "peak_layer": top,
-            "peak": per_layer[top],
-            "mean": sum(per_layer.values()) / len(per_layer),
-            "tensors": len(res.rows),
-            "top_tensor": {k: res.top(1)[0][k] for k in ("name", "relative")},
-        }
-        heat.append(
-            _fig(
-                folder / "figures" / f"weights_heatmap_{comps.index(comp)}.png",
-                f"{label}: relative change per module and layer",
-            )
-        )
-    layers = sorted(set().union(*(c.keys() for c in curves.values())))
-    fig = line_curves(
-        [float(j) for j in layers],
-        {lab: [c.get(j, float("nan")) for j in layers] for lab, c in curves.items()},
-        title="weight change per decoder layer",
-        xlabel="layer",
-        ylabel="||A-B||_F / ||A||_F",
-        figsize=(7.0, 4.0),
-    )
-    combined = save_png(fig, root / "per_layer_all.png")
-    text = (
-        "Relative Frobenius norm of the change of all weights of each decoder layer (A -> B). "
-        + "; ".join(
-            f"{lab}: peak {numbers[lab]['peak']:.2e} at layer {numbers[lab]['peak_layer']}, "
-            f"mean {numbers[lab]['mean']:.2e}, largest single tensor `{numbers[lab]['top_tensor']['name']}` "
-            f"({numbers[lab]['top_tensor']['relative']:.2e})"
-            for lab in curves
-        )
-        + "."
-    )
-    labs = list(curves)
-    if len(labs) >= 2:
-        common = [j for j in layers if all(j in curves[x] for x in labs[:2])]
-        r = _pearson([curves[labs[0]][j] for j in common], [curves[labs[1]][j] for j in common])
-        if r is not None:
-            numbers["profile_correlation"] = {"pairs": labs[:2], "r": r}
-            text += f" Correlation of the first two per-layer profiles: r = {r:.2f}."
-    table = [{"layer": j, **{lab: c.get(j) for lab, c in curves.items()}} for j in layers]
-    section = Section(
-        "Analysis: which layers each training step moves",
-        text,
-        tables=[ReportTable(table, caption="Relative change per layer")],
-        figures=[_fig(combined, "Relative weight change per decoder layer, one line per pair"), *heat],
-    )
-    return [section], numbers
