@@ -265,7 +265,7 @@ def compute_shift(
         states = {}
         for v in names:
             batch = build_variant(bundle, chunk, v, seed=seed + b * batch_size)
-            states[v], _ = forward_states(bundle, batch, chosen, result.positions)
+            states[v], _ = forward_states(bundle, batch, chosen, result.positions, need_output=False)
         acc.update(states)
     logger.info("shift: %d queries x %d variants x %d layers", result.count, len(names), len(chosen))
     return acc.finish()
