@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 import pytest
 
@@ -207,3 +208,19 @@ def test_write_report_errors(tmp_path):
     (bad / "results.json").write_text("{not json")
     with pytest.raises(InputError, match="not valid JSON"):
         load_run(bad)
+
+
+def test_write_figures_gives_clashing_names_distinct_files(tmp_path: Path) -> None:
+    from vlsafe.report.html import ReportFigure, Section, render_markdown, write_figures
+
+    a, b, a2 = (
+        ReportFigure(b"A", "a", "heat.png"),
+        ReportFigure(b"B", "b", "heat.png"),
+        ReportFigure(b"A", "a", "heat.png"),
+    )
+    sections = [Section("s", figures=[a, b]), Section("t", figures=[a2])]
+    write_figures(sections, tmp_path / "figures")
+    assert (a.name, b.name, a2.name) == ("heat.png", "heat_2.png", "heat.png")
+    assert (tmp_path / "figures" / "heat_2.png").read_bytes() == b"B"
+    md = render_markdown("r", sections)
+    assert "figures/heat_2.png" in md

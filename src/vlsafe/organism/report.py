@@ -7,7 +7,7 @@ from typing import Any
 
 from vlsafe.evals.metrics.intervals import wilson_interval
 from vlsafe.report import figures
-from vlsafe.report.html import ReportFigure, ReportTable, Section, render_markdown, render_page
+from vlsafe.report.html import ReportFigure, ReportTable, Section, render_markdown, render_page, write_figures
 
 
 def _ci(k: int, n: int) -> str:
@@ -129,5 +129,6 @@ def write_report(
         Section("Run", f"Demo time {summary['seconds']:.0f} s, peak RSS {summary['peak_rss_mb']:.0f} MB.")
     )
     title = "vlsafe demo: safety degradation in the model organism"
+    write_figures(sections, figdir)
     (out / "report.md").write_text(render_markdown(title, sections))
     (out / "report.html").write_text(render_page(title, sections))

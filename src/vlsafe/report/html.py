@@ -18,7 +18,15 @@ from typing import Any
 
 from vlsafe.report.tables import html_table, table
 
-__all__ = ["ReportFigure", "ReportTable", "Section", "render_markdown", "render_page", "text_to_html"]
+__all__ = [
+    "ReportFigure",
+    "ReportTable",
+    "Section",
+    "render_markdown",
+    "render_page",
+    "text_to_html",
+    "write_figures",
+]
 
 _CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:1100px;margin:2em auto;
@@ -109,6 +117,27 @@ def render_page(title: str, sections: Sequence[Section], subtitle: str | None = 
         f'<meta name="viewport" content="width=device-width, initial-scale=1"><title>{html.escape(title)}</title>'
         f"<style>{_CSS}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n"
     )
+
+
+def write_figures(sections: Sequence[Section], figure_dir: str | Path) -> None:
+    """Write every section's figure into ``figure_dir`` so that :func:`render_markdown` links resolve.
+
+    Figures of the same name but different bytes (e.g. per-pair heat maps drawn into different folders) get a
+    numeric suffix; their ``name`` is updated in place.
+    """
+    out = Path(figure_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    written: dict[str, bytes] = {}
+    for section in sections:
+        for fig in section.figures:
+            name, stem, suffix, k = fig.name, Path(fig.name).stem, Path(fig.name).suffix or ".png", 1
+            while name in written and written[name] != fig.png:
+                k += 1
+                name = f"{stem}_{k}{suffix}"
+            fig.name = name
+            if name not in written:
+                (out / name).write_bytes(fig.png)
+                written[name] = fig.png
 
 
 def render_markdown(title: str, sections: Sequence[Section], figure_dir: str = "figures") -> str:
