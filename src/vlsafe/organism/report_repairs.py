@@ -102,10 +102,13 @@ def _pct(x: float | None) -> str:
 
 
 def _table(metrics: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    from vlsafe.organism.repairs.systems import REPAIR_KIND
+
     out = []
     for m in metrics:
         out.append({
             "system": m["system"],
+            "method": REPAIR_KIND.get(m["system"], "-"),
             "harmful refused (+ benign image)": f"{m['harmful']:.2f} ({m['harmful_k']}/{m['n_harmful']})",
             "gap recovered": f"{100 * m['gap']:.0f}%",
             "benign refused": f"{m['benign']:.2f} ({m['benign_rise']:+.2f})",
