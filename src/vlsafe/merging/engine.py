@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 import logging
-import queue
+import os
 import shutil
 import threading
 import time
-from collections.abc import Iterator
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,11 +22,11 @@ from vlsafe.merging.config import MergeConfig
 from vlsafe.merging.io import ShardedWriter, is_weight_file
 from vlsafe.merging.kernels import TensorMerge
 from vlsafe.merging.methods import METHODS, iter_chunks
-from vlsafe.merging.plan import MergePlan, TensorPlan, plan_merge
+from vlsafe.merging.plan import MergePlan, plan_merge
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["MergeResult", "merge", "run_merge"]
+__all__ = ["MergeResult", "merge", "merge_workers", "run_merge"]
 
 
 @dataclass
@@ -57,85 +58,139 @@ def _as_config(config: MergeConfig | str | Path | dict[str, Any]) -> MergeConfig
     return MergeConfig.from_yaml(config)
 
 
-def _tensor_chunks(plan: MergePlan, t: TensorPlan) -> Iterator[torch.Tensor]:
-    readers = plan.readers
+class _Scratch(threading.local):
+    """Per-thread reusable buffers: a fresh ~1 MiB buffer per chunk costs page faults every time."""
 
-    def read(i: int, start: int, stop: int) -> torch.Tensor:
-        idx, name = t.sources[i]
-        return readers[idx].read(name, start, stop)
+    def __init__(self) -> None:
+        self.bufs: dict[Any, torch.Tensor] = {}
 
-    if t.action == "copy":
-        for start, stop in iter_chunks(t.merge_numel):
-            yield read(0, start, stop)
-    else:
-        cfg = plan.config
-        has_base = cfg.base_model is not None
-        densities = [
-            m.density if m.density is not None else float(t.params.get("density", 1.0)) for m in cfg.models
-        ]
-        op = TensorMerge(
-            METHODS.get(cfg.method),
-            read,
-            numel=t.merge_numel,
-            has_base=has_base,
-            weights=t.weights,
-            params=t.params,
-            seed=cfg.seed,
-            key=t.canonical or t.name,
-            densities=densities,
-            labels=[readers[i].ref for i, _ in t.sources],
-        )
-        for _, chunk in op.chunks():
-            yield chunk
-    tidx, tname = t.template_source
-    for start, stop in iter_chunks(t.numel - t.merge_numel):
-        yield readers[tidx].read(tname, t.merge_numel + start, t.merge_numel + stop)
+    def get(self, key: Any, numel: int, dtype: torch.dtype) -> torch.Tensor:
+        """A 1-D ``dtype`` buffer of ``numel`` elements, reused across calls with the same key and dtype."""
+        buf = self.bufs.get((key, dtype))
+        if buf is None or buf.numel() < numel:
+            buf = self.bufs[key, dtype] = torch.empty(max(numel, 64), dtype=dtype)
+        return buf[:numel]
 
 
-def _produce(plan: MergePlan, out: queue.Queue[Any], stop: threading.Event) -> None:
-    try:
-        for t in plan.tensors:
-            out.put(("begin", t))
-            for chunk in _tensor_chunks(plan, t):
-                if stop.is_set():
-                    return
-                out.put(("data", chunk.to(t.dtype)))
-        out.put(("end", None))
-    except BaseException as exc:  # handed to the writing thread
-        out.put(("error", exc))
+class _Job:
+    """One output tensor: how to produce any chunk of it, and where to write it."""
+
+    def __init__(self, plan: MergePlan, index: int, scratch: _Scratch) -> None:
+        self.plan, self.index, self.scratch = plan, index, scratch
+        t = self.t = plan.tensors[index]
+        self.op: TensorMerge | None = None
+        if t.action == "merge":
+            cfg = plan.config
+            densities = [
+                m.density if m.density is not None else float(t.params.get("density", 1.0))
+                for m in cfg.models
+            ]
+            self.op = TensorMerge(
+                METHODS.get(cfg.method),
+                self.read,
+                numel=t.merge_numel,
+                has_base=cfg.base_model is not None,
+                weights=t.weights,
+                params=t.params,
+                seed=cfg.seed,
+                key=t.canonical or t.name,
+                densities=densities,
+                labels=[plan.readers[i].ref for i, _ in t.sources],
+            )
+        self.item = t.dtype.itemsize
+
+    def read(self, i: int, start: int, stop: int) -> torch.Tensor:
+        """Elements of source ``i`` (into this thread's buffer for that source: use before the next read)."""
+        idx, name = self.t.sources[i]
+        return self._read_from(idx, name, start, stop, ("src", i))
+
+    def _read_from(self, idx: int, name: str, start: int, stop: int, key: Any) -> torch.Tensor:
+        reader = self.plan.readers[idx]
+        dtype = reader.info(name).dtype
+        buf = self.scratch.get(key, (stop - start) * dtype.itemsize, torch.uint8)
+        return reader.read(name, start, stop, out=buf)
+
+    def tasks(self) -> list[tuple[str, int, int, int]]:
+        """``(kind, chunk index, start, stop)`` work items covering the tensor."""
+        t = self.t
+        kind = "copy" if self.op is None else ("whole" if self.op.spec.kind == "slerp" else "merge")
+        if kind == "whole":
+            items = [(kind, 0, 0, t.merge_numel)]
+        else:
+            items = [(kind, i, a, b) for i, (a, b) in enumerate(iter_chunks(t.merge_numel))]
+        items += [("tail", i, a, b) for i, (a, b) in enumerate(iter_chunks(t.numel - t.merge_numel))]
+        return items
+
+    def run(self, kind: str, index: int, start: int, stop: int, writer: ShardedWriter) -> int:
+        """Produce and write one work item; returns the bytes written."""
+        if kind == "whole":
+            assert self.op is not None
+            return sum(self._write(s, c, writer) for s, c in self.op.chunks())
+        if kind == "merge":
+            assert self.op is not None
+            acc = self.scratch.get("acc", stop - start, torch.float32)
+            chunk = self.op.compute(index, start, stop, out=acc)
+        elif kind == "copy":
+            chunk = self.read(0, start, stop)
+        else:
+            tidx, tname = self.t.template_source
+            off = self.t.merge_numel
+            chunk = self._read_from(tidx, tname, off + start, off + stop, "tail")
+            start += off
+        return self._write(start, chunk, writer)
+
+    def _write(self, start: int, chunk: torch.Tensor, writer: ShardedWriter) -> int:
+        if chunk.dtype != self.t.dtype:
+            chunk = self.scratch.get("out", chunk.numel(), self.t.dtype).copy_(chunk)
+        writer.pwrite(self.index, start * self.item, chunk)
+        return chunk.numel() * self.item
 
 
-def _write_weights(plan: MergePlan, out_dir: Path, progress: bool) -> int:
+def merge_workers(threads: int | None = None) -> int:
+    """Worker threads for a merge: ``threads``, else torch's intra-op thread count, capped by the CPUs."""
+    n = threads if threads is not None else torch.get_num_threads()
+    return max(1, min(int(n), os.cpu_count() or 1))
+
+
+def _write_weights(plan: MergePlan, out_dir: Path, progress: bool, threads: int | None = None) -> int:
+    """Compute every chunk on a pool of worker threads, each writing its result straight to its file offset.
+
+    Chunks of one tensor are independent once the tensor's statistics (TIES thresholds) are gathered, which
+    the main thread does for the next tensor while the workers compute the current one. Every worker reuses
+    its own buffers, and torch runs one intra-op thread per worker, so results do not depend on the thread
+    count.
+    """
     entries = [(t.name, t.dtype, t.shape) for t in plan.tensors]
     writer = ShardedWriter(out_dir, entries, plan.shard_bytes, metadata={"vlsafe_merge": plan.config.method})
-    q: queue.Queue[Any] = queue.Queue(maxsize=2)
-    stop = threading.Event()
-    worker = threading.Thread(target=_produce, args=(plan, q, stop), daemon=True, name="vlsafe-merge")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # chunks are cache-sized: one compute thread plus the writing thread is fastest
-    worker.start()
+    workers = merge_workers(threads)
+    scratch = _Scratch()
+    saved_threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # chunks are cache-sized: parallelism comes from the worker threads
     bar = tqdm(total=plan.output_bytes(), unit="B", unit_scale=True, desc="merge", disable=not progress)
+    pending: deque[Future[int]] = deque()
+    pool = ThreadPoolExecutor(workers, thread_name_prefix="vlsafe-merge")
+    ok = False
     try:
-        while True:
-            kind, item = q.get()
-            if kind == "begin":
-                writer.begin(item.name)
-            elif kind == "data":
-                writer.write(item)
-                bar.update(item.numel() * item.element_size())
-            elif kind == "error":
-                raise item
-            else:
-                break
+        writer.open_all()
+        for i in range(len(plan.tensors)):
+            job = _Job(plan, i, scratch)
+            if job.op is not None and job.op.spec.kind != "slerp":
+                job.op.prepare()
+            for task in job.tasks():
+                pending.append(pool.submit(job.run, *task, writer))
+                while len(pending) > 8 * workers:
+                    bar.update(pending.popleft().result())
+        while pending:
+            bar.update(pending.popleft().result())
         writer.close()
+        ok = True
     finally:
-        torch.set_num_threads(threads)
-        stop.set()
-        while worker.is_alive():
-            try:
-                q.get_nowait()
-            except queue.Empty:
-                worker.join(0.05)
+        for fut in pending:
+            fut.cancel()
+        pool.shutdown(wait=True)
+        if not ok:
+            writer.abort()
+        torch.set_num_threads(saved_threads)
         bar.close()
     return writer.total_bytes
 
@@ -194,6 +249,7 @@ def merge(
     dry_run: bool = False,
     overwrite: bool = False,
     progress: bool = True,
+    threads: int | None = None,
 ) -> MergeResult:
     """Merge checkpoints as ``config`` says, streaming one chunk at a time.
 
@@ -203,6 +259,8 @@ def merge(
         dry_run: plan only (``result.plan.describe()`` tells what would happen); writes nothing.
         overwrite: allow a non-empty output directory.
         progress: show a progress bar.
+        threads: worker threads computing and writing chunks (default: ``torch.get_num_threads()``,
+            capped by the CPU count); the result is the same for any value.
 
     Returns:
         A :class:`MergeResult`.
@@ -231,7 +289,7 @@ def merge(
         target.mkdir(parents=True, exist_ok=True)
         for old in list(target.glob("*.safetensors")) + list(target.glob("model.safetensors.index.json")):
             old.unlink()
-        written = _write_weights(plan, target, progress)
+        written = _write_weights(plan, target, progress, threads)
         _copy_side_files(plan, target)
         cfg.to_yaml(target / "merge_config.yaml")
         (target / "README.md").write_text(_model_card(plan, written), encoding="utf-8")
@@ -250,8 +308,14 @@ def run_merge(
     dry_run: bool = False,
     overwrite: bool = False,
     progress: bool = True,
+    threads: int | None = None,
 ) -> MergeResult:
     """CLI entry: load the YAML config at ``config_path`` and :func:`merge` it."""
     return merge(
-        MergeConfig.from_yaml(config_path), out_dir, dry_run=dry_run, overwrite=overwrite, progress=progress
+        MergeConfig.from_yaml(config_path),
+        out_dir,
+        dry_run=dry_run,
+        overwrite=overwrite,
+        progress=progress,
+        threads=threads,
     )

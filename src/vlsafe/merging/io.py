@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import struct
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -140,6 +141,7 @@ class CheckpointReader:
                     raise InputError(f"tensor {name!r} appears in two shards of {self.ref}: {info.file.name}")
                 self.tensors[name] = info
         self._fds: dict[Path, int] = {}
+        self._lock = threading.Lock()
 
     @property
     def dir(self) -> Path:
@@ -154,16 +156,29 @@ class CheckpointReader:
         except KeyError:
             raise InputError(f"tensor {name!r} is missing from checkpoint {self.ref}") from None
 
-    def read(self, name: str, start: int = 0, stop: int | None = None) -> torch.Tensor:
-        """Flat elements ``[start, stop)`` of tensor ``name`` in its stored dtype (a fresh 1-D tensor)."""
+    def read(
+        self, name: str, start: int = 0, stop: int | None = None, out: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Flat elements ``[start, stop)`` of tensor ``name`` in its stored dtype (a 1-D tensor).
+
+        Args:
+            name: tensor name.
+            start: first flat element.
+            stop: end element (default: the tensor's end).
+            out: optional contiguous uint8 buffer of at least the range's bytes, read into (the result is
+                a view of it); without it a fresh buffer is allocated. Safe to call from several threads.
+        """
         info = self.info(name)
         stop = info.numel if stop is None else stop
-        item = torch.empty((), dtype=info.dtype).element_size()
+        item = info.dtype.itemsize
         nbytes = (stop - start) * item
-        buf = torch.empty(nbytes, dtype=torch.uint8)
+        buf = torch.empty(nbytes, dtype=torch.uint8) if out is None else out[:nbytes]
         fd = self._fds.get(info.file)
         if fd is None:
-            fd = self._fds[info.file] = os.open(info.file, os.O_RDONLY)
+            with self._lock:
+                fd = self._fds.get(info.file)
+                if fd is None:
+                    fd = self._fds[info.file] = os.open(info.file, os.O_RDONLY)
         view = memoryview(buf.numpy())  # type: ignore[arg-type]
         offset, done = info.start + start * item, 0
         while done < nbytes:
@@ -243,14 +258,25 @@ class ShardedWriter:
         self._left = 0
         self._next = 0
         self.total_bytes = 0
+        self._nbytes = [torch.empty((), dtype=d).element_size() * _numel(sh) for _, d, sh in entries]
+        self._entry_start: list[int] = [0] * len(entries)  # byte offset inside its shard's data
+        for idx in self.shards:
+            pos = 0
+            for i in idx:
+                self._entry_start[i] = pos
+                pos += self._nbytes[i]
+        self._fds: list[int] = []  # random-access mode (open_all)
+        self._data_start: list[int] = []
+        self._remaining: list[int] = []
+        self._lock = threading.Lock()
 
-    def _open_shard(self, s: int) -> None:
-        self._finish_shard()
+    def _header(self, s: int) -> tuple[bytes, int]:
+        """Shard ``s``'s length-prefixed header and its data bytes."""
         header: dict[str, object] = {"__metadata__": self.metadata}
         offset = 0
         for i in self.shards[s]:
             name, dtype, shape = self.entries[i]
-            nbytes = torch.empty((), dtype=dtype).element_size() * _numel(shape)
+            nbytes = self._nbytes[i]
             header[name] = {
                 "dtype": _CODES[dtype],
                 "shape": list(shape),
@@ -259,10 +285,45 @@ class ShardedWriter:
             offset += nbytes
         raw = json.dumps(header, separators=(",", ":")).encode()
         raw += b" " * (-len(raw) % 8)
+        return struct.pack("<Q", len(raw)) + raw, offset
+
+    def _open_shard(self, s: int) -> None:
+        self._finish_shard()
+        head, data_bytes = self._header(s)
         fh = (self.out_dir / self.files[s]).open("wb")
-        fh.write(struct.pack("<Q", len(raw)) + raw)
+        fh.write(head)
         self._fh, self._cur = fh, s
-        self.total_bytes += offset
+        self.total_bytes += data_bytes
+
+    def open_all(self) -> None:
+        """Switch to random access: write every shard's header now and keep the files open for :meth:`pwrite`."""
+        if self._next or self._fds:
+            raise RuntimeError("open_all() must come first and only once")
+        for s in range(len(self.shards)):
+            head, data_bytes = self._header(s)
+            fd = os.open(self.out_dir / self.files[s], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
+            self._fds.append(fd)
+            _pwrite_all(fd, memoryview(head), 0)
+            self._data_start.append(len(head))
+            self.total_bytes += data_bytes
+        self._remaining = list(self._nbytes)
+
+    def pwrite(self, index: int, offset: int, data: torch.Tensor) -> None:
+        """Write ``data`` (the planned dtype) at byte ``offset`` of entry ``index``'s data.
+
+        Chunks may come in any order and from several threads (after :meth:`open_all`).
+        """
+        name, dtype, _ = self.entries[index]
+        if data.dtype != dtype:
+            raise RuntimeError(f"chunk of {name!r} is {data.dtype}, planned {dtype}")
+        raw = data.contiguous().reshape(-1).view(torch.uint8)
+        if offset < 0 or offset + raw.numel() > self._nbytes[index]:
+            raise RuntimeError(f"chunk at byte {offset} overflows tensor {name!r}")
+        s = self._shard_of[index]
+        pos = self._data_start[s] + self._entry_start[index] + offset
+        _pwrite_all(self._fds[s], memoryview(raw.numpy()), pos)  # type: ignore[arg-type]
+        with self._lock:
+            self._remaining[index] -= raw.numel()
 
     def _finish_shard(self) -> None:
         if self._fh is not None:
@@ -291,9 +352,23 @@ class ShardedWriter:
         self._fh.write(memoryview(data.numpy()))  # type: ignore[arg-type]
         self._left -= data.numel()
 
+    def abort(self) -> None:
+        """Close the files after a failure (no completeness check, no index)."""
+        for fd in self._fds:
+            os.close(fd)
+        self._fds = []
+        self._finish_shard()
+
     def close(self) -> None:
         """Finish the last shard and write ``model.safetensors.index.json`` when there are several."""
-        if self._left or self._next != len(self.entries):
+        if self._fds:
+            short = [self.entries[i][0] for i, left in enumerate(self._remaining) if left]
+            for fd in self._fds:
+                os.close(fd)
+            self._fds = []
+            if short:
+                raise RuntimeError(f"writer closed with {len(short)} tensor(s) incomplete, e.g. {short[0]!r}")
+        elif self._left or self._next != len(self.entries):
             raise RuntimeError(f"writer closed after {self._next}/{len(self.entries)} tensors")
         self._finish_shard()
         if len(self.files) > 1:
@@ -301,6 +376,12 @@ class ShardedWriter:
             index = {"metadata": {"total_size": self.total_bytes}, "weight_map": weight_map}
             (self.out_dir / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
         logger.info("wrote %d tensors in %d shard(s) to %s", len(self.entries), len(self.files), self.out_dir)
+
+
+def _pwrite_all(fd: int, view: memoryview, pos: int) -> None:
+    done = 0
+    while done < len(view):
+        done += os.pwrite(fd, view[done:], pos + done)
 
 
 def is_weight_file(name: str) -> bool:

@@ -66,6 +66,8 @@ class TensorMerge:
         self.densities = densities if densities is not None else [density] * self.n_models
         n_sources = self.n_models + int(has_base)
         self.labels = labels or [f"input {i}" for i in range(n_sources)]
+        self.thresholds: list[float] | None = None
+        self._prepared = False
 
     def _source_chunk(self, i: int, start: int, stop: int, check: bool) -> torch.Tensor:
         chunk = self.read(i, start, stop)
@@ -86,51 +88,74 @@ class TensorMerge:
 
         return gen
 
+    def prepare(self) -> None:
+        """Gather the per-tensor statistics (TIES magnitude thresholds); idempotent.
+
+        Must run before :meth:`compute`; after it, :meth:`compute` only reads ``self``, so chunks may be
+        computed concurrently from several threads.
+        """
+        if self._prepared:
+            return
+        if self.spec.sparsify == "magnitude":
+            self.thresholds = [
+                magnitude_threshold(self._delta_chunks(m), self.numel, self.densities[m])
+                for m in range(self.n_models)
+            ]
+        self._prepared = True
+
+    def compute(self, index: int, start: int, stop: int, out: torch.Tensor | None = None) -> torch.Tensor:
+        """The float32 result for flat elements ``[start, stop)``, chunk number ``index`` of :func:`iter_chunks`.
+
+        Args:
+            index: the chunk's position (DARE draws its mask per chunk index).
+            start: first element.
+            stop: end element.
+            out: optional float32 buffer of ``stop - start`` elements for the result (used by the plain
+                weighted sum; the returned tensor is what to read).
+        """
+        spec = self.spec
+        check = spec.consensus or spec.sparsify != "none"
+        off = int(self.has_base)
+        base = self._source_chunk(0, start, stop, check) if self.has_base else None
+        models = [self._source_chunk(m + off, start, stop, check) for m in range(self.n_models)]
+        keep = None
+        if spec.sparsify == "random":
+            keep = [
+                dare_keep_mask(
+                    stop - start,
+                    self.densities[m],
+                    seed=self.seed,
+                    key=self.key,
+                    model=m,
+                    chunk_index=index,
+                )
+                for m in range(self.n_models)
+            ]
+        result = generalized_task_arithmetic(
+            base,
+            models,
+            self.weights,
+            keep=keep,
+            thresholds=self.thresholds,
+            densities=self.densities,
+            rescale=spec.rescale,
+            consensus=spec.consensus,
+            normalize=bool(self.params.get("normalize", False)),
+            scale=float(self.params.get("lambda", 1.0)),
+            out=out,
+        )
+        if not check and not _finite(result):
+            self._find_bad(start, stop)
+        return result
+
     def chunks(self) -> Iterator[tuple[int, torch.Tensor]]:
         """Yield ``(start, float32 chunk)`` pairs covering ``[0, numel)`` in order."""
         if self.spec.kind == "slerp":
             yield from self._slerp_chunks()
             return
-        spec = self.spec
-        thresholds = None
-        if spec.sparsify == "magnitude":
-            thresholds = [
-                magnitude_threshold(self._delta_chunks(m), self.numel, self.densities[m])
-                for m in range(self.n_models)
-            ]
-        check = spec.consensus or spec.sparsify != "none"
-        off = int(self.has_base)
+        self.prepare()
         for index, (start, stop) in enumerate(iter_chunks(self.numel)):
-            base = self._source_chunk(0, start, stop, check) if self.has_base else None
-            models = [self._source_chunk(m + off, start, stop, check) for m in range(self.n_models)]
-            keep = None
-            if spec.sparsify == "random":
-                keep = [
-                    dare_keep_mask(
-                        stop - start,
-                        self.densities[m],
-                        seed=self.seed,
-                        key=self.key,
-                        model=m,
-                        chunk_index=index,
-                    )
-                    for m in range(self.n_models)
-                ]
-            out = generalized_task_arithmetic(
-                base,
-                models,
-                self.weights,
-                keep=keep,
-                thresholds=thresholds,
-                densities=self.densities,
-                rescale=spec.rescale,
-                consensus=spec.consensus,
-                normalize=bool(self.params.get("normalize", False)),
-                scale=float(self.params.get("lambda", 1.0)),
-            )
-            if not check and not _finite(out):
-                self._find_bad(start, stop)
-            yield start, out
+            yield start, self.compute(index, start, stop)
 
     def _find_bad(self, start: int, stop: int) -> None:
         for i in range(self.n_models + int(self.has_base)):

@@ -197,6 +197,7 @@ def generalized_task_arithmetic(
     consensus: bool = False,
     normalize: bool = False,
     scale: float = 1.0,
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The general merge of one chunk (float32 result).
 
@@ -211,9 +212,11 @@ def generalized_task_arithmetic(
         consensus: keep only entries agreeing with the sign of the weighted sum (zero sum counts as +).
         normalize: divide by the summed weights of the contributing models.
         scale: λ applied to the combined task vector.
+        out: an optional float32 buffer shaped like the chunk (not aliasing an input); the plain weighted
+            sum (no sparsification, no consensus) is computed in it, saving an allocation per chunk.
     """
     if keep is None and thresholds is None and not consensus:
-        return _weighted_sum(base, tensors, weights, normalize, scale)
+        return _weighted_sum(base, tensors, weights, normalize, scale, out)
     base32 = base.float() if base is not None else None  # read-only below
     acc: torch.Tensor | None = None
     weighted: list[torch.Tensor] = []
@@ -276,13 +279,20 @@ def _weighted_sum(
     weights: Sequence[float],
     normalize: bool,
     scale: float,
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Fast path without sparsification or consensus: ``base + scale * (Σ w_i θ_i - Σ w_i base) [/ Σ w]``."""
+    """Fast path without sparsification or consensus: ``base + scale * (Σ w_i θ_i - Σ w_i base) [/ Σ w]``.
+
+    Inputs stay in their stored dtype: each in-place ``add_`` upcasts its operand to float32 on the fly,
+    so no float32 copy of an input is made. ``out`` (float32) receives the result when given.
+    """
     wsum = float(sum(weights))
     if normalize and wsum == 0:
         raise ConfigError("weights sum to 0, so normalize=true cannot divide by them (set normalize: false)")
     factor = scale / wsum if normalize else scale
-    acc = tensors[0].to(torch.float32, copy=True).mul_(weights[0] * factor)
+    first = tensors[0]
+    acc = out.copy_(first) if out is not None else first.to(torch.float32, copy=True)
+    acc.mul_(weights[0] * factor)
     for t, w in zip(tensors[1:], weights[1:], strict=True):
         acc.add_(t, alpha=w * factor)
     if base is not None:
