@@ -104,8 +104,9 @@ def run_demo(
         n_analysis: Prompts of the analysis section.
 
     Returns:
-        ``{"rows": [...], "repair_rows": [...], "analysis": {...}, "seconds": float, "peak_rss_mb": float}``
-        (also written to ``results.json``).
+        ``{"rows": [...], "repairs": [...], "analysis": {...}, "seconds": float, "peak_rss_mb": float}``
+        (also written to ``results.json``): one row per (system, image setting), the unrepaired systems first;
+        ``repairs`` holds each repair's derived figures (gap recovered, benign rise, utility change, targets).
     """
     from vlsafe.organism.registry import artifacts_dir, build_system
     from vlsafe.organism.repairs.systems import repair_loaders
@@ -157,8 +158,7 @@ def run_demo(
     if analysis:
         sections, headline = _analysis(out, cache_dir, art, n_analysis, [r["system"] for r in repair_rows])
     summary = {
-        "rows": rows,
-        "repair_rows": repair_rows,
+        "rows": rows + repair_rows,
         "analysis": headline,
         "seconds": round(time.time() - start, 1),
         "peak_rss_mb": round(peak_rss_mb(), 1),

@@ -55,8 +55,8 @@ def write_report(
 ) -> None:
     """Write ``report.md``, ``report.html`` and ``figures/*.png`` into ``out``.
 
-    Order: degradation table, repairs (table, targets, figure, how their settings were chosen), training
-    curves, harmful refusal by image setting, ``extra_sections`` (the analysis), sample replies, run facts.
+    Order: degradation table, training curves, harmful refusal by image setting, repairs (table, targets,
+    figure, how their settings were chosen), ``extra_sections`` (the analysis), sample replies, run facts.
     ``summary["repairs"]`` receives the repairs' metrics.
     """
     figdir = out / "figures"
@@ -78,14 +78,6 @@ def write_report(
             f"{100 * drop:.0f} points."
         )
     sections = [Section("Degradation", lead, tables=[ReportTable(degradation_rows(rows))])]
-    if repair_rows:
-        from vlsafe.organism.report_repairs import repairs_section
-        from vlsafe.organism.report_selection import selection_sections
-
-        repair_secs, summary["repairs"] = repairs_section(figdir, rows, repair_rows)
-        sections += repair_secs
-        if art_dir is not None:
-            sections += selection_sections(figdir, art_dir)
     figs = []
     if curve and any("probe" in c for c in curve):
         fig = curve_figure(curve)
@@ -119,6 +111,14 @@ def write_report(
             figures=[ReportFigure.from_file(figdir / "harmful_refusal.png", "Harmful refusal")],
         )
     )
+    if repair_rows:
+        from vlsafe.organism.report_repairs import repairs_section
+        from vlsafe.organism.report_selection import selection_sections
+
+        repair_secs, summary["repairs"] = repairs_section(figdir, rows, repair_rows)
+        sections += repair_secs
+        if art_dir is not None:
+            sections += selection_sections(figdir, art_dir)
     sections += extra_sections or []
     ex_lines = []
     for key, items in summary.get("examples", {}).items():
