@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 import torch
-from safetensors import safe_open
+from safetensors.torch import load_file
 
 import vlsafe.organism.registry as registry
 from vlsafe.errors import ModelLoadError
@@ -43,11 +43,8 @@ def fake_resolve(monkeypatch, organism) -> list[str]:
 
 
 def _tensors(path: Path) -> dict[str, torch.Tensor]:
-    out = {}
-    for file in sorted(path.glob("*.safetensors")):
-        with safe_open(str(file), "pt") as f:
-            out.update({k: f.get_tensor(k) for k in f.keys()})
-    return out
+    """All tensors of a checkpoint directory (every shard)."""
+    return {k: v for f in sorted(path.glob("*.safetensors")) for k, v in load_file(str(f)).items()}
 
 
 def test_resolve_checkpoint_organism_ref(fake_resolve, organism):
