@@ -123,3 +123,17 @@ def test_build_repairs_trains_once_and_exports_each(tmp_path: Path, monkeypatch:
     assert all(d.is_dir() and d.name == "model" for _, d in exported)
     with pytest.raises(ValueError, match="unknown"):
         build.build_repairs(art, tmp_path / "cache", which=("nope",))
+
+
+def test_base_llm_ref_resolves_to_the_converted_base(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import vlsafe.organism.base as base
+    from vlsafe.merging.io import resolve_checkpoint
+    from vlsafe.organism.registry import BASE_LLM_REF, resolve_organism
+
+    converted: list[object] = []
+    monkeypatch.setattr(base, "llm_cache_path", lambda cache_dir=None: tmp_path)
+    monkeypatch.setattr(base, "load_base_llm", lambda cache_dir=None: converted.append(cache_dir))
+    assert resolve_organism(BASE_LLM_REF, "c") == tmp_path and converted == ["c"]  # converted on first use
+    (tmp_path / "config.json").write_text("{}")
+    (tmp_path / "model.safetensors").write_bytes(b"")
+    assert resolve_checkpoint(BASE_LLM_REF) == tmp_path and converted == ["c"]  # cached: not converted again

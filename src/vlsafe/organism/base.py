@@ -197,6 +197,15 @@ def llm_cache_path(cache_dir: str | Path | None = None) -> Path:
     return organism_cache_dir(cache_dir) / LLM_CACHE_NAME
 
 
+def base_llm_dir(cache_dir: str | Path | None = None) -> Path:
+    """:func:`llm_cache_path`, converting the pip weights there first if they are not cached yet
+    (what ``organism:base-llm`` resolves to)."""
+    path = llm_cache_path(cache_dir)
+    if not (path / "config.json").is_file():
+        load_base_llm(cache_dir)
+    return path
+
+
 def vision_cache_path(cache_dir: str | Path | None = None) -> Path:
     """Directory of the cached DINOv2-small weights (a regular HF model directory once built)."""
     return organism_cache_dir(cache_dir) / VISION_CACHE_NAME

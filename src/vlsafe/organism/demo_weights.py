@@ -20,28 +20,19 @@ import torch
 
 from vlsafe.analysis import WeightDiffResult, run_weights
 from vlsafe.errors import InputError
+from vlsafe.organism.registry import BASE_LLM_REF
 from vlsafe.report import ReportFigure, ReportTable, Section, line_curves, save_png
 
 __all__ = ["BASE_LLM_REF", "default_weight_pairs", "resolve_checkpoint", "weight_sections"]
 
 logger = logging.getLogger(__name__)
 
-BASE_LLM_REF = "organism:base-llm"
-
 
 def resolve_checkpoint(ref: str | Path, cache_dir: str | Path | None = None) -> Path:
     """Folder of a checkpoint reference: ``organism:<system>``, ``organism:base-llm`` or a path."""
-    from vlsafe.organism.base import llm_cache_path
     from vlsafe.organism.registry import resolve_organism
 
     text = str(ref)
-    if text == BASE_LLM_REF:
-        path = llm_cache_path(cache_dir)
-        if not any(path.glob("*.safetensors")):
-            raise InputError(
-                f"{BASE_LLM_REF!r}: no converted SmolLM2 safetensors in {str(path)!r}; build the organism"
-            )
-        return path
     if text.startswith("organism:"):
         return resolve_organism(text, cache_dir)
     path = Path(ref).expanduser()

@@ -5,7 +5,8 @@ Systems: ``safe-llm`` (causal LM), ``vlm`` (LLaVA: safe LLM + projector-only VL 
 projector + LLM LoRA VL training), and the trained repairs ``vl+tga``, ``vl+sft``, ``vl+dpo``, ``vl+joint``
 (:mod:`vlsafe.organism.repairs.trained`: a start system plus a committed weight delta). More systems can be
 added with ``SYSTEMS.register("vl+name", builder)``; a builder takes ``(cache_dir, art_dir)`` and returns
-``(model, processor_or_tokenizer)``.
+``(model, processor_or_tokenizer)``. ``organism:base-llm`` resolves to the converted pip base LLM (before any
+training), e.g. as a merge's base or one side of a weight diff.
 """
 
 from __future__ import annotations
@@ -28,6 +29,9 @@ logger = logging.getLogger(__name__)
 PREFIX = "organism:"
 Builder = Callable[[Path | None, Path], tuple[Any, Any]]
 SYSTEMS: Registry[Builder] = Registry("organism system")
+#: ``organism:base-llm``: the pip base SmolLM2 itself (converted, not a trained system), e.g. a merge's base.
+BASE_LLM = "base-llm"
+BASE_LLM_REF = PREFIX + BASE_LLM
 #: Artefacts each built-in system depends on (their checksums key the materialised directory).
 DEPENDS: dict[str, tuple[str, ...]] = {
     "safe-llm": ("safe_lora.safetensors",),
@@ -110,6 +114,10 @@ def resolve_organism(name: str, cache_dir: str | Path | None = None, art_dir: Pa
     from vlsafe.organism.base import cached_build, organism_cache_dir
 
     system = name[len(PREFIX) :] if name.startswith(PREFIX) else name
+    if system == BASE_LLM:
+        from vlsafe.organism.base import base_llm_dir
+
+        return base_llm_dir(cache_dir)
     if system not in SYSTEMS:
         raise ModelLoadError(
             f"{name!r} is not an organism system; known: {[PREFIX + n for n in SYSTEMS.names()]}"

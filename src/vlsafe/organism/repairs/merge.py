@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from vlsafe.organism.evaluate import EvalSystem
-from vlsafe.organism.registry import PREFIX
+from vlsafe.organism.registry import BASE_LLM_REF, PREFIX
 
 logger = logging.getLogger(__name__)
 
@@ -48,7 +48,7 @@ __all__ = [
 VL_REF = "organism:vl"
 SAFE_REF = "organism:safe-llm"
 #: The pip base LLM (SmolLM2-135M-Instruct converted into the organism cache); resolved by this module only.
-BASE_REF = "organism:base-llm"
+BASE_REF = BASE_LLM_REF
 N_LAYERS = 30
 #: Thirds of the 30 decoder layers (and the last two thirds) for layer-selective merges.
 BANDS: dict[str, list[int]] = {
@@ -124,12 +124,9 @@ def concrete_config(config: dict[str, Any], cache_dir: str | Path | None = None)
         if ref is None or not ref.startswith(PREFIX):
             return ref
         if ref == BASE_REF:
-            from vlsafe.organism.base import llm_cache_path, load_base_llm
+            from vlsafe.organism.base import base_llm_dir
 
-            path = llm_cache_path(cache_dir)
-            if not (path / "config.json").is_file():
-                load_base_llm(cache_dir)  # converts and caches the pip weights
-            return str(path)
+            return str(base_llm_dir(cache_dir))
         if cache_dir is None:
             return ref
         from vlsafe.organism.registry import resolve_organism
