@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from vlsafe.analysis import compute_layers, compute_shift, logit_lens, refusal_token_ids
-from vlsafe.analysis._forward import build_variant
+from vlsafe.analysis.forward import build_variant
 from vlsafe.cli import main
 from vlsafe.models import ModelBundle, processor_image_size
 from vlsafe.models.tiny import TINY_FAMILIES

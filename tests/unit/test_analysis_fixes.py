@@ -11,7 +11,7 @@ from click.testing import CliRunner
 from safetensors.torch import save_file
 
 from vlsafe.analysis import LensResult, redraw, run_weights, weight_diff
-from vlsafe.analysis.lens import LENS_STATS, _lens_update
+from vlsafe.analysis.lens import LENS_STATS, lens_update
 from vlsafe.cli import main
 from vlsafe.errors import ConfigError, InputError
 
@@ -158,7 +158,7 @@ def test_activation_layer_is_searched_from_layer_one() -> None:
     c = [[0.1, 0.6, 0.2, 0.1], [0.05, 0.7, 0.15, 0.1], [0.02, 0.8, 0.1, 0.08], [0.01, 0.9, 0.05, 0.04]]
     probs = torch.tensor([a, b, c], dtype=torch.float32).transpose(0, 1)  # [L=4, B=3, V=4]
     res = _lens(4, top_k=1)
-    _lens_update(res, "text", probs, torch.tensor([0]))
+    lens_update(res, "text", probs, torch.tensor([0]))
     res.count = 3
     assert res.sums["activation.text"].tolist() == [0.0, 1.0, 1.0, 0.0, 1.0]  # B at 1, A at 2, C never
     assert res.sums["delta_topk.text"].tolist() == [0.0, 1.0, 2.0, 1.0]  # layer 0 has no change
@@ -172,8 +172,8 @@ def test_activation_layer_is_searched_from_layer_one() -> None:
 def test_activation_layer_never_zero_even_when_layer_zero_is_all_refusal() -> None:
     probs = torch.tensor([[[0.97, 0.01, 0.01, 0.01]], [[0.9, 0.05, 0.03, 0.02]]])  # [L=2, B=1, V=4]
     res = _lens(2, top_k=1)
-    _lens_update(res, "text", probs, torch.tensor([0]))
+    lens_update(res, "text", probs, torch.tensor([0]))
     assert res.sums["activation.text"].tolist() == [0.0, 0.0, 1.0]  # the refusal mass only falls: never
     res2 = _lens(2, top_k=4)  # with k = V every token is in the top-k: activation at layer 1, not 0
-    _lens_update(res2, "text", probs, torch.tensor([0]))
+    lens_update(res2, "text", probs, torch.tensor([0]))
     assert res2.sums["activation.text"].tolist() == [0.0, 1.0, 0.0]

@@ -7,7 +7,7 @@ from collections.abc import Callable
 import torch
 
 from vlsafe.analysis import compute_shift
-from vlsafe.analysis._forward import build_variant, forward_states
+from vlsafe.analysis.forward import build_variant, forward_states
 from vlsafe.models import ModelBundle
 
 
@@ -67,4 +67,6 @@ def test_shift_state_is_constant_in_n_and_repeats_keep_the_means(
     for key in ("cos.last.caption", "rel.text_mean.caption", "norm.last.text"):
         stat, pos, variant = key.split(".")
         assert torch.allclose(large.mean(stat, pos, variant), small.mean(stat, pos, variant), atol=1e-6)
-    assert not torch.allclose(small.mean("cos", "last", "caption"), torch.ones(len(small.layers), dtype=torch.float64))
+    assert not torch.allclose(
+        small.mean("cos", "last", "caption"), torch.ones(len(small.layers), dtype=torch.float64)
+    )

@@ -7,6 +7,7 @@ import math
 import pytest
 
 from vlsafe.evals.metrics import compute_metrics, rate, record_outcome, utility_correct, wilson_interval
+from vlsafe.evals.metrics.intervals import rate_point
 
 
 def test_wilson_hand_computed():
@@ -117,3 +118,11 @@ def test_record_outcome_and_utility_correct():
     assert utility_correct({"correct": True}) is True
     assert utility_correct({"answer": "A"}) is None
     assert math.isclose(compute_metrics([])["overall"]["n_records"], 0)
+
+
+def test_rate_point_for_bar_charts():
+    point = rate_point(5, 10)
+    assert point is not None
+    assert point[0] == 0.5
+    assert point[1:] == pytest.approx(wilson_interval(5, 10))
+    assert rate_point(None, 10) is None and rate_point(0, 0) is None and rate_point(3, None) is None

@@ -22,7 +22,7 @@ from vlsafe.models import (
     load_image,
     make_variant_image,
 )
-from vlsafe.models.inputs import _as_items, _last_mask
+from vlsafe.models.inputs import as_input_items, last_token_mask
 
 
 def test_list_families_covers_all_tiny_families():
@@ -96,23 +96,23 @@ def test_decoder_layers_discovery_and_override():
 
 
 def test_items_validation():
-    rows = _as_items(["a", {"text": "b", "caption": "c"}], images=None, captions=["x", None])
+    rows = as_input_items(["a", {"text": "b", "caption": "c"}], images=None, captions=["x", None])
     assert [(r.text, r.caption) for r in rows] == [("a", "x"), ("b", None)]
     with pytest.raises(InputError, match="items is empty"):
-        _as_items([], None, None)
+        as_input_items([], None, None)
     with pytest.raises(InputError, match="images has 1 entries but there are 2 items"):
-        _as_items(["a", "b"], images=[None], captions=None)
+        as_input_items(["a", "b"], images=[None], captions=None)
     with pytest.raises(InputError, match="item 0 must have a 'text' key"):
-        _as_items([{"query": "a"}], None, None)
+        as_input_items([{"query": "a"}], None, None)
     with pytest.raises(InputError, match="empty query"):
-        _as_items(["  "], None, None)
+        as_input_items(["  "], None, None)
     with pytest.raises(InputError, match="unknown variant 'sketch'"):
         build_inputs(None, ["a"], "sketch")  # type: ignore[arg-type]
 
 
 def test_last_mask_left_and_right_padding():
     attention = torch.tensor([[0, 0, 1, 1], [1, 1, 1, 1], [1, 1, 0, 0]])
-    assert _last_mask(attention).nonzero().tolist() == [[0, 3], [1, 3], [2, 1]]
+    assert last_token_mask(attention).nonzero().tolist() == [[0, 3], [1, 3], [2, 1]]
 
 
 def test_caption_format_is_documented():

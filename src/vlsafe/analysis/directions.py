@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from vlsafe.analysis._forward import build_variant, forward_states
+from vlsafe.analysis.forward import build_variant, forward_states
 from vlsafe.analysis.items import as_items, batched
 from vlsafe.capture import resolve_layers
 from vlsafe.errors import ConfigError, InputError

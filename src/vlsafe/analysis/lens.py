@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from vlsafe.analysis._forward import build_variant, forward_states
+from vlsafe.analysis.forward import build_variant, forward_states
 from vlsafe.analysis.items import as_items, batched
 from vlsafe.errors import ConfigError, InputError, ModelLoadError
 from vlsafe.models import ModelBundle, Variant
@@ -174,7 +174,7 @@ class LensResult:
         return out
 
 
-def _lens_update(result: LensResult, variant: str, probs: torch.Tensor, refusal: torch.Tensor) -> None:
+def lens_update(result: LensResult, variant: str, probs: torch.Tensor, refusal: torch.Tensor) -> None:
     """Fold ``probs [L, B, V]`` of one batch into ``result``'s sums for ``variant``.
 
     The activation criterion (a refusal token in the top-k of ``P_j - P_{j-1}``) is evaluated from
@@ -269,7 +269,7 @@ def compute_layers(
             batch = build_variant(bundle, chunk, v, seed=seed + b * batch_size)
             states, _ = forward_states(bundle, batch, layers, positions)
             probs = torch.stack([lens_probabilities(bundle, states["last"][j]) for j in layers])
-            _lens_update(result, v, probs, refusal)
+            lens_update(result, v, probs, refusal)
             if "image_mean" in states:
                 captions = [str(r.caption) for r in chunk]
                 cap_states, _ = forward_states(

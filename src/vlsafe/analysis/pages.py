@@ -6,7 +6,7 @@ from typing import Any
 
 from matplotlib.figure import Figure
 
-from vlsafe.analysis._io import fig_ref
+from vlsafe.analysis.data_io import fig_ref
 from vlsafe.analysis.directions import DirectionResult
 from vlsafe.analysis.lens import LensResult
 from vlsafe.analysis.plots import heatmap, pca_scatter

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from vlsafe.analysis._io import load_data, save_data, write_page
+from vlsafe.analysis.data_io import load_data, save_data, write_page
 from vlsafe.analysis.directions import compute_directions, directions_from_data, directions_to_data
 from vlsafe.analysis.items import load_items
 from vlsafe.analysis.lens import compute_layers, lens_from_data, lens_to_data

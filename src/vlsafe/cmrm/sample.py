@@ -31,7 +31,7 @@ from vlsafe.cmrm.apply import LayerSpec, resolve_steer_layers
 from vlsafe.cmrm.calibrate import POSITIONS, _check_choice, variant_differences
 from vlsafe.errors import ConfigError, InputError
 from vlsafe.models.bundle import ModelBundle
-from vlsafe.models.inputs import InputItem, _as_items, build_inputs
+from vlsafe.models.inputs import InputItem, as_input_items, build_inputs
 from vlsafe.steering import SteeringVector
 from vlsafe.steering.apply import _LayerSteer
 from vlsafe.steering.operators import OPERATORS
@@ -105,7 +105,7 @@ class SampleLevelCMRM:
     # -- vectors ---------------------------------------------------------------------------
     def compute(self, items: Sequence[Any], images: Sequence[Any] | None = None) -> SteeringVector:
         """Per-row vectors ``[B, H]`` for these inputs (two batched prefill passes, never steered)."""
-        rows = _as_items(items, images, None)
+        rows = as_input_items(items, images, None)
         self._busy = True
         try:
             diffs, norms = variant_differences(

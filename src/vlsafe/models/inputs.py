@@ -32,7 +32,8 @@ from vlsafe.models.inputs_types import BatchInputs, PositionMasks, Variant
 #: How the caption variant writes the caption in place of the image.
 CAPTION_FORMAT = "Image description: {caption}\n{query}"
 
-_SENTINEL = "\ue000vlsafe-user-text\ue001"
+#: Placeholder rendered in place of the user text to locate it in a chat template's output.
+USER_TEXT_SENTINEL = "\ue000vlsafe-user-text\ue001"
 _OFFSET_KEYS = ("offset_mapping", "text_replacement_offsets")
 
 
@@ -45,9 +46,16 @@ class InputItem:
     caption: str | None = None
 
 
-def _as_items(
+def as_input_items(
     items: Sequence[Any], images: Sequence[Any] | None, captions: Sequence[str | None] | None
 ) -> list[InputItem]:
+    """Normalise queries (strings, ``{"text", "image", "caption"}`` dicts or :class:`InputItem`) to fresh
+    :class:`InputItem` objects; ``images`` / ``captions``, when given, override each item's own.
+
+    Raises:
+        InputError: On a single item instead of a list, an unknown item type or key, an empty query, an
+            empty list, or ``images`` / ``captions`` of another length than ``items``.
+    """
     if isinstance(items, (str, InputItem, dict)):
         raise InputError("items must be a list of queries (strings, dicts or InputItem), not a single item")
     out: list[InputItem] = []
@@ -89,38 +97,53 @@ def _user_text(item: InputItem, variant: Variant, index: int) -> str:
     return CAPTION_FORMAT.format(caption=str(item.caption).strip(), query=query)
 
 
-def _render(bundle: ModelBundle, with_image: bool, add_generation_prompt: bool) -> tuple[str, str]:
-    """Render one user turn with the sentinel; return the text before and after the user text."""
+def render_user_turn(bundle: ModelBundle, with_image: bool, add_generation_prompt: bool) -> tuple[str, str]:
+    """Render one user turn of ``bundle``'s chat template around :data:`USER_TEXT_SENTINEL`.
+
+    Returns:
+        ``(before, after)``: the rendered text before and after the user text.
+
+    Raises:
+        InputError: If the template does not place the user text exactly once.
+    """
     if bundle.processor is not None:
         parts: list[dict[str, Any]] = [{"type": "image"}] if with_image else []
-        parts.append({"type": "text", "text": _SENTINEL})
+        parts.append({"type": "text", "text": USER_TEXT_SENTINEL})
         conversation = [{"role": "user", "content": parts}]
         rendered = bundle.processor.apply_chat_template(
             conversation, tokenize=False, add_generation_prompt=add_generation_prompt
         )
     else:
-        conversation = [{"role": "user", "content": _SENTINEL}]
+        conversation = [{"role": "user", "content": USER_TEXT_SENTINEL}]
         if getattr(bundle.tokenizer, "chat_template", None):
             rendered = bundle.tokenizer.apply_chat_template(
                 conversation, tokenize=False, add_generation_prompt=add_generation_prompt
             )
         else:
-            rendered = _SENTINEL
+            rendered = USER_TEXT_SENTINEL
     if isinstance(rendered, list):
         rendered = rendered[0]
-    if rendered.count(_SENTINEL) != 1:
+    if rendered.count(USER_TEXT_SENTINEL) != 1:
         raise InputError(f"the chat template of {bundle.name!r} does not place the user text exactly once")
-    before, after = rendered.split(_SENTINEL)
+    before, after = rendered.split(USER_TEXT_SENTINEL)
     return before, after
 
 
-def _text_mask(
+def text_span_mask(
     offsets: torch.Tensor,
     attention: torch.Tensor,
     spans: list[tuple[int, int]],
     replacements: list[list[dict[str, Any]]] | None,
 ) -> torch.Tensor:
-    """Tokens whose character span overlaps each row's user-text span (in the expanded prompt)."""
+    """Tokens whose character span overlaps each row's user-text span (in the expanded prompt).
+
+    Args:
+        offsets: ``[B, T, 2]`` character offsets of the tokens (``offset_mapping``).
+        attention: ``[B, T]`` attention mask; padding is never in the mask.
+        spans: Per row, the ``(start, end)`` characters of the user text in the rendered (unexpanded) prompt.
+        replacements: Per row, the processor's image-placeholder expansions (``{"span", "replacement"}``)
+            that shift later characters, or ``None``.
+    """
     mask = torch.zeros_like(attention, dtype=torch.bool)
     for row, (start, end) in enumerate(spans):
         shift = 0
@@ -134,7 +157,8 @@ def _text_mask(
     return mask
 
 
-def _last_mask(attention: torch.Tensor) -> torch.Tensor:
+def last_token_mask(attention: torch.Tensor) -> torch.Tensor:
+    """``[B, T]`` mask of each row's last attended token (left or right padding)."""
     positions = torch.arange(attention.shape[1]).expand_as(attention)
     last = torch.where(attention > 0, positions, torch.full_like(positions, -1)).max(dim=1).values
     mask = torch.zeros_like(attention, dtype=torch.bool)
@@ -178,7 +202,7 @@ def build_inputs(
         raise InputError(
             f"unknown variant {variant!r}; known: {', '.join(v.value for v in Variant)}"
         ) from None
-    rows = _as_items(items, images, captions)
+    rows = as_input_items(items, images, captions)
     if variant.has_image and not bundle.is_vlm:
         raise InputError(
             f"variant {variant.value!r} needs an image but {bundle.name!r} is a text-only model "
@@ -186,7 +210,7 @@ def build_inputs(
         )
     tokenizer = bundle.tokenizer
     tokenizer.padding_side = "left"
-    before, after = _render(bundle, variant.has_image, add_generation_prompt)
+    before, after = render_user_turn(bundle, variant.has_image, add_generation_prompt)
     prompts, spans = [], []
     for i, row in enumerate(rows):
         text = _user_text(row, variant, i)
@@ -231,7 +255,7 @@ def build_inputs(
     masks = PositionMasks(
         attention=attention.bool(),
         image=image_mask,
-        text=_text_mask(offsets, attention, spans, replacements),
-        last=_last_mask(attention),
+        text=text_span_mask(offsets, attention, spans, replacements),
+        last=last_token_mask(attention),
     )
     return BatchInputs(inputs=data, masks=masks, variant=variant, prompts=prompts)

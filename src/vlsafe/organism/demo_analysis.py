@@ -40,11 +40,11 @@ from vlsafe.analysis import (
     run_directions,
     unit_directions,
 )
-from vlsafe.analysis._forward import build_variant, forward_states
-from vlsafe.analysis._io import save_data
+from vlsafe.analysis.data_io import save_data
 from vlsafe.analysis.directions import directions_from_data
+from vlsafe.analysis.forward import build_variant, forward_states
 from vlsafe.analysis.items import as_items, batched
-from vlsafe.analysis.lens import LENS_STATS, _lens_update, lens_to_data
+from vlsafe.analysis.lens import LENS_STATS, lens_to_data, lens_update
 from vlsafe.analysis.shift import shift_to_data
 from vlsafe.errors import InputError
 from vlsafe.models import InputItem, ModelBundle, load_model
@@ -136,7 +136,7 @@ def _shared_pass(
             got, _ = forward_states(bundle, batch, layers, positions)
             if v in LENS_VARIANTS:
                 probs = torch.stack([lens_probabilities(bundle, got["last"][j]) for j in layers])
-                _lens_update(lens, v, probs, refusal)
+                lens_update(lens, v, probs, refusal)
             if "image_mean" in got:
                 caps = [str(r.caption) for r in chunk]
                 cap, _ = forward_states(bundle, build_variant(bundle, caps, "text"), layers, ["text_mean"])

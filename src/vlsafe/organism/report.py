@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from vlsafe.evals.metrics.intervals import wilson_interval
+from vlsafe.evals.metrics.intervals import rate_point, wilson_interval
 from vlsafe.report import figures
 from vlsafe.report.html import ReportFigure, ReportTable, Section, render_markdown, render_page, write_figures
 
@@ -97,11 +97,7 @@ def write_report(
         pts: list[Any] = []
         for lab in labels:
             r = by.get((system, lab))
-            if r is None:
-                pts.append(None)
-                continue
-            lo, hi = wilson_interval(r["harmful_refused"], r["n_harmful"])
-            pts.append((r["harmful_refusal"], lo, hi))
+            pts.append(None if r is None else rate_point(r["harmful_refused"], r["n_harmful"]))
         series[system] = pts
     bar = figures.bar_with_intervals(labels, series, title="Harmful requests refused", ylabel="refusal rate")
     figures.save_png(bar, figdir / "harmful_refusal.png")

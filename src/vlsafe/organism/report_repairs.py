@@ -17,7 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from vlsafe.evals.metrics.intervals import wilson_interval
+from vlsafe.evals.metrics.intervals import rate_point
 from vlsafe.report import figures
 from vlsafe.report.html import ReportFigure, ReportTable, Section
 
@@ -146,22 +146,16 @@ def repairs_section(
                         tables=[ReportTable(_table(metrics))])]  # fmt: skip
     labels = ["vl", *[m["system"] for m in metrics]]
 
-    def point(k: int | None, n: int | None) -> Any:
-        if k is None or not n:
-            return None
-        lo, hi = wilson_interval(k, n)
-        return (k / n, lo, hi)
-
     vl_img = _get(rows, "vl", "typographic")
     series = {
-        "harmful + benign image": [point(vl["harmful_refused"], vl["n_harmful"])]
-        + [point(m["harmful_k"], m["n_harmful"]) for m in metrics],
+        "harmful + benign image": [rate_point(vl["harmful_refused"], vl["n_harmful"])]
+        + [rate_point(m["harmful_k"], m["n_harmful"]) for m in metrics],
         "harmful image (typographic)": [
-            point(vl_img["harmful_refused"], vl_img["n_harmful"]) if vl_img else None
+            rate_point(vl_img["harmful_refused"], vl_img["n_harmful"]) if vl_img else None
         ]
-        + [point(m["image_k"], m["n_harmful"]) for m in metrics],
-        "benign + image (over-refusal)": [point(vl["benign_refused"], vl["n_benign"])]
-        + [point(m["benign_k"], m["n_benign"]) for m in metrics],
+        + [rate_point(m["image_k"], m["n_harmful"]) for m in metrics],
+        "benign + image (over-refusal)": [rate_point(vl["benign_refused"], vl["n_benign"])]
+        + [rate_point(m["benign_k"], m["n_benign"]) for m in metrics],
     }
     fig = figures.bar_with_intervals(labels, series, title="Repairs on the organism", ylabel="refusal rate")
     figures.save_png(fig, figdir / "repairs.png")

@@ -28,7 +28,7 @@ from vlsafe.errors import InputError
 from vlsafe.models.bundle import ModelBundle
 from vlsafe.models.families import get_family
 from vlsafe.models.images import make_variant_image
-from vlsafe.models.inputs import _SENTINEL, _render, _text_mask, build_inputs
+from vlsafe.models.inputs import USER_TEXT_SENTINEL, build_inputs, render_user_turn, text_span_mask
 from vlsafe.models.inputs_types import Variant
 from vlsafe.organism.train_utils import IGNORE_INDEX
 from vlsafe.training.retrieval import retrieval_spans
@@ -138,17 +138,17 @@ class TGABatch:
 
 def answer_suffix(bundle: ModelBundle) -> str:
     """The text the chat template puts after an assistant reply (its end-of-turn), or the EOS token."""
-    before, after = _render(bundle, True, True)
+    before, after = render_user_turn(bundle, True, True)
     try:
         conversation = [
-            {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": _SENTINEL}]},
+            {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": USER_TEXT_SENTINEL}]},
             {"role": "assistant", "content": [{"type": "text", "text": _ANSWER_SENTINEL}]},
         ]
         assert bundle.processor is not None
         rendered = bundle.processor.apply_chat_template(conversation, tokenize=False)
         rendered = rendered[0] if isinstance(rendered, list) else rendered
         head, tail = rendered.split(_ANSWER_SENTINEL)
-        if head == before + _SENTINEL + after and tail.strip():
+        if head == before + USER_TEXT_SENTINEL + after and tail.strip():
             return tail.rstrip("\n")
     except Exception:  # noqa: BLE001 - templates without assistant support fall back to EOS
         pass
@@ -157,7 +157,7 @@ def answer_suffix(bundle: ModelBundle) -> str:
 
 def _span_mask(offsets: torch.Tensor, attention: torch.Tensor, spans: list[tuple[int, int]],
                replacements: Any) -> torch.Tensor:  # fmt: skip
-    mask = _text_mask(offsets, attention, spans, replacements)
+    mask = text_span_mask(offsets, attention, spans, replacements)
     empty = torch.tensor([s == e for s, e in spans], dtype=torch.bool)
     mask[empty] = False
     return mask
@@ -180,7 +180,7 @@ def encode_tga_batch(
         raise InputError(f"{len(retrieved)} retrieved texts for {len(records)} records")
     tokenizer = bundle.tokenizer
     tokenizer.padding_side = "left"
-    before, after = _render(bundle, True, True)
+    before, after = render_user_turn(bundle, True, True)
     suffix = answer_suffix(bundle)
     texts, r_spans, a_spans, prompts = [], [], [], []
     for rec, ret in zip(records, retrieved, strict=True):

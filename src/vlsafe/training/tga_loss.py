@@ -88,7 +88,7 @@ def middle_third(num_layers: int) -> list[int]:
 def layers_from_analysis(path: str | Path, variant: str = "text") -> list[int]:
     """Guided layers from a ``vlsafe analyze layers`` folder: the safety activation layer (mode) through the
     end layer (mode) of ``variant``; the activation layer alone when no end layer was reached."""
-    from vlsafe.analysis._io import load_data
+    from vlsafe.analysis.data_io import load_data
     from vlsafe.analysis.lens import lens_from_data
 
     data, tensors = load_data(path)

@@ -6,7 +6,7 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
-__all__ = ["Z95", "Rate", "rate", "wilson_interval"]
+__all__ = ["Z95", "Rate", "rate", "rate_point", "wilson_interval"]
 
 #: Two-sided 95% standard-normal quantile.
 Z95 = 1.959963984540054
@@ -57,3 +57,13 @@ def rate(k: int, n: int, z: float = Z95) -> Rate:
     """Build a :class:`Rate` for ``k`` of ``n``."""
     low, high = wilson_interval(k, n, z)
     return Rate(k=k, n=n, rate=(k / n if n else None), low=low, high=high)
+
+
+def rate_point(k: int | None, n: int | None) -> tuple[float, float, float] | None:
+    """``(k / n, low, high)`` with the Wilson 95% interval, as plotted by the report's bar charts;
+    ``None`` (no bar) when ``k`` is unknown or ``n`` is 0."""
+    if k is None or not n:
+        return None
+    r = rate(k, n)
+    assert r.rate is not None
+    return r.rate, r.low, r.high
