@@ -100,8 +100,15 @@ def organism_group() -> None:
 @click.option("--device", default="cpu", show_default=True, type=click.Choice(["cpu", "cuda"]))
 @click.option("--cache", "cache_dir", help="Organism cache directory (base weights and stage outputs).")
 @click.option("--out", "out_dir", help="Artefact directory (default: <cache>/artifacts).")
-def organism_build_cmd(stage: str, device: str, cache_dir: str | None, out_dir: str | None) -> None:
+@click.option(
+    "--recipe",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="YAML recipe (safe_llm: / vl: fields, see vlsafe.organism.recipe); default: the committed recipe.",
+)
+def organism_build_cmd(
+    stage: str, device: str, cache_dir: str | None, out_dir: str | None, recipe: Path | None
+) -> None:
     """Build the organism's stages (cached and resumable) and export the trained artefacts."""
     from vlsafe.organism.build import build
 
-    _echo_json(build(stage, device=device, cache_dir=cache_dir, out_dir=out_dir))
+    _echo_json(build(stage, device=device, cache_dir=cache_dir, out_dir=out_dir, recipe=recipe))

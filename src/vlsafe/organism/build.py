@@ -5,6 +5,7 @@ Stages: ``benign-answers`` (the base model's own replies to the benign training 
 training, with the safety probe curve). ``export`` copies the small trained pieces with sha256 checksums to
 the artefact directory. ``repairs`` (included in ``all``) then trains the repairs on the exported organism and
 chooses the settings of CMRM and of the merges on the validation split (:mod:`vlsafe.organism.repairs.build`).
+The recipe of every stage is one config (:mod:`vlsafe.organism.recipe`, ``--recipe recipe.yaml``).
 """
 
 from __future__ import annotations
@@ -14,15 +15,22 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from vlsafe.errors import ConfigError
 from vlsafe.organism.stages import StageResult, run_stage
 
+if TYPE_CHECKING:
+    from vlsafe.organism.recipe import OrganismRecipe
+    from vlsafe.organism.safe_llm import SafeLLMConfig
+    from vlsafe.organism.vl_train import VLConfig
+
 logger = logging.getLogger(__name__)
 STAGES = ("safe-llm", "vlm", "vl", "repairs", "all")
+#: VL recipe fields used by the ``vl`` stage only: changing them keeps the cached ``vlm`` stage.
+LORA_PHASE_FIELDS = {"vl_steps", "vl_lr", "rank", "alpha"}
 CODE_VERSION = "1"
 
 
@@ -44,11 +52,13 @@ def stage_root(cache_dir: str | Path | None) -> Path:
     return organism_cache_dir(cache_dir) / "stages"
 
 
-def build_safe_llm(cache_dir: str | Path | None = None) -> tuple[StageResult, StageResult]:
-    """Stages ``benign-answers`` and ``safe-llm``."""
+def build_safe_llm(
+    cache_dir: str | Path | None = None, cfg: SafeLLMConfig | None = None
+) -> tuple[StageResult, StageResult]:
+    """Stages ``benign-answers`` and ``safe-llm`` (recipe ``cfg``, default :class:`SafeLLMConfig`)."""
     from vlsafe.organism.safe_llm import SafeLLMConfig, make_benign_answers, train_safe_llm
 
-    cfg = SafeLLMConfig()
+    cfg = cfg or SafeLLMConfig()
     root = stage_root(cache_dir)
     src = _source_fp(cache_dir)
     answers = run_stage(
@@ -69,15 +79,19 @@ def build_safe_llm(cache_dir: str | Path | None = None) -> tuple[StageResult, St
     return answers, safe
 
 
-def build_vl(cache_dir: str | Path | None, safe: StageResult) -> tuple[StageResult, StageResult]:
-    """Stages ``vlm`` (projector only) and ``vl`` (projector + LLM LoRA)."""
+def build_vl(
+    cache_dir: str | Path | None, safe: StageResult, cfg: VLConfig | None = None
+) -> tuple[StageResult, StageResult]:
+    """Stages ``vlm`` (projector only) and ``vl`` (projector + LLM LoRA), recipe ``cfg`` (default
+    :class:`VLConfig`)."""
     from vlsafe.organism.vl_train import VLConfig, train_projector, train_vl
 
-    cfg = VLConfig()
+    cfg = cfg or VLConfig()
     root = stage_root(cache_dir)
     src = _source_fp(cache_dir)
     vlm = run_stage(
-        "vlm", root, {**src, "config": cfg.model_dump(), "safe": safe.record["fingerprint_hash"]},
+        "vlm", root, {**src, "config": cfg.model_dump(exclude=LORA_PHASE_FIELDS),
+                      "safe": safe.record["fingerprint_hash"]},
         lambda out: train_projector(out, cache_dir, safe.path, cfg),
     )  # fmt: skip
     vl = run_stage(
@@ -116,6 +130,7 @@ def build(
     device: str = "cpu",
     cache_dir: str | Path | None = None,
     out_dir: str | Path | None = None,
+    recipe: OrganismRecipe | str | Path | dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Build the organism up to ``stage`` and export the artefacts.
 
@@ -125,11 +140,14 @@ def build(
         cache_dir: Organism cache directory (base weights and stage outputs).
         out_dir: Where the artefacts go; default ``<cache>/artifacts`` (pass the package's
             ``vlsafe/organism/artifacts`` to update the committed ones).
+        recipe: The training recipe (:func:`vlsafe.organism.recipe.load_recipe`: a YAML path, a dict or an
+            :class:`~vlsafe.organism.recipe.OrganismRecipe`); default: the committed artefacts' recipe.
 
     Returns:
         ``{"stages": {name: record}, "out": path}``.
     """
     from vlsafe.organism.base import organism_cache_dir
+    from vlsafe.organism.recipe import load_recipe
 
     if stage not in STAGES:
         raise ConfigError(f"stage {stage!r} is unknown; choose one of {STAGES}")
@@ -139,12 +157,13 @@ def build(
         if not torch.cuda.is_available():
             raise ConfigError("device 'cuda' was asked for, but torch sees no CUDA device")
         os.environ["VLSAFE_ORGANISM_DEVICE"] = "cuda"
+    plan = load_recipe(recipe)
     torch.manual_seed(0)
     start = time.time()
-    answers, safe = build_safe_llm(cache_dir)
+    answers, safe = build_safe_llm(cache_dir, plan.safe_llm)
     results = [answers, safe]
     if stage in ("vlm", "vl", "repairs", "all"):
-        results += list(build_vl(cache_dir, safe))
+        results += list(build_vl(cache_dir, safe, plan.vl))
         if stage == "vlm":
             results = results[:3]
     out = Path(out_dir) if out_dir is not None else organism_cache_dir(cache_dir) / "artifacts"
@@ -152,7 +171,7 @@ def build(
     if stage in ("repairs", "all"):
         from vlsafe.organism.repairs.build import build_repairs
 
-        results += build_repairs(out, cache_dir)
+        results += build_repairs(out, cache_dir, recipe=plan)
     summary = {"stages": {r.name: r.record for r in results}, "out": str(out), "seconds": time.time() - start}
     logger.info("organism build finished in %.0f s -> %s", summary["seconds"], out)
     return summary

@@ -12,9 +12,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from vlsafe.training.tga import GuideConfig, RetrievalConfig, TGAConfig, run_tga
+
+if TYPE_CHECKING:
+    from vlsafe.organism.recipe import OrganismRecipe
+    from vlsafe.organism.vl_train import VLConfig
 
 
 def write_organism_tga_data(out_dir: str | Path, n_images: int = 400, seed: int = 0) -> tuple[Path, Path]:
@@ -51,12 +55,18 @@ def write_organism_tga_data(out_dir: str | Path, n_images: int = 400, seed: int 
 
 
 def organism_tga_config(
-    out_dir: str | Path, base_vlm: str | Path, data: Path, corpus: Path, **overrides: Any
+    out_dir: str | Path,
+    base_vlm: str | Path,
+    data: Path,
+    corpus: Path,
+    vl: VLConfig | None = None,
+    **overrides: Any,
 ) -> TGAConfig:
-    """The TGA config that matches the organism's VL adaptation recipe (``VLConfig`` defaults)."""
+    """The TGA config that matches the organism's VL adaptation recipe ``vl`` (default ``VLConfig()``):
+    the same stages, steps, learning rates, batch size, seed and LoRA shape."""
     from vlsafe.organism.vl_train import VLConfig
 
-    vl = VLConfig()
+    vl = vl or VLConfig()
     common = {"batch_size": vl.batch_size, "seed": vl.seed, "save_every": 20, "warmup_steps": 10}
     raw: dict[str, Any] = {
         "model": str(base_vlm),
@@ -75,20 +85,27 @@ def organism_tga_config(
 
 
 def run_tga_organism(
-    out_dir: str | Path, cache_dir: str | Path | None = None, progress: bool = True, **overrides: Any
+    out_dir: str | Path,
+    cache_dir: str | Path | None = None,
+    progress: bool = True,
+    recipe: OrganismRecipe | None = None,
+    **overrides: Any,
 ) -> dict[str, Any]:
     """Build (cached) the organism's safe LLM, wire it with DINOv2 (random projector, seed 0), write the
-    data, and run TGA; returns the TGA summary (``model_dir`` is the trained VLM)."""
+    data, and run TGA with the VL recipe of ``recipe`` (default: the committed organism's recipe); returns
+    the TGA summary (``model_dir`` is the trained VLM)."""
     from vlsafe.organism.build import build_safe_llm
-    from vlsafe.organism.vl_train import VLConfig, wire_safe_vlm
+    from vlsafe.organism.recipe import OrganismRecipe
+    from vlsafe.organism.vl_train import wire_safe_vlm
     from vlsafe.organism.wiring import save_vlm
 
     out = Path(out_dir)
-    vl = VLConfig()
+    recipe = recipe or OrganismRecipe()
+    vl = recipe.vl
     base = out / "base_vlm"
     if not (base / "config.json").is_file():
-        _, safe = build_safe_llm(cache_dir)
+        _, safe = build_safe_llm(cache_dir, recipe.safe_llm)
         model, processor = wire_safe_vlm(cache_dir, safe.path, vl.size)
         save_vlm(model.cpu(), processor, base)
     data, corpus = write_organism_tga_data(out / "data", vl.n_images, vl.seed)
-    return run_tga(organism_tga_config(out / "tga", base, data, corpus, **overrides), progress=progress)
+    return run_tga(organism_tga_config(out / "tga", base, data, corpus, vl, **overrides), progress=progress)

@@ -6,8 +6,9 @@ Each trained repair is one cached, fingerprinted stage (:mod:`vlsafe.organism.st
 
 Recipes (the committed artefacts were built with exactly these):
 
-* ``tga``: :func:`vlsafe.training.tga_organism.run_tga_organism` with its defaults -- the plain VL recipe's
-  data, stages, steps and learning rates with the TGA loss;
+* ``tga``: :func:`vlsafe.training.tga_organism.run_tga_organism` with the VL recipe of the organism it
+  repairs (:func:`vlsafe.organism.recipe.recipe_of_artifacts`) -- the plain VL recipe's data, stages, steps
+  and learning rates with the TGA loss;
 * ``sft``, ``dpo``, ``joint``: :func:`vlsafe.training.recipes.run_organism_baselines` with
   :data:`BASELINE_STEPS` steps of batch 4 and no in-training probe (the probe's evaluation run costs more
   than the training on 2 CPU cores).
@@ -22,11 +23,14 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from vlsafe.errors import ConfigError
 from vlsafe.organism.repairs.trained import TRAINED_REPAIRS, export_trained_repair
 from vlsafe.organism.stages import StageResult, run_stage
+
+if TYPE_CHECKING:
+    from vlsafe.organism.recipe import OrganismRecipe
 
 logger = logging.getLogger(__name__)
 
@@ -36,12 +40,12 @@ BASELINE_STEPS = 60
 RECIPE_VERSION = "1"
 
 
-def _train(name: str, out: Path) -> Path:
+def _train(name: str, out: Path, recipe: OrganismRecipe) -> Path:
     """Train repair ``name`` into ``out``; returns the merged model directory."""
     if name == "tga":
         from vlsafe.training.tga_organism import run_tga_organism
 
-        summary = run_tga_organism(out, progress=True)
+        summary = run_tga_organism(out, progress=True, recipe=recipe)
         return Path(summary["model_dir"])
     from vlsafe.training.recipes import run_organism_baselines
 
@@ -54,20 +58,24 @@ def build_repairs(
     cache_dir: str | Path | None = None,
     which: tuple[str, ...] = tuple(TRAINED_REPAIRS),
     selections: bool = True,
+    recipe: OrganismRecipe | None = None,
 ) -> list[StageResult]:
     """Train (or reuse) the chosen repairs on the organism in ``art_dir`` and export their deltas there;
     with ``selections``, also run (or resume) the CMRM and merge selections into ``art_dir``.
 
     The start systems (``organism:vl``, ``organism:vlm``) are read from ``art_dir``, so a freshly built organism
-    and its repairs stay consistent.
+    and its repairs stay consistent; TGA re-runs the VL adaptation with ``recipe`` (default: the recipe recorded
+    with the ``vl`` artefact in ``art_dir``).
     """
     from vlsafe.organism.artifacts import read_manifest
     from vlsafe.organism.build import stage_root
+    from vlsafe.organism.recipe import recipe_of_artifacts
 
     unknown = [w for w in which if w not in TRAINED_REPAIRS]
     if unknown:
         raise ConfigError(f"repairs {unknown} are unknown; choose from {sorted(TRAINED_REPAIRS)}")
     manifest = read_manifest(art_dir)
+    recipe = recipe or recipe_of_artifacts(art_dir)
     previous = os.environ.get("VLSAFE_ORGANISM_ARTIFACTS")
     os.environ["VLSAFE_ORGANISM_ARTIFACTS"] = str(art_dir)
     results = []
@@ -76,9 +84,11 @@ def build_repairs(
             start, _ = TRAINED_REPAIRS[name]
             deps = {k: v["sha256"] for k, v in manifest.items() if k.startswith(("safe_", f"{start}_"))}
             fingerprint: dict[str, Any] = {"recipe": RECIPE_VERSION, "steps": BASELINE_STEPS, "start": deps}
+            if name == "tga":  # TGA re-runs the VL recipe itself
+                fingerprint["organism_recipe"] = recipe.model_dump()
 
             def _build(out: Path, name: str = name) -> dict[str, Any]:
-                model_dir = _train(name, out / "run")
+                model_dir = _train(name, out / "run", recipe)
                 return {"model_dir": str(model_dir.relative_to(out))}  # the stage directory is renamed after
 
             result = run_stage(f"repair-{name}", stage_root(cache_dir), fingerprint, _build)

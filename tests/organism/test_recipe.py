@@ -1,0 +1,129 @@
+"""The organism recipe: YAML loading with named errors, its flow into every stage's config and fingerprint."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from vlsafe.errors import ConfigError
+from vlsafe.organism.recipe import OrganismRecipe, load_recipe, recipe_of_artifacts
+from vlsafe.organism.safe_llm import SafeLLMConfig
+from vlsafe.organism.vl_train import VLConfig
+
+
+def test_load_recipe_yaml_overrides_only_named_fields(tmp_path: Path) -> None:
+    path = tmp_path / "recipe.yaml"
+    path.write_text("vl:\n  n_images: 2000\n  proj_steps: 400\n")
+    recipe = load_recipe(path)
+    assert recipe.vl.n_images == 2000 and recipe.vl.proj_steps == 400
+    assert recipe.vl.vl_steps == VLConfig().vl_steps  # untouched fields keep the committed recipe
+    assert recipe.safe_llm == SafeLLMConfig()
+    assert load_recipe(None) == OrganismRecipe()
+    assert load_recipe({"vl": {"vl_steps": 7}}).vl.vl_steps == 7
+    assert load_recipe(recipe) is recipe
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("vl:\n  proj_step: 400\n", r"vl\.proj_step"),  # a typo is named, not ignored
+        ("vl:\n  proj_steps: many\n", r"vl\.proj_steps"),
+        ("visual: {}\n", "visual"),
+        ("- vl\n", "mapping"),
+    ],
+)
+def test_load_recipe_names_the_bad_field(tmp_path: Path, text: str, message: str) -> None:
+    path = tmp_path / "recipe.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=message):
+        load_recipe(path)
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_recipe(tmp_path / "missing.yaml")
+
+
+def test_recipe_of_artifacts_reads_the_vl_config(tmp_path: Path) -> None:
+    from vlsafe.organism.artifacts import write_artifact
+
+    assert recipe_of_artifacts_or_default(tmp_path / "empty") == OrganismRecipe()
+    cfg = VLConfig(proj_steps=123, n_images=77)
+    write_artifact(tmp_path, "vl_lora.safetensors", {"x": torch.zeros(1)}, {"config": cfg.model_dump()})
+    assert recipe_of_artifacts(tmp_path).vl == cfg
+
+
+def recipe_of_artifacts_or_default(path: Path) -> OrganismRecipe:
+    from vlsafe.organism.artifacts import write_artifact
+
+    write_artifact(path, "safe_lora.safetensors", {"x": torch.zeros(1)})  # a manifest without a vl entry
+    return recipe_of_artifacts(path)
+
+
+def test_build_passes_the_recipe_to_the_stages_and_their_fingerprints(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import vlsafe.organism.build as build
+    import vlsafe.organism.safe_llm as safe_llm
+    import vlsafe.organism.vl_train as vl_train
+
+    seen: dict[str, list[Any]] = {"safe": [], "vlm": [], "vl": []}
+
+    def fake_answers(out: Path, cache_dir: Any, cfg: SafeLLMConfig) -> None:
+        (out / "answers.json").write_text("[]")
+
+    def fake_safe(out: Path, cache_dir: Any, answers: Path, cfg: SafeLLMConfig) -> dict[str, Any]:
+        seen["safe"].append(cfg)
+        return {"best_step": 1, "val": []}
+
+    def fake_vlm(out: Path, cache_dir: Any, safe: Path, cfg: VLConfig) -> dict[str, Any]:
+        seen["vlm"].append(cfg)
+        return {}
+
+    def fake_vl(out: Path, cache_dir: Any, safe: Path, vlm: Path, cfg: VLConfig) -> dict[str, Any]:
+        seen["vl"].append(cfg)
+        return {}
+
+    monkeypatch.setattr(safe_llm, "make_benign_answers", fake_answers)
+    monkeypatch.setattr(safe_llm, "train_safe_llm", fake_safe)
+    monkeypatch.setattr(vl_train, "train_projector", fake_vlm)
+    monkeypatch.setattr(vl_train, "train_vl", fake_vl)
+    monkeypatch.setattr(build, "_source_fp", lambda cache_dir: {"src": "fixed"})
+    monkeypatch.setattr(build, "export", lambda results, out: out)
+    cache = tmp_path / "cache"
+    build.build("vl", cache_dir=cache, out_dir=tmp_path / "art")
+    build.build("vl", cache_dir=cache, out_dir=tmp_path / "art")  # same recipe: every stage cached
+    assert [len(v) for v in seen.values()] == [1, 1, 1]
+    longer = {"vl": {"vl_steps": 99}}
+    build.build("vl", cache_dir=cache, out_dir=tmp_path / "art", recipe=longer)
+    # Only the stage whose recipe changed is rebuilt: vl_steps belongs to the LoRA phase (stage vl).
+    assert [len(v) for v in seen.values()] == [1, 1, 2] and seen["vl"][-1].vl_steps == 99
+    build.build("vl", cache_dir=cache, out_dir=tmp_path / "art", recipe={"vl": {"proj_steps": 5}})
+    assert [len(v) for v in seen.values()] == [1, 2, 3] and seen["vlm"][-1].proj_steps == 5
+    with pytest.raises(ConfigError, match="vl_stepz"):
+        build.build("vl", cache_dir=cache, recipe={"vl": {"vl_stepz": 1}})
+
+
+def test_tga_config_follows_the_vl_recipe(tmp_path: Path) -> None:
+    from vlsafe.training import organism_tga_config, write_organism_tga_data
+
+    data, corpus = write_organism_tga_data(tmp_path / "data", n_images=4, seed=0)
+    vl = VLConfig(proj_steps=11, vl_steps=13, proj_lr=1e-3, rank=4, alpha=8)
+    cfg = organism_tga_config(tmp_path / "run", tmp_path / "base", data, corpus, vl)
+    (proj, lora) = cfg.stages
+    assert (proj["max_steps"], proj["lr"]) == (11, 1e-3)
+    assert (lora["max_steps"], lora["lora"]["rank"], lora["lora"]["alpha"]) == (13, 4, 8)
+
+
+def test_cli_build_takes_a_recipe_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import vlsafe.organism.build as build
+    from vlsafe.cli import main
+
+    got: dict[str, Any] = {}
+    monkeypatch.setattr(build, "build", lambda stage, **kw: got.update(kw, stage=stage) or {"ok": True})
+    path = tmp_path / "r.yaml"
+    path.write_text("vl:\n  proj_steps: 5\n")
+    result = CliRunner().invoke(main, ["organism", "build", "--stage", "vl", "--recipe", str(path)])
+    assert result.exit_code == 0, result.output
+    assert got["stage"] == "vl" and got["recipe"] == path
