@@ -109,3 +109,18 @@ def test_report_has_a_repairs_section(tmp_path: Path) -> None:
     assert "## Repairs" in md and "vl+cmrm-dataset" in md and "missed" in md
     assert (tmp_path / "figures" / "repairs.png").stat().st_size > 5000
     assert len(summary["repairs"]) == 3
+
+
+def test_organism_targets_are_checked_and_reported(tmp_path: Path) -> None:
+    from vlsafe.organism.report import organism_targets, write_report
+
+    rows, _ = _rows()  # safe LLM 0.9 / 0.1 refused (n = 10); vl + synthetic 0.1; VQA 0.5
+    targets = organism_targets(rows)
+    assert [t["met"] for t in targets] == [True, True, True, False]
+    assert targets[2]["target"].startswith("degradation") and targets[2]["value"] == pytest.approx(0.8)
+    assert organism_targets([_row("vl", "synthetic", 1, 0, None)]) == []  # nothing measurable
+    summary: dict[str, Any] = {"max_new_tokens": 12, "seconds": 1.0, "peak_rss_mb": 1.0, "examples": {}}
+    write_report(tmp_path, rows, [], summary, art_dir=tmp_path)
+    md = (tmp_path / "report.md").read_text()
+    assert "VL held-out synthetic VQA accuracy >= 0.80: 0.50, **missed**" in md
+    assert len(summary["targets"]) == 4
