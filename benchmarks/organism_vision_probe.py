@@ -4,7 +4,8 @@ The organism's VL model reaches only ~0.2-0.45 held-out VQA accuracy within a CP
 diagnostic separates "the vision tower cannot see it" from "the VL training has not learned it yet": it
 trains small classifiers directly on the frozen DINOv2 patch features, exactly as the organism feeds them to
 its projector (last layer, CLS dropped, ``size`` px), one classifier per (example kind, question index),
-on ``train``-split renders, and tests them on ``test``-split renders.
+on ``train``-split renders, and tests them on ``test``-split renders. ``--layer`` reads another DINOv2 layer
+(``hidden_states`` index) to compare with the organism's choice.
 
 * ``flat``: one linear layer on the flattened ``[patches x 384]`` tokens;
 * ``mlp``: a per-patch 384 -> 64 GELU map (a small projector) followed by a linear read-out.
@@ -13,7 +14,7 @@ Both train full-batch with AdamW (lr 1e-3, weight decay 1e-2) for 300 epochs, se
 Prints, as its last line, ``{"<kind>/<q>/<type>": {"flat": acc, "mlp": acc, ...}, ...}`` plus the
 test-count-weighted means over all classifiers (``mean_flat``, ``mean_mlp``).
 
-Run: ``.venv/bin/python benchmarks/organism_vision_probe.py [--size 112] [--train 3000] [--test 600]``
+Run: ``.venv/bin/python benchmarks/organism_vision_probe.py [--size 112] [--train 3000] [--test 600] [--layer -1]``
 (about 10-20 minutes on one core, most of it the image features).
 """
 
@@ -27,14 +28,14 @@ import torch
 
 
 @torch.no_grad()
-def _features(vision, processor, split: str, n: int) -> tuple[list, torch.Tensor]:
+def _features(vision, processor, split: str, n: int, layer: int = -1) -> tuple[list, torch.Tensor]:
     from vlsafe.organism.synthetic import make_example
 
     examples = [make_example(i, split) for i in range(n)]
     out = []
     for i in range(0, n, 50):
         pix = processor([e.image for e in examples[i : i + 50]], return_tensors="pt")["pixel_values"]
-        out.append(vision(pix, output_hidden_states=True).hidden_states[-1][:, 1:])
+        out.append(vision(pix, output_hidden_states=True).hidden_states[layer][:, 1:])
     return examples, torch.cat(out)
 
 
@@ -74,6 +75,9 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=112)
     parser.add_argument("--train", type=int, default=3000)
     parser.add_argument("--test", type=int, default=600)
+    parser.add_argument(
+        "--layer", type=int, default=-1, help="hidden_states index (-1: the organism's layer)"
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
     torch.manual_seed(0)
@@ -82,8 +86,8 @@ def main() -> None:
 
     vision = load_base_vision(None).eval()
     processor = make_image_processor(args.size)
-    train = _by_question(*_features(vision, processor, "train", args.train))
-    test = _by_question(*_features(vision, processor, "test", args.test))
+    train = _by_question(*_features(vision, processor, "train", args.train, args.layer))
+    test = _by_question(*_features(vision, processor, "test", args.test, args.layer))
     results: dict[str, dict[str, float | int]] = {}
     for key in sorted(train):
         if key not in test:
