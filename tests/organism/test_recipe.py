@@ -127,3 +127,25 @@ def test_cli_build_takes_a_recipe_file(tmp_path: Path, monkeypatch: pytest.Monke
     result = CliRunner().invoke(main, ["organism", "build", "--stage", "vl", "--recipe", str(path)])
     assert result.exit_code == 0, result.output
     assert got["stage"] == "vl" and got["recipe"] == path
+
+
+def test_recipe_feature_layer_reaches_the_vlm_loader(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import vlsafe.organism.base as base
+    import vlsafe.organism.registry as registry
+    import vlsafe.organism.wiring as wiring
+    from vlsafe.organism.artifacts import write_artifact
+
+    assert load_recipe({"vl": {"feature_layer": 8}}).vl.feature_layer == 8
+    seen: dict[str, Any] = {}
+    monkeypatch.setattr(registry, "_safe_llm", lambda c, a: ("llm", "tok"))
+    monkeypatch.setattr(base, "load_base_vision", lambda c=None: "vision")
+    monkeypatch.setattr(wiring, "wire_llava", lambda *a, **k: seen.update(k) or ("model", "proc"))
+    cfg = VLConfig(feature_layer=8).model_dump()
+    write_artifact(tmp_path, "vl_projector.safetensors", {"w": torch.zeros(1)}, {"size": 112, "config": cfg})
+    registry._vlm(None, tmp_path, "vl_projector.safetensors")
+    assert seen["feature_layer"] == 8 and seen["size"] == 112
+    write_artifact(
+        tmp_path, "vlm_projector.safetensors", {"w": torch.zeros(1)}, {"size": 112}
+    )  # older artefact
+    registry._vlm(None, tmp_path, "vlm_projector.safetensors")
+    assert seen["feature_layer"] == -1

@@ -34,9 +34,9 @@ def _tokenizer() -> PreTrainedTokenizerFast:
     return fast
 
 
-def _parts():
+def _parts(vision_layers: int = 1):
     torch.manual_seed(0)
-    vision = Dinov2Model(Dinov2Config(hidden_size=64, num_hidden_layers=1, num_attention_heads=1, mlp_ratio=2,
+    vision = Dinov2Model(Dinov2Config(hidden_size=64, num_hidden_layers=vision_layers, num_attention_heads=1, mlp_ratio=2,
                                       image_size=224, patch_size=14)).eval()  # fmt: skip
     llm = LlamaForCausalLM(LlamaConfig(vocab_size=len(WORDS), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                                        num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True,
@@ -92,3 +92,19 @@ def test_processor_keeps_image_edges_and_normalises_like_dinov2():
     px = proc.image_processor(images=[img], return_tensors="pt")["pixel_values"][0]
     assert torch.allclose(px[0, 100, 3], torch.tensor((0 - 0.485) / 0.229), atol=1e-3)
     assert torch.allclose(px[0, 100, 200], torch.tensor((1 - 0.485) / 0.229), atol=1e-3)
+
+
+def test_feature_layer_selects_the_vision_layer_the_projector_reads():
+    vision, llm, tok = _parts(vision_layers=2)
+    model, proc = wire_llava(vision, llm, tok, seed=1, feature_layer=1)
+    assert model.config.vision_feature_layer == 1
+    pix = proc.image_processor([make_example(0).image], return_tensors="pt")["pixel_values"]
+    with torch.no_grad():
+        feats = model.get_image_features(pixel_values=pix)
+        feats = feats.pooler_output if hasattr(feats, "pooler_output") else feats
+        hidden = vision(pix, output_hidden_states=True).hidden_states
+        expected = model.model.multi_modal_projector(hidden[1][:, 1:])  # layer 1 of 2, CLS dropped
+        other = model.model.multi_modal_projector(hidden[-1][:, 1:])
+    got = torch.cat(list(feats)).reshape(expected.shape)
+    assert torch.allclose(got, expected, atol=1e-6)
+    assert (got - other).abs().max() > 100 * (got - expected).abs().max()  # the last layer is another input

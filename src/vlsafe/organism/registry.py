@@ -60,7 +60,15 @@ def _vlm(cache_dir: Path | None, art: Path, projector: str) -> tuple[Any, Any]:
     llm, tok = _safe_llm(cache_dir, art)
     proj, meta = load_artifact(art, projector)
     state = {k: v.float() for k, v in proj.items()}
-    return wire_llava(load_base_vision(cache_dir), llm, tok, projector_state=state, size=int(meta["size"]))
+    layer = int(meta.get("config", {}).get("feature_layer", -1))  # artefacts before the field: last layer
+    return wire_llava(
+        load_base_vision(cache_dir),
+        llm,
+        tok,
+        projector_state=state,
+        size=int(meta["size"]),
+        feature_layer=layer,
+    )
 
 
 def _vl(cache_dir: Path | None, art: Path) -> tuple[Any, Any]:

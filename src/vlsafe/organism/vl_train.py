@@ -54,10 +54,15 @@ class VLConfig(BaseModel):
     probe_every: int = 30
     probe_n: int = 16
     probe_tokens: int = 12
+    #: DINOv2 ``hidden_states`` index the projector reads (-1: last layer, the committed organism's).
+    feature_layer: int = -1
 
 
-def wire_safe_vlm(cache_dir: str | Path | None, safe_dir: Path, size: int) -> tuple[Any, Any]:
-    """The safe LLM (base + merged safety LoRA) wired with DINOv2 at ``size`` px; projector random (seed 0)."""
+def wire_safe_vlm(
+    cache_dir: str | Path | None, safe_dir: Path, size: int, feature_layer: int = -1
+) -> tuple[Any, Any]:
+    """The safe LLM (base + merged safety LoRA) wired with DINOv2 at ``size`` px, the projector reading
+    DINOv2's ``hidden_states[feature_layer]``; projector random (seed 0)."""
     from safetensors.torch import load_file
 
     from vlsafe.organism.base import load_base_vision
@@ -66,7 +71,9 @@ def wire_safe_vlm(cache_dir: str | Path | None, safe_dir: Path, size: int) -> tu
 
     meta = json.loads((safe_dir / "train_log.json").read_text())
     llm, tok = load_safe_llm(cache_dir, load_file(str(safe_dir / "safe_lora.safetensors")), meta["scale"])
-    model, processor = wire_llava(load_base_vision(cache_dir), llm, tok, size=size)
+    model, processor = wire_llava(
+        load_base_vision(cache_dir), llm, tok, size=size, feature_layer=feature_layer
+    )
     return model.to(train_device()), processor
 
 
@@ -220,7 +227,7 @@ def train_projector(out: Path, cache_dir: str | Path | None, safe_dir: Path, cfg
     from safetensors.torch import save_file
 
     torch.manual_seed(cfg.seed)
-    model, processor = wire_safe_vlm(cache_dir, safe_dir, cfg.size)
+    model, processor = wire_safe_vlm(cache_dir, safe_dir, cfg.size, cfg.feature_layer)
     for p in model.parameters():
         p.requires_grad_(False)
     for p in model.model.multi_modal_projector.parameters():
@@ -248,7 +255,7 @@ def train_vl(
     from vlsafe.organism.artifacts import lora_state
 
     torch.manual_seed(cfg.seed)
-    model, processor = wire_safe_vlm(cache_dir, safe_dir, cfg.size)
+    model, processor = wire_safe_vlm(cache_dir, safe_dir, cfg.size, cfg.feature_layer)
     proj = {k: v.float() for k, v in load_file(str(vlm_dir / "vlm_projector.safetensors")).items()}
     model.model.multi_modal_projector.load_state_dict(proj)
     model.config.use_cache = False

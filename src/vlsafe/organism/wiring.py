@@ -101,8 +101,11 @@ def make_processor(tokenizer: Any, patch_size: int = 14, size: int = IMAGE_SIZE)
     )
 
 
-def llava_config(vision_config: Any, text_config: Any, image_token_id: int, size: int = IMAGE_SIZE) -> Any:
-    """``LlavaConfig`` joining a Dinov2 vision config and a causal-LM text config."""
+def llava_config(
+    vision_config: Any, text_config: Any, image_token_id: int, size: int = IMAGE_SIZE, feature_layer: int = -1
+) -> Any:
+    """``LlavaConfig`` joining a Dinov2 vision config and a causal-LM text config; the projector reads the
+    vision tower's ``hidden_states[feature_layer]`` (default the last layer)."""
     from transformers import LlavaConfig
 
     grid = size // vision_config.patch_size
@@ -112,7 +115,7 @@ def llava_config(vision_config: Any, text_config: Any, image_token_id: int, size
         image_token_index=image_token_id,
         projector_hidden_act="gelu",
         vision_feature_select_strategy="default",
-        vision_feature_layer=-1,
+        vision_feature_layer=feature_layer,
         image_seq_length=grid * grid,
         multimodal_projector_bias=True,
         tie_word_embeddings=bool(getattr(text_config, "tie_word_embeddings", False)),
@@ -127,6 +130,7 @@ def wire_llava(
     projector_state: dict[str, torch.Tensor] | None = None,
     seed: int = 0,
     size: int = IMAGE_SIZE,
+    feature_layer: int = -1,
 ) -> tuple[Any, Any]:
     """Assemble a ``LlavaForConditionalGeneration`` from pretrained parts.
 
@@ -138,6 +142,7 @@ def wire_llava(
             when ``None`` the projector is initialised randomly from ``seed``.
         seed: Seed of the projector initialisation.
         size: Image side in pixels (a multiple of the patch size).
+        feature_layer: The vision tower's ``hidden_states`` index fed to the projector (``-1``: last layer).
 
     Returns:
         ``(model, processor)``; the model is float32 in eval mode, its vocabulary extended by ``<image>``.
@@ -149,7 +154,9 @@ def wire_llava(
         raise ModelLoadError(f"image size {size} is not a multiple of the vision patch size {patch}")
     processor = make_processor(tokenizer, patch_size=patch, size=size)
     image_token_id = int(processor.image_token_id)
-    config = llava_config(vision_model.config, llm.config, image_token_id, size=size)
+    config = llava_config(
+        vision_model.config, llm.config, image_token_id, size=size, feature_layer=feature_layer
+    )
     torch.manual_seed(seed)
     model: Any = LlavaForConditionalGeneration(config)
     model = model.to(torch.float32)

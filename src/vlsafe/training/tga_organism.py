@@ -105,7 +105,7 @@ def run_tga_organism(
     base = out / "base_vlm"
     if not (base / "config.json").is_file():
         _, safe = build_safe_llm(cache_dir, recipe.safe_llm)
-        model, processor = wire_safe_vlm(cache_dir, safe.path, vl.size)
+        model, processor = wire_safe_vlm(cache_dir, safe.path, vl.size, vl.feature_layer)
         save_vlm(model.cpu(), processor, base)
     data, corpus = write_organism_tga_data(out / "data", vl.n_images, vl.seed)
     return run_tga(organism_tga_config(out / "tga", base, data, corpus, vl, **overrides), progress=progress)
