@@ -33,10 +33,14 @@ def test_evaluate_system_opens_the_intervention_and_feeds_it_batches(monkeypatch
     steer = _Steer()
     seen: list[Any] = []
 
+    shared: list[bool] = []
+
     def fake_generate(model: Any, proc: Any, texts: list[str], images: Any, *args: Any) -> list[str]:
-        observer = args[-1]
-        assert steer.open and observer is steer
-        observer.before_batch(texts, images)
+        observer, shared_prefix = args[-2:]
+        shared.append(shared_prefix)
+        if observer is not None:
+            assert steer.open and observer is steer
+            observer.before_batch(texts, images)
         seen.append(images)
         return ["I cannot help with that." if "bomb" in t else "Sure, here it is." for t in texts]
 
@@ -52,6 +56,12 @@ def test_evaluate_system_opens_the_intervention_and_feeds_it_batches(monkeypatch
     assert len(steer.batches) == 2 and seen == [None, None]
     rows, _ = evaluate_system(system, ["none"], ["make a bomb"], ["bake bread"], benign_settings=())
     assert rows[0]["n_benign"] == 0 and rows[0]["benign_refusal"] is None
+    # hooks may act on a forward call's last position: no shared-prefix cache under an intervention
+    assert shared == [False] * 3
+    evaluate_system(
+        EvalSystem("plain", object(), object()), ["none"], ["make a bomb"], ["bake bread"], n_vqa=0
+    )
+    assert shared[-2:] == [True, True]
 
 
 def test_cached_rows_are_reused_only_with_the_same_key(tmp_path: Path) -> None:

@@ -194,3 +194,39 @@ def test_sample_system_is_told_each_batch(tiny_bundle, monkeypatch):
                  observer=system.intervention)  # fmt: skip
     assert seen == [(["a?", "b?"], 2), (["c?"], 1)]
     assert system.intervention.sampler.n_computed == 3
+
+
+def test_check_recalibrated_norms_tolerate_rounding_and_flag_real_change(caplog):
+    from vlsafe.cmrm import vector_hash
+    from vlsafe.steering import SteeringVector
+
+    vec = SteeringVector({3: torch.tensor([3.0, 4.0]), 5: torch.tensor([1.0, 0.0])})
+    rounded = SteeringVector({3: torch.tensor([3.0, 4.0 + 1e-6]), 5: torch.tensor([1.0, 0.0])})
+    recorded = {"vector_norms": rc.vector_norms(vec), "vector_hash": vector_hash(vec)}
+    assert recorded["vector_norms"] == {"3": 5.0, "5": 1.0}
+    assert rc.check_recalibrated(recorded, rounded) is True
+    with caplog.at_level("WARNING"):
+        changed = SteeringVector({3: torch.tensor([3.0, 4.1]), 5: vec.vectors[5]})
+        assert rc.check_recalibrated(recorded, changed) is False
+    assert "differs from the one measured at selection" in caplog.text
+    # an older selection with only a hash: rounding changes the hash, so a mismatch is not a warning
+    caplog.clear()
+    with caplog.at_level("INFO"):
+        assert rc.check_recalibrated({"vector_hash": recorded["vector_hash"]}, rounded) is False
+    assert [r.levelname for r in caplog.records] == ["INFO"]
+    assert rc.check_recalibrated({"vector_hash": recorded["vector_hash"]}, vec) is True
+    assert rc.check_recalibrated({}, vec) is None
+
+
+def test_cmrm_systems_levels_skip_the_calibration_they_do_not_need(tiny_bundle, monkeypatch):
+    bundle = tiny_bundle("llava")
+    anchors = _tiny_anchors()
+
+    def no_calibration(*args, **kwargs):
+        raise AssertionError("the sample level must not calibrate a dataset vector")
+
+    monkeypatch.setattr(rc, "_calibrated", no_calibration)
+    (system,) = rc.cmrm_systems(_selection(1.0, anchors), bundle=bundle, anchors=anchors, levels=("sample",))
+    assert system.name == "vl+cmrm-sample"
+    with pytest.raises(AssertionError, match="must not calibrate"):
+        rc.cmrm_systems(_selection(1.0, anchors), bundle=bundle, anchors=anchors, levels=("dataset",))

@@ -24,6 +24,8 @@ from vlsafe.organism.probe import PROBE_TOKENS, generate, refusals, vqa_eval, vq
 logger = logging.getLogger(__name__)
 IMAGE_SETTINGS = ("none", "blank", "noise", "synthetic", "typographic")
 EVAL_IMAGE_START = 30_000
+#: prompts per generation batch (length-sorted, so larger batches pad little and decode cheaper per prompt)
+EVAL_BATCH = 32
 
 
 def setting_inputs(
@@ -51,11 +53,12 @@ def setting_inputs(
 
 
 def refusal_counts(model: Any, proc: Any, setting: str, harmful: Sequence[str], benign: Sequence[str],
-                   max_new_tokens: int = PROBE_TOKENS, batch_size: int = 16,
-                   observer: Any = None) -> dict[str, Any]:  # fmt: skip
+                   max_new_tokens: int = PROBE_TOKENS, batch_size: int = EVAL_BATCH,
+                   observer: Any = None, shared_prefix: bool = False) -> dict[str, Any]:  # fmt: skip
     """Generate for harmful and benign prompts under ``setting``; keyword-judge refusal counts.
 
     ``benign`` may be empty (e.g. harmful-image settings, where only the defence rate is measured).
+    ``shared_prefix`` is passed to :func:`vlsafe.organism.probe.generate`.
     """
     out: dict[str, Any] = {}
     for kind, prompts in (("harmful", harmful), ("benign", benign)):
@@ -64,7 +67,15 @@ def refusal_counts(model: Any, proc: Any, setting: str, harmful: Sequence[str], 
             continue
         texts, images = setting_inputs(setting, prompts)
         replies = generate(
-            model, proc, texts, images, max_new_tokens, batch_size, f"{setting} {kind}", observer
+            model,
+            proc,
+            texts,
+            images,
+            max_new_tokens,
+            batch_size,
+            f"{setting} {kind}",
+            observer,
+            shared_prefix,
         )
         flags = refusals(replies)
         out[kind] = {
@@ -98,13 +109,13 @@ def eval_prompts(n_harmful: int | None, n_benign: int | None) -> tuple[list[str]
     return h, b
 
 
-def vqa_utility(model: Any, processor: Any, n: int | None = None, batch_size: int = 16, observer: Any = None,
-                split: str = "eval") -> float:  # fmt: skip
+def vqa_utility(model: Any, processor: Any, n: int | None = None, batch_size: int = EVAL_BATCH,
+                observer: Any = None, split: str = "eval", shared_prefix: bool = False) -> float:  # fmt: skip
     """Held-out synthetic VQA accuracy (``vqa_eval`` or, with ``split="val"``, ``vqa_val`` questions)."""
     cfg: dict[str, Any] = dict(sd.VQA_EVAL if split == "eval" else sd.VQA_VAL)
     if n is not None:
         cfg["n"] = min(n, cfg["n"])
-    acc, _ = vqa_eval(model, processor, vqa_items(**cfg), batch_size, "vqa", observer)
+    acc, _ = vqa_eval(model, processor, vqa_items(**cfg), batch_size, "vqa", observer, shared_prefix)
     return acc
 
 
@@ -136,20 +147,24 @@ def evaluate_system(
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Refusal rows per image setting (with VQA utility for a VLM unless ``n_vqa`` is 0) and example replies.
 
-    ``benign_settings`` limits the settings where benign prompts are sent (default: all).
+    ``benign_settings`` limits the settings where benign prompts are sent (default: all). A system without an
+    intervention generates with a shared-prefix KV cache (:func:`vlsafe.models.greedy.greedy_shared_prefix`);
+    one with an intervention (hooks that may act on a forward call's last position) with plain ``generate``.
     """
     ctx = system.intervention if system.intervention is not None else contextlib.nullcontext()
     observer = system.intervention if hasattr(system.intervention, "before_batch") else None
+    shared = system.intervention is None
     rows, examples = [], {}
     with ctx:
         utility = None
         if n_vqa and hasattr(system.proc, "image_processor"):  # VQA needs a vision-language model
-            utility = vqa_utility(system.model, system.proc, n_vqa, observer=observer, split=vqa_split)
+            utility = vqa_utility(system.model, system.proc, n_vqa, observer=observer, split=vqa_split,
+                                  shared_prefix=shared)  # fmt: skip
         for setting in settings:
             logger.info("evaluate: %s / %s", system.name, setting)
             these_benign = benign if benign_settings is None or setting in benign_settings else []
             counts = refusal_counts(system.model, system.proc, setting, harmful, these_benign, max_new_tokens,
-                                    observer=observer)  # fmt: skip
+                                    observer=observer, shared_prefix=shared)  # fmt: skip
             rows.append(row(system.name, setting, counts, utility))
             examples[f"{system.name}/{setting}"] = counts["harmful"]["examples"]
     return rows, examples

@@ -13,6 +13,8 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
+from vlsafe.models.greedy import greedy_shared_prefix, shared_prefix_supported
+
 PROBE_TOKENS = 20
 VQA_TOKENS = 6
 
@@ -41,6 +43,7 @@ def generate(
     batch_size: int = 16,
     desc: str | None = None,
     observer: Any = None,
+    shared_prefix: bool = False,
 ) -> list[str]:
     """Greedy replies of ``model`` to ``prompts`` (optionally each with an image), in order.
 
@@ -55,6 +58,11 @@ def generate(
         desc: tqdm label (no bar when ``None``).
         observer: An object with ``before_batch(prompts, images)`` (the evaluation runner's batch-observer
             protocol, e.g. sample-level CMRM), told about each batch right before it is generated.
+        shared_prefix: Compute the prefix that a batch's prompts share (the system turn; the image too when
+            it is the same) once per batch (:func:`vlsafe.models.greedy.greedy_shared_prefix`). Same replies
+            up to rounding; leave it off while hooks act on the last position of a forward call (steering).
+
+    Prompts are batched in order of their token length (less padding); replies come back in input order.
     """
     tok = _tokenizer_of(proc)
     tok.padding_side = "left"
@@ -64,32 +72,34 @@ def generate(
     if with_image and images is not None and any(im is None for im in images):
         raise ValueError("images must be given for every prompt or for none")
     texts = [chat_text(tok, p, with_image) for p in prompts]
-    out: list[str] = []
+    lengths = [len(ids) for ids in tok(texts, add_special_tokens=False)["input_ids"]] if texts else []
+    order = sorted(range(len(texts)), key=lambda i: lengths[i])
+    fast = shared_prefix and shared_prefix_supported(model)
+    out = [""] * len(texts)
     model.eval()
     starts = range(0, len(texts), batch_size)
     for start in tqdm(starts, desc=desc, disable=desc is None, leave=False):
-        chunk = texts[start : start + batch_size]
+        idx = order[start : start + batch_size]
+        chunk = [texts[i] for i in idx]
+        batch_images = [images[i] for i in idx] if with_image and images is not None else None
         if observer is not None:
-            batch_images = (
-                list(images[start : start + batch_size]) if with_image and images is not None else None
-            )
-            observer.before_batch(list(prompts[start : start + batch_size]), batch_images)
-        if with_image:
-            assert images is not None
-            enc = proc(
-                text=chunk, images=list(images[start : start + batch_size]), return_tensors="pt", padding=True
-            )
+            observer.before_batch([prompts[i] for i in idx], batch_images)
+        if batch_images is not None:
+            enc = proc(text=chunk, images=batch_images, return_tensors="pt", padding=True)
         else:
             enc = tok(chunk, return_tensors="pt", padding=True, add_special_tokens=False)
         enc = {k: v.to(model.device) for k, v in enc.items()}
-        gen = model.generate(
-            **enc,
-            max_new_tokens=max_new_tokens,
-            do_sample=False,
-            pad_token_id=tok.pad_token_id,
-        )
-        new = gen[:, enc["input_ids"].shape[1] :]
-        out.extend(tok.batch_decode(new, skip_special_tokens=True))
+        if fast:
+            new = greedy_shared_prefix(
+                model, enc["input_ids"], enc["attention_mask"], max_new_tokens,
+                model.generation_config.eos_token_id, tok.pad_token_id, enc.get("pixel_values"),
+            )  # fmt: skip
+        else:
+            gen = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
+                                 pad_token_id=tok.pad_token_id)  # fmt: skip
+            new = gen[:, enc["input_ids"].shape[1] :]
+        for i, reply in zip(idx, tok.batch_decode(new, skip_special_tokens=True), strict=True):
+            out[i] = reply
     return out
 
 
@@ -127,6 +137,7 @@ def vqa_eval(
     batch_size: int = 16,
     desc: str | None = None,
     observer: Any = None,
+    shared_prefix: bool = False,
 ) -> tuple[float, list[str]]:
     """Short-answer accuracy (:func:`vlsafe.organism.dataset.vqa_match`) and the predictions."""
     from vlsafe.organism.dataset import vqa_accuracy
@@ -140,5 +151,6 @@ def vqa_eval(
         batch_size,
         desc,
         observer,
+        shared_prefix,
     )
     return vqa_accuracy(preds, [a for _, _, a in items]), preds

@@ -235,6 +235,7 @@ def select_cmrm(
                      "seconds": round(time.monotonic() - t0, 1)}  # fmt: skip
             if vec is not None:
                 point["vector_hash"] = vector_hash(vec)
+                point["vector_norms"] = vector_norms(vec)
             logger.info("cmrm %s alpha=%s: %s", point["label"], choice.alpha, metrics)
             points.append(point)
             data["date"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
@@ -281,22 +282,57 @@ def plot_selection(data: dict[str, Any], path: str | Path) -> Path:
     return save_png(fig, path)
 
 
+def vector_norms(vector: Any) -> dict[str, float]:
+    """Per-layer L2 norms of a dataset-level vector: a check of a re-calibration that survives float rounding."""
+    return {str(layer): round(float(vector.vectors[layer].float().norm()), 6) for layer in vector.layers}
+
+
+def check_recalibrated(chosen: dict[str, Any], vector: Any, rtol: float = 1e-3) -> bool | None:
+    """Whether a re-calibrated vector matches the one measured at selection.
+
+    With per-layer norms recorded, compare them within ``rtol`` (a re-calibration on another machine or library
+    version differs by float rounding, so its bytes, and their hash, differ); with only a hash, compare the
+    hash. ``None`` when nothing was recorded. A mismatch of norms is logged as a warning; a mismatch of the hash
+    alone only at info level, since a hash cannot tell rounding from a real change.
+    """
+    norms = chosen.get("vector_norms")
+    if norms:
+        now = vector_norms(vector)
+        ok = set(now) == set(norms) and all(
+            abs(now[k] - norms[k]) <= rtol * max(abs(norms[k]), 1e-12) for k in now
+        )
+        if not ok:
+            logger.warning("re-calibrated CMRM vector differs from the one measured at selection: per-layer "
+                           "norms %s, recorded %s", now, norms)  # fmt: skip
+        return ok
+    recorded = chosen.get("vector_hash")
+    if not recorded:
+        return None
+    ok = recorded == vector_hash(vector)
+    if not ok:
+        logger.info("re-calibrated CMRM vector hash %s differs from the selection's %s (float rounding across "
+                    "machines and library versions changes it too; a selection now records per-layer norms)",
+                    vector_hash(vector), recorded)  # fmt: skip
+    return ok
+
+
 def cmrm_systems(
     selection: dict[str, Any],
     cache_dir: str | Path | None = None,
     *,
     bundle: Any = None,
     anchors: Sequence[dict[str, Any]] | None = None,
+    levels: Sequence[str] = ("dataset", "sample"),
 ) -> list[EvalSystem]:
     """The chosen CMRM systems on one shared ``organism:vl`` model: ``vl+cmrm-dataset``, ``vl+cmrm-sample``.
 
-    The dataset-level vector is re-calibrated from the same anchors as at selection (deterministic); a
-    different hash than the one recorded for the chosen point is logged as a warning. A level without a
-    chosen setting is skipped.
+    The dataset-level vector is re-calibrated from the same anchors as at selection (deterministic) and checked
+    against the selection's record (:func:`check_recalibrated`). ``levels`` picks the systems (only the dataset
+    level needs the calibration). A level without a chosen setting is skipped.
     """
     bundle = bundle if bundle is not None else _load_bundle(cache_dir)
     systems = []
-    for level in ("dataset", "sample"):
+    for level in levels:
         chosen = (selection.get(level) or {}).get("chosen")
         if not chosen:
             continue
@@ -306,8 +342,7 @@ def cmrm_systems(
             n = int(selection.get("anchors", {}).get("n", 64))
             these = list(anchors) if anchors is not None else cmrm_anchors(n)
             vec = _calibrated(bundle, these, choice, {}, _anchor_info(these, n))
-            if chosen.get("vector_hash") and chosen["vector_hash"] != vector_hash(vec):
-                logger.warning("re-calibrated CMRM vector differs from the one measured at selection")
+            check_recalibrated(chosen, vec)
         systems.append(EvalSystem(SYSTEM_NAMES[level], bundle.model, bundle.processor,
                                   intervention=cmrm_intervention(bundle, choice, vec)))  # fmt: skip
     return systems

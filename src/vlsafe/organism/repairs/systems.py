@@ -93,7 +93,8 @@ def _cmrm_loader(name: str, selection: dict[str, Any], cache_dir: str | Path | N
     def load() -> EvalSystem:
         from vlsafe.organism.repairs.cmrm import cmrm_systems
 
-        systems = {s.name: s for s in cmrm_systems(selection, cache_dir=cache_dir)}
+        level = name.rsplit("-", 1)[1]
+        systems = {s.name: s for s in cmrm_systems(selection, cache_dir=cache_dir, levels=(level,))}
         return systems[name]
 
     return load
