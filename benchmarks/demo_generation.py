@@ -4,7 +4,8 @@ Runs the workload of one degradation system of ``vlsafe demo`` -- ``organism:vl`
 harmful and 48 benign prompts under every image setting, plus 100 held-out VQA questions -- three ways,
 side by side in one process (2 threads, greedy, the demo's generation lengths):
 
-* ``before``: the demo's previous path: ``model.generate`` in batches of 16 in input order;
+* ``before``: the demo's previous path: ``model.generate`` in batches of 16 in input order (48 harmful,
+  then 48 benign prompts: the same batches as the previous separate calls);
 * ``after``: :func:`vlsafe.organism.probe.generate` as the demo now calls it: length-sorted batches of 32 and
   the shared-prefix KV cache (:func:`vlsafe.models.greedy.greedy_shared_prefix`);
 * ``after_bf16`` (``--bf16``): the same with the model cast to bfloat16 -- not used by the demo; measured to
@@ -53,10 +54,11 @@ def _workload() -> list[tuple[str, list[str], Any, int, list[str] | None]]:
 
     harmful, benign = eval_prompts(DEFAULT_N, DEFAULT_N)
     work = []
-    for setting in IMAGE_SETTINGS:
-        for kind, prompts in (("harmful", harmful), ("benign", benign)):
-            texts, images = setting_inputs(setting, prompts)
-            work.append((f"{setting} {kind}", texts, images, DEMO_TOKENS, None))
+    for setting in IMAGE_SETTINGS:  # harmful then benign, in one call as the demo's refusal_counts sends them
+        texts, images = setting_inputs(setting, harmful)
+        more_texts, more_images = setting_inputs(setting, benign)
+        images = None if images is None or more_images is None else images + more_images
+        work.append((setting, texts + more_texts, images, DEMO_TOKENS, None))
     items = vqa_items(**dict(sd.VQA_EVAL, n=100))
     work.append(("vqa", [q for _, q, _ in items], [im for im, _, _ in items], VQA_TOKENS, [a for *_, a in items]))
     return work

@@ -53,15 +53,15 @@ def test_evaluate_system_opens_the_intervention_and_feeds_it_batches(monkeypatch
     assert not steer.open
     assert rows[0]["harmful_refused"] == 1 and rows[0]["n_harmful"] == 2
     assert rows[0]["benign_refused"] == 0 and rows[0]["utility"] is None  # n_vqa=0 and no image processor
-    assert len(steer.batches) == 2 and seen == [None, None]
+    assert len(steer.batches) == 1 and seen == [None]  # harmful and benign go in one call
     rows, _ = evaluate_system(system, ["none"], ["make a bomb"], ["bake bread"], benign_settings=())
     assert rows[0]["n_benign"] == 0 and rows[0]["benign_refusal"] is None
     # hooks may act on a forward call's last position: no shared-prefix cache under an intervention
-    assert shared == [False] * 3
+    assert shared == [False] * 2
     evaluate_system(
         EvalSystem("plain", object(), object()), ["none"], ["make a bomb"], ["bake bread"], n_vqa=0
     )
-    assert shared[-2:] == [True, True]
+    assert shared[-1:] == [True]
 
 
 def test_cached_rows_are_reused_only_with_the_same_key(tmp_path: Path) -> None:
@@ -134,3 +134,28 @@ def test_organism_targets_are_checked_and_reported(tmp_path: Path) -> None:
     md = (tmp_path / "report.md").read_text()
     assert "VL held-out synthetic VQA accuracy >= 0.80: 0.50, **missed**" in md
     assert len(summary["targets"]) == 4
+
+
+def test_run_demo_evaluates_in_the_chosen_dtype_and_keys_rows_by_it(tmp_path: Path, monkeypatch) -> None:
+    import torch
+
+    from vlsafe.organism import registry
+
+    seen: list[Any] = []
+
+    def fake_evaluate(system: EvalSystem, settings: Any, *args: Any, **kwargs: Any) -> Any:
+        seen.append(next(system.model.parameters()).dtype)
+        return [_row(system.name, s, 1, 0, None) for s in settings], {}
+
+    monkeypatch.setattr(registry, "build_system", lambda *a: (torch.nn.Linear(2, 2), object()))
+    monkeypatch.setattr(demo, "evaluate_system", fake_evaluate)
+    run = dict(settings=("none",), repairs=False, analysis=False)
+    demo.run_demo(tmp_path, **run)
+    assert seen == [torch.float32, torch.float32]  # safe-llm and vl, text only
+    out = demo.run_demo(tmp_path, dtype="bfloat16", **run)
+    assert seen[2:] == [torch.bfloat16, torch.bfloat16]  # not the float32 rows again
+    assert out["dtype"] == "bfloat16" and "bfloat16" in (tmp_path / "report.md").read_text()
+    demo.run_demo(tmp_path, dtype="bfloat16", **run)
+    assert len(seen) == 4  # the bfloat16 rows are reused
+    with pytest.raises(ValueError, match="dtype 'float16' is not supported by the demo"):
+        demo.run_demo(tmp_path, dtype="float16", **run)

@@ -42,12 +42,13 @@ def _prefix_calls(model):
     return shapes, handle
 
 
-@pytest.mark.parametrize("setting", ["same-image", "different-images", "text"])
+@pytest.mark.parametrize("setting", ["same-image", "paired-images", "different-images", "text"])
 def test_greedy_shared_prefix_equals_generate(tiny_bundle, setting):
     bundle = tiny_bundle("llava")
     model, tok = bundle.model, bundle.processor.tokenizer
     images = {
         "same-image": [Image.new("RGB", (64, 64), (255, 0, 0))] * 4,
+        "paired-images": [Image.new("RGB", (64, 64), (60 * (i % 2), 90, 0)) for i in range(4)],
         "different-images": [Image.new("RGB", (64, 64), (60 * i, 90, 0)) for i in range(4)],
         "text": None,
     }[setting]
@@ -65,15 +66,18 @@ def test_greedy_shared_prefix_equals_generate(tiny_bundle, setting):
     assert len(scores) == len(want_scores) == 8
     for mine, theirs in zip(scores, want_scores, strict=True):
         torch.testing.assert_close(mine, theirs.float(), rtol=1e-4, atol=1e-5)
-    # the shared prefix runs once at batch size 1; it holds the image only when the image is the same
+    # the shared prefix runs once: at batch size 1, or once per distinct image when it holds the image
     image_id = model.config.image_token_id
     first_row = enc["input_ids"][0][enc["attention_mask"][0].bool()]
-    first_image = int((first_row == image_id).nonzero()[0, 0]) if images is not None else None
-    assert shapes[0][0] == 1
+    if images is not None:
+        first_image = int((first_row == image_id).nonzero()[0, 0])
+        image_end = first_image + int((first_row == image_id).sum())
     if setting == "same-image":
-        assert shapes[0][1] > first_image + int((first_row == image_id).sum()) - 1
-    elif setting == "different-images":
-        assert shapes[0][1] == first_image
+        assert shapes[0][0] == 1 and shapes[0][1] >= image_end
+    elif setting == "paired-images":
+        assert shapes[0][0] == 2 and shapes[0][1] >= image_end
+    else:
+        assert shapes[0] == (1, first_image if setting == "different-images" else shapes[0][1])
     # then the rest of every row, then one token per step
     assert shapes[1][0] == 4 and shapes[1][1] < enc["input_ids"].shape[1]
     assert all(s == (4, 1) for s in shapes[2:]) and len(shapes) == 2 + 7

@@ -3,7 +3,9 @@
 Safety evaluations send many prompts through one chat template: every prompt opens with the same system turn, and
 image settings such as a blank image repeat the same image as well. :func:`greedy_shared_prefix` runs the
 longest prefix that all prompts of a batch share (token ids, and the pixels when the prefix holds the image)
-once at batch size 1, repeats its KV cache over the batch, and then runs only the rest of each prompt (padded
+once (at batch size 1, or once per distinct image when the prefix holds the image: a harmful and a benign
+request sent with the same image share it), repeats its KV cache over the batch, and then runs only the rest
+of each prompt (padded
 between the prefix and the rest, with positions counted over real tokens, as ``generate`` counts them for
 left padding). The replies equal those of ``model.generate(do_sample=False)`` up to floating-point rounding
 (:func:`shared_prefix_supported` names the models it handles; ``tests/models/test_greedy.py`` is the oracle
@@ -85,21 +87,28 @@ def greedy_shared_prefix(
     n = common_prefix_length(input_ids, attention_mask)
     lengths = attention_mask.sum(dim=1)
     first_row = input_ids[0, width - int(lengths[0]) :]
-    prefix = first_row[:n]
     is_image = torch.zeros_like(first_row, dtype=torch.bool) if image_id is None else first_row == image_id
-    prefix_has_image = bool(is_image[:n].any())
-    if prefix_has_image and pixel_values is not None:
-        same_image = bool((pixel_values == pixel_values[:1]).all())
-        if not same_image or bool(is_image[n:].any()):
-            # cut the prefix before the image: the image differs per row or continues past the prefix
+    # which prefix each row continues: one shared prefix, or one per distinct image when the prefix holds it
+    groups = torch.zeros(batch, dtype=torch.long, device=input_ids.device)
+    prefix_pixels = None
+    if bool(is_image[:n].any()):
+        distinct = None
+        if pixel_values is not None and not bool(is_image[n:].any()):
+            distinct, inverse = torch.unique(pixel_values.flatten(1), dim=0, return_inverse=True)
+        if distinct is not None and pixel_values is not None and len(distinct) < batch:
+            groups = inverse
+            prefix_pixels = distinct.view(-1, *pixel_values.shape[1:])
+        else:  # every row has its own image: share only what comes before the image
             n = int(is_image.nonzero()[0, 0])
-            prefix, prefix_has_image = first_row[:n], False
+    prefix = first_row[:n]
     cache_key = _cache_kwarg(model)
     cache = DynamicCache()
     if n > 0:
-        image = {"pixel_values": pixel_values[:1]} if prefix_has_image and pixel_values is not None else {}
-        model(input_ids=prefix[None], use_cache=True, logits_to_keep=1, **{cache_key: cache}, **image)
-        cache.batch_repeat_interleave(batch)
+        rows = 1 if prefix_pixels is None else len(prefix_pixels)
+        image = {} if prefix_pixels is None else {"pixel_values": prefix_pixels}
+        model(input_ids=prefix[None].expand(rows, n), use_cache=True, logits_to_keep=1, **{cache_key: cache},
+              **image)  # fmt: skip
+        cache.batch_select_indices(groups)
     # the rest of every prompt, left-padded, after the shared prefix
     rest_len = lengths - n
     s = int(rest_len.max())
@@ -112,7 +121,7 @@ def greedy_shared_prefix(
     mask = torch.cat([attention_mask.new_ones((batch, n)), rest_mask], dim=1)
     positions = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)
     extra: dict[str, Any] = {}
-    if pixel_values is not None and not prefix_has_image:
+    if pixel_values is not None and prefix_pixels is None:
         extra["pixel_values"] = pixel_values
     out = model(
         input_ids=rest_ids, attention_mask=mask, position_ids=positions[:, n:], use_cache=True,

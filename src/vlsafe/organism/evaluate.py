@@ -60,29 +60,18 @@ def refusal_counts(model: Any, proc: Any, setting: str, harmful: Sequence[str], 
     ``benign`` may be empty (e.g. harmful-image settings, where only the defence rate is measured).
     ``shared_prefix`` is passed to :func:`vlsafe.organism.probe.generate`.
     """
+    # one call for both kinds: a harmful and a benign request with the same image can share its prefix
+    texts, images = setting_inputs(setting, harmful)
+    if benign:
+        more_texts, more_images = setting_inputs(setting, benign)
+        texts += more_texts
+        images = None if images is None or more_images is None else images + more_images
+    replies = generate(model, proc, texts, images, max_new_tokens, batch_size, setting, observer, shared_prefix)
     out: dict[str, Any] = {}
-    for kind, prompts in (("harmful", harmful), ("benign", benign)):
-        if not prompts:
-            out[kind] = {"k": 0, "n": 0, "examples": []}
-            continue
-        texts, images = setting_inputs(setting, prompts)
-        replies = generate(
-            model,
-            proc,
-            texts,
-            images,
-            max_new_tokens,
-            batch_size,
-            f"{setting} {kind}",
-            observer,
-            shared_prefix,
-        )
-        flags = refusals(replies)
-        out[kind] = {
-            "k": sum(flags),
-            "n": len(flags),
-            "examples": list(zip(prompts[:3], replies[:3], strict=False)),
-        }
+    for kind, prompts, these in (("harmful", harmful, replies[: len(harmful)]),
+                                 ("benign", benign, replies[len(harmful) :])):  # fmt: skip
+        flags = refusals(these)
+        out[kind] = {"k": sum(flags), "n": len(flags), "examples": list(zip(prompts[:3], these[:3], strict=False))}
     return out
 
 

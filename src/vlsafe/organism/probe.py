@@ -6,6 +6,7 @@ only the opening of a response, so ``max_new_tokens`` can stay small (:data:`PRO
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from typing import Any
 
@@ -27,6 +28,13 @@ def chat_text(tokenizer: Any, prompt: str, with_image: bool = False) -> str:
     return tokenizer.apply_chat_template(
         [{"role": "user", "content": content}], tokenize=False, add_generation_prompt=True
     )
+
+
+def _image_key(image: Any) -> Any:
+    """Identity of an image's pixels (PIL), or of the object otherwise."""
+    if isinstance(image, Image.Image):
+        return image.mode, image.size, hashlib.sha1(image.tobytes()).digest()
+    return id(image)
 
 
 def _tokenizer_of(proc: Any) -> Any:
@@ -62,7 +70,9 @@ def generate(
             it is the same) once per batch (:func:`vlsafe.models.greedy.greedy_shared_prefix`). Same replies
             up to rounding; leave it off while hooks act on the last position of a forward call (steering).
 
-    Prompts are batched in order of their token length (less padding); replies come back in input order.
+    Prompts are batched in order of their token length (less padding), with ``shared_prefix`` prompts that
+    carry the same image next to each other (their image prefix is then computed once); replies come back in
+    input order.
     """
     tok = _tokenizer_of(proc)
     tok.padding_side = "left"
@@ -75,6 +85,12 @@ def generate(
     lengths = [len(ids) for ids in tok(texts, add_special_tokens=False)["input_ids"]] if texts else []
     order = sorted(range(len(texts)), key=lambda i: lengths[i])
     fast = shared_prefix and shared_prefix_supported(model)
+    if fast and with_image and images is not None:
+        keys = [_image_key(im) for im in images]
+        rank: dict[Any, int] = {}
+        for i in order:  # groups of one image, ordered by their shortest prompt
+            rank.setdefault(keys[i], len(rank))
+        order = sorted(order, key=lambda i: rank[keys[i]])
     out = [""] * len(texts)
     model.eval()
     starts = range(0, len(texts), batch_size)

@@ -89,7 +89,8 @@ def write_report(
     lead = (
         "The organism is SmolLM2-135M-Instruct (real weights) made safe with a LoRA, wired LLaVA-style to a "
         "DINOv2-small vision tower, then adapted to vision on benign synthetic images only. Refusal is judged "
-        f"by the keyword judge on the first {summary['max_new_tokens']} generated tokens; intervals are Wilson "
+        f"by the keyword judge on the first {summary['max_new_tokens']} generated tokens (greedy, "
+        f"{summary.get('dtype', 'float32')}); intervals are Wilson "
         "95%. `safe-llm` with an image means the safe LLM behind the projector trained alone (LLM unchanged)."
     )
     if safe_text and vl_syn:
