@@ -58,7 +58,7 @@ def inspect_cmd(model: str, trust_remote_code: bool) -> None:
     type=click.Choice(["float32", "bfloat16"]),
     default="float32",
     show_default=True,
-    help="Precision of the evaluated systems (bfloat16: ~1.75x faster on CPUs with bf16, verdicts ~98% equal).",
+    help="Precision of the evaluated systems (bfloat16: ~1.5x faster on CPUs with bf16; moves some counts).",
 )
 def demo_cmd(
     out_dir: Path, n_prompts: int, cache_dir: str | None, no_repairs: bool, no_analysis: bool, dtype: str

@@ -106,9 +106,9 @@ def run_demo(
         analysis: Run the analysis section (shift, directions, safety layers, weight changes).
         n_analysis: Prompts of the analysis section.
         dtype: Precision of the evaluated systems: ``float32`` (default; the precision the organism was trained
-            and its repairs selected in) or ``bfloat16`` (about 1.75x faster on CPUs with bf16 instructions,
-            and the precision of most GPU evaluations; 98% of the keyword-judge verdicts equal float32's in
-            ``benchmarks/demo_generation.py``). The analysis section always runs in float32.
+            and its repairs selected in) or ``bfloat16`` (the whole demo 1.5x faster on CPUs with bf16
+            instructions, the precision of most GPU evaluations; it moved 19 of the demo's 44 refusal counts by
+            1-6 of 48, see BENCHMARKS.md). The analysis section always runs in float32.
 
     Returns:
         ``{"rows": [...], "repairs": [...], "analysis": {...}, "seconds": float, "peak_rss_mb": float}``
