@@ -127,5 +127,12 @@ def test_probe_generate_returns_input_order_and_same_replies(tiny_bundle):
     ]
     assert generate(bundle.model, bundle.processor, PROMPTS, images, 6, 3) == alone
     assert generate(bundle.model, bundle.processor, PROMPTS, images, 6, 3, shared_prefix=True) == alone
+    # prompts with the same image are batched together (one image prefix each) and still come back in order
+    paired = [images[i % 2].copy() for i in range(4)]
+    alone = [
+        generate(bundle.model, bundle.processor, [p], [im], 6, 1)[0]
+        for p, im in zip(PROMPTS, paired, strict=True)
+    ]
+    assert generate(bundle.model, bundle.processor, PROMPTS, paired, 6, 2, shared_prefix=True) == alone
     with pytest.raises(ValueError, match="every prompt or for none"):
         generate(bundle.model, bundle.processor, PROMPTS, [images[0], None, None, None], 6, 3)
