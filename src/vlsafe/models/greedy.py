@@ -5,11 +5,10 @@ image settings such as a blank image repeat the same image as well. :func:`greed
 longest prefix that all prompts of a batch share (token ids, and the pixels when the prefix holds the image)
 once (at batch size 1, or once per distinct image when the prefix holds the image: a harmful and a benign
 request sent with the same image share it), repeats its KV cache over the batch, and then runs only the rest
-of each prompt (padded
-between the prefix and the rest, with positions counted over real tokens, as ``generate`` counts them for
-left padding). The replies equal those of ``model.generate(do_sample=False)`` up to floating-point rounding
-(:func:`shared_prefix_supported` names the models it handles; ``tests/models/test_greedy.py`` is the oracle
-test).
+of each prompt (padded between the prefix and the rest, with positions counted over real tokens, as
+``generate`` counts them for left padding). The replies equal those of ``model.generate(do_sample=False)`` up
+to floating-point rounding (:func:`shared_prefix_supported` names the models it handles;
+``tests/unit/test_models_greedy.py`` is the oracle test).
 
 Only for models whose image features depend on nothing but the image (LLaVA-style wiring, or text-only
 decoders): models with multimodal rotary positions (Qwen2-VL) or image splitting are not supported. Not for runs
@@ -24,6 +23,8 @@ from typing import Any
 
 import torch
 
+from vlsafe.models.families import family_for_model_type
+
 #: model types whose forward accepts a cache and image tokens anywhere in the current chunk
 SUPPORTED_MODEL_TYPES = frozenset({"llava", "llama", "mistral", "qwen2", "gemma", "gemma2", "phi3"})
 
@@ -37,14 +38,6 @@ def _cache_kwarg(model: Any) -> str:
     """The forward's name for the KV cache (``cache`` in newer transformers, ``past_key_values`` before)."""
     params = inspect.signature(model.forward).parameters
     return "cache" if "cache" in params else "past_key_values"
-
-
-def _image_token_id(model: Any) -> int | None:
-    cfg = model.config
-    value = getattr(cfg, "image_token_id", None)
-    if value is None:
-        value = getattr(cfg, "image_token_index", None)
-    return None if value is None else int(value)
 
 
 def common_prefix_length(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> int:
@@ -83,7 +76,8 @@ def greedy_shared_prefix(
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
     batch, width = input_ids.shape
-    image_id = _image_token_id(model)
+    family = family_for_model_type(model.config.model_type, allow_any_causal_lm=True)
+    image_id = family.image_token_id(model.config)
     n = common_prefix_length(input_ids, attention_mask)
     lengths = attention_mask.sum(dim=1)
     first_row = input_ids[0, width - int(lengths[0]) :]

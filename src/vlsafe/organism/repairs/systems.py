@@ -91,9 +91,9 @@ def repair_loaders(cache_dir: str | Path | None, art_dir: Path, work_dir: Path) 
 
 def _cmrm_loader(name: str, selection: dict[str, Any], cache_dir: str | Path | None) -> Loader:
     def load() -> EvalSystem:
-        from vlsafe.organism.repairs.cmrm import cmrm_systems
+        from vlsafe.organism.repairs.cmrm import SYSTEM_NAMES, cmrm_systems
 
-        level = name.rsplit("-", 1)[1]
+        level = next(lv for lv, system in SYSTEM_NAMES.items() if system == name)
         systems = {s.name: s for s in cmrm_systems(selection, cache_dir=cache_dir, levels=(level,))}
         return systems[name]
 
