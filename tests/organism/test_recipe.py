@@ -54,6 +54,14 @@ def test_recipe_of_artifacts_reads_the_vl_config(tmp_path: Path) -> None:
     assert recipe_of_artifacts(tmp_path).vl == cfg
 
 
+def test_committed_artifacts_were_built_with_the_default_recipe() -> None:
+    """The defaults are documented as the committed artefacts' recipe: a rebuild without ``--recipe`` and the
+    TGA repair (which re-runs the VL recipe) must train what was committed."""
+    from vlsafe.organism.registry import PACKAGE_ARTIFACTS
+
+    assert recipe_of_artifacts(PACKAGE_ARTIFACTS) == OrganismRecipe()
+
+
 def recipe_of_artifacts_or_default(path: Path) -> OrganismRecipe:
     from vlsafe.organism.artifacts import write_artifact
 

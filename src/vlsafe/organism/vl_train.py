@@ -1,8 +1,9 @@
 """Stages 2-3 of the organism: LLaVA wiring of the safe LLM and VL adaptation on benign synthetic data only.
 
-Token budget: images are resized to :attr:`VLConfig.size` = 112 px, i.e. 8 x 8 = 64 DINOv2 patch tokens
-(DINOv2 interpolates its position embeddings), a quarter of the 224 px budget, which makes CPU training and
-evaluation four times cheaper in the image part. The vision tower stays frozen, so its features of the
+Token budget: images are resized to :attr:`VLConfig.size` = 84 px, i.e. 6 x 6 = 36 DINOv2 patch tokens
+(DINOv2 interpolates its position embeddings), under a seventh of the 224 px budget, which keeps CPU training
+and evaluation cheap in the image part (84 px loses little that 112 px holds for the synthetic images: linear
+probes in BENCHMARKS.md; written words are the exception). The vision tower stays frozen, so its features of the
 training images are computed once; the training step replaces the ``<image>`` placeholders by the projected
 features (exactly what ``LlavaModel`` does) and runs the language model.
 
@@ -42,20 +43,22 @@ class VLConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     seed: int = 0
-    size: int = 112
-    n_images: int = 400
+    #: Image side in pixels: 84 px gives DINOv2 (patch 14) 36 image tokens.
+    size: int = 84
+    n_images: int = 2000
     batch_size: int = 4
-    proj_steps: int = 60
+    proj_steps: int = 150
     proj_lr: float = 2e-3
-    vl_steps: int = 24
+    vl_steps: int = 500
     vl_lr: float = 5e-4
     rank: int = 16
     alpha: int = 32
-    probe_every: int = 30
-    probe_n: int = 16
+    probe_every: int = 100
+    probe_n: int = 24
     probe_tokens: int = 12
-    #: DINOv2 ``hidden_states`` index the projector reads (-1: last layer, the committed organism's).
-    feature_layer: int = -1
+    #: DINOv2 ``hidden_states`` index the projector reads (-1: the last layer). Layer 8 of 12 holds shape and
+    #: count better than the last layer (linear probes, BENCHMARKS.md), and is the committed organism's.
+    feature_layer: int = 8
 
 
 def wire_safe_vlm(
