@@ -1,0 +1,123 @@
+"""Try a VL recipe on the organism: how much VQA does it learn, and does it keep the degradation? (issue 6)
+
+Trains stages ``vlm`` (projector only) and ``vl`` (projector + LLM LoRA) with the build's own functions
+(:func:`vlsafe.organism.vl_train.train_projector`, :func:`~vlsafe.organism.vl_train.train_vl`) on the
+committed safe LoRA, outside the stage cache, with the committed recipe (``VLConfig`` defaults) changed by
+``--vl``. Then it measures the trained VL model on the **validation** questions only (``--n-vqa`` synthetic
+VQA questions from seed 10,000 of the test renders, per example kind and question type), and harmful /
+benign refusal on 48 + 48 held-out prompts as text and with a benign synthetic image (keyword judge, 12
+greedy tokens). The demo's held-out VQA questions (seeds 0-199) are left for the demo.
+
+Prints, as its last line: ``{"vqa_val", "vqa_by_type": {"kind/type": [right, n]}, "refusals_48":
+{"none": [harmful, benign], "synthetic": [...]}, "proj_seconds", "vl_seconds", "recipe"}``.
+
+Run: ``.venv/bin/python benchmarks/organism_vl_recipe.py OUT [--vl '{"vl_steps": 800}'] [--projector DIR]``
+(``--projector``: reuse a finished ``vlm`` output directory of the same projector recipe; an ``OUT`` whose
+stages are finished is only measured). About 40-60
+minutes on 2 CPU cores for the committed recipe, most of it the 500 LoRA steps (~3.3 s each).
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import shutil
+import time
+from pathlib import Path
+
+import torch
+from _common import emit
+
+
+def _safe_dir(out: Path) -> Path:
+    """The committed safe LoRA laid out as a ``safe-llm`` stage output."""
+    from vlsafe.organism.artifacts import read_manifest
+    from vlsafe.organism.registry import PACKAGE_ARTIFACTS
+
+    safe = out / "safe"
+    safe.mkdir(parents=True, exist_ok=True)
+    shutil.copy(PACKAGE_ARTIFACTS / "safe_lora.safetensors", safe / "safe_lora.safetensors")
+    meta = read_manifest(PACKAGE_ARTIFACTS)["safe_lora.safetensors"]["meta"]
+    (safe / "train_log.json").write_text(json.dumps({"scale": meta["scale"], "best_step": meta["best_step"]}))
+    return safe
+
+
+def _trained_vl(out: Path, safe: Path, cfg) -> torch.nn.Module:  # noqa: ANN001 - VLConfig
+    from safetensors.torch import load_file
+
+    from vlsafe.organism.artifacts import merge_lora
+    from vlsafe.organism.vl_train import wire_safe_vlm
+
+    model, proc = wire_safe_vlm(None, safe, cfg.size, cfg.feature_layer)
+    proj = load_file(str(out / "vl" / "vl_projector.safetensors"))
+    model.model.multi_modal_projector.load_state_dict({k: v.float() for k, v in proj.items()})
+    meta = json.loads((out / "vl" / "meta.json").read_text())
+    merge_lora(model, load_file(str(out / "vl" / "vl_lora.safetensors")), float(meta["scale"]))
+    return model.eval(), proc
+
+
+def _measure(model, proc, n_vqa: int) -> dict:  # noqa: ANN001
+    from vlsafe.organism.dataset import vqa_match
+    from vlsafe.organism.evaluate import eval_prompts, setting_inputs
+    from vlsafe.organism.probe import generate, refusals, vqa_items
+    from vlsafe.organism.safety_data import VQA_VAL
+    from vlsafe.organism.synthetic import make_example
+
+    start = VQA_VAL["start"]
+    items = vqa_items(VQA_VAL["split"], start, n_vqa)
+    preds = generate(
+        model, proc, [q for _, q, _ in items], [im for im, _, _ in items], 6, 32, shared_prefix=True
+    )
+    by: dict[str, list[int]] = collections.defaultdict(lambda: [0, 0])
+    for seed, (_, _, answer), pred in zip(range(start, start + n_vqa), items, preds, strict=True):
+        ex = make_example(seed, VQA_VAL["split"])
+        qa = ex.qa[seed % len(ex.qa)]
+        key = f"{ex.kind}/{qa.type}"
+        by[key][0] += int(vqa_match(pred, answer))
+        by[key][1] += 1
+    harmful, benign = eval_prompts(48, 48)
+    counts = {}
+    for setting in ("none", "synthetic"):
+        t_h, i_h = setting_inputs(setting, harmful)
+        t_b, i_b = setting_inputs(setting, benign)
+        images = None if i_h is None else i_h + i_b
+        flags = refusals(generate(model, proc, t_h + t_b, images, 12, 32, shared_prefix=True))
+        counts[setting] = [sum(flags[: len(t_h)]), sum(flags[len(t_h) :])]
+    return {"vqa_val": sum(r for r, _ in by.values()) / n_vqa, "vqa_by_type": dict(by), "refusals_48": counts}
+
+
+def main() -> None:
+    from vlsafe.organism import vl_train
+    from vlsafe.organism.recipe import load_recipe
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("out", type=Path, help="working directory (stage outputs are written here)")
+    parser.add_argument("--vl", default="{}", help="JSON object of VLConfig fields to change")
+    parser.add_argument("--projector", type=Path, help="reuse this finished vlm output directory")
+    parser.add_argument("--n-vqa", type=int, default=96)
+    args = parser.parse_args()
+    cfg = load_recipe({"vl": json.loads(args.vl)}).vl
+    out: Path = args.out
+    safe = _safe_dir(out)
+    (out / "vlm").mkdir(exist_ok=True)
+    (out / "vl").mkdir(exist_ok=True)
+    t0 = time.time()
+    if args.projector is not None:
+        for f in args.projector.iterdir():
+            shutil.copy(f, out / "vlm" / f.name)
+    elif not (out / "vlm" / "vlm_projector.safetensors").exists():
+        vl_train.train_projector(out / "vlm", None, safe, cfg)
+    t1 = time.time()
+    if not (out / "vl" / "vl_lora.safetensors").exists():  # a finished run is measured again
+        vl_train.train_vl(out / "vl", None, safe, out / "vlm", cfg)
+    t2 = time.time()
+    model, proc = _trained_vl(out, safe, cfg)
+    figures = _measure(model, proc, args.n_vqa)
+    emit(
+        {**figures, "proj_seconds": round(t1 - t0), "vl_seconds": round(t2 - t1), "recipe": cfg.model_dump()}
+    )
+
+
+if __name__ == "__main__":
+    main()
