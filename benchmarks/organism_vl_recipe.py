@@ -43,48 +43,42 @@ def _safe_dir(out: Path) -> Path:
     return safe
 
 
-def _trained_vl(out: Path, safe: Path, cfg) -> torch.nn.Module:  # noqa: ANN001 - VLConfig
-    from safetensors.torch import load_file
+def _trained_vl(out: Path, safe: Path) -> tuple[torch.nn.Module, object]:
+    """The trained VL model, loaded the way the demo loads ``organism:vl``: the stage outputs are exported
+    as artefacts (:func:`vlsafe.organism.build.export`) and rebuilt by the organism registry."""
+    from vlsafe.organism.build import export
+    from vlsafe.organism.registry import build_system
+    from vlsafe.organism.stages import StageResult
 
-    from vlsafe.organism.artifacts import merge_lora
-    from vlsafe.organism.vl_train import wire_safe_vlm
-
-    model, proc = wire_safe_vlm(None, safe, cfg.size, cfg.feature_layer)
-    proj = load_file(str(out / "vl" / "vl_projector.safetensors"))
-    model.model.multi_modal_projector.load_state_dict({k: v.float() for k, v in proj.items()})
-    meta = json.loads((out / "vl" / "meta.json").read_text())
-    merge_lora(model, load_file(str(out / "vl" / "vl_lora.safetensors")), float(meta["scale"]))
-    return model.eval(), proc
+    art = export(
+        [StageResult("safe-llm", safe, False, {}), StageResult("vl", out / "vl", False, {})], out / "art"
+    )
+    return build_system("vl", None, art)
 
 
 def _measure(model, proc, n_vqa: int) -> dict:  # noqa: ANN001
     from vlsafe.organism.dataset import vqa_match
-    from vlsafe.organism.evaluate import eval_prompts, setting_inputs
-    from vlsafe.organism.probe import generate, refusals, vqa_items
+    from vlsafe.organism.demo import DEMO_TOKENS
+    from vlsafe.organism.evaluate import EVAL_BATCH, eval_prompts, refusal_counts
+    from vlsafe.organism.probe import vqa_eval, vqa_items
     from vlsafe.organism.safety_data import VQA_VAL
     from vlsafe.organism.synthetic import make_example
 
     start = VQA_VAL["start"]
     items = vqa_items(VQA_VAL["split"], start, n_vqa)
-    preds = generate(
-        model, proc, [q for _, q, _ in items], [im for im, _, _ in items], 6, 32, shared_prefix=True
-    )
+    accuracy, preds = vqa_eval(model, proc, items, EVAL_BATCH, shared_prefix=True)
     by: dict[str, list[int]] = collections.defaultdict(lambda: [0, 0])
     for seed, (_, _, answer), pred in zip(range(start, start + n_vqa), items, preds, strict=True):
         ex = make_example(seed, VQA_VAL["split"])
-        qa = ex.qa[seed % len(ex.qa)]
-        key = f"{ex.kind}/{qa.type}"
+        key = f"{ex.kind}/{ex.qa[seed % len(ex.qa)].type}"
         by[key][0] += int(vqa_match(pred, answer))
         by[key][1] += 1
     harmful, benign = eval_prompts(48, 48)
     counts = {}
     for setting in ("none", "synthetic"):
-        t_h, i_h = setting_inputs(setting, harmful)
-        t_b, i_b = setting_inputs(setting, benign)
-        images = None if i_h is None else i_h + i_b
-        flags = refusals(generate(model, proc, t_h + t_b, images, 12, 32, shared_prefix=True))
-        counts[setting] = [sum(flags[: len(t_h)]), sum(flags[len(t_h) :])]
-    return {"vqa_val": sum(r for r, _ in by.values()) / n_vqa, "vqa_by_type": dict(by), "refusals_48": counts}
+        c = refusal_counts(model, proc, setting, harmful, benign, DEMO_TOKENS, shared_prefix=True)
+        counts[setting] = [c["harmful"]["k"], c["benign"]["k"]]
+    return {"vqa_val": accuracy, "vqa_by_type": dict(by), "refusals_48": counts}
 
 
 def main() -> None:
@@ -112,7 +106,7 @@ def main() -> None:
     if not (out / "vl" / "vl_lora.safetensors").exists():  # a finished run is measured again
         vl_train.train_vl(out / "vl", None, safe, out / "vlm", cfg)
     t2 = time.time()
-    model, proc = _trained_vl(out, safe, cfg)
+    model, proc = _trained_vl(out, safe)
     figures = _measure(model, proc, args.n_vqa)
     emit(
         {**figures, "proj_seconds": round(t1 - t0), "vl_seconds": round(t2 - t1), "recipe": cfg.model_dump()}
