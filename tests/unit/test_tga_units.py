@@ -227,3 +227,53 @@ def test_organism_tga_data_and_recipe(tmp_path: Path) -> None:
     assert (first.stage, first.max_steps, first.lr) == ("projector", vl.proj_steps, vl.proj_lr)
     assert (second.stage, second.max_steps, second.lr) == ("projector_lora", vl.vl_steps, vl.vl_lr)
     assert second.lora is not None and second.lora.rank == vl.rank
+
+
+def test_organism_tga_starts_from_the_artifacts_safe_llm(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """TGA wires the ``safe-llm`` system of the artefact directory in use (the one the plain ``vl`` artefact
+    was adapted from) with the recipe's image size and vision layer, in the given cache: it does not train
+    a safe LLM of its own."""
+    import vlsafe.organism.base as base_mod
+    import vlsafe.organism.build as build_mod
+    import vlsafe.organism.registry as registry
+    import vlsafe.organism.wiring as wiring
+    import vlsafe.training.tga_organism as tga_organism
+    from vlsafe.organism.recipe import load_recipe
+
+    calls: dict[str, object] = {}
+
+    class _Model:
+        def cpu(self) -> _Model:
+            return self
+
+    def _no_training(*_a: object, **_k: object) -> None:
+        raise AssertionError("TGA must not build a safe LLM of its own")
+
+    def _save(model: object, processor: object, path: Path) -> None:
+        path.mkdir(parents=True)
+        (path / "config.json").write_text("{}")
+        calls["saved"] = (model, processor)
+
+    monkeypatch.setattr(build_mod, "build_safe_llm", _no_training)
+    monkeypatch.setattr(
+        registry, "build_system", lambda name, cache: calls.setdefault("system", (name, cache))
+    )
+    monkeypatch.setattr(base_mod, "load_base_vision", lambda cache: ("vision", cache))
+    monkeypatch.setattr(
+        wiring,
+        "wire_llava",
+        lambda vision, llm, tok, **kw: calls.setdefault("wired", (vision, kw)) and (_Model(), "proc"),
+    )
+    monkeypatch.setattr(wiring, "save_vlm", _save)
+    monkeypatch.setattr(tga_organism, "write_organism_tga_data", lambda *a: (tmp_path / "d", tmp_path / "c"))
+    monkeypatch.setattr(tga_organism, "organism_tga_config", lambda *a, **k: a)
+    monkeypatch.setattr(tga_organism, "run_tga", lambda cfg, progress: {"config": cfg})
+
+    recipe = load_recipe({"vl": {"size": 56, "feature_layer": 5}})
+    summary = tga_organism.run_tga_organism(tmp_path / "run", "CACHE", progress=False, recipe=recipe)
+    assert calls["system"] == ("safe-llm", "CACHE")
+    assert calls["wired"] == (("vision", "CACHE"), {"size": 56, "feature_layer": 5})
+    assert summary["config"][1] == tmp_path / "run" / "base_vlm"
+    assert (tmp_path / "run" / "base_vlm" / "config.json").is_file()

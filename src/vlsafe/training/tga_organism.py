@@ -91,21 +91,27 @@ def run_tga_organism(
     recipe: OrganismRecipe | None = None,
     **overrides: Any,
 ) -> dict[str, Any]:
-    """Build (cached) the organism's safe LLM, wire it with DINOv2 (random projector, seed 0), write the
-    data, and run TGA with the VL recipe of ``recipe`` (default: the committed organism's recipe); returns
-    the TGA summary (``model_dir`` is the trained VLM)."""
-    from vlsafe.organism.build import build_safe_llm
+    """Wire the organism's safe LLM with DINOv2 (random projector, seed 0), write the data, and run TGA with
+    the VL recipe of ``recipe`` (default: the committed organism's recipe); returns the TGA summary
+    (``model_dir`` is the trained VLM).
+
+    The safe LLM is the ``safe-llm`` system of the artefact directory in use
+    (:func:`vlsafe.organism.registry.artifacts_dir`), the same one the plain ``vl`` artefact was adapted from.
+    """
+    from vlsafe.organism.base import load_base_vision
     from vlsafe.organism.recipe import OrganismRecipe
-    from vlsafe.organism.vl_train import wire_safe_vlm
-    from vlsafe.organism.wiring import save_vlm
+    from vlsafe.organism.registry import build_system
+    from vlsafe.organism.wiring import save_vlm, wire_llava
 
     out = Path(out_dir)
     recipe = recipe or OrganismRecipe()
     vl = recipe.vl
     base = out / "base_vlm"
     if not (base / "config.json").is_file():
-        _, safe = build_safe_llm(cache_dir, recipe.safe_llm)
-        model, processor = wire_safe_vlm(cache_dir, safe.path, vl.size, vl.feature_layer)
+        llm, tok = build_system("safe-llm", cache_dir)
+        model, processor = wire_llava(
+            load_base_vision(cache_dir), llm, tok, size=vl.size, feature_layer=vl.feature_layer
+        )
         save_vlm(model.cpu(), processor, base)
     data, corpus = write_organism_tga_data(out / "data", vl.n_images, vl.seed)
     return run_tga(organism_tga_config(out / "tga", base, data, corpus, vl, **overrides), progress=progress)

@@ -40,12 +40,12 @@ BASELINE_STEPS = 60
 RECIPE_VERSION = "1"
 
 
-def _train(name: str, out: Path, recipe: OrganismRecipe) -> Path:
+def _train(name: str, out: Path, recipe: OrganismRecipe, cache_dir: str | Path | None = None) -> Path:
     """Train repair ``name`` into ``out``; returns the merged model directory."""
     if name == "tga":
         from vlsafe.training.tga_organism import run_tga_organism
 
-        summary = run_tga_organism(out, progress=True, recipe=recipe)
+        summary = run_tga_organism(out, cache_dir, progress=True, recipe=recipe)
         return Path(summary["model_dir"])
     from vlsafe.training.recipes import run_organism_baselines
 
@@ -88,7 +88,7 @@ def build_repairs(
                 fingerprint["organism_recipe"] = recipe.model_dump()
 
             def _build(out: Path, name: str = name) -> dict[str, Any]:
-                model_dir = _train(name, out / "run", recipe)
+                model_dir = _train(name, out / "run", recipe, cache_dir)
                 return {"model_dir": str(model_dir.relative_to(out))}  # the stage directory is renamed after
 
             result = run_stage(f"repair-{name}", stage_root(cache_dir), fingerprint, _build)
