@@ -149,7 +149,7 @@ def test_run_demo_evaluates_in_the_chosen_dtype_and_keys_rows_by_it(tmp_path: Pa
 
     monkeypatch.setattr(registry, "build_system", lambda *a: (torch.nn.Linear(2, 2), object()))
     monkeypatch.setattr(demo, "evaluate_system", fake_evaluate)
-    run = dict(settings=("none",), repairs=False, analysis=False)
+    run = dict(settings=("none",), repairs=False, analysis=False, workers=1)
     demo.run_demo(tmp_path, **run)
     assert seen == [torch.float32, torch.float32]  # safe-llm and vl, text only
     out = demo.run_demo(tmp_path, dtype="bfloat16", **run)
@@ -159,3 +159,55 @@ def test_run_demo_evaluates_in_the_chosen_dtype_and_keys_rows_by_it(tmp_path: Pa
     assert len(seen) == 4  # the bfloat16 rows are reused
     with pytest.raises(ValueError, match="dtype 'float16' is not supported by the demo"):
         demo.run_demo(tmp_path, dtype="float16", **run)
+
+
+def test_run_demo_with_workers_reads_back_the_rows_the_workers_measured(tmp_path: Path, monkeypatch) -> None:
+    import torch
+
+    from vlsafe.organism import base, registry
+
+    evaluated: list[str] = []
+    handed: list[list[str]] = []
+
+    def fake_evaluate(system: EvalSystem, settings: Any, *args: Any, **kwargs: Any) -> Any:
+        evaluated.append(system.name)
+        return [_row(system.name, s, 1, 0, None) for s in settings], {}
+
+    def fake_parallel(ctx: Any, jobs: list[Any], workers: int, threads: int) -> dict[str, Any]:
+        handed.append([j.label for j in jobs])
+        assert (workers, threads) == (2, max(1, torch.get_num_threads() // 2))
+        for job in jobs:  # what the workers do: measure and save each job's rows
+            demo._run_job(ctx, job)
+        return {}
+
+    monkeypatch.setattr(registry, "build_system", lambda *a: (torch.nn.Linear(2, 2), object()))
+    monkeypatch.setattr(demo, "evaluate_system", fake_evaluate)
+    monkeypatch.setattr(demo, "_run_parallel", fake_parallel)
+    monkeypatch.setattr(base, "ensure_base_weights", lambda cache_dir: evaluated.append("base weights"))
+    out = demo.run_demo(tmp_path, settings=("none", "blank"), repairs=False, analysis=False, workers=2)
+    assert handed == [["safe-llm-as-safe-llm", "vlm-as-safe-llm", "vl-as-vl"]]
+    assert evaluated == ["base weights", "safe-llm", "safe-llm", "vl"]  # measured once, by the "workers"
+    assert [(r["system"], r["image"]) for r in out["rows"]] == [
+        ("safe-llm", "none"), ("safe-llm", "blank"), ("vl", "none"), ("vl", "blank")]  # fmt: skip
+    assert out["workers"] == 2
+    with pytest.raises(ValueError, match="workers=0"):
+        demo.run_demo(tmp_path, workers=0)
+
+
+def test_parallel_pass_starts_the_longest_jobs_first_and_keeps_the_analysis(monkeypatch) -> None:
+    from vlsafe._util import workers as w
+
+    seen: list[str] = []
+
+    def fake_run(fn: Any, tasks: list[Any], workers: int, threads: int, **kw: Any) -> list[w.JobOutcome]:
+        seen.extend(task[1].label for task in tasks)
+        return [w.JobOutcome(t, ("sections", {"n": 1}) if t[1].kind == "analysis" else None) for t in tasks]
+
+    monkeypatch.setattr(w, "run_in_workers", fake_run)
+    ctx = demo._Context(Path("."), None, Path("."), [], [], 0, 1, "float32", {})
+    jobs = demo._plan(ctx, ("none", "synthetic"), ["vl+sft", "vl+cmrm-sample"], analysis=True)
+    got = demo._run_parallel(ctx, jobs, 2, 1)
+    assert (
+        seen[:3] == ["vl+cmrm-sample", "vl-as-vl", "vlm-as-safe-llm"] and seen[-1] == "safe-llm-as-safe-llm"
+    )
+    assert got == {"analysis": ("sections", {"n": 1})}

@@ -55,3 +55,15 @@ def test_failed_build_leaves_no_cache(tmp_path):
     with pytest.raises(RuntimeError, match="boom"):
         base.cached_build(target, {"size": 1}, broken)
     assert not target.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_a_build_that_finishes_second_keeps_the_first_processes_cache(tmp_path):
+    target = tmp_path / "m"
+
+    def racing(out):  # another process builds and publishes the same cache while this one is building
+        base.cached_build(target, {"size": 1}, lambda o: (o / "w.txt").write_text("first"))
+        (out / "w.txt").write_text("second")
+
+    assert base.cached_build(target, {"size": 1}, racing) is True
+    assert (target / "w.txt").read_text() == "first"  # a reader may already have the first copy open
+    assert [p.name for p in tmp_path.iterdir()] == ["m"]  # the second copy is cleaned up

