@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from vlsafe.capture import record_hidden_states, resolve_layers
+from vlsafe.capture import resolve_layers
 from vlsafe.cmrm.anchors import anchor_items, anchors_hash
 from vlsafe.errors import ConfigError, InputError
 from vlsafe.models.bundle import ModelBundle
@@ -90,10 +90,12 @@ def corrupted_images(
 
 
 def _states(bundle: ModelBundle, batch: Any, layers: list[int], positions: str) -> dict[int, torch.Tensor]:
-    with record_hidden_states(bundle, layers, positions) as rec, torch.inference_mode():  # type: ignore[arg-type]
-        rec.set_batch(batch)
-        bundle.model(**batch.to(bundle.device).inputs)
-        return rec.result().states
+    """``{layer: [B, H]}`` states of one prefill pass that stops after the deepest of ``layers`` (the later
+    layers and the LM head, whose logits would cover every position, are never run)."""
+    from vlsafe.analysis.forward import forward_states
+
+    states, _ = forward_states(bundle, batch, layers, [positions], need_output=False)
+    return states[positions]
 
 
 def variant_differences(
