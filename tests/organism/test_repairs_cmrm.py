@@ -230,3 +230,24 @@ def test_cmrm_systems_levels_skip_the_calibration_they_do_not_need(tiny_bundle, 
     assert system.name == "vl+cmrm-sample"
     with pytest.raises(AssertionError, match="must not calibrate"):
         rc.cmrm_systems(_selection(1.0, anchors), bundle=bundle, anchors=anchors, levels=("dataset",))
+
+
+def test_dataset_system_calibrates_only_its_steered_layers_and_steers_as_the_full_vector(tiny_bundle, caplog):
+    from vlsafe.cmrm import calibrate
+    from vlsafe.organism.evaluate import EvalSystem
+
+    bundle = tiny_bundle("llava")
+    anchors = _tiny_anchors()
+    choice = rc.CMRMChoice(level="dataset", alpha=2.0, layers=[1])
+    full = calibrate(bundle, anchors, progress=False)  # every layer, as the selection calibrates
+    chosen = {"choice": choice.model_dump(), "vector_norms": rc.vector_norms(full)}
+    selection = {"anchors": {"n": len(anchors)}, "dataset": {"chosen": chosen}}
+    with caplog.at_level("WARNING"):
+        (system,) = rc.cmrm_systems(selection, bundle=bundle, anchors=anchors, levels=("dataset",))
+    assert system.intervention.vector.layers == [1] and "differs" not in caplog.text
+    assert rc.check_recalibrated(chosen, system.intervention.vector) is True
+    images = [Image.new("RGB", (32, 32), c) for c in COLOURS[:2]]
+    reference = EvalSystem("ref", bundle.model, bundle.processor, rc.cmrm_intervention(bundle, choice, full))
+    got, out = _greedy(bundle, system, images)
+    want, want_out = _greedy(bundle, reference, images)
+    assert torch.equal(got, want) and torch.equal(out, want_out)

@@ -25,6 +25,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict
 
 from vlsafe.cmrm import CMRMIntervention, anchor_items, anchors_hash, calibrate, vector_hash
+from vlsafe.cmrm.apply import resolve_steer_layers
 from vlsafe.organism.evaluate import EvalSystem
 from vlsafe.organism.repairs import select
 
@@ -130,12 +131,24 @@ def _anchor_info(anchors: Sequence[dict[str, Any]], n: int) -> dict[str, Any]:
 
 
 def _calibrated(
-    bundle: Any, anchors: Sequence[dict[str, Any]], choice: CMRMChoice, cache: dict, info: dict
+    bundle: Any,
+    anchors: Sequence[dict[str, Any]],
+    choice: CMRMChoice,
+    cache: dict,
+    info: dict,
+    layers: Sequence[int] | None = None,
 ) -> Any:
-    key = (choice.corrupt, choice.reduce, choice.vector_positions)
+    """The dataset-level vector of ``choice`` (``layers``: only these; default all), cached per setting."""
+    key = (
+        choice.corrupt,
+        choice.reduce,
+        choice.vector_positions,
+        tuple(layers) if layers is not None else None,
+    )
     if key not in cache:
         cache[key] = calibrate(bundle, anchors, corrupt=choice.corrupt, reduce=choice.reduce,
-                               positions=choice.vector_positions, anchor_info=info, progress=False)  # fmt: skip
+                               positions=choice.vector_positions, layers=layers, anchor_info=info,
+                               progress=False)  # fmt: skip
     return cache[key]
 
 
@@ -288,7 +301,7 @@ def vector_norms(vector: Any) -> dict[str, float]:
 
 
 def check_recalibrated(chosen: dict[str, Any], vector: Any, rtol: float = 1e-3) -> bool | None:
-    """Whether a re-calibrated vector matches the one measured at selection.
+    """Whether a re-calibrated vector matches the one measured at selection (on the layers it has).
 
     With per-layer norms recorded, compare them within ``rtol`` (a re-calibration on another machine or library
     version differs by float rounding, so its bytes, and their hash, differ); with only a hash, compare the
@@ -298,7 +311,7 @@ def check_recalibrated(chosen: dict[str, Any], vector: Any, rtol: float = 1e-3) 
     norms = chosen.get("vector_norms")
     if norms:
         now = vector_norms(vector)
-        ok = set(now) == set(norms) and all(
+        ok = set(now) <= set(norms) and all(
             abs(now[k] - norms[k]) <= rtol * max(abs(norms[k]), 1e-12) for k in now
         )
         if not ok:
@@ -341,7 +354,9 @@ def cmrm_systems(
         if level == "dataset":
             n = int(selection.get("anchors", {}).get("n", 64))
             these = list(anchors) if anchors is not None else cmrm_anchors(n)
-            vec = _calibrated(bundle, these, choice, {}, _anchor_info(these, n))
+            # only the steered layers: each layer's vector is reduced on its own, and the pass stops at the last
+            steered = resolve_steer_layers(choice.layers, bundle.num_layers, range(bundle.num_layers))
+            vec = _calibrated(bundle, these, choice, {}, _anchor_info(these, n), steered)
             check_recalibrated(chosen, vec)
         systems.append(EvalSystem(SYSTEM_NAMES[level], bundle.model, bundle.processor,
                                   intervention=cmrm_intervention(bundle, choice, vec)))  # fmt: skip
