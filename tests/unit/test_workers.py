@@ -46,6 +46,23 @@ def test_jobs_run_in_spawned_workers_with_their_thread_count_and_failures_are_ke
     assert peak_rss_children_mb() > 10  # the finished workers count in the peak
 
 
+def _mark(path: str) -> str:
+    Path(path).write_text("ran")
+    return path
+
+
+def test_an_interrupted_run_starts_no_further_job(tmp_path: Path) -> None:
+    jobs = [str(tmp_path / f"job{i}") for i in range(8)]
+
+    def interrupt(job: str) -> str:  # the parent is interrupted when the first job is reported
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_in_workers(_mark, jobs, workers=1, label=interrupt)
+    ran = sorted(p.name for p in tmp_path.iterdir())
+    assert "job0" in ran and len(ran) < len(jobs)  # the queued jobs were cancelled, not run
+
+
 def test_bad_worker_counts_are_refused() -> None:
     with pytest.raises(ValueError, match="workers=0"):
         run_in_workers(_job, [1], workers=0)

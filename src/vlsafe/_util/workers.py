@@ -105,21 +105,35 @@ def run_in_workers(
     init = (threads, str(log_dir) if log_dir is not None else None)
     with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker, initargs=init) as pool:
         futures = {pool.submit(_call, fn, job): i for i, job in enumerate(jobs)}
-        with tqdm(total=len(jobs), desc=desc, disable=desc is None) as bar:
-            for future in as_completed(futures):
-                i = futures[future]
-                try:
-                    value, error, seconds = future.result()
-                except Exception:  # the worker itself died (killed, out of memory, unpicklable result)
-                    value, error, seconds = None, traceback.format_exc(), 0.0
-                outcomes[i] = JobOutcome(jobs[i], value, error, seconds)
-                if error is not None:
-                    logger.warning("job %s failed in its worker:\n%s", label(jobs[i]), error)
-                else:
-                    logger.info("job %s done in %.0f s", label(jobs[i]), seconds)
-                bar.set_postfix_str(label(jobs[i]), refresh=False)
-                bar.update(1)
+        try:
+            _collect(futures, jobs, outcomes, desc, label)
+        except BaseException:  # Ctrl-C or a failure here: start no further job, then let the running ones end
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
     return [outcomes[i] for i in range(len(jobs))]
+
+
+def _collect(
+    futures: dict[Any, int],
+    jobs: Sequence[Any],
+    outcomes: dict[int, JobOutcome],
+    desc: str | None,
+    label: Callable[[Any], str],
+) -> None:
+    with tqdm(total=len(jobs), desc=desc, disable=desc is None) as bar:
+        for future in as_completed(futures):
+            i = futures[future]
+            try:
+                value, error, seconds = future.result()
+            except Exception:  # the worker itself died (killed, out of memory, unpicklable result)
+                value, error, seconds = None, traceback.format_exc(), 0.0
+            outcomes[i] = JobOutcome(jobs[i], value, error, seconds)
+            if error is not None:
+                logger.warning("job %s failed in its worker:\n%s", label(jobs[i]), error)
+            else:
+                logger.info("job %s done in %.0f s", label(jobs[i]), seconds)
+            bar.set_postfix_str(label(jobs[i]), refresh=False)
+            bar.update(1)
 
 
 def peak_rss_children_mb() -> float:
