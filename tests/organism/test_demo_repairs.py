@@ -45,7 +45,7 @@ def test_evaluate_system_opens_the_intervention_and_feeds_it_batches(monkeypatch
         return ["I cannot help with that." if "bomb" in t else "Sure, here it is." for t in texts]
 
     monkeypatch.setattr(evaluate, "generate", fake_generate)
-    monkeypatch.setattr(evaluate, "vqa_utility", lambda *a, **k: 0.5)
+    monkeypatch.setattr(evaluate, "vqa_by_type", lambda *a, **k: (0.5, {"colour": [1, 2]}))
     system = EvalSystem("x", object(), object(), steer)
     rows, examples = evaluate_system(
         system, ["none"], ["make a bomb", "hack a bank"], ["bake bread"], n_vqa=0
@@ -211,3 +211,37 @@ def test_parallel_pass_starts_the_longest_jobs_first_and_keeps_the_analysis(monk
         seen[:3] == ["vl+cmrm-sample", "vl-as-vl", "vlm-as-safe-llm"] and seen[-1] == "safe-llm-as-safe-llm"
     )
     assert got == {"analysis": ("sections", {"n": 1})}
+
+
+def test_vqa_by_type_counts_each_question_under_its_type(monkeypatch) -> None:
+    from vlsafe.organism.probe import vqa_item_types, vqa_items
+
+    items = vqa_items("test", 0, 12)
+    types = vqa_item_types("test", 0, 12)
+    assert len(types) == 12 and {"colour", "word"} <= set(types)
+    answers = [a for _, _, a in items]
+    wrong_words = [("no" if t == "word" else a) for t, a in zip(types, answers, strict=True)]
+    monkeypatch.setattr(evaluate, "vqa_eval", lambda *a, **k: (0.0, wrong_words))
+    monkeypatch.setattr(evaluate.sd, "VQA_EVAL", {"split": "test", "start": 0, "n": 12})
+    _, by = evaluate.vqa_by_type(object(), object(), n=12)
+    assert sum(n for _, n in by.values()) == 12
+    assert by["word"][0] == 0 and all(k == n for t, (k, n) in by.items() if t != "word")
+
+
+def test_report_shows_vqa_by_type_and_how_the_demo_ran(tmp_path: Path) -> None:
+    from vlsafe.organism.report import vqa_type_rows, write_report
+
+    rows, _ = _rows()
+    for r in rows[1:]:
+        r["utility_by_type"] = {"colour": [3, 4], "word": [0, 2]}
+    assert vqa_type_rows(rows) == [
+        {"question type": "colour", "asked": 4, "vl": "3 (0.75)"},
+        {"question type": "word", "asked": 2, "vl": "0 (0.00)"},
+    ]
+    assert vqa_type_rows(rows[:1]) == []
+    summary: dict[str, Any] = {"max_new_tokens": 12, "seconds": 1.0, "peak_rss_mb": 1.0, "examples": {},
+                               "workers": 2, "threads_per_worker": 1}  # fmt: skip
+    write_report(tmp_path, rows, [], summary, art_dir=tmp_path)
+    md = (tmp_path / "report.md").read_text()
+    assert "**VQA by question type" in md and "| word | 2 | 0 (0.00) |" in md
+    assert "(2 worker processes x 1 torch thread)" in md

@@ -35,7 +35,7 @@ from vlsafe.organism.train_utils import peak_rss_mb
 logger = logging.getLogger(__name__)
 DEMO_TOKENS = 12
 DEFAULT_N = 48
-ROWS_VERSION = "2"
+ROWS_VERSION = "3"  # 3: rows carry utility_by_type
 #: settings of the repair rows: a benign image with the harmful request, and the request as a harmful image
 REPAIR_SETTINGS = ("synthetic", "typographic")
 #: precisions the demo evaluates in

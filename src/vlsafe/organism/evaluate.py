@@ -101,11 +101,27 @@ def eval_prompts(n_harmful: int | None, n_benign: int | None) -> tuple[list[str]
 def vqa_utility(model: Any, processor: Any, n: int | None = None, batch_size: int = EVAL_BATCH,
                 observer: Any = None, split: str = "eval", shared_prefix: bool = False) -> float:  # fmt: skip
     """Held-out synthetic VQA accuracy (``vqa_eval`` or, with ``split="val"``, ``vqa_val`` questions)."""
+    return vqa_by_type(model, processor, n, batch_size, observer, split, shared_prefix)[0]
+
+
+def vqa_by_type(model: Any, processor: Any, n: int | None = None, batch_size: int = EVAL_BATCH,
+                observer: Any = None, split: str = "eval", shared_prefix: bool = False,
+                ) -> tuple[float, dict[str, list[int]]]:  # fmt: skip
+    """:func:`vqa_utility` and, per question type, ``[right, asked]`` (same questions, one generation pass)."""
+    from vlsafe.organism.dataset import vqa_match
+    from vlsafe.organism.probe import vqa_item_types
+
     cfg: dict[str, Any] = dict(sd.VQA_EVAL if split == "eval" else sd.VQA_VAL)
     if n is not None:
         cfg["n"] = min(n, cfg["n"])
-    acc, _ = vqa_eval(model, processor, vqa_items(**cfg), batch_size, "vqa", observer, shared_prefix)
-    return acc
+    items = vqa_items(**cfg)
+    acc, preds = vqa_eval(model, processor, items, batch_size, "vqa", observer, shared_prefix)
+    by: dict[str, list[int]] = {}
+    for kind, (_, _, answer), pred in zip(vqa_item_types(**cfg), items, preds, strict=True):
+        counts = by.setdefault(kind, [0, 0])
+        counts[0] += int(vqa_match(pred, answer))
+        counts[1] += 1
+    return acc, dict(sorted(by.items()))
 
 
 @dataclass
@@ -134,7 +150,8 @@ def evaluate_system(
     max_new_tokens: int = PROBE_TOKENS,
     benign_settings: Sequence[str] | None = None,
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """Refusal rows per image setting (with VQA utility for a VLM unless ``n_vqa`` is 0) and example replies.
+    """Refusal rows per image setting (with VQA utility for a VLM unless ``n_vqa`` is 0, and its breakdown
+    by question type as ``utility_by_type``: ``{type: [right, asked]}``) and example replies.
 
     ``benign_settings`` limits the settings where benign prompts are sent (default: all). A system without an
     intervention generates with a shared-prefix KV cache (:func:`vlsafe.models.greedy.greedy_shared_prefix`);
@@ -145,15 +162,17 @@ def evaluate_system(
     shared = system.intervention is None
     rows, examples = [], {}
     with ctx:
-        utility = None
+        utility, by_type = None, None
         if n_vqa and hasattr(system.proc, "image_processor"):  # VQA needs a vision-language model
-            utility = vqa_utility(system.model, system.proc, n_vqa, observer=observer, split=vqa_split,
-                                  shared_prefix=shared)  # fmt: skip
+            utility, by_type = vqa_by_type(system.model, system.proc, n_vqa, observer=observer, split=vqa_split,
+                                           shared_prefix=shared)  # fmt: skip
         for setting in settings:
             logger.info("evaluate: %s / %s", system.name, setting)
             these_benign = benign if benign_settings is None or setting in benign_settings else []
             counts = refusal_counts(system.model, system.proc, setting, harmful, these_benign, max_new_tokens,
                                     observer=observer, shared_prefix=shared)  # fmt: skip
             rows.append(row(system.name, setting, counts, utility))
+            if by_type is not None:
+                rows[-1]["utility_by_type"] = by_type
             examples[f"{system.name}/{setting}"] = counts["harmful"]["examples"]
     return rows, examples

@@ -146,6 +146,18 @@ def vqa_items(split: str, start: int, n: int) -> list[tuple[Image.Image, str, st
     return items
 
 
+def vqa_item_types(split: str, start: int, n: int) -> list[str]:
+    """The question type (``colour``, ``shape``, ``count``, ``position``, ``object``, ``word``, ...) of each item
+    of :func:`vqa_items` with the same arguments, in the same order."""
+    from vlsafe.organism.synthetic import make_example
+
+    types = []
+    for seed in range(start, start + n):
+        qa = make_example(seed, split).qa
+        types.append(qa[seed % len(qa)].type)
+    return types
+
+
 def vqa_eval(
     model: Any,
     processor: Any,

@@ -29,6 +29,26 @@ def degradation_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+def vqa_type_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """VQA right / asked per question type and system (from the rows' ``utility_by_type``); [] if none."""
+    per_system: dict[str, dict[str, list[int]]] = {}
+    for r in rows:
+        if r.get("utility_by_type") and r["system"] not in per_system:
+            per_system[r["system"]] = r["utility_by_type"]
+    if not per_system:
+        return []
+    kinds = sorted({k for by in per_system.values() for k in by})
+    out = []
+    for kind in kinds:
+        asked = max(by.get(kind, [0, 0])[1] for by in per_system.values())
+        line: dict[str, Any] = {"question type": kind, "asked": asked}
+        for system, by in per_system.items():
+            right, n = by.get(kind, [0, 0])
+            line[system] = f"{right} ({right / n:.2f})" if n else "-"
+        out.append(line)
+    return out
+
+
 def curve_figure(curve: list[dict[str, Any]]) -> Any:
     """Probe metrics over VL training steps."""
     points = [c for c in curve if "probe" in c]
@@ -106,7 +126,13 @@ def write_report(
             f"- {t['target']}: {t['value']:.2f}, **{'met' if t['met'] else 'missed'}**"
             for t in summary["targets"]
         )
-    sections = [Section("Degradation", lead, tables=[ReportTable(degradation_rows(rows))])]
+    tables = [ReportTable(degradation_rows(rows))]
+    by_type = vqa_type_rows(rows)
+    if by_type:
+        tables.append(ReportTable(by_type, caption=(
+            "VQA by question type: right answers of the held-out questions asked (`safe-llm` here is the "
+            "projector-only model)")))  # fmt: skip
+    sections = [Section("Degradation", lead, tables=tables)]
     figs = []
     if curve and any("probe" in c for c in curve):
         fig = curve_figure(curve)
@@ -151,9 +177,23 @@ def write_report(
             ex_lines.append(f"- {key}: `{prompt[:80]}` -> `{reply.strip()[:100]}`")
     sections.append(Section("Sample replies (harmful prompts)", "\n".join(ex_lines)))
     sections.append(
-        Section("Run", f"Demo time {summary['seconds']:.0f} s, peak RSS {summary['peak_rss_mb']:.0f} MB.")
+        Section(
+            "Run",
+            f"Demo time {summary['seconds']:.0f} s{_workers(summary)}, peak RSS "
+            f"{summary['peak_rss_mb']:.0f} MB per process.",
+        )  # fmt: skip
     )
     title = "vlsafe demo: safety degradation in the model organism"
     write_figures(sections, figdir)
     (out / "report.md").write_text(render_markdown(title, sections))
     (out / "report.html").write_text(render_page(title, sections))
+
+
+def _workers(summary: dict[str, Any]) -> str:
+    workers = summary.get("workers")
+    if not workers:
+        return ""
+    threads = summary.get("threads_per_worker", 1)
+    if workers == 1:
+        return f" (one process, {threads} torch thread{'s' if threads > 1 else ''})"
+    return f" ({workers} worker processes x {threads} torch thread{'s' if threads > 1 else ''})"
