@@ -245,3 +245,16 @@ def test_report_shows_vqa_by_type_and_how_the_demo_ran(tmp_path: Path) -> None:
     md = (tmp_path / "report.md").read_text()
     assert "**VQA by question type" in md and "| word | 2 | 0 (0.00) |" in md
     assert "(2 worker processes x 1 torch thread)" in md
+
+
+def test_parallel_pass_that_fails_everywhere_says_why(monkeypatch, caplog) -> None:
+    from vlsafe._util import workers as w
+
+    def broken(fn: Any, tasks: list[Any], *a: Any, **kw: Any) -> list[w.JobOutcome]:
+        return [w.JobOutcome(t, None, "BrokenProcessPool: a child process terminated abruptly") for t in tasks]
+
+    monkeypatch.setattr(w, "run_in_workers", broken)
+    ctx = demo._Context(Path("."), None, Path("."), [], [], 0, 1, "float32", {})
+    with caplog.at_level("WARNING"):
+        assert demo._run_parallel(ctx, demo._plan(ctx, ("none",), [], analysis=True), 2, 1) == {}
+    assert "if __name__ == '__main__':" in caplog.text

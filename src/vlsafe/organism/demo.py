@@ -179,6 +179,12 @@ def _run_parallel(ctx: _Context, jobs: list[_Job], workers: int, threads: int) -
     outcomes = run_in_workers(_worker_job, [(ctx, j) for j in order], workers, threads,
                               log_dir=ctx.out / "logs", desc=f"demo ({workers} workers x {threads} thread)",
                               label=lambda task: task[1].label)  # fmt: skip
+    if outcomes and all(o.error is not None for o in outcomes):
+        logger.warning(
+            "demo: every job failed in the worker processes, so they run again in this process. When a script "
+            "calls run_demo, guard the call with `if __name__ == '__main__':` (workers are spawned and import "
+            "the script), or pass workers=1."
+        )
     return {o.job[1].name: o.value for o in outcomes if o.error is None and o.job[1].kind == "analysis"}
 
 
@@ -217,8 +223,9 @@ def run_demo(
             1-6 of 48, see BENCHMARKS.md). The analysis section always runs in float32.
         workers: Processes that evaluate systems side by side, each with an equal share of this process'
             torch threads. ``None``: one per torch thread, at most 4 (on 2 cores, two one-thread workers
-            finish the demo ~1.4x sooner than one two-thread process; BENCHMARKS.md). ``1``: everything in
-            this process. Their output goes to ``out_dir/logs/``.
+            finish the demo 1.16x sooner than one two-thread process, same rows; BENCHMARKS.md). ``1``:
+            everything in this process. Their output goes to ``out_dir/logs/``. The workers are spawned
+            processes: a script that calls ``run_demo`` must do so under ``if __name__ == "__main__":``.
 
     Returns:
         ``{"rows": [...], "repairs": [...], "analysis": {...}, "seconds": float, "peak_rss_mb": float}``
