@@ -47,7 +47,10 @@ def test_jobs_run_in_spawned_workers_with_their_thread_count_and_failures_are_ke
 
 
 def _mark(path: str) -> str:
+    import time
+
     Path(path).write_text("ran")
+    time.sleep(0.3)  # slower than the parent's reaction, so the queued jobs are still queued when it stops
     return path
 
 
