@@ -67,10 +67,8 @@ def main() -> None:
             figures[f"{way}_seconds"] = round(time.perf_counter() - start, 1)
             rows[way] = got
             print(way, figures[f"{way}_seconds"], "s", flush=True)
-    figures["workers_vs_sequential_speedup"] = round(
-        float(figures["sequential_seconds"]) / float(figures["workers_seconds"]),
-        2,  # type: ignore[arg-type]
-    )
+    seconds = {way: float(figures[f"{way}_seconds"]) for way in rows}  # type: ignore[arg-type]
+    figures["workers_vs_sequential_speedup"] = round(seconds["sequential"] / seconds["workers"], 2)
     figures["rows_equal"] = rows["sequential"] == rows["workers"]
     if not figures["rows_equal"]:
         figures["rows"] = rows

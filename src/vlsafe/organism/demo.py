@@ -113,8 +113,8 @@ class _Job:
 _COST = {"vl+cmrm-sample": 111, "vl": 92, "vlm": 84, "vl+cmrm-dataset": 67, "analysis": 38, "safe-llm": 15}
 
 
-def _plan(ctx: _Context, settings: tuple[str, ...], repair_names: list[str], analysis: bool) -> list[_Job]:
-    """The demo's jobs in report order."""
+def _plan(ctx: _Context, settings: tuple[str, ...], analysis: bool) -> list[_Job]:
+    """The demo's jobs in report order (the repairs: ``ctx.repaired``)."""
     plan = [("safe-llm", "safe-llm", ("none",)), ("safe-llm", "vlm", tuple(s for s in settings if s != "none")),
             ("vl", "vl", settings)]  # fmt: skip
     jobs = []
@@ -122,7 +122,7 @@ def _plan(ctx: _Context, settings: tuple[str, ...], repair_names: list[str], ana
         these = tuple(s for s in these if s in settings)
         if these:
             jobs.append(_Job("system", system, builder, these))
-    jobs += [_Job("repair", name, settings=REPAIR_SETTINGS) for name in repair_names]
+    jobs += [_Job("repair", name, settings=REPAIR_SETTINGS) for name in ctx.repaired]
     if analysis:
         jobs.append(_Job("analysis", "analysis"))
     return jobs
@@ -148,10 +148,9 @@ def _run_job(ctx: _Context, job: _Job) -> Any:
         key = _key(ctx.art, job.builder, {**ctx.common, "system": job.name, "builder": job.builder,
                                           "settings": job.settings})  # fmt: skip
         return _cached_rows(ctx.out, job.label, key, _measure)
-    loader = dict(repair_loaders(ctx.cache_dir, ctx.art, ctx.out / "work"))[job.name]
 
-    def _measure_repair() -> Any:
-        system = loader()
+    def _measure_repair() -> Any:  # the loaders read the selections and manifest: only when measuring
+        system = dict(repair_loaders(ctx.cache_dir, ctx.art, ctx.out / "work"))[job.name]()
         system.model.to(cast)
         return evaluate_system(system, job.settings, ctx.harmful, ctx.benign, n_vqa=ctx.n_vqa,
                                max_new_tokens=ctx.max_new_tokens, benign_settings=("synthetic",))  # fmt: skip
@@ -253,7 +252,7 @@ def run_demo(
     repair_names = [name for name, _ in repair_loaders(cache_dir, art, out / "work")] if repairs else []
     ctx = _Context(out, cache_dir, art, list(harmful), list(benign), n_vqa, max_new_tokens, dtype, common,
                    n_analysis, tuple(repair_names))  # fmt: skip
-    jobs = _plan(ctx, tuple(settings), repair_names, analysis)
+    jobs = _plan(ctx, tuple(settings), analysis)
     threads = torch.get_num_threads()
     if workers is None:
         workers, per_worker = split_threads(threads, len(jobs))
@@ -289,7 +288,7 @@ def run_demo(
         "max_new_tokens": max_new_tokens,
         "dtype": dtype,
         "workers": workers,
-        "threads_per_worker": per_worker if workers > 1 else threads,
+        "threads_per_worker": per_worker,  # with one worker: all of this process' threads
         "judge": "keyword v1",
         "examples": examples,
     }

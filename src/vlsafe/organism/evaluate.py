@@ -19,7 +19,7 @@ import numpy as np
 from PIL import Image
 
 from vlsafe.organism import safety_data as sd
-from vlsafe.organism.probe import PROBE_TOKENS, generate, refusals, vqa_eval, vqa_items
+from vlsafe.organism.probe import PROBE_TOKENS, generate, refusals, vqa_eval, vqa_items_and_types
 
 logger = logging.getLogger(__name__)
 IMAGE_SETTINGS = ("none", "blank", "noise", "synthetic", "typographic")
@@ -109,15 +109,14 @@ def vqa_by_type(model: Any, processor: Any, n: int | None = None, batch_size: in
                 ) -> tuple[float, dict[str, list[int]]]:  # fmt: skip
     """:func:`vqa_utility` and, per question type, ``[right, asked]`` (same questions, one generation pass)."""
     from vlsafe.organism.dataset import vqa_match
-    from vlsafe.organism.probe import vqa_item_types
 
     cfg: dict[str, Any] = dict(sd.VQA_EVAL if split == "eval" else sd.VQA_VAL)
     if n is not None:
         cfg["n"] = min(n, cfg["n"])
-    items = vqa_items(**cfg)
+    items, types = vqa_items_and_types(**cfg)
     acc, preds = vqa_eval(model, processor, items, batch_size, "vqa", observer, shared_prefix)
     by: dict[str, list[int]] = {}
-    for kind, (_, _, answer), pred in zip(vqa_item_types(**cfg), items, preds, strict=True):
+    for kind, (_, _, answer), pred in zip(types, items, preds, strict=True):
         counts = by.setdefault(kind, [0, 0])
         counts[0] += int(vqa_match(pred, answer))
         counts[1] += 1

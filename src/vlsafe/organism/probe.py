@@ -135,27 +135,24 @@ def refusal_rate(responses: Sequence[str]) -> float:
 
 def vqa_items(split: str, start: int, n: int) -> list[tuple[Image.Image, str, str]]:
     """``(image, question, answer)`` items: the first question of each synthetic example (seeded)."""
+    return vqa_items_and_types(split, start, n)[0]
+
+
+def vqa_items_and_types(
+    split: str, start: int, n: int
+) -> tuple[list[tuple[Image.Image, str, str]], list[str]]:
+    """:func:`vqa_items` and the question type of each (``colour``, ``shape``, ``count``, ``position``,
+    ``object``, ``word``, ...), in the same order, from one rendering of the examples."""
     from vlsafe.organism.dataset import vqa_prompt
     from vlsafe.organism.synthetic import make_example
 
-    items = []
+    items, types = [], []
     for seed in range(start, start + n):
         ex = make_example(seed, split)
         q = ex.qa[seed % len(ex.qa)]
         items.append((ex.image, vqa_prompt(q.question), q.answer))
-    return items
-
-
-def vqa_item_types(split: str, start: int, n: int) -> list[str]:
-    """The question type (``colour``, ``shape``, ``count``, ``position``, ``object``, ``word``, ...) of each item
-    of :func:`vqa_items` with the same arguments, in the same order."""
-    from vlsafe.organism.synthetic import make_example
-
-    types = []
-    for seed in range(start, start + n):
-        qa = make_example(seed, split).qa
-        types.append(qa[seed % len(qa)].type)
-    return types
+        types.append(q.type)
+    return items, types
 
 
 def vqa_eval(
