@@ -5,7 +5,8 @@ diagnostic separates "the vision tower cannot see it" from "the VL training has 
 trains small classifiers directly on the frozen DINOv2 patch features, exactly as the organism feeds them to
 its projector (last layer, CLS dropped, ``size`` px), one classifier per (example kind, question index),
 on ``train``-split renders, and tests them on ``test``-split renders. ``--layer`` reads another DINOv2 layer
-(``hidden_states`` index) to compare with the organism's choice.
+(``hidden_states`` index) to compare with the organism's choice. ``--kind`` renders only examples of one
+kind (e.g. ``word``), to see how a question type's accuracy grows with the number of training renders.
 
 * ``flat``: one linear layer on the flattened ``[patches x 384]`` tokens;
 * ``mlp``: a per-patch 384 -> 64 GELU map (a small projector) followed by a linear read-out.
@@ -14,7 +15,8 @@ Both train full-batch with AdamW (lr 1e-3, weight decay 1e-2) for 300 epochs, se
 Prints, as its last line, ``{"<kind>/<q>/<type>": {"flat": acc, "mlp": acc, ...}, ...}`` plus the
 test-count-weighted means over all classifiers (``mean_flat``, ``mean_mlp``).
 
-Run: ``.venv/bin/python benchmarks/organism_vision_probe.py [--size 112] [--train 3000] [--test 600] [--layer -1]``
+Run: ``.venv/bin/python benchmarks/organism_vision_probe.py [--size 112] [--train 3000] [--test 600] [--layer -1]
+[--kind word]``
 (about 10-20 minutes on one core, most of it the image features).
 """
 
@@ -28,10 +30,12 @@ import torch
 
 
 @torch.no_grad()
-def _features(vision, processor, split: str, n: int, layer: int = -1) -> tuple[list, torch.Tensor]:
+def _features(
+    vision, processor, split: str, n: int, layer: int = -1, kind: str | None = None
+) -> tuple[list, torch.Tensor]:
     from vlsafe.organism.synthetic import make_example
 
-    examples = [make_example(i, split) for i in range(n)]
+    examples = [make_example(i, split, kind) for i in range(n)]
     out = []
     for i in range(0, n, 50):
         pix = processor([e.image for e in examples[i : i + 50]], return_tensors="pt")["pixel_values"]
@@ -78,6 +82,7 @@ def main() -> None:
     parser.add_argument(
         "--layer", type=int, default=-1, help="hidden_states index (-1: the organism's layer)"
     )
+    parser.add_argument("--kind", default=None, help="render only this example kind (default: all kinds)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     torch.manual_seed(0)
@@ -86,8 +91,8 @@ def main() -> None:
 
     vision = load_base_vision(None).eval()
     processor = make_image_processor(args.size)
-    train = _by_question(*_features(vision, processor, "train", args.train, args.layer))
-    test = _by_question(*_features(vision, processor, "test", args.test, args.layer))
+    train = _by_question(*_features(vision, processor, "train", args.train, args.layer, args.kind))
+    test = _by_question(*_features(vision, processor, "test", args.test, args.layer, args.kind))
     results: dict[str, dict[str, float | int]] = {}
     for key in sorted(train):
         if key not in test:

@@ -8,10 +8,15 @@ VQA questions from seed 10,000 of the test renders, per example kind and questio
 benign refusal on 48 + 48 held-out prompts as text and with a benign synthetic image (keyword judge, 12
 greedy tokens). The demo's held-out VQA questions (seeds 0-199) are left for the demo.
 
+``--only-kind KIND`` trains on renders of that example kind only (e.g. ``word``: how fast does the VL
+training learn to read?). The in-training probe then asks the kind's first question about ``--probe-n`` held-out
+test renders of that kind, and the figures gain ``"<KIND>_curve"`` (that probe over the steps).
+
 Prints, as its last line: ``{"vqa_val", "vqa_by_type": {"kind/type": [right, n]}, "refusals_48":
 {"none": [harmful, benign], "synthetic": [...]}, "proj_seconds", "vl_seconds", "recipe"}``.
 
-Run: ``.venv/bin/python benchmarks/organism_vl_recipe.py OUT [--vl '{"vl_steps": 800}'] [--projector DIR]``
+Run: ``.venv/bin/python benchmarks/organism_vl_recipe.py OUT [--vl '{"vl_steps": 800}'] [--projector DIR]
+[--only-kind word]``
 (``--projector``: reuse a finished ``vlm`` output directory of the same projector recipe; an ``OUT`` whose
 stages are finished is only measured). About 40-60
 minutes on 2 CPU cores for the committed recipe, most of it the 500 LoRA steps (~3.3 s each).
@@ -56,6 +61,32 @@ def _trained_vl(out: Path, safe: Path) -> tuple[torch.nn.Module, object]:
     return build_system("vl", None, art)
 
 
+def _train_on_one_kind(only: str, n_probe: int) -> None:
+    """Make the VL training render only ``only`` examples, and its probe ask that kind's first question about
+    ``n_probe`` held-out test renders (``{"<only>_vqa": accuracy}``). Test renders are left unchanged."""
+    import vlsafe.organism.synthetic as syn
+    from vlsafe.organism import vl_train
+    from vlsafe.organism.dataset import vqa_prompt
+    from vlsafe.organism.evaluate import EVAL_BATCH
+    from vlsafe.organism.probe import vqa_eval
+
+    if only not in syn.KINDS:
+        raise SystemExit(f"--only-kind {only!r} is unknown; choose one of {syn.KINDS}")
+    render = syn.make_example
+    held_out = [render(i, "test", only) for i in range(n_probe)]
+    items = [(e.image, vqa_prompt(e.qa[0].question), e.qa[0].answer) for e in held_out]
+
+    def one_kind(seed: int, split: str = "train", kind: str | None = None, n_choices: int = 4):  # noqa: ANN202
+        return render(seed, split, kind or (only if split == "train" else None), n_choices)
+
+    def probe(model, processor, n, tokens=None) -> dict:  # noqa: ANN001, ARG001
+        accuracy, _ = vqa_eval(model, processor, items, EVAL_BATCH)
+        return {f"{only}_vqa": accuracy}
+
+    syn.make_example = one_kind
+    vl_train.probe = probe
+
+
 def _measure(model, proc, n_vqa: int) -> dict:  # noqa: ANN001
     from vlsafe.organism.dataset import vqa_match
     from vlsafe.organism.demo import DEMO_TOKENS
@@ -90,7 +121,11 @@ def main() -> None:
     parser.add_argument("--vl", default="{}", help="JSON object of VLConfig fields to change")
     parser.add_argument("--projector", type=Path, help="reuse this finished vlm output directory")
     parser.add_argument("--n-vqa", type=int, default=96)
+    parser.add_argument("--only-kind", help="train on renders of this example kind only (e.g. word)")
+    parser.add_argument("--probe-n", type=int, default=60, help="held-out renders of --only-kind per probe")
     args = parser.parse_args()
+    if args.only_kind:
+        _train_on_one_kind(args.only_kind, args.probe_n)
     cfg = load_recipe({"vl": json.loads(args.vl)}).vl
     out: Path = args.out
     safe = _safe_dir(out)
@@ -108,6 +143,12 @@ def main() -> None:
     t2 = time.time()
     model, proc = _trained_vl(out, safe)
     figures = _measure(model, proc, args.n_vqa)
+    if args.only_kind:
+        curve = json.loads((out / "vl" / "curve.json").read_text())
+        key = f"{args.only_kind}_vqa"
+        figures[f"{args.only_kind}_curve"] = {
+            p["step"]: p["probe"][key] for p in curve if key in p.get("probe", {})
+        }
     emit(
         {**figures, "proj_seconds": round(t1 - t0), "vl_seconds": round(t2 - t1), "recipe": cfg.model_dump()}
     )
