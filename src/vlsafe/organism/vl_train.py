@@ -3,9 +3,9 @@
 Token budget: images are resized to :attr:`VLConfig.size` = 84 px, i.e. 6 x 6 = 36 DINOv2 patch tokens
 (DINOv2 interpolates its position embeddings), under a seventh of the 224 px budget, which keeps CPU training
 and evaluation cheap in the image part (84 px loses little that 112 px holds for the synthetic images: linear
-probes in BENCHMARKS.md). The vision tower stays frozen, so its features of the
-training images are computed once; the training step replaces the ``<image>`` placeholders by the projected
-features (exactly what ``LlavaModel`` does) and runs the language model.
+probes in BENCHMARKS.md). The vision tower stays frozen, so its features of the training images are computed
+once; the training step replaces the ``<image>`` placeholders by the projected features (exactly what
+``LlavaModel`` does) and runs the language model.
 
 * ``vlm`` stage: projector only (the LLM is the safe LLM, unchanged);
 * ``vl`` stage: projector + LoRA on the LLM's linear layers; a safety/utility probe runs every
