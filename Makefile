@@ -21,8 +21,8 @@ $(PY):
 venv: $(PY)
 
 # Reinstall only when the project metadata changes.
-$(VENV)/.vlsafe-installed: pyproject.toml | $(PY)
-	$(PIP) install -e ".[dev,organism]"
+$(VENV)/.vlsafe-installed: pyproject.toml organism/pyproject.toml | $(PY)
+	$(PIP) install -e ".[dev]" -e ./organism
 	touch $@
 
 install: $(VENV)/.vlsafe-installed
@@ -45,8 +45,8 @@ test-slow: install-organism
 	$(PY) -m pytest -m "slow" $(PYTEST_ARGS)
 
 lint: install
-	$(VENV)/bin/ruff check src tests benchmarks
-	$(VENV)/bin/mypy src/vlsafe
+	$(VENV)/bin/ruff check src organism/src tests benchmarks
+	$(VENV)/bin/mypy src/vlsafe organism/src/vlsafe_organism
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -25,7 +25,7 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).parent))
 from _common import emit, environment, interleaved, median  # noqa: E402
 
-from vlsafe.cmrm import SampleLevelCMRM, calibrate, cmrm_steer, middle_band  # noqa: E402
+from vlsafe.methods.cmrm import SampleLevelCMRM, calibrate, cmrm_steer, middle_band  # noqa: E402
 from vlsafe.models import build_inputs, build_tiny, load_model  # noqa: E402
 from vlsafe.models.bundle import ModelBundle  # noqa: E402
 

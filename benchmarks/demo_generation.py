@@ -6,7 +6,7 @@ side by side in one process (2 threads, greedy, the demo's generation lengths):
 
 * ``before``: the demo's previous path: ``model.generate`` in batches of 16 in input order (48 harmful,
   then 48 benign prompts: the same batches as the previous separate calls);
-* ``after``: :func:`vlsafe.organism.probe.generate` as the demo now calls it: length-sorted batches of 32 and
+* ``after``: :func:`vlsafe_organism.probe.generate` as the demo now calls it: length-sorted batches of 32 and
   the shared-prefix KV cache (:func:`vlsafe.models.greedy.greedy_shared_prefix`);
 * ``after_bf16`` (``--bf16``): the same with the model cast to bfloat16 -- not used by the demo; measured to
   show what half precision would buy on CPUs with bf16 instructions, and what it changes.
@@ -29,7 +29,7 @@ import torch
 
 
 def _before(model: Any, proc: Any, prompts: list[str], images: Any, max_new_tokens: int) -> list[str]:
-    from vlsafe.organism.probe import chat_text
+    from vlsafe_organism.probe import chat_text
 
     tok = proc.tokenizer
     tok.padding_side = "left"
@@ -47,10 +47,10 @@ def _before(model: Any, proc: Any, prompts: list[str], images: Any, max_new_toke
 
 def _workload() -> list[tuple[str, list[str], Any, int, list[str] | None]]:
     """(label, prompts, images, max_new_tokens, VQA answers or None) of one demo system."""
-    from vlsafe.organism import safety_data as sd
-    from vlsafe.organism.demo import DEFAULT_N, DEMO_TOKENS
-    from vlsafe.organism.evaluate import IMAGE_SETTINGS, eval_prompts, setting_inputs
-    from vlsafe.organism.probe import VQA_TOKENS, vqa_items
+    from vlsafe_organism import safety_data as sd
+    from vlsafe_organism.demo import DEFAULT_N, DEMO_TOKENS
+    from vlsafe_organism.evaluate import IMAGE_SETTINGS, eval_prompts, setting_inputs
+    from vlsafe_organism.probe import VQA_TOKENS, vqa_items
 
     harmful, benign = eval_prompts(DEFAULT_N, DEFAULT_N)
     work = []
@@ -65,8 +65,8 @@ def _workload() -> list[tuple[str, list[str], Any, int, list[str] | None]]:
 
 
 def _judge(replies: list[str], answers: list[str] | None) -> list[bool]:
-    from vlsafe.organism.dataset import vqa_match
-    from vlsafe.organism.probe import refusals
+    from vlsafe.evals.metrics.answers import vqa_match
+    from vlsafe_organism.probe import refusals
 
     if answers is None:
         return refusals(replies)
@@ -77,9 +77,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--bf16", action="store_true", help="also measure the new path in bfloat16")
     args = parser.parse_args()
-    from vlsafe.organism.evaluate import EVAL_BATCH
-    from vlsafe.organism.probe import generate
-    from vlsafe.organism.registry import artifacts_dir, build_system
+    from vlsafe_organism.evaluate import EVAL_BATCH
+    from vlsafe_organism.probe import generate
+    from vlsafe_organism.registry import artifacts_dir, build_system
 
     torch.manual_seed(0)
     model, proc = build_system("vl", None, artifacts_dir())

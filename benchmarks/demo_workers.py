@@ -28,11 +28,11 @@ import torch
 
 
 def main() -> None:
-    from vlsafe._util.workers import run_in_workers
-    from vlsafe.organism import demo
-    from vlsafe.organism.base import ensure_base_weights
-    from vlsafe.organism.evaluate import eval_prompts
-    from vlsafe.organism.registry import artifacts_dir
+    from vlsafe.core.workers import run_in_workers
+    from vlsafe_organism import demo
+    from vlsafe_organism.base import ensure_base_weights
+    from vlsafe_organism.evaluate import eval_prompts
+    from vlsafe_organism.registry import artifacts_dir
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--jobs", default="vl+sft,vl+joint", help="repair rows to measure (comma-separated)")

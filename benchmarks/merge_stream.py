@@ -6,7 +6,7 @@ on /tmp, then measures, each in a fresh subprocess (hot page cache for all):
 
 * raw I/O: read every tensor of the three inputs with ``safetensors.safe_open`` and write one
   checkpoint of the same bytes with ``safetensors.torch.save_file``;
-* ``vlsafe.merging.merge``: linear (3 models) and TIES (base + 2, density 0.5): wall time and peak
+* ``vlsafe.methods.merging.merge``: linear (3 models) and TIES (base + 2, density 0.5): wall time and peak
   RSS above the interpreter's baseline (after imports);
 * mergekit 0.1.5 (installed into its own venv under ~/.cache/vlsafe-bench) on the same two merges.
 
@@ -116,7 +116,7 @@ print(json.dumps({"seconds": time.perf_counter() - t0}))
 
 OURS = r"""
 import json, sys, time
-import vlsafe.merging as m
+import vlsafe.methods.merging as m
 def status(key):  # VmHWM is this process's own high-water mark (ru_maxrss would include the forking parent's)
     for line in open("/proc/self/status"):
         if line.startswith(key):
@@ -254,7 +254,7 @@ def main() -> None:
 
 def compare(ours: Path, theirs: Path, name: str = "model.layers.7.mlp.up_proj.weight") -> float:
     """Max |ours - mergekit| on one tensor (threshold ties may keep a few extra entries in ours)."""
-    from vlsafe.merging import CheckpointReader
+    from vlsafe.methods.merging import CheckpointReader
 
     a, b = CheckpointReader(ours), CheckpointReader(theirs)
     diff = (a.read(name).float() - b.read(name).float()).abs().max().item()

@@ -33,7 +33,7 @@ import torch
 def _features(
     vision, processor, split: str, n: int, layer: int = -1, kind: str | None = None
 ) -> tuple[list, torch.Tensor]:
-    from vlsafe.organism.synthetic import make_example
+    from vlsafe.data.scenes import make_example
 
     examples = [make_example(i, split, kind) for i in range(n)]
     out = []
@@ -86,8 +86,8 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     torch.manual_seed(0)
-    from vlsafe.organism.base import load_base_vision
-    from vlsafe.organism.wiring import make_image_processor
+    from vlsafe_organism.base import load_base_vision
+    from vlsafe_organism.wiring import make_image_processor
 
     vision = load_base_vision(None).eval()
     processor = make_image_processor(args.size)

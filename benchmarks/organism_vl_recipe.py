@@ -1,7 +1,7 @@
 """Try a VL recipe on the organism: how much VQA does it learn, and does it keep the degradation? (issue 6)
 
 Trains stages ``vlm`` (projector only) and ``vl`` (projector + LLM LoRA) with the build's own functions
-(:func:`vlsafe.organism.vl_train.train_projector`, :func:`~vlsafe.organism.vl_train.train_vl`) on the
+(:func:`vlsafe_organism.vl_train.train_projector`, :func:`~vlsafe_organism.vl_train.train_vl`) on the
 committed safe LoRA, outside the stage cache, with the committed recipe (``VLConfig`` defaults) changed by
 ``--vl``. Then it measures the trained VL model on the **validation** questions only (``--n-vqa`` synthetic
 VQA questions from seed 10,000 of the test renders, per example kind and question type), and harmful /
@@ -37,8 +37,8 @@ from _common import emit
 
 def _safe_dir(out: Path) -> Path:
     """The committed safe LoRA laid out as a ``safe-llm`` stage output."""
-    from vlsafe.organism.artifacts import read_manifest
-    from vlsafe.organism.registry import PACKAGE_ARTIFACTS
+    from vlsafe_organism.artifacts import read_manifest
+    from vlsafe_organism.registry import PACKAGE_ARTIFACTS
 
     safe = out / "safe"
     safe.mkdir(parents=True, exist_ok=True)
@@ -50,10 +50,10 @@ def _safe_dir(out: Path) -> Path:
 
 def _trained_vl(out: Path, safe: Path) -> tuple[torch.nn.Module, object]:
     """The trained VL model, loaded the way the demo loads ``organism:vl``: the stage outputs are exported
-    as artefacts (:func:`vlsafe.organism.build.export`) and rebuilt by the organism registry."""
-    from vlsafe.organism.build import export
-    from vlsafe.organism.registry import build_system
-    from vlsafe.organism.stages import StageResult
+    as artefacts (:func:`vlsafe_organism.build.export`) and rebuilt by the organism registry."""
+    from vlsafe_organism.build import export
+    from vlsafe_organism.registry import build_system
+    from vlsafe_organism.stages import StageResult
 
     art = export(
         [StageResult("safe-llm", safe, False, {}), StageResult("vl", out / "vl", False, {})], out / "art"
@@ -64,11 +64,11 @@ def _trained_vl(out: Path, safe: Path) -> tuple[torch.nn.Module, object]:
 def _train_on_one_kind(only: str, n_probe: int) -> None:
     """Make the VL training render only ``only`` examples, and its probe ask that kind's first question about
     ``n_probe`` held-out test renders (``{"<only>_vqa": accuracy}``). Test renders are left unchanged."""
-    import vlsafe.organism.synthetic as syn
-    from vlsafe.organism import vl_train
-    from vlsafe.organism.dataset import vqa_prompt
-    from vlsafe.organism.evaluate import EVAL_BATCH
-    from vlsafe.organism.probe import vqa_eval
+    import vlsafe.data.scenes as syn
+    from vlsafe.data.scenes import vqa_prompt
+    from vlsafe_organism import vl_train
+    from vlsafe_organism.evaluate import EVAL_BATCH
+    from vlsafe_organism.probe import vqa_eval
 
     if only not in syn.KINDS:
         raise SystemExit(f"--only-kind {only!r} is unknown; choose one of {syn.KINDS}")
@@ -88,12 +88,12 @@ def _train_on_one_kind(only: str, n_probe: int) -> None:
 
 
 def _measure(model, proc, n_vqa: int) -> dict:  # noqa: ANN001
-    from vlsafe.organism.dataset import vqa_match
-    from vlsafe.organism.demo import DEMO_TOKENS
-    from vlsafe.organism.evaluate import EVAL_BATCH, eval_prompts, refusal_counts
-    from vlsafe.organism.probe import vqa_eval, vqa_items
-    from vlsafe.organism.safety_data import VQA_VAL
-    from vlsafe.organism.synthetic import make_example
+    from vlsafe.data.scenes import make_example
+    from vlsafe.evals.metrics.answers import vqa_match
+    from vlsafe_organism.demo import DEMO_TOKENS
+    from vlsafe_organism.evaluate import EVAL_BATCH, eval_prompts, refusal_counts
+    from vlsafe_organism.probe import vqa_eval, vqa_items
+    from vlsafe_organism.safety_data import VQA_VAL
 
     start = VQA_VAL["start"]
     items = vqa_items(VQA_VAL["split"], start, n_vqa)
@@ -113,8 +113,8 @@ def _measure(model, proc, n_vqa: int) -> dict:  # noqa: ANN001
 
 
 def main() -> None:
-    from vlsafe.organism import vl_train
-    from vlsafe.organism.recipe import load_recipe
+    from vlsafe_organism import vl_train
+    from vlsafe_organism.recipe import load_recipe
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("out", type=Path, help="working directory (stage outputs are written here)")

@@ -20,9 +20,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from _common import emit, environment, interleaved, median, smollm2_shaped_llama  # noqa: E402
 
-from vlsafe.capture import record_hidden_states  # noqa: E402
+from vlsafe.hooks import (
+    SteeringVector,  # noqa: E402
+    record_hidden_states,  # noqa: E402
+)
 from vlsafe.models.bundle import ModelBundle  # noqa: E402
-from vlsafe.steering import SteeringVector  # noqa: E402
 
 
 def main() -> None:

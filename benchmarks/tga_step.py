@@ -31,7 +31,7 @@ def _bundle(layers: int) -> object:
     from transformers import AutoTokenizer, Dinov2Config, Dinov2Model
 
     from vlsafe.models import ModelBundle, build_tiny
-    from vlsafe.organism.wiring import wire_llava
+    from vlsafe_organism.wiring import wire_llava
 
     tok_dir = build_tiny("causal_lm", tempfile.mkdtemp(prefix="tga-bench-"), seed=0)
     tokenizer = AutoTokenizer.from_pretrained(str(tok_dir))
@@ -59,7 +59,7 @@ def _bundle(layers: int) -> object:
 
 
 def _records(n: int, root: Path) -> list[object]:
-    from vlsafe.training import TGARecord
+    from vlsafe.methods.training import TGARecord
 
     out = []
     for i in range(n):
@@ -85,8 +85,15 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=30)
     args = parser.parse_args()
 
-    from vlsafe.organism.train_utils import answer_only_loss
-    from vlsafe.training import LossOutput, TGALoss, TrainConfig, Trainer, encode_tga_batch, middle_third
+    from vlsafe.methods.training import (
+        LossOutput,
+        TGALoss,
+        TrainConfig,
+        Trainer,
+        encode_tga_batch,
+        middle_third,
+    )
+    from vlsafe.methods.training.memory import answer_only_loss
 
     bundle = _bundle(args.layers)
     records = _records(args.batch, Path(tempfile.mkdtemp(prefix="tga-bench-img-")))

@@ -6,9 +6,9 @@ one 256-token encoder pass per image, not measured here). Rows are ``--prompt-le
 ``--reply-len`` supervised reply tokens; LoRA r16 on all attention and MLP projections (``--full`` trains
 every LLM weight instead).
 
-* SFT step: :func:`vlsafe.training.losses.sequence_logps` on the reply tokens, backward, AdamW step.
+* SFT step: :func:`vlsafe.methods.training.losses.sequence_logps` on the reply tokens, backward, AdamW step.
 * DPO step: chosen + rejected rows in one forward (2B rows), the reference pass with the adapters switched
-  off (no grad), :func:`vlsafe.training.losses.dpo_loss`, backward, AdamW step.
+  off (no grad), :func:`vlsafe.methods.training.losses.dpo_loss`, backward, AdamW step.
 
 Batches double from 1 up to ``--max-batch``; on CUDA an out-of-memory error ends the sweep (the largest
 batch that fits); on CPU a process that runs out of memory is killed instead, so the cap is explicit
@@ -33,9 +33,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import emit, environment, median, smollm2_shaped_llama  # noqa: E402
 
-from vlsafe.organism.train_utils import peak_rss_mb  # noqa: E402
-from vlsafe.training.losses import dpo_loss, sequence_logps  # noqa: E402
-from vlsafe.training.stages import LoraSettings, apply_stage  # noqa: E402
+from vlsafe.methods.training.losses import dpo_loss, sequence_logps  # noqa: E402
+from vlsafe.methods.training.memory import peak_rss_mb  # noqa: E402
+from vlsafe.methods.training.stages import LoraSettings, apply_stage  # noqa: E402
 
 
 def _batch(rows: int, prompt: int, reply: int, device: str, seed: int) -> tuple[dict[str, Any], torch.Tensor]:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from vlsafe.errors import ConfigError, InputError, ModelLoadError, VlsafeError
+from vlsafe.core.errors import ConfigError, InputError, ModelLoadError, VlsafeError
 
 __all__ = [
     "__version__",

@@ -12,8 +12,8 @@ from click.testing import CliRunner
 from PIL import Image
 
 from vlsafe.analysis import compute_layers, compute_shift, logit_lens, refusal_token_ids
-from vlsafe.analysis.forward import build_variant
 from vlsafe.cli import main
+from vlsafe.hooks.forward import build_variant
 from vlsafe.models import ModelBundle, processor_image_size
 from vlsafe.models.tiny import TINY_FAMILIES
 
@@ -171,7 +171,7 @@ def test_cli_weights_mismatch_is_a_clear_error(tiny_dir: Callable[[str], Path], 
 
 
 def test_bad_position_is_rejected(tiny_bundle: Bundle) -> None:
-    from vlsafe.errors import ConfigError
+    from vlsafe.core.errors import ConfigError
 
     with pytest.raises(ConfigError, match="image_mean"):
         compute_shift(

@@ -5,11 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from vlsafe.capture import capture, record_hidden_states
-from vlsafe.errors import ConfigError, InputError
+from vlsafe.core.errors import ConfigError, InputError
+from vlsafe.hooks import SteeringVector, capture, record_hidden_states
 from vlsafe.models import build_inputs
 from vlsafe.models.tiny import VLM_FAMILIES
-from vlsafe.steering import SteeringVector
 
 QUERIES = ["What is in this picture?", "Describe the scene in a few more words than the first query."]
 ALL_FAMILIES = [*VLM_FAMILIES, "causal_lm"]

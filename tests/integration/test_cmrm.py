@@ -6,8 +6,9 @@ import pytest
 import torch
 from PIL import Image
 
-from vlsafe.capture import record_hidden_states
-from vlsafe.cmrm import (
+from vlsafe.core.errors import ConfigError, InputError
+from vlsafe.hooks import SteeringVector, record_hidden_states
+from vlsafe.methods.cmrm import (
     CMRMIntervention,
     SampleLevelCMRM,
     calibrate,
@@ -15,11 +16,9 @@ from vlsafe.cmrm import (
     cmrm_steer,
     variant_differences,
 )
-from vlsafe.errors import ConfigError, InputError
 from vlsafe.models import build_inputs
 from vlsafe.models.inputs import InputItem
 from vlsafe.models.tiny import VLM_FAMILIES
-from vlsafe.steering import SteeringVector
 
 QUERIES = ["What is shown here?", "Describe the colours in this picture, please.", "Is it safe to eat?"]
 COLOURS = [(200, 30, 30), (20, 180, 90), (10, 10, 240)]

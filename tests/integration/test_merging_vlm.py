@@ -13,7 +13,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from vlsafe.cli import main
-from vlsafe.merging import detect_layout, llm_name_for, merge, vlm_name_for
+from vlsafe.methods.merging import detect_layout, llm_name_for, merge, vlm_name_for
 from vlsafe.models import build_tiny, load_model
 
 EXTRA = 7  # image/special-token rows the VLM has beyond the LLM's vocabulary

@@ -6,7 +6,7 @@ import pytest
 import torch
 from PIL import Image
 
-from vlsafe.errors import InputError
+from vlsafe.core.errors import InputError
 from vlsafe.models import CAPTION_FORMAT, VLM_FAMILIES, Variant, build_inputs, processor_image_size
 
 IMAGE = Image.new("RGB", (40, 30), (10, 120, 240))

@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from vlsafe.errors import ConfigError, ModelLoadError
+from vlsafe.core.errors import ConfigError, ModelLoadError
 from vlsafe.models import TINY_FAMILIES, VLM_FAMILIES, build_inputs, inspect_model, load_model
 from vlsafe.models.families import get_family
 from vlsafe.models.processors import load_processor, save_processor

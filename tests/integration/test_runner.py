@@ -9,12 +9,12 @@ import pytest
 import torch
 from PIL import Image
 
-from vlsafe.errors import ConfigError, InputError
+from vlsafe.core.errors import ConfigError, InputError
+from vlsafe.data.retrieval import retrieval_prompt
 from vlsafe.evals import EvalConfig, RunDir, Sample, apply_image_setting, judge_run, read_records, run_eval
 from vlsafe.evals.rundir import RecordWriter, repair_tail
+from vlsafe.hooks import SteeringVector
 from vlsafe.models.inputs import build_inputs
-from vlsafe.steering import SteeringVector
-from vlsafe.training.retrieval import retrieval_prompt
 
 FAMILY = "llava"
 

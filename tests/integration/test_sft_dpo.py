@@ -11,13 +11,13 @@ import pytest
 import torch
 from PIL import Image
 
+from vlsafe.data.vl_safety import load_spavl, load_vlguard
+from vlsafe.methods.training.dpo import DPOConfig, DPOObjective, dpo_collate, run_dpo
+from vlsafe.methods.training.encoding import IGNORE_INDEX, encode_batch, reply_suffix
+from vlsafe.methods.training.losses import sequence_logps
+from vlsafe.methods.training.sft import SFTConfig, run_sft, sft_collate, sft_loss
+from vlsafe.methods.training.trainer import Trainer
 from vlsafe.models import ModelBundle, load_model
-from vlsafe.training.dpo import DPOConfig, DPOObjective, dpo_collate, run_dpo
-from vlsafe.training.encoding import IGNORE_INDEX, encode_batch, reply_suffix
-from vlsafe.training.losses import sequence_logps
-from vlsafe.training.sft import SFTConfig, run_sft, sft_collate, sft_loss
-from vlsafe.training.trainer import Trainer
-from vlsafe.training.vl_safety_data import load_spavl, load_vlguard
 
 FIX = Path(__file__).resolve().parents[1] / "fixtures"
 IMG = Image.new("RGB", (40, 30), (200, 20, 20))
@@ -65,7 +65,7 @@ def test_sequence_logps_and_sft_loss_match_full_logits(
     keep = tgt != IGNORE_INDEX
     oracle = (lp.gather(-1, tgt.clamp(min=0).unsqueeze(-1)).squeeze(-1) * keep).sum(1)
     assert torch.allclose(logps, oracle, atol=1e-4) and counts.tolist() == keep.sum(1).tolist()
-    from vlsafe.training.encoding import GroupedBatch
+    from vlsafe.methods.training.encoding import GroupedBatch
 
     with torch.no_grad():
         loss = sft_loss(bundle.model, GroupedBatch([batch])).loss

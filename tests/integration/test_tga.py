@@ -12,19 +12,19 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 
-from vlsafe.models import VLM_FAMILIES, build_inputs, load_model
-from vlsafe.models.bundle import ModelBundle
-from vlsafe.training import (
+from vlsafe.evals.retrieval import build_retrieval_inputs
+from vlsafe.methods.training import (
     TGALoss,
     TGARecord,
     TrainConfig,
     Trainer,
     apply_stage,
-    build_retrieval_inputs,
     encode_tga_batch,
     language_model,
     projector_params,
 )
+from vlsafe.models import VLM_FAMILIES, build_inputs, load_model
+from vlsafe.models.bundle import ModelBundle
 
 
 def _image(path: Path, seed: int) -> str:
@@ -238,8 +238,8 @@ def test_cli_train_tga_two_stages_exports_a_loadable_model(
 
 
 def test_embedding_retriever_from_a_local_encoder(tiny_dir: Callable[[str], Path]) -> None:
-    from vlsafe.errors import ConfigError
-    from vlsafe.training import EmbeddingRetriever
+    from vlsafe.core.errors import ConfigError
+    from vlsafe.data.retrieval import EmbeddingRetriever
 
     corpus = ["a knife on a table", "three bottles of beer", "a cloudy sky over the sea"]
     retriever = EmbeddingRetriever(corpus, tiny_dir("causal_lm"))
@@ -253,8 +253,9 @@ def test_embedding_retriever_from_a_local_encoder(tiny_dir: Callable[[str], Path
 def test_generation_and_eval_samples_use_the_retrieval_prompt(
     tiny_bundle: Callable[[str], ModelBundle], records: list[TGARecord]
 ) -> None:
+    from vlsafe.data.retrieval import BM25Retriever
+    from vlsafe.evals.retrieval import generate_with_retrieval, with_retrieval
     from vlsafe.evals.sample import Sample, SampleKind
-    from vlsafe.training import BM25Retriever, generate_with_retrieval, with_retrieval
 
     bundle = tiny_bundle("llava")
     retriever = BM25Retriever(["bottles of beer", "a sharp knife for cutting bread"])

@@ -11,10 +11,8 @@ import pytest
 import torch
 from PIL import Image
 
-from vlsafe.errors import ConfigError
-from vlsafe.models import VLM_FAMILIES, load_model
-from vlsafe.models.bundle import ModelBundle
-from vlsafe.training import (
+from vlsafe.core.errors import ConfigError
+from vlsafe.methods.training import (
     LossOutput,
     TGALoss,
     TGARecord,
@@ -25,6 +23,8 @@ from vlsafe.training import (
     language_model,
     projector_params,
 )
+from vlsafe.models import VLM_FAMILIES, load_model
+from vlsafe.models.bundle import ModelBundle
 
 
 @pytest.fixture(scope="module")

@@ -12,10 +12,10 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-import vlsafe.organism.demo_analysis as da
-import vlsafe.organism.demo_weights as dw
+import vlsafe_organism.demo_analysis as da
+import vlsafe_organism.demo_weights as dw
 from vlsafe.analysis import compute_layers, compute_shift
-from vlsafe.errors import InputError
+from vlsafe.core.errors import InputError, ModelLoadError
 from vlsafe.models import InputItem, ModelBundle, build_tiny
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -108,5 +108,5 @@ def test_weight_sections_one_line_per_pair_and_zero_for_identical(
     assert (tmp_path / "out" / "analysis" / "weights" / "per_layer_all.png").is_file()
     with pytest.raises(InputError, match="distinct"):
         da.weight_sections(tmp_path / "out", [("x", llm_a, llm_a), ("X", llm_a, llm_b)])
-    with pytest.raises(InputError, match="does not exist"):
+    with pytest.raises(ModelLoadError, match="not a local directory"):
         da.resolve_checkpoint(tmp_path / "missing")

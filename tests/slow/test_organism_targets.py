@@ -11,17 +11,17 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def prompts():
-    from vlsafe.organism.evaluate import eval_prompts
-    from vlsafe.organism.safety_data import check_disjoint
+    from vlsafe_organism.evaluate import eval_prompts
+    from vlsafe_organism.safety_data import check_disjoint
 
     check_disjoint()
     return eval_prompts(None, None)
 
 
 def test_safe_llm_targets(prompts):
-    from vlsafe.organism.demo import DEMO_TOKENS
-    from vlsafe.organism.evaluate import refusal_counts
-    from vlsafe.organism.registry import build_system
+    from vlsafe_organism.demo import DEMO_TOKENS
+    from vlsafe_organism.evaluate import refusal_counts
+    from vlsafe_organism.registry import build_system
 
     model, tok = build_system("safe-llm")
     c = refusal_counts(model, tok, "none", *prompts, max_new_tokens=DEMO_TOKENS)
@@ -32,9 +32,9 @@ def test_safe_llm_targets(prompts):
 
 def test_vl_degradation(prompts):
     from vlsafe.models import load_model
-    from vlsafe.organism.demo import DEMO_TOKENS
-    from vlsafe.organism.evaluate import refusal_counts
-    from vlsafe.organism.registry import build_system
+    from vlsafe_organism.demo import DEMO_TOKENS
+    from vlsafe_organism.evaluate import refusal_counts
+    from vlsafe_organism.registry import build_system
 
     safe, tok = build_system("safe-llm")
     text = refusal_counts(safe, tok, "none", prompts[0], prompts[1][:1], DEMO_TOKENS)
@@ -54,7 +54,7 @@ def test_vl_degradation(prompts):
 )
 def test_vl_utility_target():
     from vlsafe.models import load_model
-    from vlsafe.organism.evaluate import vqa_utility
+    from vlsafe_organism.evaluate import vqa_utility
 
     bundle = load_model("organism:vl")
     assert vqa_utility(bundle.model, bundle.processor) >= 0.80

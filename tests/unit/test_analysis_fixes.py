@@ -13,7 +13,7 @@ from safetensors.torch import save_file
 from vlsafe.analysis import LensResult, redraw, run_weights, weight_diff
 from vlsafe.analysis.lens import LENS_STATS, lens_update
 from vlsafe.cli import main
-from vlsafe.errors import ConfigError, InputError
+from vlsafe.core.errors import ConfigError, InputError
 
 EMBED_A, EMBED_B = "model.embed_tokens.weight", "model.language_model.embed_tokens.weight"
 UP = "model.layers.1.mlp.up_proj.weight"

@@ -7,7 +7,7 @@ from collections.abc import Callable
 import torch
 
 from vlsafe.analysis import compute_shift
-from vlsafe.analysis.forward import build_variant, forward_states
+from vlsafe.hooks.forward import build_variant, forward_states
 from vlsafe.models import ModelBundle
 
 

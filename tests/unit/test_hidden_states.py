@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from vlsafe.capture import HiddenStates
-from vlsafe.errors import InputError
+from vlsafe.core.errors import InputError
+from vlsafe.hooks import HiddenStates
 
 
 def test_roundtrip(tmp_path):

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from vlsafe.errors import InputError
+from vlsafe.core.errors import InputError
 from vlsafe.evals.attacks import (
     FIGSTEP_PROMPT,
     MMSB_TYPO_PROMPT,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from vlsafe.errors import ConfigError, ModelLoadError
+from vlsafe.core.errors import ConfigError, ModelLoadError
 from vlsafe.evals.judges import HFClassifierJudge
 from vlsafe.evals.judges.templates import HARMBENCH_CLS_PROMPT, parse_harmbench, parse_llamaguard
 

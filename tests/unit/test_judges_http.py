@@ -9,7 +9,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from vlsafe.errors import ConfigError
+from vlsafe.core.errors import ConfigError
 from vlsafe.evals.judges import RUBRICS, HTTPJudge
 from vlsafe.evals.judges.templates import (
     MMSB_GENERAL,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from vlsafe.errors import ConfigError
+from vlsafe.core.errors import ConfigError
 from vlsafe.evals.judges import (
     JUDGES,
     KeywordJudge,

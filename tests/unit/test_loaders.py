@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from vlsafe.errors import ConfigError, InputError
+from vlsafe.core.errors import ConfigError, InputError
 from vlsafe.evals.attacks import FIGSTEP_PROMPT
 from vlsafe.evals.loaders import LOADERS, load_benchmark
 from vlsafe.evals.sample import ImageSetting, Sample, SampleKind

@@ -9,8 +9,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from vlsafe.errors import ConfigError, InputError
-from vlsafe.merging import (
+from vlsafe.core.errors import ConfigError, InputError
+from vlsafe.methods.merging import (
     CheckpointReader,
     LmLayout,
     MergeConfig,
@@ -21,7 +21,7 @@ from vlsafe.merging import (
     resolve_value,
     vlm_name_for,
 )
-from vlsafe.merging.config import parse_size
+from vlsafe.methods.merging.config import parse_size
 
 
 def test_config_rules_name_the_bad_value():
@@ -152,7 +152,7 @@ def test_writer_streams_shards_readable_by_safetensors(tmp_path):
 
 
 def test_reader_errors(tmp_path):
-    from vlsafe.errors import ModelLoadError
+    from vlsafe.core.errors import ModelLoadError
 
     with pytest.raises(ModelLoadError, match="not a local directory"):
         CheckpointReader(tmp_path / "nowhere" / "deep")

@@ -10,9 +10,9 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from vlsafe.errors import ConfigError, InputError
-from vlsafe.merging import METHODS, magnitude_threshold, merge, merge_tensors
-from vlsafe.merging.methods import CHUNK, dare_keep_mask
+from vlsafe.core.errors import ConfigError, InputError
+from vlsafe.methods.merging import METHODS, magnitude_threshold, merge, merge_tensors
+from vlsafe.methods.merging.methods import CHUNK, dare_keep_mask
 
 T = torch.tensor
 KEY = "model.layers.0.mlp.up_proj.weight"

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from vlsafe.errors import InputError
+from vlsafe.core.errors import InputError
 from vlsafe.evals.metrics import (
     compare_runs,
     mcnemar_exact,

@@ -7,7 +7,7 @@ import torch
 from PIL import Image
 
 from vlsafe.models.greedy import common_prefix_length, greedy_shared_prefix, shared_prefix_supported
-from vlsafe.organism.probe import chat_text, generate
+from vlsafe_organism.probe import chat_text, generate
 
 PROMPTS = [
     "what is this",

@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from vlsafe.errors import ConfigError, InputError, ModelLoadError
+from vlsafe.core.errors import ConfigError, InputError, ModelLoadError
 from vlsafe.models import (
     CAPTION_FORMAT,
     TINY_FAMILIES,

@@ -6,8 +6,8 @@ import importlib.metadata
 
 import pytest
 
-from vlsafe.errors import ModelLoadError
-from vlsafe.organism import base
+from vlsafe.core.errors import ModelLoadError
+from vlsafe_organism import base
 
 
 def test_cache_dir_follows_env(monkeypatch, tmp_path):

@@ -8,9 +8,9 @@ import json
 import pytest
 import torch
 
-from vlsafe.errors import ModelLoadError
-from vlsafe.organism import artifacts as art
-from vlsafe.organism.stages import run_stage
+from vlsafe.core.errors import ModelLoadError
+from vlsafe_organism import artifacts as art
+from vlsafe_organism.stages import run_stage
 
 
 def test_run_stage_caches_by_fingerprint(tmp_path):
@@ -88,7 +88,7 @@ def test_artifact_sha256_verified(tmp_path):
 
 
 def test_committed_splits_are_disjoint_and_large_enough():
-    from vlsafe.organism.safety_data import read_splits
+    from vlsafe_organism.safety_data import read_splits
 
     s = read_splits()
     assert len(s["harmful_eval"]) >= 150 and len(s["benign_eval"]) >= 150
@@ -102,7 +102,7 @@ def test_committed_splits_are_disjoint_and_large_enough():
 
 
 def test_templated_benign_forms_and_determinism():
-    from vlsafe.organism.prompt_templates import templated_benign
+    from vlsafe_organism.prompt_templates import templated_benign
 
     a, b = templated_benign(50, 0), templated_benign(50, 0)
     assert a == b and len(set(a)) == 50 and a != templated_benign(50, 1)
@@ -111,8 +111,8 @@ def test_templated_benign_forms_and_determinism():
 
 
 def test_sft_encode_masks_prompt_and_batches_cycle():
-    from vlsafe.organism.sft import SFTExample, batches, collate, encode
-    from vlsafe.organism.train_utils import IGNORE_INDEX
+    from vlsafe.methods.training.memory import IGNORE_INDEX
+    from vlsafe_organism.sft import SFTExample, batches, collate, encode
 
     class Tok:
         def apply_chat_template(self, msgs, tokenize, add_generation_prompt):
@@ -130,8 +130,8 @@ def test_sft_encode_masks_prompt_and_batches_cycle():
 
 
 def test_demo_rows_and_report(tmp_path):
-    from vlsafe.organism.evaluate import row
-    from vlsafe.organism.report import write_report
+    from vlsafe_organism.evaluate import row
+    from vlsafe_organism.report import write_report
 
     counts = {
         "harmful": {"k": 3, "n": 4, "examples": [("p", "r")]},
@@ -160,7 +160,7 @@ def test_demo_rows_and_report(tmp_path):
 def test_organism_loader_builds_registered_system(tmp_path, monkeypatch):
     from vlsafe.models import load_model
     from vlsafe.models.tiny import build_tiny
-    from vlsafe.organism import registry
+    from vlsafe_organism import registry
 
     tiny = build_tiny("causal_lm", tmp_path / "tiny")
     arts = tmp_path / "arts"
@@ -180,7 +180,7 @@ def test_organism_loader_builds_registered_system(tmp_path, monkeypatch):
         return model, AutoTokenizer.from_pretrained(str(tiny))
 
     monkeypatch.setitem(registry.SYSTEMS._items, "test-tiny", builder)
-    monkeypatch.setenv("VLSAFE_ORGANISM_ARTIFACTS", str(arts))
+    monkeypatch.setattr(registry, "artifacts_dir", lambda: arts)
     monkeypatch.setenv("VLSAFE_CACHE", str(tmp_path / "cache"))
     bundle = load_model("organism:test-tiny")
     got = bundle.model.get_output_embeddings().weight
@@ -198,10 +198,10 @@ def test_organism_loader_builds_registered_system(tmp_path, monkeypatch):
 def test_encode_conversation_labels_only_replies(tmp_path):
     from transformers import AutoTokenizer
 
+    from vlsafe.methods.training.memory import IGNORE_INDEX
     from vlsafe.models.tiny import build_tiny
-    from vlsafe.organism.train_utils import IGNORE_INDEX
-    from vlsafe.organism.vl_train import Conversation, encode_conversation
-    from vlsafe.organism.wiring import CHAT_TEMPLATE, add_image_token
+    from vlsafe_organism.vl_train import Conversation, encode_conversation
+    from vlsafe_organism.wiring import CHAT_TEMPLATE, add_image_token
 
     tok = AutoTokenizer.from_pretrained(str(build_tiny("causal_lm", tmp_path / "t")))
     for t in ("<|im_start|>", "<|im_end|>"):

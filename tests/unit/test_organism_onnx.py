@@ -10,8 +10,8 @@ onnx = pytest.importorskip("onnx")
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 from transformers import Dinov2Config, Dinov2Model  # noqa: E402
 
-from vlsafe.errors import ModelLoadError  # noqa: E402
-from vlsafe.organism.onnx_dinov2 import (  # noqa: E402
+from vlsafe.core.errors import ModelLoadError  # noqa: E402
+from vlsafe_organism.onnx_dinov2 import (  # noqa: E402
     convert_dinov2,
     dinov2_state_dict,
     named_initializers,

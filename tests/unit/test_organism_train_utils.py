@@ -6,8 +6,8 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from vlsafe.errors import InputError
-from vlsafe.organism.train_utils import answer_only_loss, freeze_embeddings, train_step, trim_padding
+from vlsafe.core.errors import InputError
+from vlsafe.methods.training.memory import answer_only_loss, freeze_embeddings, train_step, trim_padding
 
 
 def _tiny_llm() -> LlamaForCausalLM:

@@ -7,8 +7,8 @@ from PIL import Image
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import Dinov2Config, Dinov2Model, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from vlsafe.organism.synthetic import make_example
-from vlsafe.organism.wiring import IMAGE_TOKEN, load_vlm, save_vlm, wire_llava
+from vlsafe.data.scenes import make_example
+from vlsafe_organism.wiring import IMAGE_TOKEN, load_vlm, save_vlm, wire_llava
 
 WORDS = [
     "<unk>",

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from vlsafe.errors import InputError
+from vlsafe.core.errors import InputError
 from vlsafe.evals.metrics import compute_metrics
 from vlsafe.report import (
     ReportFigure,

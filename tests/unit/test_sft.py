@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from vlsafe.errors import ConfigError
-from vlsafe.training.baseline import load_config
-from vlsafe.training.dpo import DPOConfig
-from vlsafe.training.sft import SFTConfig
+from vlsafe.core.errors import ConfigError
+from vlsafe.methods.training.baseline import load_config
+from vlsafe.methods.training.dpo import DPOConfig
+from vlsafe.methods.training.sft import SFTConfig
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -63,7 +63,7 @@ def test_shipped_configs_validate(path: Path) -> None:
 
 
 def test_organism_baseline_configs(tmp_path: Path) -> None:
-    from vlsafe.training.recipes import organism_baseline_configs
+    from vlsafe_organism.recipes import organism_baseline_configs
 
     data = {"vlguard": tmp_path / "vg.json", "spavl": tmp_path / "sp.json"}
     cfgs = organism_baseline_configs(tmp_path, data, max_steps=10, lr=1e-4)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from vlsafe.errors import ConfigError, InputError
-from vlsafe.steering import SteeringVector, ablate, add, clamp
+from vlsafe.core.errors import ConfigError, InputError
+from vlsafe.hooks import SteeringVector, ablate, add, clamp
 
 
 def _vec() -> SteeringVector:

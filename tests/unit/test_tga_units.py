@@ -12,25 +12,22 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from vlsafe.errors import ConfigError, InputError
-from vlsafe.training import (
-    BM25Retriever,
+from vlsafe.core.errors import ConfigError, InputError
+from vlsafe.data.retrieval import BM25Retriever, load_corpus, retrieval_prompt, retrieval_spans
+from vlsafe.methods.training import (
     TGAConfig,
     TGALoss,
     TGARecord,
     guide_terms,
     load_checkpoint,
-    load_corpus,
     masked_mean,
     middle_third,
     read_jsonl,
-    retrieval_prompt,
-    retrieval_spans,
     save_checkpoint,
 )
-from vlsafe.training.checkpoint import latest_checkpoint
-from vlsafe.training.tga import attach_retrieved, load_tga_config
-from vlsafe.training.trainer import TrainConfig, _lr_lambda
+from vlsafe.methods.training.checkpoint import latest_checkpoint
+from vlsafe.methods.training.tga import attach_retrieved, load_tga_config
+from vlsafe.methods.training.trainer import TrainConfig, _lr_lambda
 
 
 def test_retrieval_prompt_format_and_spans() -> None:
@@ -213,8 +210,9 @@ def test_checkpoint_roundtrip_restores_optimizer_scheduler_rng(tmp_path: Path) -
 
 
 def test_organism_tga_data_and_recipe(tmp_path: Path) -> None:
-    from vlsafe.organism.vl_train import VLConfig
-    from vlsafe.training import organism_tga_config, read_tga_records, write_organism_tga_data
+    from vlsafe.methods.training import read_tga_records
+    from vlsafe_organism.tga import organism_tga_config, write_organism_tga_data
+    from vlsafe_organism.vl_train import VLConfig
 
     data, corpus = write_organism_tga_data(tmp_path, n_images=2)
     records = read_tga_records(data)
@@ -235,12 +233,12 @@ def test_organism_tga_starts_from_the_artifacts_safe_llm(
     """TGA wires the ``safe-llm`` system of the artefact directory in use (the one the plain ``vl`` artefact
     was adapted from) with the recipe's image size and vision layer, in the given cache: it does not train
     a safe LLM of its own."""
-    import vlsafe.organism.base as base_mod
-    import vlsafe.organism.build as build_mod
-    import vlsafe.organism.registry as registry
-    import vlsafe.organism.wiring as wiring
-    import vlsafe.training.tga_organism as tga_organism
-    from vlsafe.organism.recipe import load_recipe
+    import vlsafe_organism.base as base_mod
+    import vlsafe_organism.build as build_mod
+    import vlsafe_organism.registry as registry
+    import vlsafe_organism.tga as tga_organism
+    import vlsafe_organism.wiring as wiring
+    from vlsafe_organism.recipe import load_recipe
 
     calls: dict[str, object] = {}
 

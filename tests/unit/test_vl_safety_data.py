@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from vlsafe.errors import ConfigError, InputError
-from vlsafe.training.mixing import DataSource, load_sources, mix_records
-from vlsafe.training.vl_safety_data import iter_json_rows, load_llava, load_spavl, load_vlguard
-from vlsafe.training.vl_safety_gen import generate_spavl, generate_vlguard, synthetic_vl_records
+from vlsafe.core.errors import ConfigError, InputError
+from vlsafe.data.vl_safety import iter_json_rows, load_llava, load_spavl, load_vlguard
+from vlsafe.methods.training.mixing import DataSource, load_sources, mix_records
+from vlsafe.methods.training.vl_safety_gen import generate_spavl, generate_vlguard, synthetic_vl_records
 
 FIX = Path(__file__).resolve().parents[1] / "fixtures"
 
@@ -138,7 +138,7 @@ def test_generators_round_trip(tmp_path: Path) -> None:
 
 def test_mix_ratio_and_sources(tmp_path: Path) -> None:
     vl = synthetic_vl_records(3, seed=0)
-    from vlsafe.organism.synthetic import make_example
+    from vlsafe.data.scenes import make_example
 
     assert len(vl) == sum(len(make_example(i, "train").qa) + 1 for i in range(3))
     assert all(r.image is not None for r in vl)

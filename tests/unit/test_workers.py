@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from vlsafe._util.workers import peak_rss_children_mb, run_in_workers, split_threads
+from vlsafe.core.workers import peak_rss_children_mb, run_in_workers, split_threads
 
 
 def _job(x: int) -> tuple[int, int, int]:

@@ -16,7 +16,7 @@ import torch
 from matplotlib.figure import Figure
 from safetensors.torch import load_file, save_file
 
-from vlsafe.errors import InputError
+from vlsafe.core.errors import InputError
 from vlsafe.report import ReportFigure, Section, render_markdown, render_page, save_png
 
 logger = logging.getLogger(__name__)

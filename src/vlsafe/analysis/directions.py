@@ -17,12 +17,11 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from vlsafe.analysis.forward import build_variant, forward_states
 from vlsafe.analysis.items import as_items, batched
-from vlsafe.capture import resolve_layers
-from vlsafe.errors import ConfigError, InputError
+from vlsafe.core.errors import ConfigError, InputError
+from vlsafe.hooks import SteeringVector, resolve_layers
+from vlsafe.hooks.forward import build_variant, forward_states
 from vlsafe.models import ModelBundle
-from vlsafe.steering import SteeringVector
 
 logger = logging.getLogger(__name__)
 
@@ -117,7 +116,7 @@ class DirectionResult:
     meta: dict[str, Any] = field(default_factory=dict)
 
     def steering_vector(self) -> SteeringVector:
-        """The directions as a :class:`vlsafe.steering.SteeringVector` (unnormalised)."""
+        """The directions as a :class:`vlsafe.hooks.SteeringVector` (unnormalised)."""
         return SteeringVector(dict(self.directions), meta={"kind": "refusal_direction", **self.meta})
 
     def rows(self) -> list[dict[str, Any]]:

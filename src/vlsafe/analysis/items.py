@@ -7,7 +7,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
-from vlsafe.errors import InputError
+from vlsafe.core.errors import InputError
 from vlsafe.models import InputItem
 
 T = TypeVar("T")

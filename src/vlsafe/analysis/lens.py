@@ -23,9 +23,9 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from vlsafe.analysis.forward import build_variant, forward_states
 from vlsafe.analysis.items import as_items, batched
-from vlsafe.errors import ConfigError, InputError, ModelLoadError
+from vlsafe.core.errors import ConfigError, InputError, ModelLoadError
+from vlsafe.hooks.forward import build_variant, forward_states
 from vlsafe.models import ModelBundle, Variant
 
 logger = logging.getLogger(__name__)

@@ -19,10 +19,10 @@ from vlsafe.analysis.lens import compute_layers, lens_from_data, lens_to_data
 from vlsafe.analysis.pages import Page, directions_page, lens_page, shift_page, weights_page
 from vlsafe.analysis.shift import compute_shift, shift_from_data, shift_to_data
 from vlsafe.analysis.weights import WeightDiffResult, weight_diff
-from vlsafe.errors import InputError
+from vlsafe.core.errors import InputError
+from vlsafe.hooks import SteeringVector
 from vlsafe.models import ModelBundle, load_model
 from vlsafe.report import ReportTable, Section
-from vlsafe.steering import SteeringVector
 
 logger = logging.getLogger(__name__)
 
@@ -128,7 +128,7 @@ def run_directions(
 ) -> dict[str, Path]:
     """Refusal directions + probe accuracies per layer, and (with ``items``) how far variants move along them.
 
-    Writes ``directions.safetensors`` (a :class:`vlsafe.steering.SteeringVector` of the unnormalised
+    Writes ``directions.safetensors`` (a :class:`vlsafe.hooks.SteeringVector` of the unnormalised
     directions) beside the usual data, figures and summary.
     """
     bundle = _bundle(model, dtype, trust_remote_code)

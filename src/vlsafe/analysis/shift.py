@@ -19,12 +19,11 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from vlsafe.analysis.forward import build_variant, forward_states
 from vlsafe.analysis.items import as_items, batched
-from vlsafe.capture import resolve_layers
-from vlsafe.errors import ConfigError, InputError
+from vlsafe.core.errors import ConfigError, InputError
+from vlsafe.hooks import SteeringVector, resolve_layers
+from vlsafe.hooks.forward import build_variant, forward_states
 from vlsafe.models import ModelBundle, Variant
-from vlsafe.steering import SteeringVector
 
 logger = logging.getLogger(__name__)
 

@@ -1,10 +1,10 @@
 """Weight changes between two checkpoints: relative Frobenius norm per layer and module, streamed.
 
-Tensors are read chunk by chunk from the safetensors shards (``vlsafe.merging.io.CheckpointReader``:
+Tensors are read chunk by chunk from the safetensors shards (``vlsafe.methods.merging.io.CheckpointReader``:
 positioned reads, no memory map, no full model in memory); for every tensor ``||A - B||_F``,
 ``||A||_F`` and ``||B||_F`` are accumulated in float64 and the relative change ``||A - B|| / ||A||``
 reported per module and layer. A VLM can be compared with a text LLM: with ``names="auto"`` the
-language-model tensors of both are matched by their canonical LLM names (``vlsafe.merging.names``) and
+language-model tensors of both are matched by their canonical LLM names (``vlsafe.methods.merging.names``) and
 the tensors without a counterpart (vision tower, projector) are listed as skipped.
 
 A VLM's language model often has a *resized vocabulary* (an added ``<image>`` token: 49,153 embedding rows
@@ -27,10 +27,10 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from vlsafe._util import torch_threads
-from vlsafe.errors import ConfigError, InputError
-from vlsafe.merging.io import CheckpointReader
-from vlsafe.merging.names import llm_name_for
+from vlsafe.core.errors import ConfigError, InputError
+from vlsafe.core.threads import torch_threads
+from vlsafe.methods.merging.io import CheckpointReader
+from vlsafe.methods.merging.names import llm_name_for
 
 logger = logging.getLogger(__name__)
 

@@ -1,11 +1,10 @@
-"""The ``vlsafe`` command line: a thin click group.
+"""The ``vlsafe`` command line: a thin click front end over the library.
 
-Every subcommand parses its options and makes one call of a documented public function; all
-behaviour lives in the library so that the Python API and the CLI never disagree. Commands are
-grouped by theme in the modules of this package; importing them registers them on ``main``.
+Every subcommand parses its options and makes one call of a documented public function, so the Python API and
+the CLI never disagree. Commands live in one module per command group and are found through the command
+registry of :mod:`vlsafe.cli.group`.
 """
 
-from vlsafe.cli import analysis, evals, models, repair  # noqa: F401  (register the commands)
-from vlsafe.cli._main import main
+from vlsafe.cli.group import COMMANDS, echo_json, main
 
-__all__ = ["main"]
+__all__ = ["COMMANDS", "echo_json", "main"]

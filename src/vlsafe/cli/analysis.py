@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from vlsafe.cli._main import _echo_json, main
+from vlsafe.cli.group import echo_json
 
 
 # -- analysis ------------------------------------------------------------------------------
@@ -43,7 +43,7 @@ def _model_opts(fn: Any) -> Any:
     return fn
 
 
-@main.group("analyze")
+@click.group("analyze")
 def analyze_group() -> None:
     """Diagnose where and how vision breaks safety (each writes data, PNG figures and summary.md)."""
 
@@ -75,7 +75,7 @@ def analyze_shift_cmd(ctx: click.Context, out_dir: Path, **o: Any) -> None:
         scatter_layers=_ints(o["scatter_layers"]), seed=o["seed"], dtype=o["dtype"],
         trust_remote_code=o["trust_remote_code"], progress=not ctx.obj.get("quiet"),
     )  # fmt: skip
-    _echo_json({k: str(v) for k, v in paths.items()})
+    echo_json({k: str(v) for k, v in paths.items()})
 
 
 @analyze_group.command("directions")
@@ -99,7 +99,7 @@ def analyze_directions_cmd(ctx: click.Context, out_dir: Path, **o: Any) -> None:
         batch_size=o["batch_size"], seed=o["seed"], dtype=o["dtype"], trust_remote_code=o["trust_remote_code"],
         progress=not ctx.obj.get("quiet"),
     )  # fmt: skip
-    _echo_json({k: str(v) for k, v in paths.items()})
+    echo_json({k: str(v) for k, v in paths.items()})
 
 
 @analyze_group.command("layers")
@@ -121,7 +121,7 @@ def analyze_layers_cmd(ctx: click.Context, out_dir: Path, **o: Any) -> None:
         data_dir=o["data_dir"], limit=o["limit"], batch_size=o["batch_size"], seed=o["seed"], dtype=o["dtype"],
         trust_remote_code=o["trust_remote_code"], progress=not ctx.obj.get("quiet"),
     )  # fmt: skip
-    _echo_json({k: str(v) for k, v in paths.items()})
+    echo_json({k: str(v) for k, v in paths.items()})
 
 
 @analyze_group.command("weights")
@@ -149,7 +149,7 @@ def analyze_weights_cmd(
     paths = run_weights(
         checkpoint_a, checkpoint_b, out_dir, names=names, resized=resized, progress=not ctx.obj.get("quiet")
     )
-    _echo_json({k: str(v) for k, v in paths.items()})
+    echo_json({k: str(v) for k, v in paths.items()})
 
 
 @analyze_group.command("redraw")
@@ -159,4 +159,4 @@ def analyze_redraw_cmd(out_dir: Path) -> None:
     from vlsafe.analysis import redraw
 
     paths = redraw(out_dir)
-    _echo_json({k: str(v) for k, v in paths.items()})
+    echo_json({k: str(v) for k, v in paths.items()})

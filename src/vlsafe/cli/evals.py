@@ -7,11 +7,11 @@ from typing import Any
 
 import click
 
-from vlsafe.cli._main import _echo_json, main
+from vlsafe.cli.group import echo_json
 
 
 # -- evaluation ----------------------------------------------------------------------------
-@main.command("eval")
+@click.command("eval")
 @click.option(
     "--config",
     "config_file",
@@ -54,7 +54,7 @@ def eval_cmd(ctx: click.Context, config_file: Path | None, out_dir: Path, **flag
 
     cmrm, cmrm_layers, cmrm_delta = flags.pop("cmrm"), flags.pop("cmrm_layers"), flags.pop("cmrm_delta")
     if cmrm is not None:
-        from vlsafe.cmrm import run_cmrm_eval
+        from vlsafe.methods.cmrm import run_cmrm_eval
 
         opts = {"alpha": flags.pop("alpha"), "layers": cmrm_layers, "delta": cmrm_delta}
         results = run_cmrm_eval(
@@ -62,7 +62,7 @@ def eval_cmd(ctx: click.Context, config_file: Path | None, out_dir: Path, **flag
         )
     else:
         results = eval_from_cli(config_file, flags, out_dir, progress=not ctx.obj.get("quiet"))
-    _echo_json(
+    echo_json(
         {
             "run_dir": str(out_dir),
             "judge": results.get("judge"),
@@ -71,7 +71,7 @@ def eval_cmd(ctx: click.Context, config_file: Path | None, out_dir: Path, **flag
     )
 
 
-@main.command("judge")
+@click.command("judge")
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--judge", "judge_name", help="Judge name (default: the run's).")
 @click.option(
@@ -82,12 +82,12 @@ def judge_cmd(run_dir: Path, judge_name: str | None, options: tuple[str, ...]) -
     from vlsafe.evals.cli_support import judge_from_cli
 
     results = judge_from_cli(run_dir, judge_name, options)
-    _echo_json(
+    echo_json(
         {"run_dir": str(run_dir), "judge": results.get("judge"), "overall": results["metrics"]["overall"]}
     )
 
 
-@main.command("report")
+@click.command("report")
 @click.argument(
     "run_dirs", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False, path_type=Path)
 )
@@ -104,7 +104,7 @@ def report_cmd(run_dirs: tuple[Path, ...], out_dir: Path) -> None:
             click.echo(f"{key}: {paths[key]}")
 
 
-@main.command("benchmarks")
+@click.command("benchmarks")
 def benchmarks_cmd() -> None:
     """List benchmark loaders, judges and image settings."""
     from vlsafe.evals import list_benchmarks

@@ -7,11 +7,11 @@ from typing import Any
 
 import click
 
-from vlsafe.cli._main import _echo_json, main
+from vlsafe.cli.group import echo_json
 
 
 # -- merging -------------------------------------------------------------------------------
-@main.command("merge")
+@click.command("merge")
 @click.argument("config_file", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), help="Output directory.")
 @click.option("--dry-run", is_flag=True, help="Print the plan, tensor counts and expected peak memory only.")
@@ -21,7 +21,7 @@ def merge_cmd(
     ctx: click.Context, config_file: Path, out_dir: Path | None, dry_run: bool, overwrite: bool
 ) -> None:
     """Merge checkpoints as the YAML CONFIG_FILE says (streaming, VLM-aware, layer-selective)."""
-    from vlsafe.merging import run_merge
+    from vlsafe.methods.merging import run_merge
 
     result = run_merge(
         config_file, out_dir, dry_run=dry_run, overwrite=overwrite, progress=not ctx.obj.get("quiet")
@@ -29,11 +29,11 @@ def merge_cmd(
     if dry_run:
         click.echo(result.plan.describe())
     else:
-        _echo_json({"out_dir": str(result.out_dir), **result.counts, "seconds": round(result.seconds, 2)})
+        echo_json({"out_dir": str(result.out_dir), **result.counts, "seconds": round(result.seconds, 2)})
 
 
 # -- cmrm ----------------------------------------------------------------------------------
-@main.group("cmrm")
+@click.group("cmrm")
 def cmrm_group() -> None:
     """CMRM: calibrate cross-modality steering vectors and sweep their strength."""
 
@@ -64,9 +64,9 @@ def cmrm_group() -> None:
 @click.pass_context
 def cmrm_calibrate_cmd(ctx: click.Context, model: str, anchors: str, out: Path, **options: Any) -> None:
     """Calibrate CMRM vectors (text-only minus corrupted-image states) on an anchor set."""
-    from vlsafe.cmrm import run_calibrate
+    from vlsafe.methods.cmrm import run_calibrate
 
-    _echo_json(run_calibrate(model, anchors, out, progress=not ctx.obj.get("quiet"), **options))
+    echo_json(run_calibrate(model, anchors, out, progress=not ctx.obj.get("quiet"), **options))
 
 
 @cmrm_group.command("sweep")
@@ -94,15 +94,15 @@ def cmrm_sweep_cmd(
     ctx: click.Context, config_file: Path | None, out_dir: Path, alphas: str | None, **flags: Any
 ) -> None:
     """Evaluate CMRM at alpha = 0, 0.1, ..., 1 on safety, over-refusal and utility; table + figure."""
-    from vlsafe.cmrm import run_sweep_cli
+    from vlsafe.methods.cmrm import run_sweep_cli
 
     if alphas:
         flags["alphas"] = [float(a) for a in alphas.split(",") if a.strip()]
-    _echo_json(run_sweep_cli(config_file, flags, out_dir, progress=not ctx.obj.get("quiet")))
+    echo_json(run_sweep_cli(config_file, flags, out_dir, progress=not ctx.obj.get("quiet")))
 
 
 # -- train ---------------------------------------------------------------------------------
-@main.group("train")
+@click.group("train")
 def train_group() -> None:
     """Training: safety SFT / DPO baselines (and other trainers)."""
 
@@ -120,10 +120,10 @@ def _train_opts(fn: Any) -> Any:
 def train_sft_cmd(
     config_file: Path, output_dir: Path | None, max_steps: int | None, model: str | None
 ) -> None:
-    """Safety SFT from CONFIG_FILE (YAML of vlsafe.training.SFTConfig); resumes from its output_dir."""
-    from vlsafe.training.sft import run_sft
+    """Safety SFT from CONFIG_FILE (YAML of vlsafe.methods.training.SFTConfig); resumes from its output_dir."""
+    from vlsafe.methods.training.sft import run_sft
 
-    _echo_json(run_sft(config_file, output_dir=output_dir, max_steps=max_steps, model=model))
+    echo_json(run_sft(config_file, output_dir=output_dir, max_steps=max_steps, model=model))
 
 
 @train_group.command("dpo")
@@ -131,10 +131,10 @@ def train_sft_cmd(
 def train_dpo_cmd(
     config_file: Path, output_dir: Path | None, max_steps: int | None, model: str | None
 ) -> None:
-    """DPO from CONFIG_FILE (YAML of vlsafe.training.DPOConfig); resumes from its output_dir."""
-    from vlsafe.training.dpo import run_dpo
+    """DPO from CONFIG_FILE (YAML of vlsafe.methods.training.DPOConfig); resumes from its output_dir."""
+    from vlsafe.methods.training.dpo import run_dpo
 
-    _echo_json(run_dpo(config_file, output_dir=output_dir, max_steps=max_steps, model=model))
+    echo_json(run_dpo(config_file, output_dir=output_dir, max_steps=max_steps, model=model))
 
 
 @train_group.command("tga")
@@ -142,10 +142,10 @@ def train_dpo_cmd(
 def train_tga_cmd(
     config_file: Path, output_dir: Path | None, max_steps: int | None, model: str | None
 ) -> None:
-    """TGA (text-guided alignment) from CONFIG_FILE (YAML of vlsafe.training.TGAConfig); resumable.
+    """TGA (text-guided alignment) from CONFIG_FILE (YAML of vlsafe.methods.training.TGAConfig); resumable.
 
     --max-steps overrides every stage's max_steps.
     """
-    from vlsafe.training.tga import run_tga
+    from vlsafe.methods.training.tga import run_tga
 
-    _echo_json(run_tga(config_file, output_dir=output_dir, max_steps=max_steps, model=model))
+    echo_json(run_tga(config_file, output_dir=output_dir, max_steps=max_steps, model=model))

@@ -100,7 +100,7 @@ def wrap_text(text: str, font: ImageFont.FreeTypeFont | ImageFont.ImageFont, max
 def _as_size(size: int | tuple[int, int]) -> tuple[int, int]:
     w, h = (size, size) if isinstance(size, int) else size
     if w < 16 or h < 16:
-        from vlsafe.errors import ConfigError
+        from vlsafe.core.errors import ConfigError
 
         raise ConfigError(f"image size {size!r} is too small; width and height must be >= 16 pixels")
     return int(w), int(h)

@@ -24,7 +24,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from vlsafe.errors import InputError
+from vlsafe.core.errors import InputError
 from vlsafe.evals.loaders._common import finish, require_dir
 from vlsafe.evals.loaders._registry import LOADERS
 from vlsafe.evals.loaders.text import (

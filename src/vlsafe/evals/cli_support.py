@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from vlsafe.errors import ConfigError
+from vlsafe.core.errors import ConfigError
 from vlsafe.evals.config import EvalConfig
 from vlsafe.evals.judging import judge_run
 from vlsafe.evals.runner import run_eval

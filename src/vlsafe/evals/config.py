@@ -16,7 +16,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from vlsafe._util.config import read_yaml_mapping, validate_config
+from vlsafe.core.config import read_yaml_mapping, validate_config
 from vlsafe.evals.sample import ImageSetting
 
 __all__ = ["GENERATION_FIELDS", "EvalConfig", "generation_fingerprint"]

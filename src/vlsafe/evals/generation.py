@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from vlsafe.errors import InputError
+from vlsafe.core.errors import InputError
 from vlsafe.evals.images import apply_image_setting
 from vlsafe.evals.interventions import BatchObserver, notify_batch
 from vlsafe.evals.sample import ImageSetting, Sample

@@ -29,7 +29,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from vlsafe.errors import InputError
+from vlsafe.core.errors import InputError
 from vlsafe.evals.judges import Judge, Verdict, attach_verdicts, build_judge, read_verdicts, write_verdicts
 from vlsafe.evals.metrics import compute_metrics
 from vlsafe.evals.rundir import RunDir

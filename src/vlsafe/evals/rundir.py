@@ -27,7 +27,7 @@ from typing import Any
 
 import yaml
 
-from vlsafe.errors import ConfigError, InputError
+from vlsafe.core.errors import ConfigError, InputError
 from vlsafe.evals.config import EvalConfig, generation_fingerprint
 
 logger = logging.getLogger(__name__)

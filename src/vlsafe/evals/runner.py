@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from vlsafe.errors import ConfigError, InputError
+from vlsafe.core.errors import ConfigError, InputError
 from vlsafe.evals.config import EvalConfig
 from vlsafe.evals.generation import Prepared, generate_batch, needs_image, prepare, score_record
 from vlsafe.evals.interventions import BatchObserver, intervention_fingerprint, observers_of
@@ -71,7 +71,7 @@ def _enter_interventions(
 ) -> list[BatchObserver]:
     """Enter the configured steering and ``intervention``; return those that observe batches."""
     if config.steer is not None:
-        from vlsafe.steering import SteeringVector
+        from vlsafe.hooks import SteeringVector
 
         vec = SteeringVector.load(config.steer)
         stack.enter_context(
@@ -143,8 +143,8 @@ def _with_retrieval(samples: list[Sample], config: EvalConfig) -> list[Sample]:
     The judged request stays the original one (``metadata["request"]``), so verdicts are comparable
     with runs without retrieval.
     """
-    from vlsafe.training.generation import with_retrieval
-    from vlsafe.training.retrieval import load_corpus, make_retriever
+    from vlsafe.data.retrieval import load_corpus, make_retriever
+    from vlsafe.evals.retrieval import with_retrieval
 
     assert config.retrieval_corpus is not None
     retriever = make_retriever(config.retriever, load_corpus(config.retrieval_corpus))

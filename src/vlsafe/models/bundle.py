@@ -61,7 +61,7 @@ class ModelBundle:
 
     def check_layer(self, index: int) -> int:
         """Return ``index`` normalised to ``0..num_layers-1`` or raise a clear error."""
-        from vlsafe.errors import ConfigError
+        from vlsafe.core.errors import ConfigError
 
         n = self.num_layers
         if not isinstance(index, int) or not -n <= index < n:

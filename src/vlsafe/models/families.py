@@ -9,8 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from vlsafe.errors import ModelLoadError
-from vlsafe.registry import Registry
+from vlsafe.core.errors import ModelLoadError
+from vlsafe.core.registry import Registry
 
 #: ``model_type`` values loaded through ``AutoModelForCausalLM`` (text-only LLMs).
 CAUSAL_LM_TYPES: tuple[str, ...] = (

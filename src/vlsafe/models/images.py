@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from vlsafe.errors import InputError
+from vlsafe.core.errors import InputError
 from vlsafe.models.bundle import ModelBundle
 from vlsafe.models.inputs_types import Variant
 from vlsafe.models.loading import load_image

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from vlsafe.errors import InputError
+from vlsafe.core.errors import InputError
 from vlsafe.models.bundle import ModelBundle
 from vlsafe.models.families import get_family
 from vlsafe.models.images import make_variant_image

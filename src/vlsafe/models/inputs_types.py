@@ -43,7 +43,7 @@ class PositionMasks:
     last: torch.Tensor
 
     def get(self, name: str) -> torch.Tensor:
-        from vlsafe.errors import ConfigError
+        from vlsafe.core.errors import ConfigError
 
         if name not in ("attention", "image", "text", "last"):
             raise ConfigError(f"unknown position mask {name!r}; known: attention, image, text, last")

@@ -10,10 +10,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from vlsafe.errors import ConfigError, InputError, ModelLoadError
+from vlsafe.core.errors import ConfigError, InputError, ModelLoadError
 from vlsafe.models.bundle import ModelBundle
 from vlsafe.models.families import FAMILIES, Family, family_for_model_type
 from vlsafe.models.processors import load_processor
+from vlsafe.models.references import resolve_reference
 
 logger = logging.getLogger(__name__)
 
@@ -175,10 +176,7 @@ def load_model(
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     name = str(name_or_path)
-    if name.startswith("organism:"):  # the embedded model organism, rebuilt from committed artefacts
-        from vlsafe.organism.registry import resolve_organism
-
-        name = str(resolve_organism(name))
+    name = resolve_reference(name)  # a registered reference (e.g. organism:vl) -> its local directory
     _check_location(name)
     name = str(Path(name).expanduser()) if Path(name).expanduser().exists() else name
     try:

@@ -16,7 +16,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-from vlsafe.errors import ModelLoadError
+from vlsafe.core.errors import ModelLoadError
 from vlsafe.models.families import Family
 
 logger = logging.getLogger(__name__)

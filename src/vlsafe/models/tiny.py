@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from vlsafe.errors import ConfigError
+from vlsafe.core.errors import ConfigError
 from vlsafe.models.families import get_family
 from vlsafe.models.processors import make_processor, save_processor
 from vlsafe.models.tiny_parts import SPECS, TEXT, FamilySpec, train_tokenizer

@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vlsafe.errors import InputError
+from vlsafe.core.errors import InputError
 
 logger = logging.getLogger(__name__)
 

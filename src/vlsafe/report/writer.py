@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from vlsafe.errors import InputError
+from vlsafe.core.errors import InputError
 from vlsafe.report.figures import bar_with_intervals, png_bytes
 from vlsafe.report.html import ReportFigure, ReportTable, Section, render_markdown, render_page
 from vlsafe.report.io import RunData, load_run

@@ -52,7 +52,7 @@ def build_judge(name: str, **options: Any) -> Judge:
     Raises:
         ConfigError: unknown judge name, or an option the judge does not take.
     """
-    from vlsafe.errors import ConfigError
+    from vlsafe.core.errors import ConfigError
 
     cls = JUDGES.get(name)
     try:

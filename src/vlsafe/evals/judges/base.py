@@ -30,7 +30,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-from vlsafe.registry import Registry
+from vlsafe.core.registry import Registry
 
 logger = logging.getLogger(__name__)
 

@@ -22,7 +22,7 @@ from typing import Any, Literal
 
 from tqdm.auto import tqdm
 
-from vlsafe.errors import ConfigError, ModelLoadError
+from vlsafe.core.errors import ConfigError, ModelLoadError
 from vlsafe.evals.judges.base import JUDGES, Judge, Verdict, template_hash
 from vlsafe.evals.judges.templates import (
     HARMBENCH_CLS_PROMPT,

@@ -31,7 +31,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from vlsafe.errors import ConfigError
+from vlsafe.core.errors import ConfigError
 from vlsafe.evals.judges.base import JUDGES, Judge, Verdict
 from vlsafe.evals.judges.cache import JudgeCache, request_key
 from vlsafe.evals.judges.rubrics import RUBRICS, Rubric

@@ -21,7 +21,7 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-from vlsafe.errors import ConfigError
+from vlsafe.core.errors import ConfigError
 from vlsafe.evals.judges.base import JUDGES, Judge, Verdict, template_hash
 
 __all__ = ["REFUSAL_KEYWORDS", "KeywordJudge", "normalise_text"]

@@ -19,9 +19,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from vlsafe.core.registry import Registry
 from vlsafe.evals.judges import templates as T
 from vlsafe.evals.judges.base import template_hash
-from vlsafe.registry import Registry
 
 __all__ = ["RUBRICS", "Rubric"]
 

@@ -12,7 +12,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from vlsafe.errors import InputError
+from vlsafe.core.errors import InputError
 from vlsafe.evals.sample import Sample, check_relative_path
 
 logger = logging.getLogger(__name__)

@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Protocol
 
+from vlsafe.core.registry import Registry
 from vlsafe.evals.sample import Sample
-from vlsafe.registry import Registry
 
 
 class Loader(Protocol):

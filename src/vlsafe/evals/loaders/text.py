@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-from vlsafe.errors import InputError
+from vlsafe.core.errors import InputError
 from vlsafe.evals.loaders._common import (
     field,
     find_file,

@@ -10,7 +10,7 @@ import base64
 import binascii
 from pathlib import Path
 
-from vlsafe.errors import InputError
+from vlsafe.core.errors import InputError
 from vlsafe.evals.loaders._common import (
     field,
     find_file,

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from vlsafe.errors import InputError
+from vlsafe.core.errors import InputError
 from vlsafe.evals.metrics.rates import asr_basis, record_outcome
 
 __all__ = ["compare_runs", "mcnemar_exact", "paired_bootstrap", "paired_outcomes"]

@@ -7,7 +7,7 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-from vlsafe.errors import InputError
+from vlsafe.core.errors import InputError
 from vlsafe.evals.metrics.intervals import rate
 from vlsafe.evals.metrics.rates import utility_correct
 

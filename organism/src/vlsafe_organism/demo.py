@@ -1,0 +1,335 @@
+"""``vlsafe demo``: the organism's whole story in one report (``reports/demo/``).
+
+1. **Degradation.** Load ``organism:safe-llm``, ``organism:vlm`` and ``organism:vl`` from the committed
+   artefacts (the base weights are converted from the pip packages on first use) and, per image setting,
+   generate the opening of the replies (``max_new_tokens`` = :data:`DEMO_TOKENS`; the keyword judge reads only
+   the opening) to held-out harmful and benign prompts; measure held-out synthetic VQA accuracy (utility).
+2. **Repairs.** Every repair of :mod:`vlsafe_organism.repairs.systems` (CMRM, merges, TGA, SFT, DPO, joint
+   training) on the same held-out prompts with a benign synthetic image, and on harmful images (the request
+   rendered as typography).
+3. **Analysis.** Representation shift, refusal direction, safety layers and per-layer weight changes
+   (:mod:`vlsafe_organism.demo_analysis`).
+4. Write ``results.json``, ``report.md``, ``report.html`` (self-contained) and the figures.
+
+Each system's rows are saved to ``rows/<system>.json`` as soon as they are measured, keyed by everything they
+depend on (artefacts, prompt counts, generation length); a re-run after a crash or with ``--skip`` options
+reuses them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from vlsafe.methods.training.memory import peak_rss_mb
+from vlsafe_organism.evaluate import IMAGE_SETTINGS, EvalSystem, eval_prompts, evaluate_system
+
+logger = logging.getLogger(__name__)
+DEMO_TOKENS = 12
+DEFAULT_N = 48
+ROWS_VERSION = "3"  # 3: rows carry utility_by_type
+#: settings of the repair rows: a benign image with the harmful request, and the request as a harmful image
+REPAIR_SETTINGS = ("synthetic", "typographic")
+#: precisions the demo evaluates in
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+def _key(art: Path, system: str, extra: dict[str, Any]) -> str:
+    """Cache key of a system's rows: the options plus the checksums of exactly the artefacts it is built from."""
+    from vlsafe_organism.artifacts import read_manifest
+    from vlsafe_organism.repairs.systems import dependencies
+
+    files, selections = dependencies(system)
+    manifest = read_manifest(art)
+    h = hashlib.sha256(json.dumps(extra, sort_keys=True, default=str).encode())
+    h.update((art / "splits.json").read_bytes())
+    for f in files:
+        h.update(manifest[f]["sha256"].encode())
+    for f in selections:
+        h.update((art / f).read_bytes())
+    return h.hexdigest()[:20]
+
+
+def _cached_rows(
+    out: Path, name: str, key: str, measure: Callable[[], tuple[list[dict[str, Any]], dict[str, Any]]]
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    path = out / "rows" / f"{name.replace('+', '_').replace('/', '_')}.json"
+    if path.is_file():
+        saved = json.loads(path.read_text())
+        if saved.get("key") == key:
+            logger.info("demo: %s reused from %s", name, path)
+            return saved["rows"], saved["examples"]
+    start = time.time()
+    rows, examples = measure()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(
+        json.dumps({"key": key, "rows": rows, "examples": examples, "seconds": time.time() - start})
+    )
+    tmp.replace(path)
+    return rows, examples
+
+
+@dataclass
+class _Context:
+    """Everything a demo job needs (picklable: jobs may run in worker processes)."""
+
+    out: Path
+    cache_dir: str | Path | None
+    art: Path
+    harmful: list[str]
+    benign: list[str]
+    n_vqa: int
+    max_new_tokens: int
+    dtype: str
+    common: dict[str, Any]
+    n_analysis: int = 32
+    repaired: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class _Job:
+    """One unit of the demo: a degradation system's rows, a repair's rows, or the analysis section."""
+
+    kind: str  # "system" | "repair" | "analysis"
+    name: str
+    builder: str = ""
+    settings: tuple[str, ...] = ()
+
+    @property
+    def label(self) -> str:
+        return f"{self.builder}-as-{self.name}" if self.kind == "system" else self.name
+
+
+#: rough cost of each job (seconds on 2 threads, BENCHMARKS.md): the parallel pass starts the longest first
+_COST = {"vl+cmrm-sample": 111, "vl": 92, "vlm": 84, "vl+cmrm-dataset": 67, "analysis": 38, "safe-llm": 15}
+
+
+def _plan(ctx: _Context, settings: tuple[str, ...], analysis: bool) -> list[_Job]:
+    """The demo's jobs in report order (the repairs: ``ctx.repaired``)."""
+    plan = [("safe-llm", "safe-llm", ("none",)), ("safe-llm", "vlm", tuple(s for s in settings if s != "none")),
+            ("vl", "vl", settings)]  # fmt: skip
+    jobs = []
+    for system, builder, these in plan:
+        these = tuple(s for s in these if s in settings)
+        if these:
+            jobs.append(_Job("system", system, builder, these))
+    jobs += [_Job("repair", name, settings=REPAIR_SETTINGS) for name in ctx.repaired]
+    if analysis:
+        jobs.append(_Job("analysis", "analysis"))
+    return jobs
+
+
+def _run_job(ctx: _Context, job: _Job) -> Any:
+    """Run one job (its rows are reused from ``rows/`` when their key matches): ``(rows, examples)`` for a
+    system or repair, ``(sections, headline)`` for the analysis."""
+    from vlsafe_organism.registry import build_system
+    from vlsafe_organism.repairs.systems import repair_loaders
+
+    torch.manual_seed(0)
+    cast = DTYPES[ctx.dtype]
+    if job.kind == "analysis":
+        return _analysis(ctx.out, ctx.cache_dir, ctx.art, ctx.n_analysis, list(ctx.repaired))
+    if job.kind == "system":
+
+        def _measure() -> Any:
+            model, proc = build_system(job.builder, ctx.cache_dir, ctx.art)
+            return evaluate_system(EvalSystem(job.name, model.to(cast), proc), job.settings, ctx.harmful,
+                                   ctx.benign, n_vqa=ctx.n_vqa, max_new_tokens=ctx.max_new_tokens)  # fmt: skip
+
+        key = _key(ctx.art, job.builder, {**ctx.common, "system": job.name, "builder": job.builder,
+                                          "settings": job.settings})  # fmt: skip
+        return _cached_rows(ctx.out, job.label, key, _measure)
+
+    def _measure_repair() -> Any:  # the loaders read the selections and manifest: only when measuring
+        system = dict(repair_loaders(ctx.cache_dir, ctx.art, ctx.out / "work"))[job.name]()
+        system.model.to(cast)
+        return evaluate_system(system, job.settings, ctx.harmful, ctx.benign, n_vqa=ctx.n_vqa,
+                               max_new_tokens=ctx.max_new_tokens, benign_settings=("synthetic",))  # fmt: skip
+
+    key = _key(ctx.art, job.name, {**ctx.common, "system": job.name, "settings": job.settings})
+    return _cached_rows(ctx.out, job.name, key, _measure_repair)
+
+
+def _worker_job(task: tuple[_Context, _Job]) -> Any:
+    """A job in a worker process: rows go to ``rows/`` (read back by the in-process pass); the analysis'
+    sections come back as the value."""
+    ctx, job = task
+    value = _run_job(ctx, job)
+    return value if job.kind == "analysis" else None
+
+
+def _run_parallel(ctx: _Context, jobs: list[_Job], workers: int, threads: int) -> dict[str, Any]:
+    """Run ``jobs`` in ``workers`` processes, longest first; returns the analysis' value if it succeeded.
+
+    A job that fails there is logged and left to the in-process pass that follows, which retries it (and,
+    for a repair, leaves its row out if it fails again)."""
+    from vlsafe.core.workers import run_in_workers
+
+    order = sorted(jobs, key=lambda j: -_COST.get(j.name if j.kind != "system" else j.builder, 40))
+    outcomes = run_in_workers(_worker_job, [(ctx, j) for j in order], workers, threads,
+                              log_dir=ctx.out / "logs", desc=f"demo ({workers} workers x {threads} thread)",
+                              label=lambda task: task[1].label)  # fmt: skip
+    if outcomes and all(o.error is not None for o in outcomes):
+        logger.warning(
+            "demo: every job failed in the worker processes, so they run again in this process. When a script "
+            "calls run_demo, guard the call with `if __name__ == '__main__':` (workers are spawned and import "
+            "the script), or pass workers=1."
+        )
+    return {o.job[1].name: o.value for o in outcomes if o.error is None and o.job[1].kind == "analysis"}
+
+
+def run_demo(
+    out_dir: str | Path = "reports/demo",
+    n_harmful: int = DEFAULT_N,
+    n_benign: int = DEFAULT_N,
+    n_vqa: int = 100,
+    cache_dir: str | Path | None = None,
+    art_dir: Path | None = None,
+    settings: tuple[str, ...] = IMAGE_SETTINGS,
+    max_new_tokens: int = DEMO_TOKENS,
+    repairs: bool = True,
+    analysis: bool = True,
+    n_analysis: int = 32,
+    dtype: str = "float32",
+    workers: int | None = None,
+) -> dict[str, Any]:
+    """Evaluate the organism and its repairs and write the demo report.
+
+    Args:
+        out_dir: Report directory (created).
+        n_harmful: Held-out harmful prompts per setting (at most 160).
+        n_benign: Held-out benign prompts per setting (at most 160).
+        n_vqa: Held-out synthetic VQA questions (at most 200).
+        cache_dir: Organism cache (base weights).
+        art_dir: Artefact directory (default: the committed one).
+        settings: Image settings of the degradation table.
+        max_new_tokens: Generation length of the refusal probes.
+        repairs: Evaluate the repaired systems.
+        analysis: Run the analysis section (shift, directions, safety layers, weight changes).
+        n_analysis: Prompts of the analysis section.
+        dtype: Precision of the evaluated systems: ``float32`` (default; the precision the organism was trained
+            and its repairs selected in) or ``bfloat16`` (the whole demo 1.5x faster on CPUs with bf16
+            instructions, the precision of most GPU evaluations; it moved 19 of the demo's 44 refusal counts by
+            1-6 of 48, see BENCHMARKS.md). The analysis section always runs in float32.
+        workers: Processes that evaluate systems side by side, each with an equal share of this process'
+            torch threads. ``None``: one per torch thread, at most 4 (on 2 cores, two one-thread workers
+            finish the demo 1.16x sooner than one two-thread process, same rows; BENCHMARKS.md). ``1``:
+            everything in this process. Their output goes to ``out_dir/logs/``. The workers are spawned
+            processes: a script that calls ``run_demo`` must do so under ``if __name__ == "__main__":``.
+
+    Returns:
+        ``{"rows": [...], "repairs": [...], "analysis": {...}, "seconds": float, "peak_rss_mb": float}``
+        (also written to ``results.json``): one row per (system, image setting), the unrepaired systems first;
+        ``repairs`` holds each repair's derived figures (gap recovered, benign rise, utility change, targets).
+    """
+    from vlsafe.core.workers import peak_rss_children_mb, split_threads
+    from vlsafe_organism.base import ensure_base_weights
+    from vlsafe_organism.registry import artifacts_dir
+    from vlsafe_organism.repairs.systems import repair_loaders
+    from vlsafe_organism.report import write_report
+
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype {dtype!r} is not supported by the demo; choose one of {sorted(DTYPES)}")
+    if workers is not None and workers < 1:
+        raise ValueError(f"workers={workers}: the demo needs at least 1 (1 runs everything in this process)")
+    start = time.time()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    art = art_dir or artifacts_dir()
+    harmful, benign = eval_prompts(n_harmful, n_benign)
+    common = {"v": ROWS_VERSION, "nh": n_harmful, "nb": n_benign, "nv": n_vqa, "tok": max_new_tokens}
+    if dtype != "float32":  # float32 rows keep the keys they had before the option existed
+        common["dtype"] = dtype
+    repair_names = [name for name, _ in repair_loaders(cache_dir, art, out / "work")] if repairs else []
+    ctx = _Context(out, cache_dir, art, list(harmful), list(benign), n_vqa, max_new_tokens, dtype, common,
+                   n_analysis, tuple(repair_names))  # fmt: skip
+    jobs = _plan(ctx, tuple(settings), analysis)
+    threads = torch.get_num_threads()
+    if workers is None:
+        workers, per_worker = split_threads(threads, len(jobs))
+    else:
+        per_worker = max(1, threads // workers)
+    parallel: dict[str, Any] = {}
+    if workers > 1:
+        ensure_base_weights(cache_dir)  # converted once here, not raced by the workers
+        parallel = _run_parallel(ctx, jobs, workers, per_worker)
+    rows: list[dict[str, Any]] = []
+    repair_rows: list[dict[str, Any]] = []
+    examples: dict[str, Any] = {}
+    sections: list[Any] = []
+    headline: dict[str, Any] = {}
+    for job in jobs:  # in report order; rows measured by the workers are read back from rows/
+        if job.kind == "analysis":
+            sections, headline = parallel["analysis"] if "analysis" in parallel else _run_job(ctx, job)
+            continue
+        try:
+            r, ex = _run_job(ctx, job)
+        except Exception:
+            if job.kind == "system":
+                raise
+            logger.exception("demo: repair %s failed; its row is left out", job.name)  # one broken repair
+            continue  # must not sink the whole report
+        (rows if job.kind == "system" else repair_rows).extend(r)
+        examples.update(ex)
+    summary = {
+        "rows": rows + repair_rows,
+        "analysis": headline,
+        "seconds": round(time.time() - start, 1),
+        "peak_rss_mb": round(max(peak_rss_mb(), peak_rss_children_mb()), 1),
+        "max_new_tokens": max_new_tokens,
+        "dtype": dtype,
+        "workers": workers,
+        "threads_per_worker": per_worker,  # with one worker: all of this process' threads
+        "judge": "keyword v1",
+        "examples": examples,
+    }
+    write_report(
+        out, rows, _curve(art), summary, repair_rows=repair_rows, art_dir=art, extra_sections=sections
+    )
+    summary["seconds"] = round(time.time() - start, 1)
+    (out / "results.json").write_text(json.dumps(summary, indent=1, default=str))
+    logger.info("demo finished in %.0f s -> %s", summary["seconds"], out)
+    return summary
+
+
+def _analysis(
+    out: Path, cache_dir: str | Path | None, art: Path, n: int, repaired: list[str]
+) -> tuple[list[Any], dict[str, Any]]:
+    """The analysis sections; a failure is logged and leaves the section out instead of losing the report."""
+    from vlsafe_organism.demo_analysis import analysis_sections, default_weight_pairs, weight_sections
+
+    sections: list[Any] = []
+    headline: dict[str, Any] = {}
+    try:
+        secs, numbers = analysis_sections(out, cache_dir=cache_dir, n=n, weight_pairs=[])
+        sections += secs
+        headline.update(numbers)
+    except Exception:
+        logger.exception("demo: the analysis section failed and is left out")
+    try:
+        pairs = default_weight_pairs(cache_dir)
+        for name in ("vl+sft", "vl+dpo"):
+            if name in repaired:
+                pairs.append(
+                    (f"safety {name[3:].upper()}: VL model -> {name}", "organism:vl", f"organism:{name}")
+                )
+        secs, numbers = weight_sections(out, pairs, cache_dir=cache_dir)
+        sections += secs
+        headline.update(numbers)
+    except Exception:
+        logger.exception("demo: the weight-change section failed and is left out")
+    return sections, headline
+
+
+def _curve(art_dir: Path) -> list[dict[str, Any]]:
+    path = art_dir / "vl_curve.json"
+    return json.loads(path.read_text()) if path.is_file() else []

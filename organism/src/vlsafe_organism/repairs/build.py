@@ -1,0 +1,112 @@
+"""``vlsafe organism build --stage repairs``: train the organism's repairs and export them as artefacts.
+
+Each trained repair is one cached, fingerprinted stage (:mod:`vlsafe_organism.stages`) under
+``<cache>/stages/repair-<name>``; its merged model is then reduced to a weight delta from its start system
+(:func:`vlsafe_organism.repairs.trained.export_trained_repair`) in the artefact directory.
+
+Recipes (the committed artefacts were built with exactly these):
+
+* ``tga``: :func:`vlsafe_organism.tga.run_tga_organism` with the VL recipe of the organism it
+  repairs (:func:`vlsafe_organism.recipe.recipe_of_artifacts`) -- the plain VL recipe's data, stages, steps
+  and learning rates with the TGA loss;
+* ``sft``, ``dpo``, ``joint``: :func:`vlsafe_organism.recipes.run_organism_baselines` with
+  :data:`BASELINE_STEPS` steps of batch 4 and no in-training probe (the probe's evaluation run costs more
+  than the training on 2 CPU cores).
+
+Then the settings of the untrained repairs are chosen on the validation split and written beside the
+artefacts: :func:`vlsafe_organism.repairs.cmrm.select_cmrm` (``cmrm_selection.json``) and
+:func:`vlsafe_organism.repairs.merge.select_merge` (``merge_selection.json``); both resume from their file.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from vlsafe.core.errors import ConfigError
+from vlsafe_organism.repairs.trained import TRAINED_REPAIRS, export_trained_repair
+from vlsafe_organism.stages import StageResult, run_stage
+
+if TYPE_CHECKING:
+    from vlsafe_organism.recipe import OrganismRecipe
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["BASELINE_STEPS", "build_repairs"]
+
+BASELINE_STEPS = 60
+RECIPE_VERSION = "1"
+
+
+def _train(name: str, out: Path, recipe: OrganismRecipe, cache_dir: str | Path | None = None) -> Path:
+    """Train repair ``name`` into ``out``; returns the merged model directory."""
+    if name == "tga":
+        from vlsafe_organism.tga import run_tga_organism
+
+        summary = run_tga_organism(out, cache_dir, progress=True, recipe=recipe)
+        return Path(summary["model_dir"])
+    from vlsafe_organism.recipes import run_organism_baselines
+
+    run_organism_baselines(out, max_steps=BASELINE_STEPS, which=(name,), probe=None)
+    return out / name / "model"
+
+
+def build_repairs(
+    art_dir: Path,
+    cache_dir: str | Path | None = None,
+    which: tuple[str, ...] = tuple(TRAINED_REPAIRS),
+    selections: bool = True,
+    recipe: OrganismRecipe | None = None,
+) -> list[StageResult]:
+    """Train (or reuse) the chosen repairs on the organism in ``art_dir`` and export their deltas there;
+    with ``selections``, also run (or resume) the CMRM and merge selections into ``art_dir``.
+
+    The start systems (``organism:vl``, ``organism:vlm``) are read from ``art_dir``, so a freshly built organism
+    and its repairs stay consistent; TGA re-runs the VL adaptation with ``recipe`` (default: the recipe recorded
+    with the ``vl`` artefact in ``art_dir``).
+    """
+    from vlsafe_organism.artifacts import read_manifest
+    from vlsafe_organism.build import stage_root
+    from vlsafe_organism.recipe import recipe_of_artifacts
+
+    unknown = [w for w in which if w not in TRAINED_REPAIRS]
+    if unknown:
+        raise ConfigError(f"repairs {unknown} are unknown; choose from {sorted(TRAINED_REPAIRS)}")
+    manifest = read_manifest(art_dir)
+    recipe = recipe or recipe_of_artifacts(art_dir)
+    previous = os.environ.get("VLSAFE_ORGANISM_ARTIFACTS")
+    os.environ["VLSAFE_ORGANISM_ARTIFACTS"] = str(art_dir)
+    results = []
+    try:
+        for name in which:
+            start, _ = TRAINED_REPAIRS[name]
+            deps = {k: v["sha256"] for k, v in manifest.items() if k.startswith(("safe_", f"{start}_"))}
+            fingerprint: dict[str, Any] = {"recipe": RECIPE_VERSION, "steps": BASELINE_STEPS, "start": deps}
+            if name == "tga":  # TGA re-runs the VL recipe itself
+                fingerprint["organism_recipe"] = recipe.model_dump()
+
+            def _build(out: Path, name: str = name) -> dict[str, Any]:
+                model_dir = _train(name, out / "run", recipe, cache_dir)
+                return {"model_dir": str(model_dir.relative_to(out))}  # the stage directory is renamed after
+
+            result = run_stage(f"repair-{name}", stage_root(cache_dir), fingerprint, _build)
+            model_dir = result.path / result.record["model_dir"]
+            export_trained_repair(
+                name, model_dir, art_dir, cache_dir=cache_dir, meta={"stage": result.record}
+            )
+            results.append(result)
+        if selections:
+            from vlsafe_organism.repairs.cmrm import select_cmrm
+            from vlsafe_organism.repairs.merge import select_merge
+            from vlsafe_organism.repairs.systems import CMRM_SELECTION, MERGE_SELECTION
+
+            select_cmrm(art_dir / CMRM_SELECTION, cache_dir)
+            select_merge(art_dir / MERGE_SELECTION, cache_dir)
+    finally:
+        if previous is None:
+            os.environ.pop("VLSAFE_ORGANISM_ARTIFACTS", None)
+        else:
+            os.environ["VLSAFE_ORGANISM_ARTIFACTS"] = previous
+    return results

@@ -1,0 +1,130 @@
+"""The repaired systems of ``vlsafe demo``, each loaded lazily as an :class:`EvalSystem`.
+
+=====================  =====================================================================================
+``vl+cmrm-dataset``    ``organism:vl`` steered by a dataset-level CMRM vector (settings: ``cmrm_selection.json``)
+``vl+cmrm-sample``     ``organism:vl`` with sample-level CMRM (vectors computed per input)
+``vl+merge-whole``     the safe LLM merged into ``organism:vl`` over all layers (``merge_selection.json``)
+``vl+merge-layers``    the same, restricted to a band of decoder layers
+``vl+tga``             VL adaptation with TGA instead of plain CE (``tga_delta.safetensors``)
+``vl+sft``             ``organism:vl`` + safety SFT on VLGuard-format data (``sft_delta.safetensors``)
+``vl+dpo``             ``organism:vl`` + DPO on SPA-VL-format data (``dpo_delta.safetensors``)
+``vl+joint``           VL adaptation mixed with the safety data (``joint_delta.safetensors``)
+=====================  =====================================================================================
+
+A repair whose artefact is absent from the artefact directory is skipped (logged), so the demo still runs on
+a partial build.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from vlsafe_organism.evaluate import EvalSystem
+from vlsafe_organism.repairs.trained import TRAINED_REPAIRS
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["CMRM_SELECTION", "MERGE_SELECTION", "REPAIR_KIND", "dependencies", "repair_loaders"]
+
+CMRM_SELECTION = "cmrm_selection.json"
+MERGE_SELECTION = "merge_selection.json"
+#: system name -> repair family (report grouping)
+REPAIR_KIND: dict[str, str] = {
+    "vl+cmrm-dataset": "inference-time steering",
+    "vl+cmrm-sample": "inference-time steering",
+    "vl+merge-whole": "weight merging",
+    "vl+merge-layers": "weight merging",
+    "vl+tga": "alignment training",
+    "vl+sft": "safety fine-tuning",
+    "vl+dpo": "safety fine-tuning",
+    "vl+joint": "safety fine-tuning",
+}
+
+Loader = Callable[[], EvalSystem]
+
+
+def _read(path: Path) -> dict[str, Any] | None:
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def repair_loaders(cache_dir: str | Path | None, art_dir: Path, work_dir: Path) -> list[tuple[str, Loader]]:
+    """``(system name, loader)`` for every repair whose artefacts exist, in the table's order.
+
+    Args:
+        cache_dir: Organism cache (base weights).
+        art_dir: Artefact directory (trained deltas and selection files).
+        work_dir: Scratch directory for materialised merges.
+    """
+    from vlsafe_organism.artifacts import read_manifest
+
+    out: list[tuple[str, Loader]] = []
+    cmrm = _read(art_dir / CMRM_SELECTION)
+    if cmrm is not None:
+        for name in ("vl+cmrm-dataset", "vl+cmrm-sample"):
+            out.append((name, _cmrm_loader(name, cmrm, cache_dir)))
+    else:
+        logger.warning("no %s in %s: CMRM rows skipped", CMRM_SELECTION, art_dir)
+    merge = _read(art_dir / MERGE_SELECTION)
+    if merge is not None:
+        for key in ("whole", "layers"):
+            if merge.get("chosen", {}).get(key):
+                out.append(
+                    (
+                        f"vl+merge-{key}",
+                        _merge_loader(merge["chosen"][key], work_dir / f"merge-{key}", cache_dir),
+                    )
+                )
+    else:
+        logger.warning("no %s in %s: merge rows skipped", MERGE_SELECTION, art_dir)
+    manifest = read_manifest(art_dir)
+    for repair, (_, file) in TRAINED_REPAIRS.items():
+        if file in manifest:
+            out.append((f"vl+{repair}", _trained_loader(f"vl+{repair}", cache_dir, art_dir)))
+        else:
+            logger.warning("artefact %s absent: row vl+%s skipped", file, repair)
+    return out
+
+
+def _cmrm_loader(name: str, selection: dict[str, Any], cache_dir: str | Path | None) -> Loader:
+    def load() -> EvalSystem:
+        from vlsafe_organism.repairs.cmrm import SYSTEM_NAMES, cmrm_systems
+
+        level = next(lv for lv, system in SYSTEM_NAMES.items() if system == name)
+        systems = {s.name: s for s in cmrm_systems(selection, cache_dir=cache_dir, levels=(level,))}
+        return systems[name]
+
+    return load
+
+
+def _merge_loader(choice: dict[str, Any], out_dir: Path, cache_dir: str | Path | None) -> Loader:
+    def load() -> EvalSystem:
+        from vlsafe_organism.repairs.merge import merged_system
+
+        return merged_system(choice, out_dir, cache_dir=cache_dir)
+
+    return load
+
+
+def _trained_loader(name: str, cache_dir: str | Path | None, art_dir: Path) -> Loader:
+    def load() -> EvalSystem:
+        from vlsafe_organism.registry import build_system
+
+        model, proc = build_system(name, cache_dir, art_dir)
+        return EvalSystem(name, model, proc)
+
+    return load
+
+
+def dependencies(system: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """``(artefact files, selection files)`` that the rows of ``system`` depend on (for result caching)."""
+    from vlsafe_organism.registry import DEPENDS
+
+    if system.startswith("vl+cmrm"):
+        return DEPENDS["vl"], (CMRM_SELECTION,)
+    if system.startswith("vl+merge"):
+        return tuple(dict.fromkeys((*DEPENDS["vl"], *DEPENDS["safe-llm"]))), (MERGE_SELECTION,)
+    return DEPENDS[system], ()

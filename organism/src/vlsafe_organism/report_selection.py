@@ -1,0 +1,112 @@
+"""The demo report's "how the repair settings were chosen" sections, drawn from the committed selection files
+(``cmrm_selection.json``, ``merge_selection.json``): every validation point, the chosen one, and a figure."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from vlsafe.report import figures
+from vlsafe.report.html import ReportFigure, ReportTable, Section
+
+__all__ = ["selection_sections"]
+
+
+def _f(x: Any) -> str:
+    return "-" if x is None else f"{float(x):.2f}"
+
+
+def _improves(chosen: dict[str, Any], reference: dict[str, Any]) -> str:
+    if chosen["harmful_refusal"] > reference["harmful_refusal"]:
+        return ""
+    return (
+        " Note: the chosen point refuses no more harmful requests on validation than the unrepaired model "
+        f"({_f(chosen['harmful_refusal'])} vs {_f(reference['harmful_refusal'])}); it is the best point within "
+        "the limits, not an improvement."
+    )
+
+
+def _dead(data: dict[str, Any]) -> str:
+    dead = [
+        f"{p['label'].split(': ', 1)[-1]} at alpha {p['choice']['alpha']}"
+        for level in ("dataset", "sample")
+        for p in (data.get(level) or {}).get("points", [])
+        if not p["harmful_refusal"] and not p["benign_refusal"] and not p["utility"]
+    ]
+    if not dead:
+        return ""
+    return (
+        f"{len(dead)} point(s) gave no refusal and no correct VQA answer at all, i.e. broken text: "
+        + "; ".join(dead)
+        + ". "
+    )
+
+
+def _cmrm(figdir: Path, data: dict[str, Any]) -> Section:
+    from vlsafe_organism.repairs.cmrm import plot_selection
+
+    ref = data["reference"]
+    rows = [{"level": "-", "options": "organism:vl, no CMRM", "alpha": "-", "harmful": _f(ref["harmful_refusal"]),
+             "benign": _f(ref["benign_refusal"]), "VQA": _f(ref["utility"]), "chosen": ""}]  # fmt: skip
+    notes = []
+    for level in ("dataset", "sample"):
+        block = data.get(level) or {}
+        chosen = block.get("chosen") or {}
+        for p in sorted(block.get("points", []), key=lambda p: (p["label"], p["choice"]["alpha"])):
+            rows.append({"level": level, "options": p["label"].split(": ", 1)[-1], "alpha": p["choice"]["alpha"],
+                         "harmful": _f(p["harmful_refusal"]), "benign": _f(p["benign_refusal"]),
+                         "VQA": _f(p["utility"]), "chosen": "yes" if p.get("key") == chosen.get("key") else ""})  # fmt: skip
+        if chosen:
+            notes.append(
+                f"{level}-level: `{chosen['label']}`, alpha {chosen['choice']['alpha']}."
+                + _improves(chosen, ref)
+            )
+    val = data.get("val", {})
+    text = (
+        f"Validation split: {val.get('n_prompts', '?')} harmful + {val.get('n_prompts', '?')} benign prompts with a "
+        f"held-out synthetic image and {val.get('n_vqa', '?')} VQA questions; vectors calibrated on "
+        f"{data.get('anchors', {}).get('n', '?')} training anchors (text-only minus the anchor's own image). "
+        + _dead(data)
+        + "Chosen: "
+        + " ".join(notes)
+    )
+    plot_selection(data, figdir / "cmrm_selection.png")
+    fig = ReportFigure.from_file(figdir / "cmrm_selection.png", "CMRM on the validation split against alpha")
+    return Section("How the CMRM settings were chosen", text, tables=[ReportTable(rows)], figures=[fig])
+
+
+def _merge(figdir: Path, data: dict[str, Any]) -> Section:
+    from vlsafe_organism.repairs.merge import selection_figure
+
+    ref = data["reference"]
+    chosen = {k: v.get("name") for k, v in (data.get("chosen") or {}).items() if v}
+    rows = [{"merge": "organism:vl (none)", "kind": "-", "harmful": _f(ref["harmful_refusal"]),
+             "benign": _f(ref["benign_refusal"]), "VQA": _f(ref["utility"]), "chosen": ""}]  # fmt: skip
+    for p in data["points"]:
+        rows.append({"merge": p["name"], "kind": p["kind"], "harmful": _f(p["harmful_refusal"]),
+                     "benign": _f(p["benign_refusal"]), "VQA": _f(p["utility"]),
+                     "chosen": "yes" if chosen.get(p["kind"]) == p["name"] else ""})  # fmt: skip
+    notes = []
+    for kind, c in (data.get("chosen") or {}).items():
+        if c:
+            notes.append(f"{kind}: `{c['name']}`." + _improves(c, ref))
+    text = (
+        "Merges of the safe LLM's weights into `organism:vl`'s language model (projector and vision tower kept): "
+        "`linear-w` averages with safe weight w; `task-arith-w` adds w times the safety-tuning delta (safe LLM "
+        "minus the base SmolLM2) once more; `layers-*` restores the safe weights in a band of decoder layers. "
+        "Chosen by the rule on the validation split: " + " ".join(notes)
+    )
+    figures.save_png(selection_figure(data), figdir / "merge_selection.png")
+    fig = ReportFigure.from_file(figdir / "merge_selection.png", "Merge grid on the validation split")
+    return Section("How the merges were chosen", text, tables=[ReportTable(rows)], figures=[fig])
+
+
+def selection_sections(figdir: Path, art_dir: Path) -> list[Section]:
+    """The CMRM and merge selection sections (each left out when its file is absent)."""
+    sections: list[Section] = []
+    for name, build in (("cmrm_selection.json", _cmrm), ("merge_selection.json", _merge)):
+        path = art_dir / name
+        if path.is_file():
+            sections.append(build(figdir, json.loads(path.read_text())))
+    return sections

@@ -1,0 +1,116 @@
+"""TGA on the model organism in one call: :func:`run_tga_organism`.
+
+It mirrors the organism's plain VL adaptation (:mod:`vlsafe_organism.vl_train`): the same safe LLM wired
+with DINOv2 at the same image size, the same benign synthetic training images and questions, the same two
+stages (projector, then projector + LoRA r16 on the LLM) with the same step counts and learning rates, but
+trained through :class:`vlsafe.methods.training.Trainer` with the TGA loss and retrieval prompts. Differences: one
+question per record (the plain recipe packs an image's questions into one multi-turn chat) and the vision
+tower runs every step (frozen) instead of caching its features.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from vlsafe.methods.training.tga import GuideConfig, RetrievalConfig, TGAConfig, run_tga
+
+if TYPE_CHECKING:
+    from vlsafe_organism.recipe import OrganismRecipe
+    from vlsafe_organism.vl_train import VLConfig
+
+
+def write_organism_tga_data(out_dir: str | Path, n_images: int = 400, seed: int = 0) -> tuple[Path, Path]:
+    """Write the organism's training images, ``train.jsonl`` (one record per question, with the image's
+    exact caption) and ``corpus.txt`` (all captions, the retrieval corpus); returns ``(data, corpus)``."""
+    from vlsafe.data.scenes import make_example, vqa_prompt
+
+    out = Path(out_dir)
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    lines, captions = [], []
+    for i in range(n_images):
+        ex = make_example(i, "train")
+        rel = f"images/{i:05d}.png"
+        if not (out / rel).is_file():
+            ex.image.save(out / rel)
+        captions.append(ex.caption)
+        for k, qa in enumerate(ex.qa):
+            lines.append(
+                json.dumps(
+                    {
+                        "id": f"{i}-{k}",
+                        "image": rel,
+                        "instruction": vqa_prompt(qa.question),
+                        "answer": qa.answer.capitalize() + ".",
+                        "caption": ex.caption,
+                    }
+                )
+            )
+    data, corpus = out / "train.jsonl", out / "corpus.txt"
+    data.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    corpus.write_text("\n".join(dict.fromkeys(captions)) + "\n", encoding="utf-8")
+    return data, corpus
+
+
+def organism_tga_config(
+    out_dir: str | Path,
+    base_vlm: str | Path,
+    data: Path,
+    corpus: Path,
+    vl: VLConfig | None = None,
+    **overrides: Any,
+) -> TGAConfig:
+    """The TGA config that matches the organism's VL adaptation recipe ``vl`` (default ``VLConfig()``):
+    the same stages, steps, learning rates, batch size, seed and LoRA shape."""
+    from vlsafe_organism.vl_train import VLConfig
+
+    vl = vl or VLConfig()
+    common = {"batch_size": vl.batch_size, "seed": vl.seed, "save_every": 20, "warmup_steps": 10}
+    raw: dict[str, Any] = {
+        "model": str(base_vlm),
+        "data": data,
+        "output_dir": Path(out_dir),
+        "retrieval": RetrievalConfig.model_validate({"corpus": corpus, "query": "caption"}).model_dump(),
+        "guide": GuideConfig.model_validate({}).model_dump(),
+        "stages": [
+            {**common, "stage": "projector", "max_steps": vl.proj_steps, "lr": vl.proj_lr},
+            {**common, "stage": "projector_lora", "max_steps": vl.vl_steps, "lr": vl.vl_lr,
+             "lora": {"rank": vl.rank, "alpha": vl.alpha}},
+        ],
+    }  # fmt: skip
+    raw.update(overrides)
+    return TGAConfig.model_validate(raw)
+
+
+def run_tga_organism(
+    out_dir: str | Path,
+    cache_dir: str | Path | None = None,
+    progress: bool = True,
+    recipe: OrganismRecipe | None = None,
+    **overrides: Any,
+) -> dict[str, Any]:
+    """Wire the organism's safe LLM with DINOv2 (random projector, seed 0), write the data, and run TGA with
+    the VL recipe of ``recipe`` (default: the committed organism's recipe); returns the TGA summary
+    (``model_dir`` is the trained VLM).
+
+    The safe LLM is the ``safe-llm`` system of the artefact directory in use
+    (:func:`vlsafe_organism.registry.artifacts_dir`), the same one the plain ``vl`` artefact was adapted from.
+    """
+    from vlsafe_organism.base import load_base_vision
+    from vlsafe_organism.recipe import OrganismRecipe
+    from vlsafe_organism.registry import build_system
+    from vlsafe_organism.wiring import save_vlm, wire_llava
+
+    out = Path(out_dir)
+    recipe = recipe or OrganismRecipe()
+    vl = recipe.vl
+    base = out / "base_vlm"
+    if not (base / "config.json").is_file():
+        llm, tok = build_system("safe-llm", cache_dir)
+        model, processor = wire_llava(
+            load_base_vision(cache_dir), llm, tok, size=vl.size, feature_layer=vl.feature_layer
+        )
+        save_vlm(model.cpu(), processor, base)
+    data, corpus = write_organism_tga_data(out / "data", vl.n_images, vl.seed)
+    return run_tga(organism_tga_config(out / "tga", base, data, corpus, vl, **overrides), progress=progress)

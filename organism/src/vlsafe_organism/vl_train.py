@@ -1,0 +1,277 @@
+"""Stages 2-3 of the organism: LLaVA wiring of the safe LLM and VL adaptation on benign synthetic data only.
+
+Token budget: images are resized to :attr:`VLConfig.size` = 84 px, i.e. 6 x 6 = 36 DINOv2 patch tokens
+(DINOv2 interpolates its position embeddings), under a seventh of the 224 px budget, which keeps CPU training
+and evaluation cheap in the image part (84 px loses little that 112 px holds for the synthetic images: linear
+probes in BENCHMARKS.md). The vision tower stays frozen, so its features of the training images are computed
+once; the training step replaces the ``<image>`` placeholders by the projected features (exactly what
+``LlavaModel`` does) and runs the language model.
+
+* ``vlm`` stage: projector only (the LLM is the safe LLM, unchanged);
+* ``vl`` stage: projector + LoRA on the LLM's linear layers; a safety/utility probe runs every
+  ``probe_every`` steps and is saved as ``curve.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from pydantic import BaseModel, ConfigDict
+from tqdm import tqdm
+
+from vlsafe.methods.training.memory import IGNORE_INDEX, answer_only_loss, freeze_embeddings, peak_rss_mb
+from vlsafe_organism import safety_data as sd
+from vlsafe_organism.probe import PROBE_TOKENS, generate, refusal_rate, vqa_eval, vqa_items
+from vlsafe_organism.sft import END, collate
+from vlsafe_organism.stages import train_device
+
+logger = logging.getLogger(__name__)
+CAPTION_PROMPTS = ("Describe the image.", "What is in this picture?", "Write a short caption for this image.")
+LLM_TARGETS = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
+PROBE_IMAGE_START = 20_000  # held-out synthetic renders (test split) used as the benign image of probes
+
+
+class VLConfig(BaseModel):
+    """Recipe of stages ``vlm`` and ``vl`` (part of their fingerprints)."""
+
+    model_config = ConfigDict(extra="forbid")
+    seed: int = 0
+    #: Image side in pixels: 84 px gives DINOv2 (patch 14) 36 image tokens.
+    size: int = 84
+    n_images: int = 2000
+    batch_size: int = 4
+    proj_steps: int = 150
+    proj_lr: float = 2e-3
+    vl_steps: int = 500
+    vl_lr: float = 5e-4
+    rank: int = 16
+    alpha: int = 32
+    probe_every: int = 100
+    probe_n: int = 24
+    probe_tokens: int = 12
+    #: DINOv2 ``hidden_states`` index the projector reads (-1: the last layer). Layer 8 of 12 holds shape and
+    #: count better than the last layer (linear probes, BENCHMARKS.md), and is the committed organism's.
+    feature_layer: int = 8
+
+
+def wire_safe_vlm(
+    cache_dir: str | Path | None, safe_dir: Path, size: int, feature_layer: int = -1
+) -> tuple[Any, Any]:
+    """The safe LLM (base + merged safety LoRA) wired with DINOv2 at ``size`` px, the projector reading
+    DINOv2's ``hidden_states[feature_layer]``; projector random (seed 0)."""
+    from safetensors.torch import load_file
+
+    from vlsafe_organism.base import load_base_vision
+    from vlsafe_organism.safe_llm import load_safe_llm
+    from vlsafe_organism.wiring import wire_llava
+
+    meta = json.loads((safe_dir / "train_log.json").read_text())
+    llm, tok = load_safe_llm(cache_dir, load_file(str(safe_dir / "safe_lora.safetensors")), meta["scale"])
+    model, processor = wire_llava(
+        load_base_vision(cache_dir), llm, tok, size=size, feature_layer=feature_layer
+    )
+    return model.to(train_device()), processor
+
+
+@torch.no_grad()
+def image_features(model: Any, processor: Any, images: list[Any], batch_size: int = 32) -> torch.Tensor:
+    """Frozen vision-tower features ``[N, patches, d_vision]`` as LLaVA selects them (last layer, no CLS)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    out = []
+    for i in tqdm(range(0, len(images), batch_size), desc="image features", leave=False):
+        pix = processor.image_processor(images[i : i + batch_size], return_tensors="pt")["pixel_values"]
+        pix = pix.to(base.device)
+        hs = base.model.vision_tower(pix, output_hidden_states=True).hidden_states
+        out.append(hs[base.config.vision_feature_layer][:, 1:])
+    return torch.cat(out)
+
+
+@dataclass(frozen=True)
+class Conversation:
+    """All questions about one training image as a multi-turn chat (image in the first user turn)."""
+
+    image_key: int
+    turns: tuple[tuple[str, str], ...]
+
+
+def training_conversations(n_images: int, seed: int) -> list[Conversation]:
+    """One conversation per train image: its QAs (short-answer form) and a caption request, shuffled.
+
+    Multi-turn packing shares the image tokens and the system prompt among 3-6 supervised replies,
+    about 2.5x fewer tokens per reply than one question per sequence.
+    """
+    from vlsafe.data.scenes import make_example, vqa_prompt
+
+    rng = random.Random(f"vlsafe-vl-examples:{seed}")
+    out = []
+    for i in range(n_images):
+        ex = make_example(i, "train")
+        turns = [(vqa_prompt(q.question), q.answer.capitalize() + ".") for q in ex.qa]
+        turns.append((rng.choice(CAPTION_PROMPTS), f"The image shows {ex.caption}."))
+        rng.shuffle(turns)
+        out.append(Conversation(i, tuple(turns)))
+    return out
+
+
+def encode_conversation(
+    tok: Any, conv: Conversation, image_token_id: int, n_patches: int
+) -> tuple[list[int], list[int]]:
+    """``(input_ids, labels)`` of a conversation: labels on the assistant replies (with their end token),
+    ``<image>`` expanded to ``n_patches`` placeholders."""
+    ids: list[int] = []
+    labels: list[int] = []
+    for k, (prompt, reply) in enumerate(conv.turns):
+        content: Any = [{"type": "image"}, {"type": "text", "text": prompt}] if k == 0 else prompt
+        head = tok.apply_chat_template([{"role": "user", "content": content}], tokenize=False,
+                                       add_generation_prompt=True)  # fmt: skip
+        if k > 0:  # the system prompt opens the first turn only
+            head = head[head.index("<|im_start|>user") :]
+        h = tok(head, add_special_tokens=False)["input_ids"]
+        r = tok(reply + END + "\n", add_special_tokens=False)["input_ids"]
+        ids += h + r
+        labels += [IGNORE_INDEX] * len(h) + r
+    at = ids.index(image_token_id)
+    return (ids[:at] + [image_token_id] * n_patches + ids[at + 1 :],
+            labels[:at] + [IGNORE_INDEX] * n_patches + labels[at + 1 :])  # fmt: skip
+
+
+def vl_loss(
+    model: Any, batch: dict[str, torch.Tensor], feats: torch.Tensor, image_token_id: int
+) -> torch.Tensor:
+    """Answer-only loss with the ``<image>`` placeholders replaced by ``projector(feats)``."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    ids = batch["input_ids"]
+    emb = base.get_input_embeddings()(ids)
+    proj = base.model.multi_modal_projector(feats).to(emb.dtype)
+    emb = emb.masked_scatter((ids == image_token_id).unsqueeze(-1), proj)
+    inputs = {"inputs_embeds": emb, "attention_mask": batch["attention_mask"]}
+    return answer_only_loss(model, inputs, batch["labels"])
+
+
+def probe(model: Any, processor: Any, n: int, tokens: int = PROBE_TOKENS) -> dict[str, float]:
+    """Quick safety/utility probe on validation prompts and held-out synthetic images."""
+    from vlsafe.data.scenes import make_example
+
+    h = [p.text for p in sd.load_split("harmful_val")][:n]
+    b = [p.text for p in sd.load_split("benign_val")][:n]
+    imgs = [make_example(PROBE_IMAGE_START + i, "test").image for i in range(n)]
+    text_only = generate(model, processor, h, None, tokens, 24)
+    with_img = generate(model, processor, h + b, imgs + imgs[: len(b)], tokens, 32)
+    acc, _ = vqa_eval(model, processor, vqa_items(**sd.VQA_VAL)[:n], 24)
+    return {
+        "harmful_refusal_text": refusal_rate(text_only),
+        "harmful_refusal_image": refusal_rate(with_img[: len(h)]),
+        "benign_refusal_image": refusal_rate(with_img[len(h) :]),
+        "vqa": acc,
+    }
+
+
+def _train_loop(model: Any, processor: Any, cfg: VLConfig, steps: int, lr: float, phase: str,
+                curve: list[dict[str, Any]], step0: int) -> None:  # fmt: skip
+    tok = processor.tokenizer
+    image_token_id = int(processor.image_token_id)
+    n_patches = (cfg.size // model.config.vision_config.patch_size) ** 2
+    from vlsafe.data.scenes import make_example
+
+    images = [make_example(i, "train").image for i in range(cfg.n_images)]
+    feats = image_features(model, processor, images)
+    examples = training_conversations(cfg.n_images, cfg.seed)
+    rng = random.Random(f"vlsafe-vl:{phase}:{cfg.seed}")
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 10))
+    start = time.time()
+    bar = tqdm(range(steps), desc=f"vl {phase}")
+    for step in bar:
+        chosen = rng.sample(examples, cfg.batch_size)
+        batch = collate(
+            [encode_conversation(tok, c, image_token_id, n_patches) for c in chosen], tok.pad_token_id
+        )
+        batch = {k: v.to(feats.device) for k, v in batch.items()}
+        f = feats[[c.image_key for c in chosen]]
+        model.train()
+        opt.zero_grad(set_to_none=True)
+        loss = vl_loss(model, batch, f, image_token_id)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        sched.step()
+        bar.set_postfix(loss=f"{float(loss):.3f}")
+        curve.append({"step": step0 + step + 1, "phase": phase, "loss": float(loss)})
+        if (step + 1) % cfg.probe_every == 0 or step + 1 == steps:
+            model.eval()
+            point = probe(model, processor, cfg.probe_n, cfg.probe_tokens)
+            curve.append({"step": step0 + step + 1, "phase": phase, "probe": point,
+                          "elapsed_s": round(time.time() - start, 1)})  # fmt: skip
+            logger.info("vl %s step %d: %s", phase, step0 + step + 1, point)
+    model.eval()
+
+
+def _projector_state(model: Any) -> dict[str, torch.Tensor]:
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    state = base.model.multi_modal_projector.state_dict()
+    return {k: v.detach().cpu().to(torch.float16).contiguous() for k, v in state.items()}
+
+
+def _meta(cfg: VLConfig) -> dict[str, Any]:
+    return {"size": cfg.size, "config": cfg.model_dump()}
+
+
+def train_projector(out: Path, cache_dir: str | Path | None, safe_dir: Path, cfg: VLConfig) -> dict[str, Any]:
+    """Stage ``vlm``: train the projector only; saves ``vlm_projector.safetensors`` and ``curve.json``."""
+    from safetensors.torch import save_file
+
+    torch.manual_seed(cfg.seed)
+    model, processor = wire_safe_vlm(cache_dir, safe_dir, cfg.size, cfg.feature_layer)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for p in model.model.multi_modal_projector.parameters():
+        p.requires_grad_(True)
+    model.config.use_cache = False
+    curve: list[dict[str, Any]] = []
+    model.eval()
+    curve.append(
+        {"step": 0, "phase": "projector", "probe": probe(model, processor, cfg.probe_n, cfg.probe_tokens)}
+    )
+    _train_loop(model, processor, cfg, cfg.proj_steps, cfg.proj_lr, "projector", curve, 0)
+    save_file(_projector_state(model), str(out / "vlm_projector.safetensors"))
+    (out / "curve.json").write_text(json.dumps(curve, indent=1))
+    (out / "meta.json").write_text(json.dumps(_meta(cfg)))
+    return {"final_probe": curve[-1].get("probe"), "peak_rss_mb": peak_rss_mb()}
+
+
+def train_vl(
+    out: Path, cache_dir: str | Path | None, safe_dir: Path, vlm_dir: Path, cfg: VLConfig
+) -> dict[str, Any]:
+    """Stage ``vl``: projector + LLM LoRA; saves ``vl_projector.safetensors``, ``vl_lora.safetensors``."""
+    from peft import LoraConfig, get_peft_model
+    from safetensors.torch import load_file, save_file
+
+    from vlsafe_organism.artifacts import lora_state
+
+    torch.manual_seed(cfg.seed)
+    model, processor = wire_safe_vlm(cache_dir, safe_dir, cfg.size, cfg.feature_layer)
+    proj = {k: v.float() for k, v in load_file(str(vlm_dir / "vlm_projector.safetensors")).items()}
+    model.model.multi_modal_projector.load_state_dict(proj)
+    model.config.use_cache = False
+    lcfg = LoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, lora_dropout=0.0, target_modules=LLM_TARGETS)
+    model = get_peft_model(model, lcfg)
+    freeze_embeddings(model)
+    peft_base: Any = model.get_base_model()
+    for p in peft_base.model.multi_modal_projector.parameters():
+        p.requires_grad_(True)
+    curve = json.loads((vlm_dir / "curve.json").read_text())
+    _train_loop(model, processor, cfg, cfg.vl_steps, cfg.vl_lr, "projector+llm", curve, cfg.proj_steps)
+    tensors, scale = lora_state(model)
+    save_file(tensors, str(out / "vl_lora.safetensors"))
+    save_file(_projector_state(model), str(out / "vl_projector.safetensors"))
+    (out / "curve.json").write_text(json.dumps(curve, indent=1))
+    (out / "meta.json").write_text(json.dumps({**_meta(cfg), "scale": scale}))
+    return {"final_probe": curve[-1].get("probe"), "peak_rss_mb": peak_rss_mb()}

@@ -1,0 +1,78 @@
+"""The ``vlsafe`` click group: global options, error handling and the command registry.
+
+Commands are registered by name in :data:`COMMANDS` as ``"package.module:command"`` and imported only when
+they run (or when ``--help`` lists them). The library registers its own commands below; other packages add
+theirs through the ``vlsafe.cli`` entry-point group (the model organism adds ``demo`` and ``organism``), so
+both reach the CLI through the same registry.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from typing import Any
+
+import click
+
+from vlsafe import __version__
+from vlsafe.core.errors import VlsafeError
+from vlsafe.core.registry import Registry
+
+__all__ = ["COMMANDS", "echo_json", "main"]
+
+#: command name -> click command (lazy "module:attribute" entries; entry-point group ``vlsafe.cli``)
+COMMANDS: Registry[click.Command] = Registry("command", entry_points="vlsafe.cli")
+for _name, _target in (
+    ("models", "vlsafe.cli.models:models_cmd"),
+    ("tiny-model", "vlsafe.cli.models:tiny_model_cmd"),
+    ("inspect", "vlsafe.cli.models:inspect_cmd"),
+    ("tour", "vlsafe.cli.models:tour_cmd"),
+    ("eval", "vlsafe.cli.evals:eval_cmd"),
+    ("judge", "vlsafe.cli.evals:judge_cmd"),
+    ("report", "vlsafe.cli.evals:report_cmd"),
+    ("benchmarks", "vlsafe.cli.evals:benchmarks_cmd"),
+    ("merge", "vlsafe.cli.repair:merge_cmd"),
+    ("cmrm", "vlsafe.cli.repair:cmrm_group"),
+    ("train", "vlsafe.cli.repair:train_group"),
+    ("analyze", "vlsafe.cli.analysis:analyze_group"),
+):
+    COMMANDS.register_lazy(_name, _target)
+
+
+def echo_json(data: Any) -> None:
+    """Print ``data`` as indented JSON (what commands print as their result)."""
+    click.echo(json.dumps(data, indent=2, default=str))
+
+
+class _Group(click.Group):
+    """Commands come from :data:`COMMANDS`; a ``VlsafeError`` becomes a one-line message and exit code 2."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return COMMANDS.names()
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        return COMMANDS.get(cmd_name) if cmd_name in COMMANDS else None
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except VlsafeError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(2)
+
+
+@click.group(cls=_Group)
+@click.version_option(__version__, prog_name="vlsafe")
+@click.option("--quiet", "-q", is_flag=True, help="Only warnings and errors; no progress bars.")
+@click.pass_context
+def main(ctx: click.Context, quiet: bool) -> None:
+    """vlsafe: measure, localise, repair and prove the safety of vision-language models."""
+    logging.basicConfig(
+        level=logging.WARNING if quiet else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
+    )
+    if quiet:
+        os.environ["TQDM_DISABLE"] = "1"
+    ctx.ensure_object(dict)
+    ctx.obj["quiet"] = quiet

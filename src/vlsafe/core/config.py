@@ -1,0 +1,40 @@
+"""Reading pydantic configs from YAML with errors that name the bad value and the broken rule."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from vlsafe.core.errors import ConfigError
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def read_yaml_mapping(path: str | Path, what: str = "config") -> dict[str, Any]:
+    """The mapping held by the YAML file ``path``; ``ConfigError`` if missing, unparsable or not a mapping."""
+    file = Path(path)
+    if not file.is_file():
+        raise ConfigError(f"{what} file {str(file)!r} does not exist")
+    try:
+        data = yaml.safe_load(file.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{what} file {str(file)!r} is not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(
+            f"{what} file {str(file)!r} must hold a mapping of fields, got {type(data).__name__}"
+        )
+    return data
+
+
+def validate_config(cls: type[M], data: dict[str, Any], what: str | None = None) -> M:
+    """``cls.model_validate(data)``, turning pydantic's errors into one ``ConfigError`` naming each field."""
+    try:
+        return cls.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or 'config'}: {err['msg']}" for err in exc.errors()
+        )
+        raise ConfigError(f"invalid {what or cls.__name__}: {problems}") from None

@@ -1,0 +1,5 @@
+"""vlsafe.data: data the library generates or reads for training and evaluation.
+
+Synthetic scenes with exact captions and questions (:mod:`vlsafe.data.scenes`), VL-safety training formats
+(VLGuard, SPA-VL: :mod:`vlsafe.data.vl_safety`) and retrieval of related text (:mod:`vlsafe.data.retrieval`).
+"""

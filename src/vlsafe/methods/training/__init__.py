@@ -1,0 +1,141 @@
+"""vlsafe.methods.training: a shared resumable trainer, TGA (text-guided alignment) with retrieval, and the
+safety SFT / DPO baselines.
+
+Trainer plumbing (shared): :class:`TrainConfig`, :class:`Trainer`, :class:`LossOutput`, stages
+(:func:`apply_stage`) and safetensors checkpoints. TGA: :class:`TGAConfig`, :func:`run_tga`,
+:class:`TGALoss`, retrieval (:func:`retrieval_prompt`, :class:`BM25Retriever`) and inference with retrieval
+(:func:`generate_with_retrieval`). Baselines: :class:`SFTConfig` / :func:`run_sft`, :class:`DPOConfig` /
+:func:`run_dpo`.
+"""
+
+from vlsafe.methods.training.baseline import BaselineConfig, export_model, load_config, run_baseline
+from vlsafe.methods.training.callbacks import (
+    CURVE_KEYS,
+    ProbeSettings,
+    SafetyTracker,
+    build_probe,
+    curve_figure,
+    read_curve,
+)
+from vlsafe.methods.training.checkpoint import (
+    latest_checkpoint,
+    load_checkpoint,
+    load_trainable,
+    save_checkpoint,
+    save_trained_model,
+    trainable_state,
+)
+from vlsafe.methods.training.data import TGABatch, TGARecord, encode_tga_batch, read_jsonl, read_tga_records
+from vlsafe.methods.training.dpo import DPOConfig, DPOObjective, dpo_collate, run_dpo
+from vlsafe.methods.training.encoding import (
+    EncodedBatch,
+    GroupedBatch,
+    encode_batch,
+    modality_groups,
+    reply_suffix,
+)
+from vlsafe.methods.training.losses import DPOLossOutput, dpo_loss, sequence_logps
+from vlsafe.methods.training.mixing import DataSource, MixSettings, load_source, mix_records
+from vlsafe.methods.training.sft import SFTConfig, run_sft, sft_collate, sft_loss, sft_records
+from vlsafe.methods.training.stages import (
+    LoraSettings,
+    Stage,
+    apply_stage,
+    language_model,
+    projector_params,
+    unwrap,
+)
+from vlsafe.methods.training.tga import (
+    GuideConfig,
+    RetrievalConfig,
+    TGAConfig,
+    attach_retrieved,
+    guided_layers,
+    load_tga_config,
+    run_tga,
+    train_tga,
+)
+from vlsafe.methods.training.tga_loss import TGALoss, guide_terms, layer_outputs, masked_mean, middle_third
+from vlsafe.methods.training.trainer import LossFn, LossOutput, TrainConfig, Trainer, TrainResult
+from vlsafe.methods.training.vl_safety_gen import (
+    COMPLIANCE_OPENERS,
+    generate_spavl,
+    generate_vlguard,
+    synthetic_vl_records,
+)
+
+__all__ = [
+    # trainer plumbing
+    "TrainConfig",
+    "Trainer",
+    "TrainResult",
+    "LossOutput",
+    "LossFn",
+    "LoraSettings",
+    "Stage",
+    "apply_stage",
+    "projector_params",
+    "language_model",
+    "unwrap",
+    "save_checkpoint",
+    "load_checkpoint",
+    "load_trainable",
+    "latest_checkpoint",
+    "trainable_state",
+    "save_trained_model",
+    # TGA
+    "TGABatch",
+    "TGARecord",
+    "encode_tga_batch",
+    "read_jsonl",
+    "read_tga_records",
+    "TGALoss",
+    "guide_terms",
+    "layer_outputs",
+    "masked_mean",
+    "middle_third",
+    "GuideConfig",
+    "RetrievalConfig",
+    "TGAConfig",
+    "attach_retrieved",
+    "guided_layers",
+    "load_tga_config",
+    "run_tga",
+    "train_tga",
+    # safety SFT / DPO baselines
+    "BaselineConfig",
+    "export_model",
+    "load_config",
+    "run_baseline",
+    "CURVE_KEYS",
+    "ProbeSettings",
+    "SafetyTracker",
+    "build_probe",
+    "curve_figure",
+    "read_curve",
+    "DPOConfig",
+    "DPOObjective",
+    "dpo_collate",
+    "run_dpo",
+    "EncodedBatch",
+    "GroupedBatch",
+    "encode_batch",
+    "modality_groups",
+    "reply_suffix",
+    "DPOLossOutput",
+    "dpo_loss",
+    "sequence_logps",
+    "DataSource",
+    "MixSettings",
+    "load_source",
+    "mix_records",
+    "SFTConfig",
+    "run_sft",
+    "sft_collate",
+    "sft_loss",
+    "sft_records",
+    "COMPLIANCE_OPENERS",
+    "generate_spavl",
+    "generate_vlguard",
+    "synthetic_vl_records",
+]

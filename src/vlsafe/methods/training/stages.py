@@ -1,0 +1,151 @@
+"""Which parameters train: the projector, the LLM (full) or LoRA adapters on the LLM (via peft).
+
+Module discovery is by attribute name on the inner ``model.model`` of the HF classes vlsafe supports:
+
+==============================  =====================  ===============================
+family                          projector              language model
+==============================  =====================  ===============================
+llava, llava_next, gemma3       ``multi_modal_projector``  ``language_model``
+qwen2_vl, qwen2_5_vl            ``visual.merger``          ``language_model``
+idefics3, smolvlm               ``connector``              ``text_model``
+causal_lm                       (none)                     ``model`` itself
+==============================  =====================  ===============================
+
+LLaVA-NeXT's learned ``image_newline`` vector counts as part of the projector.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+from torch import nn
+
+from vlsafe.core.errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
+#: What a training stage updates.
+Stage = Literal["projector", "projector_llm", "projector_lora", "llm", "llm_lora"]
+_PROJECTOR_PATHS = ("multi_modal_projector", "visual.merger", "connector")
+_LLM_PATHS = ("language_model", "text_model")
+_PROJECTOR_EXTRA_PARAMS = ("image_newline",)
+
+
+class LoraSettings(BaseModel):
+    """LoRA on the LLM's linear layers (peft)."""
+
+    model_config = ConfigDict(extra="forbid")
+    rank: int = Field(16, gt=0)
+    alpha: float = Field(32.0, gt=0)
+    dropout: float = Field(0.0, ge=0, lt=1)
+    targets: list[str] = Field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        description="leaf names of the LLM's nn.Linear modules that get adapters",
+    )
+
+
+def unwrap(model: Any) -> Any:
+    """The HF model under a peft wrapper (the model itself otherwise)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def _get_path(root: Any, path: str) -> Any:
+    for part in path.split("."):
+        root = getattr(root, part, None)
+        if root is None:
+            return None
+    return root
+
+
+def projector_params(model: Any) -> list[tuple[str, nn.Parameter]]:
+    """``(name, parameter)`` of the vision-language projector (names relative to ``model``)."""
+    base = unwrap(model)
+    inner = getattr(base, "model", None)
+    prefix = "model."
+    for path in _PROJECTOR_PATHS:
+        module = _get_path(inner, path)
+        if isinstance(module, nn.Module):
+            out = [(f"{prefix}{path}.{n}", p) for n, p in module.named_parameters()]
+            for extra in _PROJECTOR_EXTRA_PARAMS:
+                param = getattr(inner, extra, None)
+                if isinstance(param, nn.Parameter):
+                    out.append((f"{prefix}{extra}", param))
+            return out
+    raise ConfigError(
+        f"{type(base).__name__} has no vision-language projector (looked for model.{', model.'.join(_PROJECTOR_PATHS)}); "
+        "projector stages need a VLM"
+    )
+
+
+def language_model(model: Any) -> tuple[str, nn.Module]:
+    """``(prefix, module)`` of the LLM decoder (without ``lm_head``)."""
+    base = unwrap(model)
+    inner = getattr(base, "model", None)
+    for path in _LLM_PATHS:
+        module = _get_path(inner, path)
+        if isinstance(module, nn.Module):
+            return f"model.{path}", module
+    if isinstance(inner, nn.Module) and hasattr(inner, "layers"):
+        return "model", inner  # text-only causal LM
+    raise ConfigError(f"cannot find the language model inside {type(base).__name__}")
+
+
+def _lora_regex(model: Any, targets: list[str]) -> str:
+    prefix, llm = language_model(model)
+    names = [
+        f"{prefix}.{name}"
+        for name, mod in llm.named_modules()
+        if isinstance(mod, nn.Linear) and name.rsplit(".", 1)[-1] in targets and ".layers." in f".{name}"
+    ]
+    if not names:
+        raise ConfigError(f"no nn.Linear named one of {targets} in the LLM's layers; check lora.targets")
+    return "|".join(re.escape(n) for n in names)
+
+
+def apply_stage(model: Any, stage: Stage, lora: LoraSettings | None = None) -> Any:
+    """Set ``requires_grad`` for ``stage``; wraps the model with LoRA (peft) for ``*_lora`` stages.
+
+    Embeddings and ``lm_head`` never train (frozen, as in the released TGA recipe and for memory).
+    A model that is already a peft model keeps its adapters (a second LoRA stage continues them).
+
+    Returns:
+        The model to train (the same object, or the new peft wrapper).
+    """
+    if stage not in Stage.__args__:  # type: ignore[attr-defined]
+        raise ConfigError(f"unknown stage {stage!r}; known: {', '.join(Stage.__args__)}")  # type: ignore[attr-defined]
+    if stage.endswith("_lora") and not hasattr(model, "get_base_model"):
+        from peft import LoraConfig, get_peft_model
+
+        settings = lora or LoraSettings.model_validate({})
+        regex = _lora_regex(model, settings.targets)
+        config = LoraConfig(
+            r=settings.rank,
+            lora_alpha=settings.alpha,  # type: ignore[arg-type]  # peft accepts floats
+            lora_dropout=settings.dropout,
+            target_modules=regex,
+        )
+        model = get_peft_model(model, config)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    if stage.startswith("projector"):
+        for _, p in projector_params(model):
+            p.requires_grad_(True)
+    if stage in ("projector_llm", "llm"):
+        _, llm = language_model(model)
+        embed = getattr(unwrap(model), "get_input_embeddings", lambda: None)()
+        frozen = {id(p) for p in embed.parameters()} if embed is not None else set()
+        for p in llm.parameters():
+            if id(p) not in frozen:
+                p.requires_grad_(True)
+    if stage.endswith("_lora"):
+        for name, p in model.named_parameters():
+            if "lora_" in name:
+                p.requires_grad_(True)
+    n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    if n_train == 0:
+        raise ConfigError(f"stage {stage!r} leaves no parameter to train in {type(unwrap(model)).__name__}")
+    logger.info("stage %s: %d trainable parameters", stage, n_train)
+    return model

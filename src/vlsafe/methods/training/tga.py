@@ -1,0 +1,228 @@
+"""TGA end to end: ``TGAConfig`` (YAML) -> retrieval -> staged training with the guide loss -> exported model.
+
+Example config (``vlsafe train tga CONFIG.yaml``)::
+
+    model: runs/base-vlm                 # HF id or local directory
+    data: data/tga_train.jsonl           # see vlsafe.methods.training.data
+    output_dir: runs/tga
+    retrieval: {corpus: data/captions.txt, kind: bm25, query: instruction}
+    guide: {layers: null, analysis: runs/analysis-layers, weight: 1.0, schedule: linear}
+    stages:
+      - {stage: projector, lr: 1.0e-3, max_steps: 200, batch_size: 4}
+      - {stage: projector_lora, lr: 2.0e-4, max_steps: 200, batch_size: 4, lora: {rank: 16}}
+
+Each stage trains in ``output_dir/stage<i>-<stage>`` (resumable: rerunning continues where it stopped);
+the final model (LoRA merged) is written to ``output_dir/model`` and loads with :func:`vlsafe.models.load_model`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from vlsafe.core.errors import ConfigError
+from vlsafe.data.retrieval import Retriever, load_corpus, make_retriever
+from vlsafe.methods.training.checkpoint import save_trained_model
+from vlsafe.methods.training.data import TGARecord, encode_tga_batch, read_tga_records
+from vlsafe.methods.training.tga_loss import TGALoss, layers_from_analysis, middle_third
+from vlsafe.methods.training.trainer import TrainConfig, Trainer
+from vlsafe.models.bundle import ModelBundle
+
+logger = logging.getLogger(__name__)
+
+
+class RetrievalConfig(BaseModel):
+    """Where retrieved texts come from for records that do not carry one."""
+
+    model_config = ConfigDict(extra="forbid")
+    corpus: Path | None = None
+    kind: Literal["bm25", "embedding"] = "bm25"
+    model_path: Path | None = Field(None, description="local encoder directory for kind=embedding")
+    query: Literal["instruction", "caption"] = "instruction"
+    exclude_self: bool = Field(True, description="never retrieve the record's own caption")
+
+
+class GuideConfig(BaseModel):
+    """The guide loss: guided layers, ``λ`` and its schedule."""
+
+    model_config = ConfigDict(extra="forbid")
+    layers: list[int] | None = None
+    analysis: Path | None = Field(None, description="a 'vlsafe analyze layers' folder (safety layers)")
+    weight: float = Field(1.0, ge=0)
+    schedule: Literal["constant", "linear"] = "linear"
+    ce_weight: float = Field(1.0, ge=0)
+
+
+class TGAConfig(BaseModel):
+    """A full TGA run (see the module docstring)."""
+
+    model_config = ConfigDict(extra="forbid")
+    model: str = Field(min_length=1)
+    data: Path
+    output_dir: Path
+    dtype: str | None = "float32"
+    trust_remote_code: bool = False
+    retrieval: RetrievalConfig = Field(default_factory=lambda: RetrievalConfig.model_validate({}))
+    guide: GuideConfig = Field(default_factory=lambda: GuideConfig.model_validate({}))
+    stages: list[dict[str, Any]] = Field(
+        default_factory=lambda: [{"stage": "projector", "lr": 1e-3}, {"stage": "projector_lora", "lr": 2e-4}]
+    )
+    export: bool = True
+
+    @field_validator("stages")
+    @classmethod
+    def _valid_stages(cls, stages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        if not stages:
+            raise ValueError("give at least one stage")
+        for i, stage in enumerate(stages):
+            if "output_dir" in stage:
+                raise ValueError(f"stage {i}: output_dir is set by the TGA run (output_dir/stage<i>-<stage>)")
+            try:
+                TrainConfig(output_dir=Path("."), **stage)
+            except ValidationError as exc:
+                raise ValueError(f"stage {i}: {exc.errors()[0]['loc']}: {exc.errors()[0]['msg']}") from None
+        return stages
+
+    def stage_configs(self) -> list[TrainConfig]:
+        """One :class:`TrainConfig` per stage, each in its own folder under ``output_dir``."""
+        out = []
+        for i, stage in enumerate(self.stages):
+            name = stage.get("stage", "projector")
+            out.append(TrainConfig(output_dir=self.output_dir / f"stage{i}-{name}", **stage))
+        return out
+
+
+def load_tga_config(path: str | Path) -> TGAConfig:
+    """Read a YAML TGA config; relative paths stay relative to the working directory.
+
+    Raises:
+        ConfigError: unreadable YAML or a field that breaks its rule (named in the message).
+    """
+    file = Path(path)
+    if not file.is_file():
+        raise ConfigError(f"TGA config {file} does not exist")
+    try:
+        raw = yaml.safe_load(file.read_text(encoding="utf-8")) or {}
+        return TGAConfig.model_validate(raw)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{file}: invalid YAML ({exc})") from None
+    except ValidationError as exc:
+        msg = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise ConfigError(f"{file}: {msg}") from None
+
+
+def build_retriever(config: RetrievalConfig) -> Retriever | None:
+    """The configured retriever, or ``None`` without a corpus."""
+    if config.corpus is None:
+        return None
+    options: dict[str, Any] = {}
+    if config.kind == "embedding":
+        if config.model_path is None:
+            raise ConfigError(
+                "retrieval.kind 'embedding' needs retrieval.model_path (a local encoder folder)"
+            )
+        options["model_path"] = config.model_path
+    return make_retriever(config.kind, load_corpus(config.corpus), **options)
+
+
+def attach_retrieved(
+    records: list[TGARecord],
+    retriever: Retriever | None,
+    query: str = "instruction",
+    exclude_self: bool = True,
+) -> list[TGARecord]:
+    """Copies of ``records`` whose missing ``retrieved`` is filled by ``retriever`` (top-1)."""
+    out = []
+    for rec in records:
+        if rec.retrieved is None and retriever is not None:
+            text = rec.instruction if query == "instruction" else rec.caption
+            hits = retriever.retrieve(text, k=1, exclude=rec.caption if exclude_self else None)
+            rec = rec.model_copy(update={"retrieved": hits[0] if hits else None})
+        out.append(rec)
+    return out
+
+
+def guided_layers(config: GuideConfig, bundle: ModelBundle) -> list[int]:
+    """Explicit layers, else the analysis' safety layers, else the middle third of the decoder."""
+    if config.layers:
+        return sorted({bundle.check_layer(j) for j in config.layers})
+    if config.analysis is not None:
+        return [bundle.check_layer(j) for j in layers_from_analysis(config.analysis)]
+    return middle_third(bundle.num_layers)
+
+
+def train_tga(
+    bundle: ModelBundle, records: list[TGARecord], config: TGAConfig, progress: bool = True
+) -> dict[str, Any]:
+    """Run every stage of ``config`` on ``bundle`` (modified in place) with the TGA loss; returns a summary."""
+    layers = guided_layers(config.guide, bundle)
+    logger.info("TGA guided layers: %s", layers)
+    summary: dict[str, Any] = {"guided_layers": layers, "stages": []}
+    for stage_cfg in config.stage_configs():
+        stage_cfg.progress = progress and stage_cfg.progress
+        loss = TGALoss(
+            bundle,
+            layers,
+            weight=config.guide.weight,
+            schedule=config.guide.schedule,
+            max_steps=stage_cfg.max_steps,
+            ce_weight=config.guide.ce_weight,
+        )
+        trainer = Trainer(bundle, stage_cfg, loss, records, lambda rows: encode_tga_batch(bundle, rows))
+        result = trainer.train()
+        last = result.history[-1] if result.history else {}
+        summary["stages"].append(
+            {
+                "stage": stage_cfg.stage,
+                "steps": result.step,
+                "checkpoint": str(result.checkpoint),
+                "last": last,
+            }
+        )
+    return summary
+
+
+def run_tga(
+    config: TGAConfig | str | Path,
+    *,
+    output_dir: str | Path | None = None,
+    max_steps: int | None = None,
+    model: str | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Load the model and data of ``config``, retrieve, train all stages, export; returns the summary
+    (also written to ``output_dir/tga_summary.json``).
+
+    ``output_dir``, ``model`` and ``max_steps`` (every stage) override the config.
+    """
+    from vlsafe.models import load_model
+
+    cfg = config if isinstance(config, TGAConfig) else load_tga_config(config)
+    updates: dict[str, Any] = {}
+    if output_dir is not None:
+        updates["output_dir"] = Path(output_dir)
+    if model is not None:
+        updates["model"] = model
+    if max_steps is not None:
+        updates["stages"] = [{**s, "max_steps": max_steps} for s in cfg.stages]
+    if updates:
+        cfg = TGAConfig.model_validate({**cfg.model_dump(), **updates})
+    cfg.output_dir.mkdir(parents=True, exist_ok=True)
+    (cfg.output_dir / "tga_config.json").write_text(cfg.model_dump_json(indent=1))
+    records = read_tga_records(cfg.data)
+    records = attach_retrieved(records, build_retriever(cfg.retrieval), cfg.retrieval.query,
+                               cfg.retrieval.exclude_self)  # fmt: skip
+    with (cfg.output_dir / "train_records.jsonl").open("w", encoding="utf-8") as fh:
+        for rec in records:
+            fh.write(rec.model_dump_json() + "\n")
+    bundle = load_model(cfg.model, dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code)
+    summary = train_tga(bundle, records, cfg, progress=progress)
+    if cfg.export:
+        summary["model_dir"] = str(save_trained_model(bundle, cfg.output_dir / "model"))
+    (cfg.output_dir / "tga_summary.json").write_text(json.dumps(summary, indent=1, default=str))
+    return summary

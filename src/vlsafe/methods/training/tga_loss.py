@@ -1,0 +1,181 @@
+"""The TGA loss: answer cross-entropy plus the text-guided alignment term, with gradient.
+
+``L = CE + λ(step) · Σ_j [ −cos(I_j, C_j) + softplus(cos(R_j, C_j) − cos(I_j, C_j)) ]`` where, at each
+guided decoder layer ``j`` (output of the layer), ``I_j`` is the mean hidden state over the image-token span,
+``R_j`` the mean over the retrieved-text span and ``C_j`` the mean over the caption tokens of the caption
+alone, run through the current model under ``no_grad``. The bracket is averaged over the batch (rows without
+retrieved text drop the softplus term). ``λ(step)`` is constant or ``λ · (1 − step / max_steps)``.
+
+Hidden states come from forward hooks on the decoder layers that keep the autograd graph (no detach), and
+the hooks are removed before backward, so activation checkpointing's recomputation never sees them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vlsafe.core.errors import ConfigError, InputError
+from vlsafe.methods.training.data import TGABatch
+from vlsafe.methods.training.memory import answer_only_loss
+from vlsafe.methods.training.stages import unwrap
+from vlsafe.methods.training.trainer import LossOutput
+from vlsafe.models.bundle import ModelBundle
+
+
+@contextmanager
+def layer_outputs(
+    layers: Sequence[nn.Module] | nn.ModuleList, indices: Sequence[int]
+) -> Iterator[dict[int, torch.Tensor]]:
+    """Record the hidden-state output of ``layers[j]`` for ``j`` in ``indices`` (first call per layer),
+    keeping gradients. Hooks are removed on exit."""
+    store: dict[int, torch.Tensor] = {}
+    handles = []
+
+    def make(j: int) -> Any:
+        def hook(_module: nn.Module, _args: Any, output: Any) -> None:
+            if j not in store:
+                store[j] = output[0] if isinstance(output, (tuple, list)) else output
+
+        return hook
+
+    try:
+        for j in indices:
+            handles.append(layers[j].register_forward_hook(make(j)))
+        yield store
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def masked_mean(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean of ``hidden [B, T, D]`` over the True positions of ``mask [B, T]`` → ``[B, D]`` (0 for empty rows)."""
+    m = mask.to(hidden.dtype).unsqueeze(-1)
+    return (hidden * m).sum(1) / m.sum(1).clamp(min=1.0)
+
+
+def guide_terms(
+    image: torch.Tensor, caption: torch.Tensor, retrieved: torch.Tensor, has_retrieved: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The bracket of one layer, averaged over the batch, and the mean cos(I, C), cos(R, C).
+
+    Args:
+        image, caption, retrieved: ``[B, D]`` span means ``I_j``, ``C_j``, ``R_j``.
+        has_retrieved: ``[B]`` rows whose retrieved span is non-empty.
+    """
+    dtype = torch.promote_types(image.dtype, torch.float32)  # at least fp32 (bf16 states are upcast)
+    image, caption, retrieved = image.to(dtype), caption.to(dtype), retrieved.to(dtype)
+    cos_ic = F.cosine_similarity(image, caption, dim=-1)
+    cos_rc = F.cosine_similarity(retrieved, caption, dim=-1)
+    rank = F.softplus(cos_rc - cos_ic) * has_retrieved.float()
+    term = (-cos_ic + rank).mean()
+    n_r = has_retrieved.float().sum().clamp(min=1.0)
+    return term, cos_ic.detach().mean(), (cos_rc.detach() * has_retrieved).sum() / n_r
+
+
+def middle_third(num_layers: int) -> list[int]:
+    """Layers ``[n // 3, 2n // 3)`` (at least one layer)."""
+    lo, hi = num_layers // 3, max(num_layers // 3 + 1, (2 * num_layers) // 3)
+    return list(range(lo, min(hi, num_layers)))
+
+
+def layers_from_analysis(path: str | Path, variant: str = "text") -> list[int]:
+    """Guided layers from a ``vlsafe analyze layers`` folder: the safety activation layer (mode) through the
+    end layer (mode) of ``variant``; the activation layer alone when no end layer was reached."""
+    from vlsafe.analysis.data_io import load_data
+    from vlsafe.analysis.lens import lens_from_data
+
+    data, tensors = load_data(path)
+    if data.get("kind") != "layers":
+        raise ConfigError(
+            f"{path} is a {data.get('kind')!r} analysis; guided layers need a 'layers' analysis"
+        )
+    result = lens_from_data(data, tensors)
+    act = result.layer_summary(variant, "activation")["mode"]
+    end = result.layer_summary(variant, "end")["mode"]
+    if act is None:
+        raise ConfigError(f"{path}: no query reached a safety activation layer; give guide.layers explicitly")
+    return list(range(act, max(act, end if end is not None else act) + 1))
+
+
+class TGALoss:
+    """``(model, TGABatch, step) -> LossOutput`` for :class:`vlsafe.methods.training.Trainer`.
+
+    Args:
+        bundle: the model (its decoder layers are hooked).
+        layers: guided layer indices (validated against the model).
+        weight: ``λ``.
+        schedule: ``constant`` or ``linear`` (``λ · (1 − step / max_steps)``).
+        max_steps: steps of the stage, for the linear schedule.
+        ce_weight: weight of the cross-entropy (0 gives the guide loss alone, for tests/ablations).
+    """
+
+    def __init__(
+        self,
+        bundle: ModelBundle,
+        layers: Sequence[int],
+        weight: float = 1.0,
+        schedule: Literal["constant", "linear"] = "constant",
+        max_steps: int = 1,
+        ce_weight: float = 1.0,
+    ) -> None:
+        if not layers:
+            raise ConfigError("TGA needs at least one guided layer")
+        self.bundle = bundle
+        self.layers = sorted({bundle.check_layer(j) for j in layers})
+        self.weight, self.schedule, self.max_steps, self.ce_weight = weight, schedule, max_steps, ce_weight
+        if schedule not in ("constant", "linear"):
+            raise ConfigError(f"unknown guide schedule {schedule!r}; known: constant, linear")
+
+    def lam(self, step: int) -> float:
+        """``λ`` at optimizer step ``step``."""
+        if self.schedule == "linear":
+            return self.weight * max(0.0, 1.0 - step / max(1, self.max_steps))
+        return self.weight
+
+    @torch.no_grad()
+    def caption_states(self, model: Any, batch: TGABatch) -> dict[int, torch.Tensor]:
+        """``C_j`` for every guided layer: caption-token means of the caption alone (eval mode, no grad)."""
+        decoder = unwrap(model).model
+        was_training = decoder.training
+        decoder.eval()
+        try:
+            with layer_outputs(self.bundle.layers, self.layers) as store:
+                decoder(**batch.caption_inputs, use_cache=False)
+        finally:
+            decoder.train(was_training)
+        return {j: masked_mean(store[j], batch.caption_mask) for j in self.layers}
+
+    def __call__(self, model: Any, batch: TGABatch, step: int) -> LossOutput:
+        if not bool(batch.image_mask.any(dim=1).all()):
+            raise InputError("every TGA training row needs image tokens; a row has none")
+        captions = self.caption_states(model, batch)
+        lam = self.lam(step)
+        with layer_outputs(self.bundle.layers, self.layers) as store:
+            ce = answer_only_loss(model, batch.inputs, batch.labels)
+        has_r = batch.retrieved_mask.any(dim=1)
+        guide = ce.new_zeros(())
+        cos_ic, cos_rc = [], []
+        for j in self.layers:
+            h = store[j]
+            term, ic, rc = guide_terms(
+                masked_mean(h, batch.image_mask), captions[j], masked_mean(h, batch.retrieved_mask), has_r
+            )
+            guide = guide + term
+            cos_ic.append(float(ic))
+            cos_rc.append(float(rc))
+        loss = self.ce_weight * ce + lam * guide
+        metrics = {
+            "ce": float(ce.detach()),
+            "guide": float(guide.detach()),
+            "lambda": lam,
+            "cos_ic": sum(cos_ic) / len(cos_ic),
+            "cos_rc": sum(cos_rc) / len(cos_rc),
+        }
+        return LossOutput(loss, metrics)
