@@ -42,6 +42,9 @@ GENERATION_FIELDS: tuple[str, ...] = (
     "retriever",
     "dtype",
 )
+#: Generation fields added later: part of the fingerprint only when they differ from their defaults, so run
+#: directories written before they existed keep their fingerprint.
+OPTIONAL_GENERATION_FIELDS: dict[str, Any] = {"image_size": None, "shared_prefix": False}
 
 _DTYPES = ("float32", "fp32", "float16", "fp16", "half", "bfloat16", "bf16", "auto")
 
@@ -58,7 +61,15 @@ class EvalConfig(BaseModel):
         image_setting: override every sample's image setting (``None``: each sample's own).
         judge: registered judge name; ``judge_options`` are passed to its constructor.
         max_new_tokens: generation length cap.
-        batch_size: prompts per ``generate`` call (length-sorted, left-padded).
+        batch_size: prompts per ``generate`` call (sorted by prompt length in tokens, left-padded).
+        image_size: side in pixels of the images the image settings generate (blank, noise, typographic
+            attacks); ``None``: each setting's default (see :func:`vlsafe.evals.images.apply_image_setting`).
+        shared_prefix: greedy decoding that computes the prompt prefix a batch shares (the chat template's
+            opening, and the image when the prompts show the same one) once per batch, with prompts that
+            show the same image batched together (:func:`vlsafe.models.greedy.greedy_shared_prefix`); the
+            same replies as plain greedy ``generate`` up to floating-point rounding. Only for greedy runs
+            without steering or interventions, on the models it supports (LLaVA-style and text-only
+            decoders); elsewhere plain ``generate`` is used.
         do_sample: sample instead of greedy decoding (then ``temperature``/``top_p`` apply).
         seed: seed of sampling and of noise images.
         steer: path of a saved ``SteeringVector`` applied during generation and scoring.
@@ -81,6 +92,8 @@ class EvalConfig(BaseModel):
     judge_options: dict[str, Any] = Field(default_factory=dict)
     max_new_tokens: int = 128
     batch_size: int = 8
+    image_size: int | None = None
+    shared_prefix: bool = False
     do_sample: bool = False
     temperature: float = 1.0
     top_p: float = 1.0
@@ -103,6 +116,13 @@ class EvalConfig(BaseModel):
     def _limit_positive(cls, v: int | None) -> int | None:
         if v is not None and v < 1:
             raise ValueError(f"limit={v} must be >= 1 (or omitted for all samples)")
+        return v
+
+    @field_validator("image_size")
+    @classmethod
+    def _size_positive(cls, v: int | None) -> int | None:
+        if v is not None and v < 1:
+            raise ValueError(f"image_size={v} must be >= 1 pixel (or omitted for each setting's default)")
         return v
 
     @field_validator("max_new_tokens", "batch_size")
@@ -174,6 +194,7 @@ def generation_fingerprint(config: EvalConfig) -> dict[str, Any]:
     """The values of :data:`GENERATION_FIELDS`; ``steer`` is the vector file's content hash, not its path."""
     data = config.model_dump(mode="json")
     out = {name: data[name] for name in GENERATION_FIELDS}
+    out.update({k: data[k] for k, default in OPTIONAL_GENERATION_FIELDS.items() if data[k] != default})
     if config.steer is not None:  # the vector's content counts, not where the file lies
         out["steer"] = f"sha256:{_file_sha256(config.steer)}" if _file_sha256(config.steer) else config.steer
     if config.retrieval_corpus is not None:  # likewise the corpus's content

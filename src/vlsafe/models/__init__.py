@@ -5,7 +5,7 @@ from vlsafe.models.families import FAMILIES, Family, family_for_model_type, get_
 from vlsafe.models.images import make_variant_image, processor_image_size
 from vlsafe.models.inputs import CAPTION_FORMAT, InputItem, build_inputs
 from vlsafe.models.inputs_types import BatchInputs, PositionMasks, Variant
-from vlsafe.models.loading import decoder_layers, load_image, load_model
+from vlsafe.models.loading import bundle_from_model, decoder_layers, load_image, load_model
 from vlsafe.models.summary import image_tokens_per_image, inspect_model
 from vlsafe.models.tiny import TINY_FAMILIES, VLM_FAMILIES, build_tiny
 
@@ -16,6 +16,7 @@ __all__ = [
     "get_family",
     "list_families",
     "load_model",
+    "bundle_from_model",
     "decoder_layers",
     "inspect_model",
     "image_tokens_per_image",

@@ -199,30 +199,54 @@ def load_model(
         model.to(device)  # type: ignore[arg-type]
     model.eval()
     if family.is_vlm:
-        processor = load_processor(family, name, trust_remote_code=trust_remote_code)
-        tokenizer = processor.tokenizer
+        processor: Any = load_processor(family, name, trust_remote_code=trust_remote_code)
     else:
-        processor = None
         try:
-            tokenizer = AutoTokenizer.from_pretrained(name, trust_remote_code=trust_remote_code)
+            processor = AutoTokenizer.from_pretrained(name, trust_remote_code=trust_remote_code)
         except (OSError, ValueError) as exc:
             raise ModelLoadError(f"could not load the tokenizer of {name!r}: {exc}") from exc
+    bundle = bundle_from_model(model, processor, name=name, layers_path=layers_path)
+    logger.info("loaded %s (%s, %d layers) from %s", family.name, config.model_type, bundle.num_layers, name)
+    return bundle
+
+
+def bundle_from_model(
+    model: nn.Module, processor: Any, *, name: str = "", layers_path: str | None = None
+) -> ModelBundle:
+    """A :class:`ModelBundle` around a model already in memory (e.g. built or trained in this process).
+
+    Args:
+        model: a supported VLM or causal LM (``model.config.model_type`` decides the family).
+        processor: the VLM's processor, or the LLM's tokenizer.
+        name: what the bundle reports as its origin.
+        layers_path: dotted attribute path of the decoder layers, overriding discovery.
+
+    The tokenizer is set to pad on the left (with the EOS token when it has no pad token), as
+    :func:`load_model` leaves it.
+
+    Raises:
+        ModelLoadError: unsupported model type, or a VLM given a tokenizer instead of its processor.
+    """
+    config: Any = getattr(model, "config", None)
+    family = _family_of(config)
+    tokenizer = getattr(processor, "tokenizer", None) if family.is_vlm else processor
+    if tokenizer is None:
+        raise ModelLoadError(
+            f"{family.name} model {name!r} needs its processor (with a tokenizer), got {type(processor).__name__}"
+        )
     tokenizer.padding_side = "left"
     if tokenizer.pad_token is None and tokenizer.eos_token is not None:
         tokenizer.pad_token = tokenizer.eos_token
-    layers = decoder_layers(model, layers_path)
-    bundle = ModelBundle(
+    return ModelBundle(
         model=model,
         tokenizer=tokenizer,
-        processor=processor,
+        processor=processor if family.is_vlm else None,
         family=family.name,
-        layers=layers,
+        layers=decoder_layers(model, layers_path),
         name=name,
         image_token_id=family.image_token_id(config),
         extra={"model_type": config.model_type, "layers_path": layers_path},
     )
-    logger.info("loaded %s (%s, %d layers) from %s", family.name, config.model_type, bundle.num_layers, name)
-    return bundle
 
 
 def load_image(image: Any) -> Any:
