@@ -22,4 +22,5 @@ class Loader(Protocol):
     ) -> list[Sample]: ...
 
 
-LOADERS: Registry[Loader] = Registry("benchmark")
+#: benchmark name -> loader; packages add loaders through the entry-point group ``vlsafe.benchmarks``
+LOADERS: Registry[Loader] = Registry("benchmark", entry_points="vlsafe.benchmarks")
