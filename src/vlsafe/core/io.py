@@ -1,0 +1,222 @@
+"""File reading and writing shared by every layer: JSON lines, JSON documents, atomic writes.
+
+Readers raise :class:`~vlsafe.core.errors.InputError` naming ``file:line`` and the broken rule. JSON-lines
+readers skip blank lines and yield ``(line number, object)`` with 1-based physical line numbers.
+
+Append-only files (a run directory's ``samples.jsonl``, written one flushed line per record) can end in a
+line that a crash cut short. ``torn_tail=True`` reads them as the writer left them: an unterminated last
+line, or a malformed last non-blank line, is skipped with a warning instead of raising; a malformed line
+anywhere else is still an error.
+
+Writers replace a file atomically: the text goes to a temporary file in the same folder, is flushed to
+disk, then ``os.replace`` puts it in place, so a reader never sees a half-written file.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from vlsafe.core.errors import InputError
+
+__all__ = [
+    "iter_json_rows",
+    "iter_jsonl",
+    "read_json",
+    "read_jsonl",
+    "write_json_atomic",
+    "write_jsonl_atomic",
+    "write_text_atomic",
+]
+
+logger = logging.getLogger(__name__)
+
+
+def _existing(path: str | Path, what: str) -> Path:
+    file = Path(path)
+    if not file.is_file():
+        raise InputError(f"{what} {str(file)!r} does not exist")
+    return file
+
+
+def _parse_line(file: Path, number: int, raw: bytes, required: Sequence[str]) -> dict[str, Any]:
+    """The JSON object on one line; ``InputError`` naming ``file:number`` otherwise."""
+    try:
+        obj = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise InputError(f"{file}:{number}: not valid JSON ({exc.msg} at column {exc.colno})") from None
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{file}:{number}: not valid UTF-8 ({exc.reason})") from None
+    if not isinstance(obj, dict):
+        raise InputError(f"{file}:{number}: expected a JSON object, got {type(obj).__name__}")
+    missing = [key for key in required if key not in obj]
+    if missing:
+        raise InputError(f"{file}:{number}: the object lacks the key(s) {missing}")
+    return obj
+
+
+def iter_jsonl(
+    path: str | Path,
+    what: str = "JSON-lines file",
+    *,
+    torn_tail: bool = False,
+    required: Sequence[str] = (),
+) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Yield ``(line number, object)`` for each non-blank line of a JSON-lines file.
+
+    Args:
+        path: the file.
+        what: what the file is, for the missing-file message ("training data", "retrieval corpus").
+        torn_tail: read an append-only file whose last write may have been cut short: an unterminated
+            last line, and a malformed last non-blank line, are skipped with a warning.
+        required: keys every object must hold (a line lacking one is malformed).
+
+    Raises:
+        InputError: the file does not exist, or a line is not valid JSON, not a JSON object, or lacks a
+            required key (the message names ``file:line``).
+    """
+    file = _existing(path, what)
+    with file.open("rb") as fh:
+        pending: tuple[int, bytes] | None = None  # the last non-blank line, parsed once another follows
+        for number, raw in enumerate(fh, start=1):
+            if not raw.strip():
+                continue
+            if pending is not None:
+                yield pending[0], _parse_line(file, *pending, required)
+            pending = (number, raw)
+    if pending is None:
+        return
+    number, raw = pending
+    if torn_tail and not raw.endswith(b"\n"):
+        logger.warning("ignoring the unterminated final line %d of %s", number, file)
+        return
+    try:
+        obj = _parse_line(file, number, raw, required)
+    except InputError:
+        if not torn_tail:
+            raise
+        logger.warning("ignoring the malformed final line %d of %s", number, file)
+        return
+    yield number, obj
+
+
+def read_jsonl(
+    path: str | Path,
+    what: str = "JSON-lines file",
+    *,
+    torn_tail: bool = False,
+    required: Sequence[str] = (),
+) -> list[dict[str, Any]]:
+    """The objects of a JSON-lines file, in order (see :func:`iter_jsonl` for the arguments and errors)."""
+    return [obj for _, obj in iter_jsonl(path, what, torn_tail=torn_tail, required=required)]
+
+
+def iter_json_rows(path: str | Path, what: str = "data file") -> Iterator[tuple[int, dict[str, Any]]]:
+    """Yield ``(line number, object)`` for each element of a JSON array file or each line of a JSON-lines file.
+
+    A file whose first non-blank character is ``[`` is one JSON array (as published datasets ship their
+    ``train.json``); its elements are decoded one at a time and numbered by the line they start on. Any
+    other file is read as JSON lines (:func:`iter_jsonl`).
+
+    Raises:
+        InputError: the file does not exist, is malformed, or an element is not a JSON object (the message
+            names ``file:line``).
+    """
+    file = _existing(path, what)
+    if not _is_array(file):
+        yield from iter_jsonl(file, what)
+        return
+    text = file.read_text(encoding="utf-8")
+    decoder = json.JSONDecoder()
+    line, counted = 1, 0  # line number at offset ``counted``
+
+    def line_at(pos: int) -> int:
+        nonlocal line, counted
+        line += text.count("\n", counted, pos)
+        counted = pos
+        return line
+
+    def skip(pos: int) -> int:
+        while pos < len(text) and text[pos].isspace():
+            pos += 1
+        return pos
+
+    pos = skip(text.index("[") + 1)
+    if pos < len(text) and text[pos] == "]":
+        return
+    while True:
+        start = line_at(pos)
+        try:
+            value, pos = decoder.raw_decode(text, pos)
+        except json.JSONDecodeError as exc:
+            raise InputError(f"{file}:{exc.lineno}: not valid JSON ({exc.msg} at column {exc.colno})") from None
+        if not isinstance(value, dict):
+            raise InputError(f"{file}:{start}: expected a JSON object, got {type(value).__name__}")
+        yield start, value
+        pos = skip(pos)
+        if pos < len(text) and text[pos] == ",":
+            pos = skip(pos + 1)
+            continue
+        if pos < len(text) and text[pos] == "]":
+            return
+        raise InputError(f"{file}:{line_at(pos)}: expected ',' or ']' between array elements")
+
+
+def _is_array(file: Path) -> bool:
+    """Whether the first non-blank character of ``file`` is ``[``."""
+    with file.open("rb") as fh:
+        while block := fh.read(1 << 16):
+            head = block.lstrip()
+            if head:
+                return head.startswith(b"[")
+    return False
+
+
+def read_json(path: str | Path, what: str = "JSON file") -> Any:
+    """The JSON document in ``path``.
+
+    Raises:
+        InputError: the file does not exist or is not valid JSON (the message names ``file:line``).
+    """
+    file = _existing(path, what)
+    try:
+        return json.loads(file.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise InputError(f"{file}:{exc.lineno}: not valid JSON ({exc.msg} at column {exc.colno})") from None
+
+
+def write_text_atomic(path: str | Path, text: str) -> Path:
+    """Replace ``path`` with ``text`` (UTF-8) atomically, creating its folder; returns the path.
+
+    The text is written to a temporary file beside ``path`` (same folder, so the rename never crosses file
+    systems), flushed and synced, then renamed over ``path`` with ``os.replace``.
+    """
+    file = Path(path)
+    file.parent.mkdir(parents=True, exist_ok=True)
+    tmp = file.with_name(f".{file.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    try:
+        with tmp.open("w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, file)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return file
+
+
+def write_json_atomic(path: str | Path, data: Any, *, indent: int | None = 2) -> Path:
+    """Replace ``path`` with ``data`` as JSON (values JSON cannot hold are written as ``str``); atomic."""
+    return write_text_atomic(path, json.dumps(data, indent=indent, ensure_ascii=False, default=str))
+
+
+def write_jsonl_atomic(path: str | Path, rows: Iterable[Any]) -> Path:
+    """Replace ``path`` with ``rows`` as JSON lines, one per row, each ending in a newline; atomic."""
+    text = "".join(json.dumps(row, ensure_ascii=False, default=str) + "\n" for row in rows)
+    return write_text_atomic(path, text)
