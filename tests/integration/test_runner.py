@@ -120,7 +120,7 @@ def test_jsonl_repair_rules(tmp_path):
     assert [r["id"] for r in read_records(path)] == ["a"]
     assert repair_tail(path) == len("not json\n")
     path.write_text('{"id": "a"}\nnot json\n{"id": "b"}\n')  # broken line in the middle: an error
-    with pytest.raises(InputError, match=r"x\.jsonl:2: malformed"):
+    with pytest.raises(InputError, match=r"x\.jsonl:2: not valid JSON"):
         read_records(path)
 
 

@@ -112,3 +112,10 @@ def test_a_failed_write_keeps_the_old_file(tmp_path: Path) -> None:
         write_text_atomic(target, 3)  # type: ignore[arg-type]
     assert target.read_text() == '{"old": true}'
     assert os.listdir(tmp_path) == ["r.json"]
+
+
+def test_torn_tail_after_an_unterminated_line_tolerates_the_line_before(tmp_path: Path) -> None:
+    f = _write(tmp_path / "s.jsonl", '{"id": "a"}\nnot json\n\n{"id": "c", "resp')
+    assert read_jsonl(f, torn_tail=True) == [{"id": "a"}]
+    with pytest.raises(InputError, match=r"s\.jsonl:2: not valid JSON"):
+        read_jsonl(f)

@@ -186,20 +186,20 @@ def test_malformed_rows_name_file_and_line(tmp_path):
     root = _copy(tmp_path, "vlsafe")
     path = root / "VLSafe_harmlessness_examine.jsonl"
     path.write_text(path.read_text() + '{"image_id": "1.jpg", "query": \n')
-    with pytest.raises(InputError, match=r"VLSafe_harmlessness_examine.jsonl line 4: not valid JSON"):
+    with pytest.raises(InputError, match=r"VLSafe_harmlessness_examine.jsonl:4: not valid JSON"):
         load_benchmark("vlsafe", root)
     path.write_text('{"image_id": "1.jpg"}\n')
-    with pytest.raises(InputError, match=r"line 1: missing field 'query'"):
+    with pytest.raises(InputError, match=r"jsonl:1: missing field 'query'"):
         load_benchmark("vlsafe", root)
     root = _copy(tmp_path, "strongreject")
     csv_path = root / "strongreject_dataset.csv"
     csv_path.write_text(csv_path.read_text() + "Violence,custom\n")
     with pytest.raises(
-        InputError, match=r"strongreject_dataset.csv line 5: row has 2 fields where the header has 3"
+        InputError, match=r"strongreject_dataset.csv:5: row has 2 fields where the header has 3"
     ):
         load_benchmark("strongreject", root)
     csv_path.write_text("category,prompt\nViolence,x\n")
-    with pytest.raises(InputError, match=r"line 1: header lacks column\(s\) \['forbidden_prompt'\]"):
+    with pytest.raises(InputError, match=r"csv:1: header lacks column\(s\) \['forbidden_prompt'\]"):
         load_benchmark("strongreject", root)
 
 
@@ -210,7 +210,7 @@ def test_escaping_image_paths_are_rejected(tmp_path, bad):
     data[1]["image"] = bad
     (root / "siuo_gen.json").write_text(json.dumps(data))
     (root / "images").rename(root / "imgs_unused")  # so the raw path is used as is
-    with pytest.raises(InputError, match=r"siuo_gen.json record 1: image path .*(absolute|'\.\.')"):
+    with pytest.raises(InputError, match=r"siuo_gen.json:1: image path .*(absolute|'\.\.')"):
         load_benchmark("siuo", root)
 
 
@@ -228,7 +228,7 @@ def test_bad_labels_and_answers(tmp_path):
         '{"question_id": 1, "image": "a.jpg", "text": "Is it?", "label": "maybe"}\n'
     )
     with pytest.raises(
-        InputError, match=r"coco_pope_random.json line 1: field 'label' must be 'yes' or 'no'"
+        InputError, match=r"coco_pope_random.json:1: field 'label' must be 'yes' or 'no'"
     ):
         load_benchmark("pope", root, split="random")
     root = _copy(tmp_path, "scienceqa")

@@ -22,7 +22,7 @@ from vlsafe.methods.training import (
     load_checkpoint,
     masked_mean,
     middle_third,
-    read_jsonl,
+    read_tga_records,
     save_checkpoint,
 )
 from vlsafe.methods.training.checkpoint import latest_checkpoint
@@ -79,18 +79,26 @@ def test_load_corpus_formats_and_errors(tmp_path: Path) -> None:
         load_corpus(tmp_path / "bad.jsonl")
 
 
-def test_read_jsonl_names_file_and_line(tmp_path: Path) -> None:
+def test_read_tga_records_names_file_and_line(tmp_path: Path) -> None:
     good = {"instruction": "q", "answer": "a", "caption": "c"}
     f = tmp_path / "d.jsonl"
     f.write_text(json.dumps(good) + "\n" + json.dumps({**good, "answer": " "}) + "\n")
     with pytest.raises(InputError, match=r"d.jsonl:2: answer: .*non-empty"):
-        read_jsonl(f, TGARecord)
+        read_tga_records(f)
     f.write_text(json.dumps(good) + "\n{broken\n")
     with pytest.raises(InputError, match=r"d.jsonl:2: not valid JSON"):
-        read_jsonl(f, TGARecord)
+        read_tga_records(f)
     f.write_text(json.dumps({**good, "extra": 1}) + "\n")
     with pytest.raises(InputError, match=r"d.jsonl:1: extra"):
-        read_jsonl(f, TGARecord)
+        read_tga_records(f)
+    f.write_text("\n" + json.dumps({**good, "image": "missing.png"}) + "\n")
+    with pytest.raises(InputError, match=r"d.jsonl:2: image .*missing.png not found"):
+        read_tga_records(f)
+    f.write_text("\n")
+    with pytest.raises(InputError, match=r"training data .*d.jsonl holds no records"):
+        read_tga_records(f)
+    with pytest.raises(InputError, match=r"training data '.*nope.jsonl' does not exist"):
+        read_tga_records(tmp_path / "nope.jsonl")
 
 
 def test_attach_retrieved_queries_and_excludes_own_caption() -> None:

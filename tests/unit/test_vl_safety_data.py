@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from vlsafe.core.errors import ConfigError, InputError
-from vlsafe.data.vl_safety import iter_json_rows, load_llava, load_spavl, load_vlguard
+from vlsafe.data.vl_safety import load_llava, load_spavl, load_vlguard
 from vlsafe.methods.training.mixing import DataSource, load_sources, mix_records
 from vlsafe.methods.training.vl_safety_gen import generate_spavl, generate_vlguard, synthetic_vl_records
 
@@ -50,16 +50,6 @@ def _write(tmp_path: Path, rows: list[object] | str, name: str = "d.json") -> Pa
     p.write_text(rows if isinstance(rows, str) else json.dumps(rows, indent=1))
     (tmp_path / "a.png").write_bytes(b"x")
     return p
-
-
-def test_iter_json_rows_lines_for_array_and_jsonl(tmp_path: Path) -> None:
-    p = _write(tmp_path, '[\n  {"a": 1},\n\n  {"a": 2}\n]\n')
-    assert list(iter_json_rows(p)) == [(2, {"a": 1}), (4, {"a": 2})]
-    q = _write(tmp_path, '{"a": 1}\n\n{"a": 2}\n', "d.jsonl")
-    assert list(iter_json_rows(q)) == [(1, {"a": 1}), (3, {"a": 2})]
-    bad = _write(tmp_path, '{"a": 1}\n{"a": \n', "bad.jsonl")
-    with pytest.raises(InputError, match=r"bad\.jsonl:2: not valid JSON"):
-        list(iter_json_rows(bad))
 
 
 GOOD = {"id": "x", "image": "a.png", "safe": False, "instr-resp": [{"instruction": "q", "response": "r"}]}

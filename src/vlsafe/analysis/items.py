@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
 from vlsafe.core.errors import InputError
+from vlsafe.core.io import iter_jsonl
 from vlsafe.models import InputItem
 
 T = TypeVar("T")
@@ -40,21 +40,6 @@ def as_items(items: Sequence[Any]) -> list[InputItem]:
     return out
 
 
-def _read_jsonl(path: Path) -> list[dict[str, Any]]:
-    rows = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise InputError(f"{path}:{n}: not valid JSON ({exc.msg})") from None
-        if not isinstance(row, dict) or not isinstance(row.get("text"), str):
-            raise InputError(f"{path}:{n}: each line must be an object with a string 'text'")
-        rows.append(row)
-    return rows
-
-
 def load_items(
     source: str | Path,
     *,
@@ -74,7 +59,9 @@ def load_items(
     if path.is_file():
         if path.suffix == ".jsonl":
             items = []
-            for row in _read_jsonl(path):
+            for number, row in iter_jsonl(path, "prompt file"):
+                if not isinstance(row.get("text"), str):
+                    raise InputError(f"{path}:{number}: each line must be an object with a string 'text'")
                 image = row.get("image")
                 if image is not None and not Path(image).is_absolute():
                     image = str(path.parent / image)

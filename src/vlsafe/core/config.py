@@ -29,12 +29,14 @@ def read_yaml_mapping(path: str | Path, what: str = "config") -> dict[str, Any]:
     return data
 
 
+def validation_problems(exc: ValidationError, root: str = "config") -> str:
+    """``field.path: message`` for each error in ``exc``, joined by ``"; "``; ``root`` names a whole-object error."""
+    return "; ".join(f"{'.'.join(str(p) for p in err['loc']) or root}: {err['msg']}" for err in exc.errors())
+
+
 def validate_config(cls: type[M], data: dict[str, Any], what: str | None = None) -> M:
     """``cls.model_validate(data)``, turning pydantic's errors into one ``ConfigError`` naming each field."""
     try:
         return cls.model_validate(data)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or 'config'}: {err['msg']}" for err in exc.errors()
-        )
-        raise ConfigError(f"invalid {what or cls.__name__}: {problems}") from None
+        raise ConfigError(f"invalid {what or cls.__name__}: {validation_problems(exc)}") from None

@@ -5,8 +5,8 @@ readers skip blank lines and yield ``(line number, object)`` with 1-based physic
 
 Append-only files (a run directory's ``samples.jsonl``, written one flushed line per record) can end in a
 line that a crash cut short. ``torn_tail=True`` reads them as the writer left them: an unterminated last
-line, or a malformed last non-blank line, is skipped with a warning instead of raising; a malformed line
-anywhere else is still an error.
+line is skipped, and so is a malformed last non-blank line of what remains, each with a warning instead of
+an error; a malformed line anywhere else is still an error.
 
 Writers replace a file atomically: the text goes to a temporary file in the same folder, is flushed to
 disk, then ``os.replace`` puts it in place, so a reader never sees a half-written file.
@@ -73,7 +73,7 @@ def iter_jsonl(
         path: the file.
         what: what the file is, for the missing-file message ("training data", "retrieval corpus").
         torn_tail: read an append-only file whose last write may have been cut short: an unterminated
-            last line, and a malformed last non-blank line, are skipped with a warning.
+            last line is skipped, then a malformed last non-blank line of the rest, each with a warning.
         required: keys every object must hold (a line lacking one is malformed).
 
     Raises:
@@ -86,15 +86,15 @@ def iter_jsonl(
         for number, raw in enumerate(fh, start=1):
             if not raw.strip():
                 continue
+            if torn_tail and not raw.endswith(b"\n"):  # only the last line can lack its newline
+                logger.warning("ignoring the unterminated final line %d of %s", number, file)
+                break
             if pending is not None:
                 yield pending[0], _parse_line(file, *pending, required)
             pending = (number, raw)
     if pending is None:
         return
     number, raw = pending
-    if torn_tail and not raw.endswith(b"\n"):
-        logger.warning("ignoring the unterminated final line %d of %s", number, file)
-        return
     try:
         obj = _parse_line(file, number, raw, required)
     except InputError:

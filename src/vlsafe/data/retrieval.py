@@ -10,7 +10,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from collections import Counter
@@ -21,6 +20,7 @@ from typing import Any, Protocol
 import torch
 
 from vlsafe.core.errors import ConfigError, InputError
+from vlsafe.core.io import iter_jsonl
 from vlsafe.core.registry import Registry
 
 #: The first user turn of TGA training and inference.
@@ -68,22 +68,16 @@ def load_corpus(path: str | Path) -> list[str]:
     """Corpus texts from a ``.txt`` file (one per line) or ``.jsonl`` (``"text"`` or ``"caption"`` field)."""
     file = Path(path)
     if not file.is_file():
-        raise InputError(f"retrieval corpus {file} does not exist")
+        raise InputError(f"retrieval corpus {str(file)!r} does not exist")
     texts: list[str] = []
-    for number, line in enumerate(file.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        if file.suffix == ".jsonl":
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise InputError(f"{file}:{number}: not valid JSON ({exc.msg})") from None
-            text = row.get("text", row.get("caption")) if isinstance(row, dict) else None
+    if file.suffix == ".jsonl":
+        for number, row in iter_jsonl(file, "retrieval corpus"):
+            text = row.get("text", row.get("caption"))
             if not isinstance(text, str) or not text.strip():
                 raise InputError(f"{file}:{number}: needs a non-empty 'text' (or 'caption') string")
             texts.append(text.strip())
-        else:
-            texts.append(line.strip())
+    else:
+        texts = [line.strip() for line in file.read_text(encoding="utf-8").splitlines() if line.strip()]
     if not texts:
         raise InputError(f"retrieval corpus {file} is empty")
     return texts

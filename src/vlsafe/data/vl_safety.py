@@ -24,19 +24,17 @@ offline harmful-prompt sets.
 
 from __future__ import annotations
 
-import json
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from vlsafe.core.errors import InputError
+from vlsafe.core.io import iter_json_rows
 from vlsafe.evals.sample import check_relative_path
 
 __all__ = [
     "PreferenceRecord",
     "SFTRecord",
-    "iter_json_rows",
     "load_llava",
     "load_spavl",
     "load_vlguard",
@@ -77,62 +75,6 @@ class PreferenceRecord:
     image: Any = None
     category: str | None = None
     source: str = ""
-
-
-def iter_json_rows(path: str | Path) -> Iterator[tuple[int, Any]]:
-    """Yield ``(line, value)`` for each element of a JSON array file or each line of a JSON-lines file.
-
-    The line is 1-based: the line where the element starts. Blank JSON-lines lines are skipped.
-
-    Raises:
-        InputError: a missing file, or malformed JSON (the message names ``file:line``).
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"data file {str(path)!r} does not exist")
-    text = path.read_text(encoding="utf-8")
-    stripped = text.lstrip()
-    if stripped.startswith("["):
-        yield from _iter_array(path, text)
-        return
-    for n, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            yield n, json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise InputError(f"{path}:{n}: not valid JSON ({exc.msg} at column {exc.colno})") from None
-
-
-def _iter_array(path: Path, text: str) -> Iterator[tuple[int, Any]]:
-    decoder = json.JSONDecoder()
-    pos = text.index("[") + 1
-
-    def skip(p: int) -> int:
-        while p < len(text) and text[p].isspace():
-            p += 1
-        return p
-
-    pos = skip(pos)
-    if pos < len(text) and text[pos] == "]":
-        return
-    while True:
-        line = text.count("\n", 0, pos) + 1
-        try:
-            value, pos = decoder.raw_decode(text, pos)
-        except json.JSONDecodeError as exc:
-            raise InputError(
-                f"{path}:{exc.lineno}: not valid JSON ({exc.msg} at column {exc.colno})"
-            ) from None
-        yield line, value
-        pos = skip(pos)
-        if pos < len(text) and text[pos] == ",":
-            pos = skip(pos + 1)
-            continue
-        if pos < len(text) and text[pos] == "]":
-            return
-        line = text.count("\n", 0, pos) + 1
-        raise InputError(f"{path}:{line}: expected ',' or ']' between array elements")
 
 
 def default_image_dir(path: Path) -> Path:
@@ -214,8 +156,6 @@ def load_vlguard(
     seen: dict[str, str] = {}
     for line, row in iter_json_rows(path):
         where = f"{path}:{line}"
-        if not isinstance(row, dict):
-            raise InputError(f"{where}: each entry must be a JSON object; got {type(row).__name__}")
         entry_id = row.get("id")
         if not isinstance(entry_id, (str, int)) or str(entry_id) == "":
             raise InputError(f"{where}: field 'id' must be a non-empty string; got {entry_id!r}")
@@ -252,8 +192,6 @@ def load_spavl(
     seen: dict[str, str] = {}
     for index, (line, row) in enumerate(iter_json_rows(path)):
         where = f"{path}:{line}"
-        if not isinstance(row, dict):
-            raise InputError(f"{where}: each entry must be a JSON object; got {type(row).__name__}")
         rid = str(row.get("id", f"spavl-{index}"))
         if rid in seen:
             raise InputError(f"{where}: id {rid!r} already used at {seen[rid]}")
@@ -285,8 +223,6 @@ def load_llava(
     records: list[SFTRecord] = []
     for index, (line, row) in enumerate(iter_json_rows(path)):
         where = f"{path}:{line}"
-        if not isinstance(row, dict):
-            raise InputError(f"{where}: each entry must be a JSON object; got {type(row).__name__}")
         turns = row.get("conversations")
         if not isinstance(turns, list) or len(turns) < 2 or len(turns) % 2:
             raise InputError(f"{where}: field 'conversations' must be a list of human/gpt turn pairs")

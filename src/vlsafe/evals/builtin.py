@@ -279,7 +279,7 @@ def read_prompt_list(path: Path) -> list[tuple[str, str]]:
             category = line.lstrip("# ").strip() or category
             continue
         if "\t" in line:
-            raise InputError(f"{path} line {n}: prompts must not contain tab characters")
+            raise InputError(f"{path}:{n}: prompts must not contain tab characters")
         out.append((category, line))
     return out
 

@@ -25,9 +25,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from vlsafe.core.errors import ConfigError, InputError
+from vlsafe.core.io import read_json, read_jsonl, write_json_atomic
 from vlsafe.evals.config import EvalConfig, generation_fingerprint
 
 logger = logging.getLogger(__name__)
@@ -83,37 +82,18 @@ def repair_tail(path: Path) -> int:
 
 
 def read_records(path: Path) -> list[dict[str, Any]]:
-    """Read a JSONL records file; the first record of each id wins.
+    """Read a JSONL records file (objects with an ``id``); the first record of each id wins.
 
-    An unterminated or unparsable *last* line (a crash mid-write) is dropped with a warning, exactly
+    An unterminated or malformed *last* line (a crash mid-write) is dropped with a warning, exactly
     as :func:`repair_tail` would cut it; a malformed line elsewhere raises ``InputError`` naming the
-    file and line.
+    file and line. A missing file holds no records.
     """
     path = Path(path)
     if not path.is_file():
         return []
-    raw = path.read_bytes()
-    lines = raw.split(b"\n")
-    # ``lines[-1]`` is b"" for a newline-terminated file, else an unterminated (crash-cut) line.
-    if lines[-1].strip():
-        logger.warning("ignoring an unterminated final line of %s", path)
-    lines = lines[:-1]
-    while lines and not lines[-1].strip():
-        lines.pop()
     out: list[dict[str, Any]] = []
     seen: set[str] = set()
-    for lineno, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-            if not isinstance(rec, dict) or "id" not in rec:
-                raise ValueError("not a record object with an 'id'")
-        except (ValueError, UnicodeDecodeError) as exc:
-            if lineno == len(lines):
-                logger.warning("ignoring a malformed final line %d of %s", lineno, path)
-                continue
-            raise InputError(f"{path}:{lineno}: malformed record line ({exc})") from None
+    for rec in read_jsonl(path, "records file", torn_tail=True, required=("id",)):
         rid = str(rec["id"])
         if rid not in seen:
             seen.add(rid)
@@ -199,7 +179,7 @@ class RunDir:
             if self.samples_path.is_file() and self.samples_path.stat().st_size > 0:
                 raise ConfigError(f"{self.path} has samples.jsonl but no run.json; refusing to mix runs")
             return
-        stored = json.loads(self.meta_path.read_text(encoding="utf-8")).get("fingerprint", {})
+        stored = read_json(self.meta_path, "run file").get("fingerprint", {})
         new = {**generation_fingerprint(config), **(extra or {})}
         diffs = [
             f"{k}: {stored.get(k)!r} -> {new.get(k)!r}"
@@ -219,9 +199,7 @@ class RunDir:
         self.path.mkdir(parents=True, exist_ok=True)
         config.to_yaml(self.config_path)
         meta = {"fingerprint": {**generation_fingerprint(config), **(extra or {})}, **(meta or {})}
-        tmp = self.meta_path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(meta, indent=2, default=str), encoding="utf-8")
-        os.replace(tmp, self.meta_path)
+        write_json_atomic(self.meta_path, meta)
 
     # -- records -----------------------------------------------------------------------------
     def records(self) -> list[dict[str, Any]]:
@@ -256,22 +234,11 @@ class RunDir:
 
     def write_results(self, results: dict[str, Any]) -> Path:
         """Atomically (re)write ``results.json``."""
-        tmp = self.results_path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(results, indent=2, default=str), encoding="utf-8")
-        os.replace(tmp, self.results_path)
-        return self.results_path
+        return write_json_atomic(self.results_path, results)
 
     def read_results(self) -> dict[str, Any]:
+        """The stored ``results.json`` (``{}`` before the first results are written)."""
         if not self.results_path.is_file():
             return {}
-        return json.loads(self.results_path.read_text(encoding="utf-8"))
-
-    def read_meta(self) -> dict[str, Any]:
-        if not self.meta_path.is_file():
-            return {}
-        return json.loads(self.meta_path.read_text(encoding="utf-8"))
-
-    def stored_config(self) -> dict[str, Any] | None:
-        if not self.config_path.is_file():
-            return None
-        return yaml.safe_load(self.config_path.read_text(encoding="utf-8"))
+        results: dict[str, Any] = read_json(self.results_path, "results file")
+        return results

@@ -11,7 +11,7 @@ from __future__ import annotations
 from vlsafe.report import figures
 from vlsafe.report.figures import bar_with_intervals, line_curves, png_bytes, save_png
 from vlsafe.report.html import ReportFigure, ReportTable, Section, render_markdown, render_page, text_to_html
-from vlsafe.report.io import RESULTS_SCHEMA_VERSION, RunData, load_run, read_jsonl
+from vlsafe.report.io import RESULTS_SCHEMA_VERSION, RunData, load_run
 from vlsafe.report.tables import fmt_ci, fmt_value, html_table, table
 from vlsafe.report.writer import build_sections, write_report
 
@@ -30,7 +30,6 @@ __all__ = [
     "line_curves",
     "load_run",
     "png_bytes",
-    "read_jsonl",
     "render_markdown",
     "render_page",
     "save_png",

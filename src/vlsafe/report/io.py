@@ -30,22 +30,20 @@ A run directory holds:
   ``null``) and ``mean_score`` (``{"mean","n"}`` or ``null``).
 
 Missing ``metrics`` are recomputed from the records when they carry verdicts; a missing
-``results.json`` is allowed when ``samples.jsonl`` exists.
+``results.json`` is allowed when ``samples.jsonl`` exists. A last line of either JSON-lines file that a
+crash cut short is skipped (``torn_tail`` in :func:`vlsafe.core.io.iter_jsonl`).
 """
 
 from __future__ import annotations
 
-import json
-import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from vlsafe.core.errors import InputError
+from vlsafe.core.io import read_json, read_jsonl
 
-logger = logging.getLogger(__name__)
-
-__all__ = ["RESULTS_SCHEMA_VERSION", "RunData", "load_run", "read_jsonl"]
+__all__ = ["RESULTS_SCHEMA_VERSION", "RunData", "load_run"]
 
 RESULTS_SCHEMA_VERSION = 1
 
@@ -68,24 +66,6 @@ class RunData:
         return self.results.get("judge") or {}
 
 
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    """Read JSON lines; a truncated last line (interrupted run) is skipped with a warning."""
-    rows: list[dict[str, Any]] = []
-    with Path(path).open(encoding="utf-8") as fh:
-        lines = fh.readlines()
-    for i, line in enumerate(lines):
-        if not line.strip():
-            continue
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError as exc:
-            if i == len(lines) - 1:
-                logger.warning("skipping truncated last line of %s", path)
-                continue
-            raise InputError(f"{path}: line {i + 1} is not valid JSON ({exc})") from None
-    return rows
-
-
 def load_run(run_dir: str | Path) -> RunData:
     """Load ``results.json``, ``samples.jsonl`` and ``verdicts.jsonl`` from a run directory.
 
@@ -99,16 +79,14 @@ def load_run(run_dir: str | Path) -> RunData:
         raise InputError(f"run directory {str(run_dir)!r} has neither results.json nor samples.jsonl")
     results: dict[str, Any] = {}
     if res_path.is_file():
-        try:
-            results = json.loads(res_path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as exc:
-            raise InputError(f"{res_path} is not valid JSON ({exc})") from None
+        results = read_json(res_path, "results file")
         if not isinstance(results, dict):
             raise InputError(f"{res_path} must hold a JSON object, got {type(results).__name__}")
-    records = read_jsonl(samples_path) if samples_path.is_file() else []
+    records = read_jsonl(samples_path, "samples file", torn_tail=True) if samples_path.is_file() else []
     verdicts_path = run_dir / "verdicts.jsonl"
     if verdicts_path.is_file():
-        by_id = {str(v["id"]): v for v in read_jsonl(verdicts_path) if v.get("id") is not None}
+        verdicts = read_jsonl(verdicts_path, "verdicts file", torn_tail=True)
+        by_id = {str(v["id"]): v for v in verdicts if v.get("id") is not None}
         records = [
             {**r, "verdict": by_id[str(r.get("id"))]} if str(r.get("id")) in by_id else r for r in records
         ]

@@ -21,15 +21,17 @@ results can only be compared when these agree.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, ValidationError
 
+from vlsafe.core.config import validation_problems
+from vlsafe.core.errors import InputError
+from vlsafe.core.io import iter_jsonl, write_jsonl_atomic
 from vlsafe.core.registry import Registry
 
 logger = logging.getLogger(__name__)
@@ -138,22 +140,22 @@ def attach_verdicts(records: Sequence[dict[str, Any]], verdicts: Sequence[Verdic
 
 
 def write_verdicts(path: Path, verdicts: Iterable[Verdict]) -> Path:
-    """Write verdicts as JSON lines (one per record, keyed by ``id``)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", encoding="utf-8") as fh:
-        for v in verdicts:
-            fh.write(json.dumps(v.model_dump(), ensure_ascii=False) + "\n")
-    return path
+    """Write verdicts as JSON lines (one per record, keyed by ``id``), replacing the file atomically."""
+    return write_jsonl_atomic(path, (v.model_dump() for v in verdicts))
 
 
 def read_verdicts(path: Path) -> dict[str, Verdict]:
-    """Read a verdicts file written by :func:`write_verdicts`; returns ``{id: verdict}``."""
+    """Read a verdicts file written by :func:`write_verdicts`; returns ``{id: verdict}``.
+
+    Raises:
+        InputError: the file is missing, or a line is not a valid verdict (the message names ``file:line``).
+    """
     out: dict[str, Verdict] = {}
-    with Path(path).open(encoding="utf-8") as fh:
-        for line in fh:
-            if line.strip():
-                v = Verdict.model_validate_json(line)
-                if v.id is not None:
-                    out[v.id] = v
+    for number, row in iter_jsonl(path, "verdicts file"):
+        try:
+            v = Verdict.model_validate(row)
+        except ValidationError as exc:
+            raise InputError(f"{path}:{number}: {validation_problems(exc, 'verdict')}") from None
+        if v.id is not None:
+            out[v.id] = v
     return out

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import json
 import logging
 import sys
 from collections.abc import Iterator
@@ -13,12 +12,14 @@ from typing import Any
 from pydantic import ValidationError
 
 from vlsafe.core.errors import InputError
+from vlsafe.core.io import iter_json_rows, iter_jsonl
 from vlsafe.evals.sample import Sample, check_relative_path
 
 logger = logging.getLogger(__name__)
 
-# Some benchmark CSVs hold long context strings; the csv module's default field cap is 128 KiB.
-csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
+#: Field size cap while a benchmark CSV is read: some hold long context strings, beyond the csv module's
+#: default of 128 KiB.
+CSV_FIELD_LIMIT = min(sys.maxsize, 2**31 - 1)
 
 
 def require_dir(data_dir: Path | str | None, benchmark: str, expected: str) -> Path:
@@ -80,61 +81,42 @@ def iter_csv(
 ) -> Iterator[tuple[str, dict[str, str]]]:
     """Yield ``(where, row)`` for each data row; checks the header holds ``required`` columns.
 
-    ``where`` is ``"<file> line <n>"`` with the physical line the row starts on.
+    ``where`` is ``"<file>:<line>"`` with the physical line the row starts on. The file is read with the
+    csv module's field size cap raised to :data:`CSV_FIELD_LIMIT`; the process-wide cap is restored
+    before the first row is yielded.
     """
-    with path.open(newline="", encoding="utf-8-sig") as f:
-        reader = csv.DictReader(f, delimiter=delimiter)
-        header = reader.fieldnames or []
-        missing = [c for c in required if c not in header]
-        if missing:
-            raise InputError(f"{path} line 1: header lacks column(s) {missing}; found {header}")
-        start = reader.line_num + 1
-        for row in reader:
-            where = f"{path} line {start}"
-            if None in row or any(v is None for v in row.values()):
-                n = sum(v is not None for k, v in row.items() if k is not None) + len(row.get(None) or [])  # type: ignore[call-overload]
-                raise InputError(f"{where}: row has {n} fields where the header has {len(header)}")
-            yield where, row
-            start = reader.line_num + 1
-
-
-def iter_jsonl(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
-    """Yield ``(where, obj)`` for each non-blank line of a JSON-lines file."""
-    with path.open(encoding="utf-8") as f:
-        for n, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            where = f"{path} line {n}"
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise InputError(f"{where}: not valid JSON ({err.msg})") from None
-            if not isinstance(obj, dict):
-                raise InputError(f"{where}: expected a JSON object, got {type(obj).__name__}")
-            yield where, obj
-
-
-def read_json(path: Path) -> Any:
-    """Load a JSON document; a syntax error becomes an ``InputError`` with the line number."""
+    saved = csv.field_size_limit(CSV_FIELD_LIMIT)
     try:
-        with path.open(encoding="utf-8") as f:
-            return json.load(f)
-    except json.JSONDecodeError as err:
-        raise InputError(f"{path} line {err.lineno}: not valid JSON ({err.msg})") from None
+        with path.open(newline="", encoding="utf-8-sig") as f:
+            reader = csv.DictReader(f, delimiter=delimiter)
+            header = reader.fieldnames or []
+            rows: list[tuple[int, dict[str, str]]] = []
+            start = reader.line_num + 1
+            for row in reader:
+                rows.append((start, row))
+                start = reader.line_num + 1
+    finally:
+        csv.field_size_limit(saved)
+    missing = [c for c in required if c not in header]
+    if missing:
+        raise InputError(f"{path}:1: header lacks column(s) {missing}; found {header}")
+    for line, row in rows:
+        where = f"{path}:{line}"
+        if None in row or any(v is None for v in row.values()):
+            n = sum(v is not None for k, v in row.items() if k is not None) + len(row.get(None) or [])  # type: ignore[call-overload]
+            raise InputError(f"{where}: row has {n} fields where the header has {len(header)}")
+        yield where, row
 
 
-def json_records(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
-    """Yield ``(where, record)`` from a JSON file holding a list of objects, or a JSON-lines file."""
-    text_start = path.read_text(encoding="utf-8").lstrip()[:1]
-    if text_start != "[":
-        yield from iter_jsonl(path)
-        return
-    data = read_json(path)
-    for i, obj in enumerate(data):
-        where = f"{path} record {i}"
-        if not isinstance(obj, dict):
-            raise InputError(f"{where}: expected a JSON object, got {type(obj).__name__}")
-        yield where, obj
+def json_rows(path: Path, *, arrays: bool = True) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Yield ``(where, object)`` for each object of a JSON-lines file or, with ``arrays``, a JSON array file.
+
+    ``where`` is ``"<file>:<line>"`` (the line an object starts on). Parsing and its errors are
+    :func:`vlsafe.core.io.iter_json_rows` / :func:`vlsafe.core.io.iter_jsonl`.
+    """
+    rows = iter_json_rows(path) if arrays else iter_jsonl(path)
+    for line, obj in rows:
+        yield f"{path}:{line}", obj
 
 
 def finish(

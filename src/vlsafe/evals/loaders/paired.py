@@ -5,13 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 from vlsafe.core.errors import InputError
+from vlsafe.core.io import read_json
 from vlsafe.evals.loaders._common import (
     field,
     find_file,
     finish,
-    json_records,
+    json_rows,
     make_sample,
-    read_json,
     require_dir,
 )
 from vlsafe.evals.loaders._registry import LOADERS
@@ -106,7 +106,7 @@ def load_hades(
     )
     path = find_file(root, ["hades.jsonl", "hades.json", "metadata.jsonl", "test.jsonl"], "hades")
     rows = []
-    for where, row in json_records(path):
+    for where, row in json_rows(path):
         try:
             step = int(field(row, "step", where))
         except (TypeError, ValueError):

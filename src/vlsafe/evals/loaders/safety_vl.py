@@ -9,15 +9,15 @@ from __future__ import annotations
 from pathlib import Path
 
 from vlsafe.core.errors import InputError
+from vlsafe.core.io import read_json
 from vlsafe.evals.attacks import FIGSTEP_PROMPT
 from vlsafe.evals.loaders._common import (
     field,
     find_file,
     finish,
     iter_csv,
-    json_records,
+    json_rows,
     make_sample,
-    read_json,
     require_dir,
     truthy,
 )
@@ -59,7 +59,7 @@ def load_vlsafe(
     path = find_file(root, [name, f"data/{name}", "VLSafe.jsonl"], "vlsafe")
     prefix = image_prefix(root, ["train2017", "coco/train2017", "images"])
     samples = []
-    for n, (where, row) in enumerate(json_records(path)):
+    for n, (where, row) in enumerate(json_rows(path)):
         raw = row.get("image_id", row.get("image"))
         if raw is None or raw == "":
             raise InputError(f"{where}: missing field 'image_id'")
@@ -257,7 +257,7 @@ def load_siuo(
     path = find_file(root, ["siuo_gen.json", "data/siuo_gen.json", "SIUO.json"], "siuo")
     prefix = image_prefix(root, ["images", "data/images"])
     samples = []
-    for where, row in json_records(path):
+    for where, row in json_rows(path):
         samples.append(
             make_sample(
                 where,

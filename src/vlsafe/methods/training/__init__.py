@@ -25,7 +25,7 @@ from vlsafe.methods.training.checkpoint import (
     save_trained_model,
     trainable_state,
 )
-from vlsafe.methods.training.data import TGABatch, TGARecord, encode_tga_batch, read_jsonl, read_tga_records
+from vlsafe.methods.training.data import TGABatch, TGARecord, encode_tga_batch, read_tga_records
 from vlsafe.methods.training.dpo import DPOConfig, DPOObjective, dpo_collate, run_dpo
 from vlsafe.methods.training.encoding import (
     EncodedBatch,
@@ -87,7 +87,6 @@ __all__ = [
     "TGABatch",
     "TGARecord",
     "encode_tga_batch",
-    "read_jsonl",
     "read_tga_records",
     "TGALoss",
     "guide_terms",

@@ -21,7 +21,6 @@ The probe (built once, seeded, written under ``probe_dir``):
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 import time
@@ -32,6 +31,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from vlsafe.core.errors import InputError
+from vlsafe.core.io import read_jsonl, write_jsonl_atomic
 from vlsafe.models.bundle import ModelBundle
 
 logger = logging.getLogger(__name__)
@@ -160,8 +160,7 @@ def read_curve(path: str | Path) -> list[dict[str, Any]]:
     path = Path(path)
     if not path.is_file():
         return []
-    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    return sorted(rows, key=lambda r: r["step"])
+    return sorted(read_jsonl(path, "safety curve", required=("step",)), key=lambda r: r["step"])
 
 
 def curve_figure(curve: str | Path | Sequence[dict[str, Any]], title: str = "Safety during training") -> Any:
@@ -263,7 +262,4 @@ class SafetyTracker:
 
     def _append(self, row: dict[str, Any]) -> None:
         kept = [r for r in read_curve(self.curve_path) if r["step"] < row["step"]]
-        self.curve_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.curve_path.with_suffix(".tmp")
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in [*kept, row]), encoding="utf-8")
-        tmp.replace(self.curve_path)
+        write_jsonl_atomic(self.curve_path, [*kept, row])

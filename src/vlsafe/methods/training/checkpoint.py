@@ -14,7 +14,6 @@ trainable parameters have the same names and order as when the checkpoint was wr
 
 from __future__ import annotations
 
-import json
 import random
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from vlsafe.core.errors import InputError
+from vlsafe.core.io import read_json, write_json_atomic
 
 TRAINABLE_FILE = "trainable.safetensors"
 OPTIMIZER_FILE = "optimizer.safetensors"
@@ -121,9 +121,7 @@ def save_checkpoint(
     rng, rng_meta = _rng_tensors()
     save_file(rng, str(out / RNG_FILE))
     state["rng"] = rng_meta
-    tmp = out / (STATE_FILE + ".tmp")
-    tmp.write_text(json.dumps(state, indent=1, default=str))
-    tmp.replace(out / STATE_FILE)  # written last: its presence marks a complete checkpoint
+    write_json_atomic(out / STATE_FILE, state, indent=1)  # written last: its presence marks a complete checkpoint
     return out
 
 
@@ -181,7 +179,7 @@ def load_checkpoint(
     root = Path(path)
     if not is_checkpoint(root):
         raise InputError(f"{root} is not a complete vlsafe checkpoint (no {STATE_FILE} / {TRAINABLE_FILE})")
-    state = json.loads((root / STATE_FILE).read_text())
+    state: dict[str, Any] = read_json(root / STATE_FILE, "trainer state")
     load_trainable(model, root)
     if optimizer is not None and "optimizer" in state:
         tensors = load_file(str(root / OPTIMIZER_FILE))

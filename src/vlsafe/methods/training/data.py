@@ -14,17 +14,18 @@ retrieved-text tokens, and the answer tokens (the labels). The caption is encode
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
+from vlsafe.core.config import validation_problems
 from vlsafe.core.errors import InputError
+from vlsafe.core.io import iter_jsonl
 from vlsafe.data.retrieval import retrieval_spans
 from vlsafe.methods.training.memory import IGNORE_INDEX
 from vlsafe.models.bundle import ModelBundle
@@ -33,7 +34,6 @@ from vlsafe.models.images import make_variant_image
 from vlsafe.models.inputs import USER_TEXT_SENTINEL, build_inputs, render_user_turn, text_span_mask
 from vlsafe.models.inputs_types import Variant
 
-R = TypeVar("R", bound=BaseModel)
 _ANSWER_SENTINEL = "\ue002vlsafe-answer\ue003"
 
 
@@ -56,46 +56,29 @@ class TGARecord(BaseModel):
         return value
 
 
-def read_jsonl(path: str | Path, model: type[R]) -> list[R]:
-    """Read a JSONL file into pydantic records; errors name ``file:line`` and the broken field.
+def read_tga_records(path: str | Path) -> list[TGARecord]:
+    """Read TGA JSONL; relative image paths become absolute (against the file's folder) and must exist.
 
     Raises:
-        InputError: missing file, invalid JSON, or a record that fails validation.
+        InputError: a missing or empty file, invalid JSON, a record that breaks a field rule, or a missing
+            image (each message names ``file:line``).
     """
     file = Path(path)
-    if not file.is_file():
-        raise InputError(f"training data {file} does not exist")
-    out: list[R] = []
-    for number, line in enumerate(file.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
+    records: list[TGARecord] = []
+    for number, row in iter_jsonl(file, "training data"):
         try:
-            out.append(model.model_validate(json.loads(line)))
-        except json.JSONDecodeError as exc:
-            raise InputError(f"{file}:{number}: not valid JSON ({exc.msg})") from None
+            rec = TGARecord.model_validate(row)
         except ValidationError as exc:
-            problems = "; ".join(
-                f"{'.'.join(map(str, e['loc'])) or 'record'}: {e['msg']}" for e in exc.errors()
-            )
-            raise InputError(f"{file}:{number}: {problems}") from None
-    if not out:
-        raise InputError(f"training data {file} holds no records")
-    return out
-
-
-def read_tga_records(path: str | Path) -> list[TGARecord]:
-    """Read TGA JSONL; relative image paths become absolute (against the file's folder) and must exist."""
-    file = Path(path)
-    records = read_jsonl(file, TGARecord)
-    for number, rec in enumerate(records, 1):
+            raise InputError(f"{file}:{number}: {validation_problems(exc, 'record')}") from None
         if rec.image is not None:
             img = Path(rec.image)
             img = img if img.is_absolute() else (file.parent / img).resolve()
             if not img.is_file():
-                raise InputError(
-                    f"{file}: record {number} ({rec.id or rec.instruction[:30]!r}): image {img} not found"
-                )
+                raise InputError(f"{file}:{number}: image {img} not found")
             rec.image = str(img)
+        records.append(rec)
+    if not records:
+        raise InputError(f"training data {file} holds no records")
     return records
 
 

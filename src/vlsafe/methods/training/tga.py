@@ -22,9 +22,9 @@ import logging
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from vlsafe.core.config import read_yaml_mapping, validate_config
 from vlsafe.core.errors import ConfigError
 from vlsafe.data.retrieval import Retriever, load_corpus, make_retriever
 from vlsafe.methods.training.checkpoint import save_trained_model
@@ -101,19 +101,9 @@ def load_tga_config(path: str | Path) -> TGAConfig:
     """Read a YAML TGA config; relative paths stay relative to the working directory.
 
     Raises:
-        ConfigError: unreadable YAML or a field that breaks its rule (named in the message).
+        ConfigError: a missing file, unreadable YAML, or a field that breaks its rule (named in the message).
     """
-    file = Path(path)
-    if not file.is_file():
-        raise ConfigError(f"TGA config {file} does not exist")
-    try:
-        raw = yaml.safe_load(file.read_text(encoding="utf-8")) or {}
-        return TGAConfig.model_validate(raw)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{file}: invalid YAML ({exc})") from None
-    except ValidationError as exc:
-        msg = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-        raise ConfigError(f"{file}: {msg}") from None
+    return validate_config(TGAConfig, read_yaml_mapping(path, "TGA config"), what=str(path))
 
 
 def build_retriever(config: RetrievalConfig) -> Retriever | None:
