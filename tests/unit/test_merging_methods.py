@@ -1,4 +1,4 @@
-"""Merge methods against hand-computed values, through both the in-memory and the streaming path."""
+"""Merge methods against hand-computed values, through one tensor's kernel in memory and the streaming merge."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from vlsafe.core.errors import ConfigError, InputError
-from vlsafe.methods.merging import METHODS, magnitude_threshold, merge, merge_tensors
+from vlsafe.methods.merging import METHODS, magnitude_threshold, merge
+from vlsafe.methods.merging.kernels import TensorMerge
 from vlsafe.methods.merging.methods import CHUNK, dare_keep_mask
 
 T = torch.tensor
@@ -29,6 +30,32 @@ def _ckpt(root: Path, name: str, tensors: dict[str, torch.Tensor]) -> str:
 def _merged(out: Path, name: str = KEY) -> torch.Tensor:
     with safe_open(str(out / "model.safetensors"), "pt") as f:
         return f.get_tensor(name)
+
+
+def merge_tensors(
+    method: str,
+    tensors: list[torch.Tensor],
+    *,
+    base: torch.Tensor | None = None,
+    weights: list[float] | None = None,
+    seed: int = 0,
+    key: str = "",
+    **params,
+) -> torch.Tensor:
+    """In-memory tensors merged by :class:`TensorMerge`, the kernel the streaming merge runs per tensor."""
+    spec = METHODS.get(method)
+    sources = ([base.reshape(-1)] if base is not None else []) + [t.reshape(-1) for t in tensors]
+    op = TensorMerge(
+        spec,
+        lambda i, start, stop: sources[i][start:stop],
+        numel=tensors[0].numel(),
+        has_base=base is not None,
+        weights=list(weights) if weights is not None else [1.0] * len(tensors),
+        params={**spec.defaults, **params},
+        seed=seed,
+        key=key,
+    )
+    return torch.cat([chunk for _, chunk in op.chunks()]).reshape(tensors[0].shape)
 
 
 def _stream(

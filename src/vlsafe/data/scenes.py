@@ -268,12 +268,6 @@ def make_example(
     )
 
 
-def render_example(seed: int, split: str = "train") -> tuple[Image.Image, str, list[tuple[str, str]]]:
-    """``(image, caption, [(question, answer), ...])`` of ``(split, seed)``; see :func:`make_example`."""
-    ex = make_example(seed, split)
-    return ex.image, ex.caption, [(q.question, q.answer) for q in ex.qa]
-
-
 #: appended to a question to ask for a short answer
 VQA_SUFFIX = " Answer with a single word."
 

@@ -12,7 +12,6 @@ from vlsafe.methods.merging.methods import (
     MethodSpec,
     generalized_task_arithmetic,
     magnitude_threshold,
-    merge_tensors,
     slerp_coefficients,
 )
 from vlsafe.methods.merging.names import LmLayout, detect_layout, layer_index, llm_name_for, vlm_name_for
@@ -36,7 +35,6 @@ __all__ = [
     "llm_name_for",
     "magnitude_threshold",
     "merge",
-    "merge_tensors",
     "plan_merge",
     "resolve_value",
     "run_merge",

@@ -37,7 +37,6 @@ __all__ = [
     "generalized_task_arithmetic",
     "iter_chunks",
     "magnitude_threshold",
-    "merge_tensors",
     "slerp_coefficients",
 ]
 
@@ -315,49 +314,3 @@ def slerp_coefficients(
     omega = math.acos(cos)
     sin = math.sin(omega)
     return math.sin((1.0 - t) * omega) / sin, math.sin(t * omega) / sin
-
-
-def merge_tensors(
-    method: str,
-    tensors: Sequence[torch.Tensor],
-    *,
-    base: torch.Tensor | None = None,
-    weights: Sequence[float] | None = None,
-    seed: int = 0,
-    key: str = "",
-    **params: Any,
-) -> torch.Tensor:
-    """Merge whole in-memory tensors with a registered method (float32 result, same shape).
-
-    The same code path as the streaming merger, chunk for chunk, so results agree exactly.
-
-    Args:
-        method: a name in :data:`METHODS`.
-        tensors: the models' tensors.
-        base: the base tensor (required unless the method is ``linear``).
-        weights: one per model (default 1.0 each).
-        seed: DARE seed; ``key`` names the tensor in the seed derivation.
-        **params: method parameters (``density``, ``lambda``, ``normalize``, ``t``).
-    """
-    from vlsafe.methods.merging.kernels import TensorMerge
-
-    spec = METHODS.get(method)
-    flat = [t.reshape(-1) for t in tensors]
-    flat_base = base.reshape(-1) if base is not None else None
-    sources = ([flat_base] if flat_base is not None else []) + flat
-
-    def read(i: int, start: int, stop: int) -> torch.Tensor:
-        return sources[i][start:stop]
-
-    op = TensorMerge(
-        spec,
-        read,
-        numel=flat[0].numel(),
-        has_base=flat_base is not None,
-        weights=list(weights) if weights is not None else [1.0] * len(flat),
-        params={**spec.defaults, **params},
-        seed=seed,
-        key=key,
-    )
-    out = torch.cat([chunk for _, chunk in op.chunks()]) if flat[0].numel() else torch.empty(0)
-    return out.reshape(tensors[0].shape)
