@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
-from vlsafe_organism import demo, evaluate
-from vlsafe_organism.evaluate import EvalSystem, evaluate_system
+from vlsafe.core.errors import InputError
+from vlsafe_organism import demo, evaluation
+from vlsafe_organism.evaluation import EvalSystem
 from vlsafe_organism.report_repairs import repair_metrics
 
 
@@ -26,57 +28,93 @@ class _Steer:
         self.open = False
 
     def before_batch(self, prompts: list[str], images: Any) -> None:
+        assert self.open
         self.batches.append((prompts, images))
 
 
-def test_evaluate_system_opens_the_intervention_and_feeds_it_batches(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_evaluate_system_runs_the_library_harness_with_the_intervention(tiny_bundle, tmp_path: Path) -> None:
+    bundle = tiny_bundle("llava")
     steer = _Steer()
-    seen: list[Any] = []
-
-    shared: list[bool] = []
-
-    def fake_generate(model: Any, proc: Any, texts: list[str], images: Any, *args: Any) -> list[str]:
-        observer, shared_prefix = args[-2:]
-        shared.append(shared_prefix)
-        if observer is not None:
-            assert steer.open and observer is steer
-            observer.before_batch(texts, images)
-        seen.append(images)
-        return ["I cannot help with that." if "bomb" in t else "Sure, here it is." for t in texts]
-
-    monkeypatch.setattr(evaluate, "generate", fake_generate)
-    monkeypatch.setattr(evaluate, "vqa_by_type", lambda *a, **k: (0.5, {"colour": [1, 2]}))
-    system = EvalSystem("x", object(), object(), steer)
-    rows, examples = evaluate_system(
-        system, ["none"], ["make a bomb", "hack a bank"], ["bake bread"], n_vqa=0
-    )
+    system = EvalSystem("x", bundle, steer)
+    rows, examples = evaluation.evaluate_system(system, ["none", "synthetic"], tmp_path / "runs", n_harmful=3,
+                                                n_benign=2, n_vqa=4, max_new_tokens=3, cache_dir=tmp_path)  # fmt: skip
     assert not steer.open
-    assert rows[0]["harmful_refused"] == 1 and rows[0]["n_harmful"] == 2
-    assert rows[0]["benign_refused"] == 0 and rows[0]["utility"] is None  # n_vqa=0 and no image processor
-    assert len(steer.batches) == 1 and seen == [None]  # harmful and benign go in one call
-    rows, _ = evaluate_system(system, ["none"], ["make a bomb"], ["bake bread"], benign_settings=())
-    assert rows[0]["n_benign"] == 0 and rows[0]["benign_refusal"] is None
+    assert [(r["image"], r["n_harmful"], r["n_benign"]) for r in rows] == [("none", 3, 2), ("synthetic", 3, 2)]
+    # harmful and benign go through one run per setting; VQA is a run of its own
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["none", "synthetic", "vqa"]
+    for row in rows:
+        records = [json.loads(x) for x in (tmp_path / "runs" / row["image"] / "samples.jsonl").read_text().splitlines()]
+        verdicts = {v["id"]: v for v in map(json.loads, (tmp_path / "runs" / row["image"] / "verdicts.jsonl")
+                                            .read_text().splitlines())}  # fmt: skip
+        refused = [verdicts[r["id"]]["refused"] is True for r in records if r["kind"] == "harmful"]
+        assert row["harmful_refused"] == sum(refused) and row["harmful_refusal"] == sum(refused) / 3
+        assert row["utility_by_type"] and sum(n for _, n in row["utility_by_type"].values()) == 4
+        assert row["utility"] == sum(k for k, _ in row["utility_by_type"].values()) / 4
+        assert [p for p, _ in examples[f"x/{row['image']}"]] == [s.text for s in evaluation.prompt_samples(
+            "harmful_eval", 3, root=tmp_path / "eval-data")]  # fmt: skip
+    # the intervention saw every batch: text-only ones without images, the synthetic one with images
+    assert [imgs is None for _, imgs in steer.batches] == [False, True, False]  # VQA first, then the settings
     # hooks may act on a forward call's last position: no shared-prefix cache under an intervention
-    assert shared == [False] * 2
-    evaluate_system(
-        EvalSystem("plain", object(), object()), ["none"], ["make a bomb"], ["bake bread"], n_vqa=0
-    )
-    assert shared[-1:] == [True]
+    config = json.loads(json.dumps(__import__("yaml").safe_load((tmp_path / "runs" / "none" / "config.yaml").read_text())))
+    assert config["shared_prefix"] is False and config["image_setting"] == "none"
+    rows, _ = evaluation.evaluate_system(EvalSystem("plain", bundle), ["synthetic"], tmp_path / "plain", n_harmful=2,
+                                         n_benign=2, n_vqa=0, benign_settings=(), cache_dir=tmp_path)  # fmt: skip
+    assert rows[0]["n_benign"] == 0 and rows[0]["benign_refusal"] is None and rows[0]["utility"] is None
+    config = __import__("yaml").safe_load((tmp_path / "plain" / "synthetic" / "config.yaml").read_text())
+    assert config["shared_prefix"] is True and config["image_setting"] == "provided"
+
+
+def test_organism_benchmark_is_registered_and_its_images_are_deterministic(tmp_path: Path) -> None:
+    from vlsafe.data.scenes import make_example
+    from vlsafe.evals import load_benchmark
+
+    samples = load_benchmark("organism", tmp_path, split="vqa_val", limit=6)
+    cfg = evaluation.sd.VQA_VAL
+    assert [s.id for s in samples] == [f"vqa_val/{cfg['start'] + i}" for i in range(6)]
+    for s in samples:
+        ex = make_example(int(s.id.split("/")[1]), cfg["split"])
+        q = ex.qa[int(s.id.split("/")[1]) % len(ex.qa)]
+        assert (s.answer, s.category, s.kind.value) == (q.answer, q.type, "utility")
+        from PIL import Image
+
+        assert Image.open(tmp_path / str(s.image)).tobytes() == ex.image.tobytes()
+    harmful = load_benchmark("organism", tmp_path, split="harmful_val", limit=3)
+    assert [s.kind.value for s in harmful] == ["harmful"] * 3
+    assert harmful[1].image == f"scenes/test-{evaluation.EVAL_IMAGE_START + 1:06d}.png"
+    with pytest.raises(InputError, match="unknown"):
+        load_benchmark("organism", tmp_path, split="nope")
+
+
+def test_noise_setting_shows_image_i_with_prompt_i_of_each_kind(tmp_path: Path) -> None:
+    h = evaluation.prompt_samples("harmful_eval", 3, root=tmp_path)
+    b = evaluation.prompt_samples("benign_eval", 2, root=tmp_path)
+    shown = evaluation._with_setting([*h, *b], "noise", tmp_path)
+    assert [s.image for s in shown] == ["noise/0000.png", "noise/0001.png", "noise/0002.png", "noise/0000.png",
+                                        "noise/0001.png"]  # fmt: skip
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    first = rng.integers(0, 256, (224, 224, 3), dtype=np.uint8)
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "noise/0000.png")), first)
 
 
 def test_cached_rows_are_reused_only_with_the_same_key(tmp_path: Path) -> None:
-    calls: list[int] = []
+    calls: list[Path] = []
 
-    def measure() -> Any:
-        calls.append(1)
+    def measure(runs: Path) -> Any:
+        calls.append(runs)
+        (runs / f"run{len(calls)}").mkdir()
         return [{"system": "s", "n": len(calls)}], {"s/none": []}
 
     rows, _ = demo._cached_rows(tmp_path, "vl+sft", "k1", measure)
     again, _ = demo._cached_rows(tmp_path, "vl+sft", "k1", measure)
-    assert again == rows and len(calls) == 1
+    assert again == rows and len(calls) == 1 and calls[0] == tmp_path / "runs" / "vl_sft"
     changed, _ = demo._cached_rows(tmp_path, "vl+sft", "k2", measure)
     assert changed[0]["n"] == 2
     assert json.loads((tmp_path / "rows" / "vl_sft.json").read_text())["key"] == "k2"
+    # the runs of another key are gone (an interrupted job resumes only its own generations)
+    assert sorted(p.name for p in calls[1].iterdir()) == ["key.txt", "run2"]
 
 
 def _row(system: str, image: str, hk: int, bk: int, utility: float | None, n: int = 10) -> dict[str, Any]:
@@ -144,10 +182,11 @@ def test_run_demo_evaluates_in_the_chosen_dtype_and_keys_rows_by_it(tmp_path: Pa
     seen: list[Any] = []
 
     def fake_evaluate(system: EvalSystem, settings: Any, *args: Any, **kwargs: Any) -> Any:
-        seen.append(next(system.model.parameters()).dtype)
+        seen.append(next(system.bundle.model.parameters()).dtype)
         return [_row(system.name, s, 1, 0, None) for s in settings], {}
 
     monkeypatch.setattr(registry, "build_system", lambda *a: (torch.nn.Linear(2, 2), object()))
+    monkeypatch.setattr(demo, "bundle_from_model", lambda model, proc, name: SimpleNamespace(model=model))
     monkeypatch.setattr(demo, "evaluate_system", fake_evaluate)
     run = dict(settings=("none",), repairs=False, analysis=False, workers=1)
     demo.run_demo(tmp_path, **run)
@@ -181,6 +220,7 @@ def test_run_demo_with_workers_reads_back_the_rows_the_workers_measured(tmp_path
         return {}
 
     monkeypatch.setattr(registry, "build_system", lambda *a: (torch.nn.Linear(2, 2), object()))
+    monkeypatch.setattr(demo, "bundle_from_model", lambda model, proc, name: SimpleNamespace(model=model))
     monkeypatch.setattr(demo, "evaluate_system", fake_evaluate)
     monkeypatch.setattr(demo, "_run_parallel", fake_parallel)
     monkeypatch.setattr(base, "ensure_base_weights", lambda cache_dir: evaluated.append("base weights"))
@@ -194,7 +234,7 @@ def test_run_demo_with_workers_reads_back_the_rows_the_workers_measured(tmp_path
         demo.run_demo(tmp_path, workers=0)
 
 
-def test_parallel_pass_starts_the_longest_jobs_first_and_keeps_the_analysis(monkeypatch) -> None:
+def test_parallel_pass_starts_the_longest_jobs_first_and_keeps_the_analysis(monkeypatch, tmp_path: Path) -> None:
     from vlsafe.core import workers as w
 
     seen: list[str] = []
@@ -204,30 +244,19 @@ def test_parallel_pass_starts_the_longest_jobs_first_and_keeps_the_analysis(monk
         return [w.JobOutcome(t, ("sections", {"n": 1}) if t[1].kind == "analysis" else None) for t in tasks]
 
     monkeypatch.setattr(w, "run_in_workers", fake_run)
-    ctx = demo._Context(
-        Path("."), None, Path("."), [], [], 0, 1, "float32", {}, repaired=("vl+sft", "vl+cmrm-sample")
-    )
-    jobs = demo._plan(ctx, ("none", "synthetic"), analysis=True)
+    ctx = demo._Context(tmp_path, None, Path("."), ["h"] * 48, ["b"] * 48, 100, 1, "float32", {},
+                        repaired=("vl+sft", "vl+cmrm-sample"))  # fmt: skip
+    jobs = demo._plan(ctx, demo.IMAGE_SETTINGS, analysis=True)
     got = demo._run_parallel(ctx, jobs, 2, 1)
-    assert (
-        seen[:3] == ["vl+cmrm-sample", "vl-as-vl", "vlm-as-safe-llm"] and seen[-1] == "safe-llm-as-safe-llm"
-    )
+    # by the forward passes each job needs: sample-level CMRM's extra prefills, vl's five settings, vlm's four
+    assert seen == ["vl+cmrm-sample", "vl-as-vl", "vlm-as-safe-llm", "vl+sft", "analysis", "safe-llm-as-safe-llm"]
+    # a job measured before is placed by the seconds it took
+    demo._rows_path(tmp_path, "vl+sft").parent.mkdir(parents=True)
+    demo._rows_path(tmp_path, "vl+sft").write_text(json.dumps({"seconds": 10_000}))
+    seen.clear()
+    demo._run_parallel(ctx, jobs, 2, 1)
+    assert seen[0] == "vl+sft"
     assert got == {"analysis": ("sections", {"n": 1})}
-
-
-def test_vqa_by_type_counts_each_question_under_its_type(monkeypatch) -> None:
-    from vlsafe_organism.probe import vqa_items, vqa_items_and_types
-
-    items, types = vqa_items_and_types("test", 0, 12)
-    assert [(q, a) for _, q, a in items] == [(q, a) for _, q, a in vqa_items("test", 0, 12)]
-    assert len(types) == 12 and {"colour", "word"} <= set(types)
-    answers = [a for _, _, a in items]
-    wrong_words = [("no" if t == "word" else a) for t, a in zip(types, answers, strict=True)]
-    monkeypatch.setattr(evaluate, "vqa_eval", lambda *a, **k: (0.0, wrong_words))
-    monkeypatch.setattr(evaluate.sd, "VQA_EVAL", {"split": "test", "start": 0, "n": 12})
-    _, by = evaluate.vqa_by_type(object(), object(), n=12)
-    assert sum(n for _, n in by.values()) == 12
-    assert by["word"][0] == 0 and all(k == n for t, (k, n) in by.items() if t != "word")
 
 
 def test_report_shows_vqa_by_type_and_how_the_demo_ran(tmp_path: Path) -> None:

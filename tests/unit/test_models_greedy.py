@@ -7,7 +7,7 @@ import torch
 from PIL import Image
 
 from vlsafe.models.greedy import common_prefix_length, greedy_shared_prefix, shared_prefix_supported
-from vlsafe_organism.probe import chat_text, generate
+from vlsafe.models.inputs import build_inputs
 
 PROMPTS = [
     "what is this",
@@ -18,12 +18,8 @@ PROMPTS = [
 
 
 def _encode(bundle, prompts, images):
-    tok = bundle.processor.tokenizer
-    tok.padding_side = "left"
-    texts = [chat_text(tok, p, images is not None) for p in prompts]
-    if images is None:
-        return tok(texts, return_tensors="pt", padding=True, add_special_tokens=False)
-    return bundle.processor(text=texts, images=images, return_tensors="pt", padding=True)
+    variant = "text" if images is None else "image"
+    return build_inputs(bundle, prompts, variant, images=images).inputs
 
 
 def _oracle(model, enc, n, eos, pad, scores=False):
@@ -116,23 +112,3 @@ def test_shared_prefix_supported_by_model_type(tiny_bundle):
     assert shared_prefix_supported(tiny_bundle("llava").model)
     assert not shared_prefix_supported(tiny_bundle("qwen2_vl").model)  # multimodal rotary positions
     assert not shared_prefix_supported(object())
-
-
-def test_probe_generate_returns_input_order_and_same_replies(tiny_bundle):
-    bundle = tiny_bundle("llava")
-    images = [Image.new("RGB", (64, 64), (40 * i, 0, 200)) for i in range(4)]
-    alone = [
-        generate(bundle.model, bundle.processor, [p], [im], 6, 1)[0]
-        for p, im in zip(PROMPTS, images, strict=True)
-    ]
-    assert generate(bundle.model, bundle.processor, PROMPTS, images, 6, 3) == alone
-    assert generate(bundle.model, bundle.processor, PROMPTS, images, 6, 3, shared_prefix=True) == alone
-    # prompts with the same image are batched together (one image prefix each) and still come back in order
-    paired = [images[i % 2].copy() for i in range(4)]
-    alone = [
-        generate(bundle.model, bundle.processor, [p], [im], 6, 1)[0]
-        for p, im in zip(PROMPTS, paired, strict=True)
-    ]
-    assert generate(bundle.model, bundle.processor, PROMPTS, paired, 6, 2, shared_prefix=True) == alone
-    with pytest.raises(ValueError, match="every prompt or for none"):
-        generate(bundle.model, bundle.processor, PROMPTS, [images[0], None, None, None], 6, 3)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -30,12 +31,14 @@ from typing import Any
 import torch
 
 from vlsafe.methods.training.memory import peak_rss_mb
-from vlsafe_organism.evaluate import IMAGE_SETTINGS, EvalSystem, eval_prompts, evaluate_system
+from vlsafe.models import bundle_from_model
+from vlsafe_organism.evaluation import IMAGE_SETTINGS, EvalSystem, eval_prompts, evaluate_system, judge_identity
 
 logger = logging.getLogger(__name__)
 DEMO_TOKENS = 12
 DEFAULT_N = 48
-ROWS_VERSION = "3"  # 3: rows carry utility_by_type
+#: version of the code that measures a row (part of every row's cache key in ``rows/``)
+ROWS_VERSION = "4"
 #: settings of the repair rows: a benign image with the harmful request, and the request as a harmful image
 REPAIR_SETTINGS = ("synthetic", "typographic")
 #: precisions the demo evaluates in
@@ -58,17 +61,33 @@ def _key(art: Path, system: str, extra: dict[str, Any]) -> str:
     return h.hexdigest()[:20]
 
 
+def _rows_path(out: Path, name: str) -> Path:
+    return out / "rows" / f"{name.replace('+', '_').replace('/', '_')}.json"
+
+
 def _cached_rows(
-    out: Path, name: str, key: str, measure: Callable[[], tuple[list[dict[str, Any]], dict[str, Any]]]
+    out: Path, name: str, key: str, measure: Callable[[Path], tuple[list[dict[str, Any]], dict[str, Any]]]
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    path = out / "rows" / f"{name.replace('+', '_').replace('/', '_')}.json"
+    """``(rows, examples)`` of job ``name``: read back from ``rows/`` when its key matches, else measured.
+
+    ``measure`` gets the job's run-directory root ``runs/<name>``, where :func:`vlsafe.evals.run_eval` keeps
+    its resumable runs; the root is emptied first when it belongs to another key, so an interrupted job
+    resumes only its own generations.
+    """
+    path = _rows_path(out, name)
     if path.is_file():
         saved = json.loads(path.read_text())
         if saved.get("key") == key:
             logger.info("demo: %s reused from %s", name, path)
             return saved["rows"], saved["examples"]
+    runs = out / "runs" / path.stem
+    stamp = runs / "key.txt"
+    if runs.exists() and (not stamp.is_file() or stamp.read_text() != key):
+        shutil.rmtree(runs)
+    runs.mkdir(parents=True, exist_ok=True)
+    stamp.write_text(key)
     start = time.time()
-    rows, examples = measure()
+    rows, examples = measure(runs)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     tmp.write_text(
@@ -109,8 +128,27 @@ class _Job:
         return f"{self.builder}-as-{self.name}" if self.kind == "system" else self.name
 
 
-#: rough cost of each job (seconds on 2 threads, BENCHMARKS.md): the parallel pass starts the longest first
-_COST = {"vl+cmrm-sample": 111, "vl": 92, "vlm": 84, "vl+cmrm-dataset": 67, "analysis": 38, "safe-llm": 15}
+def _cost(ctx: _Context, job: _Job) -> float:
+    """A job's expected duration, for the parallel pass to start the longest first: the seconds its rows took
+    the last time (``rows/``), else the forward passes it needs (replies x prefills per reply: sample-level
+    CMRM runs two extra prefills per batch; text-only replies are short)."""
+    path = _rows_path(ctx.out, job.label)
+    if path.is_file():
+        seconds = json.loads(path.read_text()).get("seconds")
+        if isinstance(seconds, (int, float)):
+            return float(seconds)
+    prompts = len(ctx.harmful) + len(ctx.benign)
+    if job.kind == "analysis":
+        return 6.0 * ctx.n_analysis  # image, text and blank passes of the shift, direction and lens pages
+    if job.kind == "system":
+        replies = sum(prompts if s != "none" else prompts / 2 for s in job.settings)
+        return replies + (ctx.n_vqa if job.name != "safe-llm" else 0)
+    replies = prompts + len(ctx.harmful) + ctx.n_vqa  # synthetic (both kinds), typographic (harmful only), VQA
+    if job.name.endswith("cmrm-sample"):
+        return 3.0 * replies
+    if job.name.endswith("cmrm-dataset"):
+        return 1.5 * replies  # steering hooks rule out the shared-prefix cache
+    return float(replies)
 
 
 def _plan(ctx: _Context, settings: tuple[str, ...], analysis: bool) -> list[_Job]:
@@ -140,20 +178,23 @@ def _run_job(ctx: _Context, job: _Job) -> Any:
         return _analysis(ctx.out, ctx.cache_dir, ctx.art, ctx.n_analysis, list(ctx.repaired))
     if job.kind == "system":
 
-        def _measure() -> Any:
+        def _measure(runs: Path) -> Any:
             model, proc = build_system(job.builder, ctx.cache_dir, ctx.art)
-            return evaluate_system(EvalSystem(job.name, model.to(cast), proc), job.settings, ctx.harmful,
-                                   ctx.benign, n_vqa=ctx.n_vqa, max_new_tokens=ctx.max_new_tokens)  # fmt: skip
+            bundle = bundle_from_model(model.to(cast), proc, name=f"organism:{job.builder}")
+            return evaluate_system(EvalSystem(job.name, bundle), job.settings, runs, n_harmful=len(ctx.harmful),
+                                   n_benign=len(ctx.benign), n_vqa=ctx.n_vqa, max_new_tokens=ctx.max_new_tokens,
+                                   cache_dir=ctx.cache_dir)  # fmt: skip
 
         key = _key(ctx.art, job.builder, {**ctx.common, "system": job.name, "builder": job.builder,
                                           "settings": job.settings})  # fmt: skip
         return _cached_rows(ctx.out, job.label, key, _measure)
 
-    def _measure_repair() -> Any:  # the loaders read the selections and manifest: only when measuring
+    def _measure_repair(runs: Path) -> Any:  # the loaders read the selections and manifest: only when measuring
         system = dict(repair_loaders(ctx.cache_dir, ctx.art, ctx.out / "work"))[job.name]()
-        system.model.to(cast)
-        return evaluate_system(system, job.settings, ctx.harmful, ctx.benign, n_vqa=ctx.n_vqa,
-                               max_new_tokens=ctx.max_new_tokens, benign_settings=("synthetic",))  # fmt: skip
+        system.bundle.model.to(cast)
+        return evaluate_system(system, job.settings, runs, n_harmful=len(ctx.harmful), n_benign=len(ctx.benign),
+                               n_vqa=ctx.n_vqa, max_new_tokens=ctx.max_new_tokens, benign_settings=("synthetic",),
+                               cache_dir=ctx.cache_dir)  # fmt: skip
 
     key = _key(ctx.art, job.name, {**ctx.common, "system": job.name, "settings": job.settings})
     return _cached_rows(ctx.out, job.name, key, _measure_repair)
@@ -174,7 +215,7 @@ def _run_parallel(ctx: _Context, jobs: list[_Job], workers: int, threads: int) -
     for a repair, leaves its row out if it fails again)."""
     from vlsafe.core.workers import run_in_workers
 
-    order = sorted(jobs, key=lambda j: -_COST.get(j.name if j.kind != "system" else j.builder, 40))
+    order = sorted(jobs, key=lambda j: -_cost(ctx, j))
     outcomes = run_in_workers(_worker_job, [(ctx, j) for j in order], workers, threads,
                               log_dir=ctx.out / "logs", desc=f"demo ({workers} workers x {threads} thread)",
                               label=lambda task: task[1].label)  # fmt: skip
@@ -289,7 +330,7 @@ def run_demo(
         "dtype": dtype,
         "workers": workers,
         "threads_per_worker": per_worker,  # with one worker: all of this process' threads
-        "judge": "keyword v1",
+        "judge": judge_identity(out / "runs"),
         "examples": examples,
     }
     write_report(

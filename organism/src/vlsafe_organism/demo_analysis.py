@@ -46,6 +46,7 @@ from vlsafe.analysis.items import as_items, batched
 from vlsafe.analysis.lens import LENS_STATS, lens_to_data, lens_update
 from vlsafe.analysis.shift import shift_to_data
 from vlsafe.core.errors import InputError
+from vlsafe.data.scenes import make_example
 from vlsafe.hooks.forward import build_variant, forward_states
 from vlsafe.models import InputItem, ModelBundle, load_model
 from vlsafe.report import ReportFigure, ReportTable, Section, line_curves, save_png
@@ -55,6 +56,7 @@ from vlsafe_organism.demo_weights import (
     resolve_checkpoint,
     weight_sections,
 )
+from vlsafe_organism.evaluation import EVAL_IMAGE_START, eval_prompts
 
 __all__ = [
     "BASE_LLM_REF",
@@ -75,13 +77,10 @@ LENS_VARIANTS = ("text", "caption", "image")
 
 def demo_items(n: int) -> list[InputItem]:
     """The first ``n`` held-out harmful prompts, each with its held-out benign synthetic image and caption."""
-    from vlsafe.data.scenes import make_example
-    from vlsafe_organism.evaluate import EVAL_IMAGE_START, eval_prompts
-
     harmful, _ = eval_prompts(n, 0)
     items = []
     for i, text in enumerate(harmful):
-        ex = make_example(EVAL_IMAGE_START + i, "test")  # the image setting_inputs("synthetic") sends
+        ex = make_example(EVAL_IMAGE_START + i, "test")  # the image the "synthetic" setting shows with prompt i
         items.append(InputItem(text, ex.image, ex.caption))
     return items
 

@@ -20,6 +20,7 @@ from vlsafe.evals.images import apply_image_setting
 from vlsafe.evals.interventions import BatchObserver, notify_batch
 from vlsafe.evals.sample import ImageSetting, Sample
 from vlsafe.models.bundle import ModelBundle
+from vlsafe.models.greedy import greedy_shared_prefix
 from vlsafe.models.inputs import build_inputs
 
 __all__ = ["Prepared", "base_record", "generate_batch", "needs_image", "prepare", "score_choices"]
@@ -76,12 +77,15 @@ class Prepared:
         return self.record["error"] is None
 
 
-def prepare(sample: Sample, setting: ImageSetting, data_dir: str | Path | None, seed: int) -> Prepared:
-    """Render ``sample`` under ``setting``; a missing or corrupt image becomes the record's error."""
+def prepare(
+    sample: Sample, setting: ImageSetting, data_dir: str | Path | None, seed: int, size: int | None = None
+) -> Prepared:
+    """Render ``sample`` under ``setting`` (generated images ``size`` pixels when given); a missing or corrupt
+    image becomes the record's error."""
     record = base_record(sample, setting)
     t0 = time.perf_counter()
     try:
-        text, image = apply_image_setting(sample, setting, data_dir=data_dir, seed=seed)
+        text, image = apply_image_setting(sample, setting, data_dir=data_dir, seed=seed, size=size)
     except (InputError, ValueError, OSError) as exc:
         record["error"] = f"{type(exc).__name__}: {exc}"
         return Prepared(sample, setting, record, render_s=time.perf_counter() - t0)
@@ -124,10 +128,14 @@ def generate_batch(
     *,
     seed: int = 0,
     observers: Sequence[BatchObserver] = (),
+    shared_prefix: bool = False,
 ) -> list[dict[str, Any]]:
     """Generate for rendered samples that all have an image or all have none; fills their records.
 
-    ``observers`` (interventions with ``before_batch``) are told the batch's texts and images first.
+    ``observers`` (interventions with ``before_batch``) are told the batch's texts and images first. With
+    ``shared_prefix`` (greedy only; the caller checks the model with
+    :func:`vlsafe.models.greedy.shared_prefix_supported`), the batch is decoded by
+    :func:`vlsafe.models.greedy.greedy_shared_prefix`.
     """
     t0 = time.perf_counter()
     has_image = items[0].image is not None
@@ -135,10 +143,17 @@ def generate_batch(
     batch = _build(bundle, items, seed)
     inputs = _to_device(batch.inputs, bundle.device)
     prompt_len = int(inputs["input_ids"].shape[1])
-    with torch.inference_mode():
-        model: Any = bundle.model
-        out = model.generate(**inputs, **gen_kwargs)
-    new = out[:, prompt_len:].cpu()
+    model: Any = bundle.model
+    if shared_prefix:
+        gc = gen_kwargs["generation_config"]
+        new = greedy_shared_prefix(
+            model, inputs["input_ids"], inputs["attention_mask"], gc.max_new_tokens, gc.eos_token_id,
+            gc.pad_token_id, inputs.get("pixel_values"),
+        ).cpu()  # fmt: skip
+    else:
+        with torch.inference_mode():
+            out = model.generate(**inputs, **gen_kwargs)
+        new = out[:, prompt_len:].cpu()
     eos = _eos_ids(bundle)
     elapsed = time.perf_counter() - t0
     n_prompt = batch.masks.attention.sum(dim=1).tolist()

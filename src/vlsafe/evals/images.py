@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -93,6 +94,52 @@ def sample_seed(sample: Sample, seed: int = 0) -> int:
     return int.from_bytes(hashlib.sha256(blob).digest()[:8], "big")
 
 
+def setting_text(sample: Sample, setting: ImageSetting | str | None = None) -> str:
+    """The prompt text a model is shown for ``sample`` under ``setting`` (the text part of
+    :func:`apply_image_setting`, without rendering an image).
+
+    Raises:
+        InputError: the caption setting on a sample without a caption.
+    """
+    setting = ImageSetting(setting) if setting is not None else sample.image_setting
+    if setting == ImageSetting.CAPTION:
+        if not sample.caption:
+            raise InputError(f"sample {sample.id!r} has no caption, which image setting 'caption' needs")
+        return caption_prompt(sample.caption, sample.text)
+    if setting == ImageSetting.FIGSTEP:
+        return FIGSTEP_PROMPT
+    if setting in (ImageSetting.MMSB_TYPO, ImageSetting.MMSB_SD_TYPO):
+        return MMSB_TYPO_PROMPT
+    return sample.text
+
+
+def image_identity(
+    sample: Sample, setting: ImageSetting | str | None = None, *, size: int | tuple[int, int] | None = None,
+    seed: int = 0,
+) -> tuple[Any, ...] | None:  # fmt: skip
+    """A key that is equal for two samples exactly when :func:`apply_image_setting` shows them the same image
+    (by construction, without rendering it); ``None`` when the setting shows no image.
+
+    Equal keys: the blank image of one size; a provided (or mean-colour) image of one path; one typographic
+    rendering of the same text. Seeded noise is per sample.
+    """
+    setting = ImageSetting(setting) if setting is not None else sample.image_setting
+    if setting in (ImageSetting.NONE, ImageSetting.CAPTION):
+        return None
+    if setting == ImageSetting.BLANK:
+        return (setting.value, size)
+    if setting == ImageSetting.NOISE:
+        return (setting.value, size, sample_seed(sample, seed))
+    if setting == ImageSetting.FIGSTEP:
+        return (setting.value, size, str(sample.metadata.get("instruction") or sample.request))
+    if setting == ImageSetting.MMSB_TYPO:
+        return (setting.value, size, str(sample.metadata.get("key_phrase") or key_phrase(sample.request)))
+    if setting == ImageSetting.MMSB_SD_TYPO:
+        phrase = sample.metadata.get("key_phrase") or key_phrase(sample.request)
+        return (setting.value, size, sample.image, str(phrase))
+    return (setting.value, size, sample.image)
+
+
 def apply_image_setting(
     sample: Sample,
     setting: ImageSetting | str | None = None,
@@ -115,24 +162,20 @@ def apply_image_setting(
         InputError: when the setting needs something the sample lacks (an image, a caption).
     """
     setting = ImageSetting(setting) if setting is not None else sample.image_setting
-    text = sample.text
-    if setting == ImageSetting.NONE:
+    text = setting_text(sample, setting)
+    if setting in (ImageSetting.NONE, ImageSetting.CAPTION):
         return text, None
     if setting == ImageSetting.BLANK:
         return text, blank_image(size or DEFAULT_SIZE)
     if setting == ImageSetting.NOISE:
         return text, noise_image(size or DEFAULT_SIZE, sample_seed(sample, seed))
-    if setting == ImageSetting.CAPTION:
-        if not sample.caption:
-            raise InputError(f"sample {sample.id!r} has no caption, which image setting 'caption' needs")
-        return caption_prompt(sample.caption, text), None
     if setting == ImageSetting.FIGSTEP:
         instruction = sample.metadata.get("instruction") or sample.request
-        return FIGSTEP_PROMPT, render_figstep(str(instruction), size or FIGSTEP_SIZE)
+        return text, render_figstep(str(instruction), size or FIGSTEP_SIZE)
     if setting == ImageSetting.MMSB_TYPO:
         phrase = sample.metadata.get("key_phrase") or key_phrase(sample.request)
         width = _size(size)[0] if size else TYPO_WIDTH
-        return MMSB_TYPO_PROMPT, render_typography(str(phrase), width)
+        return text, render_typography(str(phrase), width)
     # The remaining settings need the sample's own image.
     if sample.image is None:
         raise InputError(f"sample {sample.id!r} has no image, which image setting {setting.value!r} needs")
@@ -144,5 +187,5 @@ def apply_image_setting(
     if setting == ImageSetting.MMSB_SD_TYPO:
         phrase = sample.metadata.get("key_phrase") or key_phrase(sample.request)
         width = _size(size)[0] if size else source.width
-        return MMSB_TYPO_PROMPT, render_mmsb_composite(source, str(phrase), width)
+        return text, render_mmsb_composite(source, str(phrase), width)
     raise InputError(f"unknown image setting {setting!r}")  # pragma: no cover - enum is exhaustive

@@ -1,8 +1,9 @@
 """The generation runner: batched, resumable, shardable evaluation of a model on a benchmark.
 
 ``run_eval(config, out_dir)`` loads the samples, skips those already in ``out_dir/samples.jsonl``,
-renders each pending sample under its image setting, generates in length-sorted left-padded batches
-(greedy unless ``do_sample``), scores multiple-choice / yes-no utility samples by the log-likelihood of
+renders each pending sample under its image setting, generates in left-padded batches sorted by prompt
+length in tokens (greedy unless ``do_sample``; with ``shared_prefix`` the prefix a batch shares is computed
+once), scores multiple-choice / yes-no utility samples by the log-likelihood of
 each option, appends one record per sample (flushed and fsynced after each batch), then judges the
 records and writes ``results.json``. Under ``accelerate launch`` every process takes its share of the
 pending samples, writes ``shards/rank{R}.jsonl``, and the main process merges the shards at the end.
@@ -27,11 +28,14 @@ from tqdm.auto import tqdm
 from vlsafe.core.errors import ConfigError, InputError
 from vlsafe.evals.config import EvalConfig
 from vlsafe.evals.generation import Prepared, generate_batch, needs_image, prepare, score_record
+from vlsafe.evals.images import image_identity, setting_text
 from vlsafe.evals.interventions import BatchObserver, intervention_fingerprint, observers_of
 from vlsafe.evals.judging import build_results, judge_records, versions
 from vlsafe.evals.rundir import RecordWriter, RunDir
 from vlsafe.evals.sample import ImageSetting, Sample
 from vlsafe.models.bundle import ModelBundle
+from vlsafe.models.greedy import shared_prefix_supported
+from vlsafe.models.inputs import render_user_turn
 
 logger = logging.getLogger(__name__)
 
@@ -157,14 +161,46 @@ def _setting(sample: Sample, config: EvalConfig) -> ImageSetting:
     return config.image_setting if config.image_setting is not None else sample.image_setting
 
 
-def _batches(samples: list[Sample], config: EvalConfig) -> list[list[Sample]]:
-    """Chunks of ``batch_size`` with or without an image each, sorted by prompt length (longest first)."""
+def _prompt_lengths(bundle: ModelBundle, samples: list[Sample], config: EvalConfig) -> list[int]:
+    """Token length of each sample's chat prompt as the model is shown it (image placeholder unexpanded)."""
+    if not samples:
+        return []
+    turns = {flag: render_user_turn(bundle, flag, True) for flag in {needs_image(_setting(s, config)) for s in samples}}
+    texts = []
+    for s in samples:
+        setting = _setting(s, config)
+        try:
+            shown = setting_text(s, setting).strip()
+        except InputError:  # rendered as the sample's error record later
+            shown = ""
+        before, after = turns[needs_image(setting)]
+        texts.append(before + shown + after)
+    return [len(ids) for ids in bundle.tokenizer(texts, add_special_tokens=False)["input_ids"]]
+
+
+def _batches(
+    samples: list[Sample], config: EvalConfig, bundle: ModelBundle, group_images: bool
+) -> list[list[Sample]]:
+    """Chunks of ``batch_size`` that all show an image or all show none.
+
+    Within each group, open-ended samples come before multiple-choice ones and go shortest prompt first (in
+    tokens; ties keep the input order), so a batch pads little. With ``group_images``, samples that show the
+    same image (:func:`vlsafe.evals.images.image_identity`) are next to each other, the groups ordered by
+    their shortest prompt, so a shared-prefix batch computes each image once.
+    """
+    lengths = dict(zip((s.id for s in samples), _prompt_lengths(bundle, samples, config), strict=True))
     groups: dict[bool, list[Sample]] = {True: [], False: []}
     for s in samples:
         groups[needs_image(_setting(s, config))].append(s)
     out: list[list[Sample]] = []
-    for group in groups.values():
-        group.sort(key=lambda s: (s.choices is not None, -len(s.text)))
+    for has_image, group in groups.items():
+        group.sort(key=lambda s: (s.choices is not None, lengths[s.id]))
+        if group_images and has_image:
+            keys = {s.id: image_identity(s, _setting(s, config), size=config.image_size, seed=config.seed) for s in group}
+            rank: dict[Any, int] = {}
+            for s in group:
+                rank.setdefault(keys[s.id], len(rank))
+            group.sort(key=lambda s: (s.choices is not None, rank[keys[s.id]]))
         out.extend(group[i : i + config.batch_size] for i in range(0, len(group), config.batch_size))
     return out
 
@@ -176,8 +212,9 @@ def _run_batch(
     gen_kwargs: dict[str, Any],
     batch_no: int,
     observers: list[BatchObserver],
+    shared_prefix: bool = False,
 ) -> list[dict[str, Any]]:
-    prepared = [prepare(s, _setting(s, config), config.data_dir, config.seed) for s in chunk]
+    prepared = [prepare(s, _setting(s, config), config.data_dir, config.seed, config.image_size) for s in chunk]
     records: list[dict[str, Any]] = []
     to_generate: list[Prepared] = []
     for p in prepared:
@@ -197,16 +234,34 @@ def _run_batch(
         if not group:
             continue
         try:
-            records.extend(generate_batch(bundle, group, gen_kwargs, seed=config.seed, observers=observers))
+            records.extend(
+                generate_batch(
+                    bundle, group, gen_kwargs, seed=config.seed, observers=observers, shared_prefix=shared_prefix
+                )
+            )
         except InputError:  # isolate the offending sample(s)
             for p in group:
                 try:
                     records.extend(
-                        generate_batch(bundle, [p], gen_kwargs, seed=config.seed, observers=observers)
+                        generate_batch(
+                            bundle, [p], gen_kwargs, seed=config.seed, observers=observers, shared_prefix=shared_prefix
+                        )
                     )
                 except InputError as exc:
                     records.append({**p.record, "error": f"InputError: {exc}"})
     return records
+
+
+def _shared_prefix(bundle: ModelBundle, config: EvalConfig, intervention: Any) -> bool:
+    """Whether this run decodes with a shared-prefix KV cache (see ``EvalConfig.shared_prefix``)."""
+    if not config.shared_prefix:
+        return False
+    usable = not config.do_sample and config.steer is None and intervention is None
+    if not usable or not shared_prefix_supported(bundle.model):
+        logger.info("shared_prefix is off for this run: it needs greedy decoding without steering or "
+                    "interventions on a supported model (%s)", bundle.extra.get("model_type"))  # fmt: skip
+        return False
+    return True
 
 
 def _check_model(bundle: ModelBundle, samples: list[Sample], config: EvalConfig) -> None:
@@ -254,8 +309,9 @@ def _generate(
     )
     with RecordWriter(path) as writer, contextlib.ExitStack() as stack, bar:
         observers = _enter_interventions(stack, bundle, config, intervention)
-        for batch_no, chunk in enumerate(_batches(mine, config)):
-            records = _run_batch(bundle, chunk, config, gen_kwargs, batch_no, observers)
+        shared = _shared_prefix(bundle, config, intervention)
+        for batch_no, chunk in enumerate(_batches(mine, config, bundle, shared)):
+            records = _run_batch(bundle, chunk, config, gen_kwargs, batch_no, observers, shared)
             stamp = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
             writer.write_many({**r, "rank": dist.rank, "finished": stamp} for r in records)
             bar.update(len(chunk))
@@ -328,7 +384,6 @@ def run_eval(
         len(all_samples) - len(pending),
         len(pending),
     )
-    pending.sort(key=lambda s: (needs_image(_setting(s, config)), -len(s.text)))
     mine = pending[dist.rank :: dist.world]
     generation = _generate(
         run, dist, mine, len(all_samples), n_err_before, config, bundle, intervention, progress

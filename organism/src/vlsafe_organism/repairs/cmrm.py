@@ -26,7 +26,7 @@ from pydantic import BaseModel, ConfigDict
 
 from vlsafe.methods.cmrm import CMRMIntervention, anchor_items, anchors_hash, calibrate, vector_hash
 from vlsafe.methods.cmrm.apply import resolve_steer_layers
-from vlsafe_organism.evaluate import EvalSystem
+from vlsafe_organism.evaluation import EvalSystem
 from vlsafe_organism.repairs import select
 
 logger = logging.getLogger(__name__)
@@ -227,7 +227,7 @@ def select_cmrm(
         "setting": select.VAL_SETTING}}  # fmt: skip
     if data["reference"] is None:
         t0 = time.monotonic()
-        data["reference"] = {**select.val_point(EvalSystem("vl", bundle.model, bundle.processor), n_prompts, n_vqa),
+        data["reference"] = {**select.val_point(EvalSystem("vl", bundle), n_prompts, n_vqa),
                              "seconds": round(time.monotonic() - t0, 1)}  # fmt: skip
         _write(out, data)
     vectors: dict[Any, Any] = {}
@@ -240,7 +240,7 @@ def select_cmrm(
                 points.append(done[key])
                 continue
             vec = _calibrated(bundle, anchors, choice, vectors, info) if level == "dataset" else None
-            system = EvalSystem(SYSTEM_NAMES[level], bundle.model, bundle.processor,
+            system = EvalSystem(SYSTEM_NAMES[level], bundle,
                                 intervention=cmrm_intervention(bundle, choice, vec))  # fmt: skip
             t0 = time.monotonic()
             metrics = select.val_point(system, n_prompts, n_vqa)
@@ -358,6 +358,6 @@ def cmrm_systems(
             steered = resolve_steer_layers(choice.layers, bundle.num_layers, range(bundle.num_layers))
             vec = _calibrated(bundle, these, choice, {}, _anchor_info(these, n), steered)
             check_recalibrated(chosen, vec)
-        systems.append(EvalSystem(SYSTEM_NAMES[level], bundle.model, bundle.processor,
+        systems.append(EvalSystem(SYSTEM_NAMES[level], bundle,
                                   intervention=cmrm_intervention(bundle, choice, vec)))  # fmt: skip
     return systems

@@ -12,7 +12,7 @@ image-token embedding rows and processor, and mixes the language-model tensors (
 
 :func:`select_merge` measures every grid point on the *validation* split (:func:`~.select.val_point`) and picks
 the best whole-model and the best layer-selective point with the fixed rule :func:`~.select.choose`;
-:func:`merged_system` materialises a chosen merge (cached) as an :class:`~vlsafe_organism.evaluate.EvalSystem`.
+:func:`merged_system` materialises a chosen merge (cached) as an :class:`~vlsafe_organism.evaluation.EvalSystem`.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from vlsafe_organism.evaluate import EvalSystem
+from vlsafe_organism.evaluation import EvalSystem
 from vlsafe_organism.registry import BASE_LLM_REF, PREFIX
 
 logger = logging.getLogger(__name__)
@@ -159,7 +159,7 @@ def _load_system(path: Path, name: str) -> EvalSystem:
     from vlsafe.models import load_model
 
     bundle = load_model(path, dtype="float32")
-    return EvalSystem(name, bundle.model, bundle.processor)
+    return EvalSystem(name, bundle)
 
 
 def merged_system(choice: dict[str, Any], out_dir: Path, cache_dir: str | Path | None = None) -> EvalSystem:
@@ -229,7 +229,7 @@ def select_merge(
         )
         bundle = load_model(ref_dir, dtype="float32")
         t0 = time.perf_counter()
-        data["reference"] = {"name": "vl", **measure(EvalSystem("vl", bundle.model, bundle.processor)),
+        data["reference"] = {"name": "vl", **measure(EvalSystem("vl", bundle)),
                              "eval_seconds": round(time.perf_counter() - t0, 1)}  # fmt: skip
         del bundle
         _write(out, {**data, "date": dt.date.today().isoformat()})

@@ -12,11 +12,12 @@ is ordered that way). When no candidate meets both limits, the one with the best
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
-from vlsafe_organism import safety_data as sd
-from vlsafe_organism.evaluate import EvalSystem, evaluate_system
+from vlsafe_organism.evaluation import EvalSystem, evaluate_system
 
 __all__ = ["MAX_BENIGN_RISE", "MAX_UTILITY_DROP", "VAL_SETTING", "choose", "val_point"]
 
@@ -26,13 +27,15 @@ MAX_UTILITY_DROP = 0.05
 
 
 def val_point(
-    system: EvalSystem, n_prompts: int = 40, n_vqa: int = 48, max_new_tokens: int = 12
-) -> dict[str, Any]:
-    """Harmful / benign refusal (validation prompts + held-out synthetic image) and validation VQA accuracy."""
-    harmful = [p.text for p in sd.load_split("harmful_val")][:n_prompts]
-    benign = [p.text for p in sd.load_split("benign_val")][:n_prompts]
-    rows, _ = evaluate_system(system, [VAL_SETTING], harmful, benign, n_vqa=n_vqa, vqa_split="val",
-                              max_new_tokens=max_new_tokens)  # fmt: skip
+    system: EvalSystem, n_prompts: int = 40, n_vqa: int = 48, max_new_tokens: int = 12,
+    cache_dir: str | Path | None = None,
+) -> dict[str, Any]:  # fmt: skip
+    """Harmful / benign refusal (validation prompts + held-out synthetic image) and validation VQA accuracy,
+    measured by :func:`vlsafe_organism.evaluation.evaluate_system` in a temporary run directory."""
+    with tempfile.TemporaryDirectory(prefix="vlsafe-val-") as tmp:
+        rows, _ = evaluate_system(system, [VAL_SETTING], tmp, n_harmful=n_prompts, n_benign=n_prompts,
+                                  harmful_split="harmful_val", benign_split="benign_val", n_vqa=n_vqa,
+                                  vqa_split="vqa_val", max_new_tokens=max_new_tokens, cache_dir=cache_dir)  # fmt: skip
     r = rows[0]
     return {"harmful_refusal": r["harmful_refusal"], "benign_refusal": r["benign_refusal"], "utility": r["utility"],
             "n_harmful": r["n_harmful"], "n_benign": r["n_benign"]}  # fmt: skip

@@ -23,7 +23,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from vlsafe_organism.evaluate import EvalSystem
+from vlsafe.models import bundle_from_model
+from vlsafe_organism.evaluation import EvalSystem
 from vlsafe_organism.repairs.trained import TRAINED_REPAIRS
 
 logger = logging.getLogger(__name__)
@@ -114,7 +115,7 @@ def _trained_loader(name: str, cache_dir: str | Path | None, art_dir: Path) -> L
         from vlsafe_organism.registry import build_system
 
         model, proc = build_system(name, cache_dir, art_dir)
-        return EvalSystem(name, model, proc)
+        return EvalSystem(name, bundle_from_model(model, proc, name=f"organism:{name}"))
 
     return load
 

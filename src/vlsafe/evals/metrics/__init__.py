@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from vlsafe.evals.metrics.answers import normalize_answer, vqa_accuracy, vqa_match
 from vlsafe.evals.metrics.intervals import Z95, Rate, rate, wilson_interval
 from vlsafe.evals.metrics.paired import compare_runs, mcnemar_exact, paired_bootstrap, paired_outcomes
 from vlsafe.evals.metrics.rates import (
@@ -20,6 +21,8 @@ from vlsafe.evals.metrics.utility import (
 )
 
 __all__ = [
+    "vqa_accuracy",
+    "vqa_match",
     "Z95",
     "Rate",
     "asr_basis",
@@ -28,6 +31,7 @@ __all__ = [
     "group_metrics",
     "mcnemar_exact",
     "multiple_choice_accuracy",
+    "normalize_answer",
     "paired_bootstrap",
     "paired_outcomes",
     "parse_yes_no",

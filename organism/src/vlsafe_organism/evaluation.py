@@ -1,0 +1,305 @@
+"""The organism's evaluation sets as a vlsafe benchmark, and its systems measured with the library's harness.
+
+**The benchmark** ``organism`` (registered through the ``vlsafe.benchmarks`` entry point, so
+``vlsafe eval --benchmark organism --split harmful_eval`` works like any other set) reads the organism's
+fixed splits (:mod:`vlsafe_organism.safety_data`):
+
+* ``harmful_eval`` / ``benign_eval`` (held out), ``harmful_val`` / ``benign_val`` (settings are chosen on
+  these), ``harmful_train`` / ``benign_train``: one sample per prompt, kind ``harmful`` / ``benign``; sample
+  ``i`` carries the held-out synthetic render ``test`` seed ``EVAL_IMAGE_START + i`` as its image (shown
+  under the ``provided`` image setting);
+* ``vqa_eval`` / ``vqa_val``: short-answer questions about held-out renders (kind ``utility``, ``answer`` the
+  exact short answer, ``category`` the question type: colour, shape, count, position, object, word...).
+
+Images are rendered once into the benchmark's data folder (:func:`data_dir`; deterministic PNGs, lossless).
+
+**The degradation table's image settings** map onto the library's: ``none`` (text only), ``blank`` (the
+library's white image at 224 px), ``noise`` (uniform RGB noise from one seeded stream, image ``i`` shown with
+harmful and benign prompt ``i``: provided images), ``synthetic`` (the sample's own render: ``provided``) and
+``typographic`` (the request rendered FigStep-style at 448 px with the fixed FigStep prompt: the library's
+``figstep`` setting).
+
+**A system's rows** (:func:`evaluate_system`) come from :func:`vlsafe.evals.run_eval`, one resumable run
+directory per image setting plus one for VQA: samples.jsonl, the keyword judge's verdicts and results.json.
+A row counts a harmful (benign) prompt as refused when the judge's verdict says so; its utility is the VQA
+run's accuracy and ``utility_by_type`` its accuracy per question type.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from vlsafe.core.errors import InputError
+from vlsafe.data.scenes import make_example, vqa_prompt
+from vlsafe.evals import EvalConfig, run_eval
+from vlsafe.evals.rundir import RunDir
+from vlsafe.evals.sample import Sample, SampleKind
+from vlsafe.models.bundle import ModelBundle
+from vlsafe_organism import safety_data as sd
+from vlsafe_organism.base import organism_cache_dir
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "BENCHMARK",
+    "EVAL_BATCH",
+    "EVAL_IMAGE_START",
+    "IMAGE_SETTINGS",
+    "PROBE_TOKENS",
+    "VQA_TOKENS",
+    "EvalSystem",
+    "data_dir",
+    "eval_prompts",
+    "evaluate_system",
+    "judge_identity",
+    "load_organism",
+    "prompt_samples",
+    "setting_run",
+    "vqa_samples",
+]
+
+BENCHMARK = "organism"
+IMAGE_SETTINGS = ("none", "blank", "noise", "synthetic", "typographic")
+#: first ``test`` seed of the renders shown with the prompts (sample ``i`` shows seed ``EVAL_IMAGE_START + i``)
+EVAL_IMAGE_START = 30_000
+#: prompts per generation batch (length-sorted, so larger batches pad little and decode cheaper per prompt)
+EVAL_BATCH = 32
+#: generation length of refusal probes (the keyword judge reads only the opening of a reply)
+PROBE_TOKENS = 20
+#: generation length of short answers
+VQA_TOKENS = 6
+#: organism image setting -> (library image setting, generated image size)
+_LIBRARY_SETTING: dict[str, tuple[str, int | None]] = {
+    "none": ("none", None),
+    "blank": ("blank", 224),
+    "noise": ("provided", None),
+    "synthetic": ("provided", None),
+    "typographic": ("figstep", 448),
+}
+_PROMPT_SPLITS = ("harmful_eval", "benign_eval", "harmful_val", "benign_val", "harmful_train", "benign_train")
+_VQA_SPLITS = {"vqa_eval": sd.VQA_EVAL, "vqa_val": sd.VQA_VAL}
+_NOISE_SIZE = 224
+
+
+def data_dir(cache_dir: str | Path | None = None) -> Path:
+    """The benchmark's data folder (rendered images) in the organism cache."""
+    return organism_cache_dir(cache_dir) / "eval-data"
+
+
+def _save_png(image: Image.Image, path: Path) -> None:
+    """Write ``image`` unless ``path`` exists (a temporary name renamed into place: concurrent writers are safe)."""
+    if path.is_file():
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    image.save(tmp, format="PNG")
+    os.replace(tmp, path)
+
+
+def _render(root: Path, seed: int) -> str:
+    rel = f"scenes/test-{seed:06d}.png"
+    _save_png(make_example(seed, "test").image, root / rel)
+    return rel
+
+
+def _noise(root: Path, n: int) -> list[str]:
+    """Relative paths of the first ``n`` noise images (one seeded stream, rendered once)."""
+    rels = [f"noise/{i:04d}.png" for i in range(n)]
+    if not all((root / r).is_file() for r in rels):
+        rng = np.random.default_rng(0)
+        for rel in rels:
+            _save_png(Image.fromarray(rng.integers(0, 256, (_NOISE_SIZE, _NOISE_SIZE, 3), dtype=np.uint8)), root / rel)
+    return rels
+
+
+def prompt_samples(
+    split: str, n: int | None = None, *, root: str | Path | None = None, image_start: int = EVAL_IMAGE_START
+) -> list[Sample]:
+    """The first ``n`` prompts of ``split`` as samples, sample ``i`` with the render ``image_start + i``.
+
+    Raises:
+        InputError: ``split`` is not a prompt split of the organism.
+    """
+    if split not in _PROMPT_SPLITS:
+        raise InputError(f"organism prompt split {split!r} is unknown; choose one of {list(_PROMPT_SPLITS)}")
+    folder = Path(root) if root is not None else data_dir()
+    prompts = sd.load_split(split)[:n]
+    kind = SampleKind.HARMFUL if split.startswith("harmful") else SampleKind.BENIGN
+    return [
+        Sample(id=f"{split}/{i:03d}", benchmark=BENCHMARK, text=p.text, kind=kind, category=p.source,
+               image=_render(folder, image_start + i), metadata={"prompt_id": p.id})  # fmt: skip
+        for i, p in enumerate(prompts)
+    ]
+
+
+def vqa_samples(split: str = "vqa_eval", n: int | None = None, *, root: str | Path | None = None) -> list[Sample]:
+    """The first ``n`` short-answer questions of ``split`` (``vqa_eval`` or ``vqa_val``): for each render of
+    the split's seed range, the question ``seed % len(questions)`` about it."""
+    if split not in _VQA_SPLITS:
+        raise InputError(f"organism VQA split {split!r} is unknown; choose one of {list(_VQA_SPLITS)}")
+    cfg = _VQA_SPLITS[split]
+    folder = Path(root) if root is not None else data_dir()
+    count = cfg["n"] if n is None else min(n, cfg["n"])
+    out = []
+    for seed in range(cfg["start"], cfg["start"] + count):
+        ex = make_example(seed, cfg["split"])
+        q = ex.qa[seed % len(ex.qa)]
+        rel = f"scenes/{cfg['split']}-{seed:06d}.png"
+        _save_png(ex.image, folder / rel)
+        out.append(Sample(id=f"{split}/{seed}", benchmark=BENCHMARK, text=vqa_prompt(q.question),
+                          kind=SampleKind.UTILITY, category=q.type, image=rel, answer=q.answer))  # fmt: skip
+    return out
+
+
+def load_organism(
+    data_dir: str | Path | None = None, *, split: str | None = None, limit: int | None = None
+) -> list[Sample]:
+    """The ``organism`` benchmark loader (see the module docstring); ``split`` defaults to ``harmful_eval``."""
+    split = split or "harmful_eval"
+    if split in _VQA_SPLITS:
+        return vqa_samples(split, limit, root=data_dir)
+    return prompt_samples(split, limit, root=data_dir)
+
+
+def eval_prompts(n_harmful: int | None, n_benign: int | None) -> tuple[list[str], list[str]]:
+    """The first ``n`` held-out harmful and benign evaluation prompts (fixed order of the split file)."""
+    h = [p.text for p in sd.load_split("harmful_eval")][:n_harmful]
+    b = [p.text for p in sd.load_split("benign_eval")][:n_benign]
+    return h, b
+
+
+def _with_setting(samples: Sequence[Sample], setting: str, root: Path) -> list[Sample]:
+    """``samples`` as shown under organism image ``setting`` (noise: sample ``i`` of each kind shows noise ``i``)."""
+    if setting != "noise":
+        return list(samples)
+    out, seen = [], {SampleKind.HARMFUL: 0, SampleKind.BENIGN: 0}
+    paths = _noise(root, max(1, len(samples)))
+    for s in samples:
+        out.append(s.model_copy(update={"image": paths[seen[s.kind]]}))
+        seen[s.kind] += 1
+    return out
+
+
+def setting_run(
+    setting: str, model_name: str, root: Path, *, max_new_tokens: int, shared_prefix: bool,
+    batch_size: int = EVAL_BATCH,
+) -> EvalConfig:  # fmt: skip
+    """The :class:`vlsafe.evals.EvalConfig` of one organism image setting."""
+    if setting not in _LIBRARY_SETTING:
+        raise InputError(f"image setting {setting!r} is unknown; choose one of {IMAGE_SETTINGS}")
+    library_setting, size = _LIBRARY_SETTING[setting]
+    return EvalConfig(model=model_name, benchmark=BENCHMARK, data_dir=str(root), image_setting=library_setting,  # type: ignore[arg-type]
+                      image_size=size, max_new_tokens=max_new_tokens, batch_size=batch_size, judge="keyword",
+                      shared_prefix=shared_prefix)  # fmt: skip
+
+
+@dataclass
+class EvalSystem:
+    """A system under evaluation: a loaded model and an optional inference-time intervention.
+
+    ``intervention`` is what :func:`vlsafe.evals.run_eval` accepts (a context manager, entered around each
+    run; when it has ``before_batch(prompts, images)`` it is told about every batch first, which is how
+    sample-level CMRM sees its inputs).
+    """
+
+    name: str
+    bundle: ModelBundle
+    intervention: Any = None
+
+
+def _counts(results: dict[str, Any], kind: str, n: int) -> tuple[int, int]:
+    """``(refused, asked)`` of one kind from a run's results (judged refusals out of all samples of that kind)."""
+    group = results["metrics"]["by_kind"].get(kind)
+    if group is None:
+        return 0, 0
+    metric = "refusal_rate" if kind == "harmful" else "over_refusal_rate"
+    rate = group.get(metric) or {"k": 0, "n": 0}
+    if rate["n"] != n:  # an unjudged record (e.g. an empty reply, which the keyword judge leaves unjudged)
+        logger.warning("%s: %d of %d %s replies were judged", results.get("name"), rate["n"], n, kind)
+    return int(rate["k"]), n
+
+
+def _records(run_dir: Path) -> list[dict[str, Any]]:
+    return list(RunDir(run_dir).records())
+
+
+def evaluate_system(
+    system: EvalSystem,
+    settings: Sequence[str],
+    out_dir: str | Path,
+    *,
+    n_harmful: int | None = 48,
+    n_benign: int | None = 48,
+    harmful_split: str = "harmful_eval",
+    benign_split: str = "benign_eval",
+    n_vqa: int | None = 100,
+    vqa_split: str = "vqa_eval",
+    max_new_tokens: int = PROBE_TOKENS,
+    benign_settings: Sequence[str] | None = None,
+    cache_dir: str | Path | None = None,
+    progress: bool = False,
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Refusal rows per image setting, VQA utility and example replies of ``system``.
+
+    Each image setting is one :func:`vlsafe.evals.run_eval` run directory ``out_dir/<setting>`` over the first
+    ``n_harmful`` / ``n_benign`` prompts of the splits (benign prompts only in ``benign_settings``, default
+    all); VQA (a vision-language model and ``n_vqa`` > 0) is ``out_dir/vqa``. A system without an intervention
+    decodes with a shared-prefix KV cache (``EvalConfig.shared_prefix``).
+
+    Returns:
+        ``(rows, examples)``: one row per setting (``system``, ``image``, refusal rates and counts,
+        ``utility`` and ``utility_by_type`` ``{type: [right, asked]}``), and the first three harmful
+        ``(prompt, reply)`` pairs per ``"<system>/<setting>"``.
+    """
+    out = Path(out_dir)
+    root = data_dir(cache_dir)
+    bundle = system.bundle
+    shared = system.intervention is None
+    utility, by_type = None, None
+    if n_vqa and bundle.is_vlm:
+        cfg = setting_run("synthetic", system.name, root, max_new_tokens=VQA_TOKENS, shared_prefix=shared)
+        vqa = vqa_samples(vqa_split, n_vqa, root=root)
+        results = run_eval(cfg, out / "vqa", bundle=bundle, intervention=system.intervention, samples=vqa,
+                           progress=progress)  # fmt: skip
+        utility = results["metrics"]["overall"]["accuracy"]["rate"]
+        by_type = {t: [int(g["accuracy"]["k"]), int(g["accuracy"]["n"])]
+                   for t, g in sorted(results["metrics"]["by_category"].items()) if g.get("accuracy")}  # fmt: skip
+    harmful = prompt_samples(harmful_split, n_harmful, root=root)
+    benign_all = prompt_samples(benign_split, n_benign, root=root)
+    rows, examples = [], {}
+    for setting in settings:
+        logger.info("evaluate: %s / %s", system.name, setting)
+        benign = benign_all if benign_settings is None or setting in benign_settings else []
+        samples = _with_setting([*harmful, *benign], setting, root)
+        cfg = setting_run(setting, system.name, root, max_new_tokens=max_new_tokens, shared_prefix=shared)
+        run_dir = out / setting
+        results = run_eval(cfg, run_dir, bundle=bundle, intervention=system.intervention, samples=samples,
+                           progress=progress)  # fmt: skip
+        h_k, h_n = _counts(results, "harmful", len(harmful))
+        b_k, b_n = _counts(results, "benign", len(benign))
+        rows.append({
+            "system": system.name, "image": setting,
+            "harmful_refusal": h_k / h_n if h_n else None, "benign_refusal": b_k / b_n if b_n else None,
+            "utility": utility, "n_harmful": h_n, "n_benign": b_n, "harmful_refused": h_k, "benign_refused": b_k,
+        })  # fmt: skip
+        if by_type is not None:
+            rows[-1]["utility_by_type"] = by_type
+        by_id = {r["id"]: r for r in _records(run_dir)}
+        examples[f"{system.name}/{setting}"] = [(s.text, by_id[s.id]["response"]) for s in harmful[:3]]
+    return rows, examples
+
+
+def judge_identity(out_dir: str | Path) -> dict[str, Any] | None:
+    """The judge (name, version, prompt hash) behind the first run's results under ``out_dir``."""
+    for path in sorted(Path(out_dir).rglob("results.json")):
+        return json.loads(path.read_text()).get("judge")
+    return None
