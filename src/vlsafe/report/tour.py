@@ -1,8 +1,8 @@
 """A short end-to-end tour on a tiny model: build, inspect, capture, steer, show the shift.
 
-This is what ``vlsafe demo`` runs until the model organism exists. Everything happens offline on
-a tiny random-weight VLM, so the numbers show the mechanics (an image moves the hidden states
-away from the text-only ones; a steering vector moves them back), not safety behaviour.
+``vlsafe tour`` runs it. Everything happens offline, in seconds, on a tiny random-weight VLM, so the
+numbers show the mechanics (an image moves the hidden states away from the text-only ones; a steering
+vector moves them back), not safety behaviour; the model organism's demo (``vlsafe demo``) shows that.
 """
 
 from __future__ import annotations
@@ -14,9 +14,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from matplotlib.figure import Figure
 
 from vlsafe.hooks import SteeringVector, capture
 from vlsafe.models import build_inputs, build_tiny, inspect_model, load_model
+from vlsafe.report.figures import line_curves, save_png
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +42,24 @@ def _distance(a: dict[int, torch.Tensor], b: dict[int, torch.Tensor]) -> dict[in
     return {layer: float((a[layer] - b[layer]).norm(dim=-1).mean()) for layer in sorted(a)}
 
 
+def shift_figure(before: dict[int, float], after: dict[int, float], layer: int) -> Figure:
+    """Per-layer distance to the text-only states, without and with steering; the steered layer is marked."""
+    layers = sorted(before)
+    fig = line_curves(
+        layers,
+        {
+            "image (no steering)": [before[k] for k in layers],
+            f"image, steered at layer {layer}": [after[k] for k in layers],
+        },
+        xlabel="decoder layer",
+        ylabel="L2 distance to text-only",
+    )
+    ax = fig.axes[0]
+    ax.axvline(layer, color="grey", linestyle=":", linewidth=1)
+    ax.set_xticks(layers)
+    return fig
+
+
 def run_tour(out_dir: str | Path, *, family: str = "llava", seed: int = 0) -> dict[str, Any]:
     """Run the tour and write ``report.md``, ``results.json`` and a figure to ``out_dir``.
 
@@ -51,8 +71,6 @@ def run_tour(out_dir: str | Path, *, family: str = "llava", seed: int = 0) -> di
     Returns:
         A dict with the measured distances and the paths written.
     """
-    from vlsafe.report.tour_figure import draw_shift_figure
-
     started = time.perf_counter()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -75,7 +93,7 @@ def run_tour(out_dir: str | Path, *, family: str = "llava", seed: int = 0) -> di
     after = _distance(steered, text)
     vector_path = vector.save(out / "tour_vector.safetensors")
 
-    fig_path = draw_shift_figure(before, after, layer, out / "shift.png")
+    fig_path = save_png(shift_figure(before, after, layer), out / "shift.png")
     results = {
         "family": family,
         "model": info,
@@ -89,8 +107,8 @@ def run_tour(out_dir: str | Path, *, family: str = "llava", seed: int = 0) -> di
     lines = [
         "# vlsafe tour (tiny random model)",
         "",
-        "The model organism is not built yet, so this tour shows vlsafe's mechanics on a tiny",
-        f"random-weight **{family}** model: capture, calibrate a text-minus-image vector, steer.",
+        f"vlsafe's mechanics on a tiny random-weight **{family}** model: capture, calibrate a",
+        "text-minus-image vector, steer. Random weights carry no safety behaviour; `vlsafe demo` shows that.",
         "",
         "| fact | value |",
         "|---|---|",
