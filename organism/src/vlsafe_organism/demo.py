@@ -32,7 +32,13 @@ import torch
 
 from vlsafe.methods.training.memory import peak_rss_mb
 from vlsafe.models import bundle_from_model
-from vlsafe_organism.evaluation import IMAGE_SETTINGS, EvalSystem, eval_prompts, evaluate_system, judge_identity
+from vlsafe_organism.evaluation import (
+    IMAGE_SETTINGS,
+    EvalSystem,
+    eval_prompts,
+    evaluate_system,
+    judge_identity,
+)
 
 logger = logging.getLogger(__name__)
 DEMO_TOKENS = 12
