@@ -20,11 +20,27 @@ from vlsafe.hooks.plumbing import CallContext, hidden_from_output, outer_pre_hoo
 from vlsafe.hooks.vector import Alpha, SteeringVector
 from vlsafe.models.bundle import ModelBundle
 
+__all__ = ["POSITION_MODES", "LayerSteer", "steer"]
+
 POSITION_MODES = ("all", "last")
 
 
-class _LayerSteer:
-    """Forward hook for one layer; holds the vector cast lazily to the hidden state's dtype/device."""
+class LayerSteer:
+    """The forward hook that steers one decoder layer's output (what :func:`steer` registers per layer).
+
+    Register it with ``layer.register_forward_hook(hook, prepend=True)`` together with
+    :func:`vlsafe.hooks.plumbing.outer_pre_hook` for the same ``ctx``; the vector is cast lazily to the
+    hidden state's dtype and device, once per combination.
+
+    Args:
+        vector: ``[H]`` (every row) or ``[B, H]`` (one vector per batch row).
+        alpha: the strength.
+        op: the operator ``op(hidden, vector, alpha) -> steered`` (see :mod:`vlsafe.hooks.operators`).
+        ctx: the call context the outer pre-hook fills (attention mask, prefill or decode step).
+        positions: ``"all"`` real tokens, ``"last"`` token of each call, or a boolean ``[B, T]`` prompt mask.
+        prefill_only: leave decode steps of ``generate`` unsteered.
+        ref_norm: when given, alpha is scaled per position by ``||h|| / ref_norm``.
+    """
 
     def __init__(
         self,
@@ -150,7 +166,7 @@ def steer(
     handles = [outer_pre_hook(bundle.model, ctx)]
     with registered(handles):
         for layer in chosen:
-            hook = _LayerSteer(
+            hook = LayerSteer(
                 vector.vectors[layer],
                 alphas[layer],
                 op,

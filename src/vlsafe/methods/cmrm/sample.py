@@ -28,7 +28,7 @@ from torch import nn
 
 from vlsafe.core.errors import ConfigError, InputError
 from vlsafe.hooks import SteeringVector
-from vlsafe.hooks.apply import _LayerSteer
+from vlsafe.hooks.apply import LayerSteer
 from vlsafe.hooks.operators import OPERATORS
 from vlsafe.hooks.plumbing import CallContext, outer_pre_hook, registered
 from vlsafe.hooks.vector import Alpha
@@ -97,7 +97,7 @@ class SampleLevelCMRM:
         self.n_computed = 0
         self._busy = False
         self._active = False
-        self._hooks: dict[int, _LayerSteer] = {}
+        self._hooks: dict[int, LayerSteer] = {}
         self._ctx = CallContext()
         self._handles: list[Any] = []
         self._registration: Any = None
@@ -152,7 +152,7 @@ class SampleLevelCMRM:
         op = OPERATORS.get("add")
         for layer in self.layers:
             ref = norms[layer] if self.norm_scale else None
-            self._hooks[layer] = _LayerSteer(
+            self._hooks[layer] = LayerSteer(
                 applied.vectors[layer],
                 self._alphas[layer],
                 op,
