@@ -38,10 +38,12 @@ from vlsafe.methods.training.losses import DPOLossOutput, dpo_loss, sequence_log
 from vlsafe.methods.training.mixing import DataSource, MixSettings, load_source, mix_records
 from vlsafe.methods.training.sft import SFTConfig, run_sft, sft_collate, sft_loss, sft_records
 from vlsafe.methods.training.stages import (
+    LLM_PROJECTIONS,
     LoraSettings,
     Stage,
     apply_stage,
     language_model,
+    llm_lora_regex,
     projector_params,
     unwrap,
 )
@@ -71,11 +73,13 @@ __all__ = [
     "TrainResult",
     "LossOutput",
     "LossFn",
+    "LLM_PROJECTIONS",
     "LoraSettings",
     "Stage",
     "apply_stage",
     "projector_params",
     "language_model",
+    "llm_lora_regex",
     "unwrap",
     "save_checkpoint",
     "load_checkpoint",

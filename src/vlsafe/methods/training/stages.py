@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Sequence
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -27,8 +28,23 @@ from vlsafe.core.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
+__all__ = [
+    "LLM_PROJECTIONS",
+    "LoraSettings",
+    "Stage",
+    "apply_stage",
+    "language_model",
+    "llm_lora_regex",
+    "projector_params",
+    "unwrap",
+]
+
 #: What a training stage updates.
 Stage = Literal["projector", "projector_llm", "projector_lora", "llm", "llm_lora"]
+
+#: Leaf names of the linear layers of a Llama-style decoder layer (attention and MLP projections): the
+#: default LoRA targets.
+LLM_PROJECTIONS: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 _PROJECTOR_PATHS = ("multi_modal_projector", "visual.merger", "connector")
 _LLM_PATHS = ("language_model", "text_model")
 _PROJECTOR_EXTRA_PARAMS = ("image_newline",)
@@ -42,7 +58,7 @@ class LoraSettings(BaseModel):
     alpha: float = Field(32.0, gt=0)
     dropout: float = Field(0.0, ge=0, lt=1)
     targets: list[str] = Field(
-        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        default_factory=lambda: list(LLM_PROJECTIONS),
         description="leaf names of the LLM's nn.Linear modules that get adapters",
     )
 
@@ -91,6 +107,23 @@ def language_model(model: Any) -> tuple[str, nn.Module]:
     if isinstance(inner, nn.Module) and hasattr(inner, "layers"):
         return "model", inner  # text-only causal LM
     raise ConfigError(f"cannot find the language model inside {type(base).__name__}")
+
+
+def llm_lora_regex(targets: Sequence[str] = LLM_PROJECTIONS, llm_module: str = "language_model") -> str:
+    """A peft ``target_modules`` regex for the ``targets`` linear layers of a VLM's language model only.
+
+    peft matches the whole module name, so the vision tower's and projector's layers of the same leaf names
+    stay untouched. For LLaVA-style models (``model.language_model.layers.N.self_attn.q_proj``) the default
+    is ``.*language_model.*\\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)``; Idefics3 and
+    SmolVLM name their language model ``text_model``.
+
+    Args:
+        targets: leaf names of the linear layers that get adapters.
+        llm_module: the attribute name of the language model inside the VLM.
+    """
+    if not targets:
+        raise ConfigError("LoRA targets must name at least one linear layer")
+    return rf".*{re.escape(llm_module)}.*\.({'|'.join(re.escape(t) for t in targets)})"
 
 
 def _lora_regex(model: Any, targets: list[str]) -> str:
