@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from vlsafe.evals.metrics.intervals import rate_point, wilson_interval
+from vlsafe.methods.training.callbacks import curve_figure as training_curve_figure
 from vlsafe.report import figures
 from vlsafe.report.html import ReportFigure, ReportTable, Section, render_markdown, render_page, write_figures
 
@@ -49,22 +50,21 @@ def vqa_type_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+#: the VL adaptation curve's probe metrics and their legend labels
+CURVE_LABELS = {"harmful_refusal_text": "harmful refused (text only)",
+                "harmful_refusal_image": "harmful refused (+ synthetic image)",
+                "benign_refusal_image": "benign refused (+ image)", "vqa": "VQA accuracy"}  # fmt: skip
+
+
 def curve_figure(curve: list[dict[str, Any]]) -> Any:
-    """Probe metrics over VL training steps."""
-    points = [c for c in curve if "probe" in c]
-    keys = ("harmful_refusal_text", "harmful_refusal_image", "benign_refusal_image", "vqa")
-    labels = {"harmful_refusal_text": "harmful refused (text only)", "harmful_refusal_image":
-              "harmful refused (+ synthetic image)", "benign_refusal_image": "benign refused (+ image)",
-              "vqa": "VQA accuracy"}  # fmt: skip
-    x = [float(p["step"]) for p in points]
-    return figures.line_curves(
-        x, {labels[k]: [p["probe"][k] for p in points] for k in keys},
-        title="VL adaptation on benign data: safety probe", xlabel="training step", ylabel="rate",
-    )  # fmt: skip
+    """Probe metrics over VL training steps (the curve's ``probe`` entries, drawn by the library's
+    :func:`vlsafe.methods.training.curve_figure`)."""
+    rows = [{"step": c["step"], **c["probe"]} for c in curve if "probe" in c]
+    return training_curve_figure(rows, "VL adaptation on benign data: safety probe", CURVE_LABELS)
 
 
 def organism_targets(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Issue 6's organism targets checked on the demo rows: ``{"target", "value", "met"}`` per target that the
+    """The organism's targets checked on the demo rows: ``{"target", "value", "met"}`` per target that the
     rows can measure (safe LLM text-only refusal rates, degradation, VL VQA accuracy)."""
     by = {(r["system"], r["image"]): r for r in rows}
     safe, vl = by.get(("safe-llm", "none")), by.get(("vl", "synthetic"))

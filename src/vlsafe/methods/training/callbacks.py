@@ -163,17 +163,29 @@ def read_curve(path: str | Path) -> list[dict[str, Any]]:
     return sorted(read_jsonl(path, "safety curve", required=("step",)), key=lambda r: r["step"])
 
 
-def curve_figure(curve: str | Path | Sequence[dict[str, Any]], title: str = "Safety during training") -> Any:
-    """Line plot of the curve's rates against the step (:func:`vlsafe.report.figures.line_curves`)."""
+def curve_figure(
+    curve: str | Path | Sequence[dict[str, Any]],
+    title: str = "Safety during training",
+    labels: dict[str, str] | None = None,
+) -> Any:
+    """Line plot of a curve's rates against the step (:func:`vlsafe.report.figures.line_curves`).
+
+    Args:
+        curve: a curve file or its rows (``{"step": ..., <metric>: rate, ...}``).
+        title: figure title.
+        labels: the columns to draw and their legend labels, in order (default: every :data:`CURVE_KEYS`
+            column the rows have, labelled by name).
+    """
     from vlsafe.report.figures import line_curves
 
     rows = read_curve(curve) if isinstance(curve, (str, Path)) else list(curve)
     if not rows:
         raise InputError("the safety curve has no rows to draw")
+    labels = labels or {key: key.replace("_", " ") for key in CURVE_KEYS}
     x = [r["step"] for r in rows]
     curves = {
-        key.replace("_", " "): [float("nan") if r.get(key) is None else r[key] for r in rows]
-        for key in CURVE_KEYS
+        label: [float("nan") if r.get(key) is None else r[key] for r in rows]
+        for key, label in labels.items()
         if any(r.get(key) is not None for r in rows)
     }
     return line_curves(x, curves, title=title, xlabel="optimizer step", ylabel="rate")
