@@ -1,12 +1,12 @@
-"""How much faster does the demo's evaluation generate now? (issue 6, demo time target)
+"""How much faster is the demo's generation path than plain batched ``generate``?
 
 Runs the workload of one degradation system of ``vlsafe demo`` -- ``organism:vl`` on the demo's 48 held-out
 harmful and 48 benign prompts under every image setting, plus 100 held-out VQA questions -- three ways,
 side by side in one process (2 threads, greedy, the demo's generation lengths):
 
-* ``before``: the demo's previous path: ``model.generate`` in batches of 16 in input order (48 harmful,
-  then 48 benign prompts: the same batches as the previous separate calls);
-* ``after``: :func:`vlsafe_organism.probe.generate` as the demo now calls it: length-sorted batches of 32 and
+* ``before``: plain ``model.generate`` in batches of 16 in input order (the 48 harmful prompts, then the 48
+  benign ones, each set batched on its own);
+* ``after``: :func:`vlsafe_organism.probe.generate` as the demo calls it: length-sorted batches of 32 and
   the shared-prefix KV cache (:func:`vlsafe.models.greedy.greedy_shared_prefix`);
 * ``after_bf16`` (``--bf16``): the same with the model cast to bfloat16 -- not used by the demo; measured to
   show what half precision would buy on CPUs with bf16 instructions, and what it changes.

@@ -1,4 +1,4 @@
-"""Do worker processes finish the demo sooner than one process with all the threads? (issue 6, demo time)
+"""Do worker processes finish the demo sooner than one process with all the threads?
 
 Runs the same demo jobs -- by default the ``vl+sft`` and ``vl+joint`` repair rows (benign synthetic image and
 typographic image, 48 + 48 held-out prompts, 100 VQA questions, greedy, the demo's generation length) -- two
@@ -6,7 +6,7 @@ ways, side by side in one run on the committed organism:
 
 * ``sequential``: in this process, one job after the other, with all of this process' torch threads (what
   ``vlsafe demo --workers 1`` does);
-* ``workers``: in N spawned processes with threads / N torch threads each (what ``vlsafe demo`` now does by
+* ``workers``: in N spawned processes with threads / N torch threads each (what ``vlsafe demo`` does by
   default), including the workers' start-up (imports) and model loading.
 
 Each way writes its rows into its own fresh directory (nothing cached); the rows of the two ways are compared.

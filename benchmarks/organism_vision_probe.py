@@ -1,4 +1,4 @@
-"""Can the organism's frozen vision features answer its synthetic VQA questions? (issue 6, VQA target)
+"""Can the organism's frozen vision features answer its synthetic VQA questions?
 
 The organism's VL model reaches only ~0.2-0.45 held-out VQA accuracy within a CPU-sized recipe. This
 diagnostic separates "the vision tower cannot see it" from "the VL training has not learned it yet": it

@@ -1,4 +1,4 @@
-"""Try a VL recipe on the organism: how much VQA does it learn, and does it keep the degradation? (issue 6)
+"""Try a VL recipe on the organism: how much VQA does it learn, and does it keep the degradation?
 
 Trains stages ``vlm`` (projector only) and ``vl`` (projector + LLM LoRA) with the build's own functions
 (:func:`vlsafe_organism.vl_train.train_projector`, :func:`~vlsafe_organism.vl_train.train_vl`) on the

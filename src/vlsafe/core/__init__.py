@@ -1,5 +1,6 @@
-"""vlsafe.core: the bottom layer. Errors, registries (with lazy entries and entry points), config and file IO,
-figure/table/HTML rendering primitives, worker processes and resource helpers. Imports nothing else of vlsafe."""
+"""vlsafe.core: the bottom layer. Errors, registries (with lazy entries and entry points), YAML configs, file IO
+(JSON, JSON lines, atomic writes), artefact file names, worker processes and torch thread helpers. Imports
+nothing else of vlsafe."""
 
 from vlsafe.core.errors import ConfigError, InputError, ModelLoadError, VlsafeError
 from vlsafe.core.registry import Registry

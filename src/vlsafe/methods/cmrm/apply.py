@@ -11,11 +11,12 @@ output already carries the earlier shifts): on a 30-layer probe of the organism 
 - ``norm_scale``: scale alpha per position by ``||h|| / mean ||h||`` at calibration.
 - ``positions``: ``"all"`` tokens (the paper) or ``"last"``; ``prefill_only``: leave generated tokens alone.
 
-The defaults (``middle`` band, ``delta=True``) were measured against the other options on the model organism
-(``vlsafe/organism/artifacts/cmrm_selection.json``, BENCHMARKS.md "Repairs on the model organism"): there, the
-band at alpha >= 0.5 and every multi-layer setting at alpha >= 0.5 break the text, and no coherent setting (alpha
-<= 0.25 on the band, or one layer at the last position) refuses more than no steering -- so no option earned the
-default and it was left as is. Sweep alpha (``vlsafe cmrm sweep``) on your own model before trusting any value.
+The defaults (``middle`` band, ``delta=True``) were measured against the other options on the model
+organism (``organism/src/vlsafe_organism/artifacts/cmrm_selection.json``, BENCHMARKS.md "Repairs on the model
+organism"): there, the band at alpha >= 0.5 and every multi-layer setting at alpha >= 0.5 break the text, and
+no coherent setting (alpha <= 0.25 on the band, or one layer at the last position) refuses more than no
+steering, so no other option is better there. Sweep alpha (``vlsafe cmrm sweep``) on your own model before
+trusting any value.
 """
 
 from __future__ import annotations

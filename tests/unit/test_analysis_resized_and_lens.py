@@ -1,4 +1,5 @@
-"""Fixes found on the model organism: resized vocabularies in weight diffs, the activation layer from j >= 1."""
+"""Weight diffs of checkpoints whose vocabularies differ in size; the logit lens's activation layer is searched
+from layer 1 on."""
 
 from __future__ import annotations
 
@@ -150,8 +151,8 @@ def _lens(num_layers: int, top_k: int) -> LensResult:
 
 
 def test_activation_layer_is_searched_from_layer_one() -> None:
-    # Token 0 is the refusal token. Query A has it top-1 already at layer 0 (the old search, comparing
-    # P_0 with zeros, called layer 0 its activation layer); its first refusal-led change is at layer 2.
+    # Token 0 is the refusal token. Query A has it top-1 already at layer 0 (comparing P_0 with zeros would
+    # make layer 0 its activation layer; the search starts at layer 1); its first refusal-led change is at layer 2.
     # Query B's first refusal-led change is at layer 1; query C never has one.
     a = [[0.7, 0.1, 0.1, 0.1], [0.5, 0.3, 0.1, 0.1], [0.8, 0.1, 0.05, 0.05], [0.9, 0.05, 0.03, 0.02]]
     b = [[0.1, 0.6, 0.2, 0.1], [0.3, 0.4, 0.2, 0.1], [0.6, 0.2, 0.1, 0.1], [0.55, 0.25, 0.1, 0.1]]
