@@ -161,3 +161,73 @@ def test_accumulation_equals_larger_batch_and_callback_stops(tmp_path: Path) -> 
     assert big != [0.0, 0.0]
     _, seen = _toy_run(tmp_path / "c", batch_size=1, grad_accum=1, stop_at=3)
     assert seen == [1, 2, 3]
+
+
+class _Recorder:
+    """A callback with every hook; stops after step ``stop_at``."""
+
+    def __init__(self, stop_at: int | None = None) -> None:
+        self.events: list[tuple[str, int]] = []
+        self.stop_at = stop_at
+
+    def on_train_begin(self, step: int) -> None:
+        self.events.append(("begin", step))
+
+    def on_step(self, step: int, metrics: dict[str, float]) -> bool:
+        self.events.append(("step", step))
+        return step == self.stop_at
+
+    def on_train_end(self, step: int) -> None:
+        self.events.append(("end", step))
+
+
+def _toy_trainer(tmp_path: Path, callbacks: list[object], **overrides: object) -> tuple[Trainer, _Toy]:
+    toy = _Toy()
+    bundle = ModelBundle(
+        model=toy, tokenizer=None, processor=None, family="causal_lm", layers=toy.model.layers
+    )
+    data = [torch.tensor([1.0, 0.0]), torch.tensor([0.0, 2.0]), torch.tensor([1.0, 1.0])]
+
+    def loss_fn(model: torch.nn.Module, batch: torch.Tensor, step: int) -> LossOutput:
+        return LossOutput((model(batch) - 1.0).pow(2).mean())
+
+    cfg = TrainConfig.model_validate(
+        {
+            "output_dir": tmp_path,
+            "stage": "llm",
+            "max_steps": 4,
+            "batch_size": 1,
+            "lr": 0.1,
+            "warmup_steps": 3,
+            "progress": False,
+            **overrides,
+        }  # fmt: skip
+    )
+    return Trainer(bundle, cfg, loss_fn, data, torch.stack, callbacks=callbacks), toy
+
+
+def test_callback_hooks_warmup_and_no_final_checkpoint(tmp_path: Path) -> None:
+    rec = _Recorder()
+    trainer, toy = _toy_trainer(tmp_path, [rec], save_final=False, use_cpu=True)
+    assert trainer.device == torch.device("cpu") and toy.model.layers[0].weight.device.type == "cpu"
+    result = trainer.train()
+    assert rec.events == [("begin", 0), ("step", 1), ("step", 2), ("step", 3), ("step", 4), ("end", 4)]
+    assert [h["lr"] for h in result.history] == pytest.approx([0.1 / 3, 0.2 / 3, 0.1, 0.1])
+    assert result.checkpoint is None and not list(tmp_path.glob("checkpoint-*"))
+    assert len((tmp_path / "log.jsonl").read_text().splitlines()) == 4
+    again, _ = _toy_trainer(tmp_path, [], save_final=False, resume="never")
+    again.train()  # a run from step 0 rewrites the log instead of appending to it
+    assert len((tmp_path / "log.jsonl").read_text().splitlines()) == 4
+
+
+def test_train_end_hook_runs_after_a_stop_and_the_final_checkpoint(tmp_path: Path) -> None:
+    rec = _Recorder(stop_at=2)
+    seen: list[bool] = []
+    trainer, _ = _toy_trainer(tmp_path, [rec])
+    rec.on_train_end = lambda step: seen.append((tmp_path / f"checkpoint-{step}").is_dir())  # type: ignore[method-assign]
+    result = trainer.train()
+    assert rec.events == [("begin", 0), ("step", 1), ("step", 2)] and seen == [True]
+    assert result.step == 2 and result.checkpoint == tmp_path / "checkpoint-2"
+    resumed = _Recorder()
+    _toy_trainer(tmp_path, [resumed], max_steps=3)[0].train()
+    assert resumed.events == [("begin", 2), ("step", 3), ("end", 3)]

@@ -1,13 +1,17 @@
-"""Answer-only loss equals the stock loss; padding trimming; embedding freezing."""
+"""Answer-only loss equals the stock loss (value and gradient) and trains in the library Trainer."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from vlsafe.core.errors import InputError
-from vlsafe.methods.training.memory import answer_only_loss, freeze_embeddings, train_step, trim_padding
+from vlsafe.methods.training.memory import answer_only_loss
+from vlsafe.methods.training.trainer import LossOutput, TrainConfig, Trainer
+from vlsafe.models.bundle import ModelBundle
 
 
 def _tiny_llm() -> LlamaForCausalLM:
@@ -50,26 +54,29 @@ def test_answer_only_loss_needs_supervision():
         answer_only_loss(model, batch, torch.full_like(labels, -100))
 
 
-def test_trim_padding_removes_only_all_padding_columns():
-    ids = torch.arange(12).view(2, 6)
-    mask = torch.tensor([[1, 1, 1, 0, 0, 0], [1, 1, 1, 1, 0, 0]])
-    out = trim_padding({"input_ids": ids, "attention_mask": mask, "pixel_values": torch.zeros(2, 3, 4, 4)})
-    assert out["input_ids"].shape == (2, 4) and torch.equal(out["attention_mask"], mask[:, :4])
-    assert out["pixel_values"].shape == (2, 3, 4, 4)
-    left = trim_padding({"attention_mask": torch.tensor([[0, 0, 1, 1], [0, 1, 1, 1]])})
-    assert left["attention_mask"].tolist() == [[0, 1, 1], [1, 1, 1]]
-
-
-def test_freeze_embeddings_and_train_step_lower_the_loss():
+def test_answer_only_loss_trains_in_the_trainer_with_frozen_embeddings(tmp_path: Path) -> None:
     model = _tiny_llm()
-    frozen = freeze_embeddings(model)
-    assert frozen == 97 * 32  # tied: counted once
-    assert not model.get_input_embeddings().weight.requires_grad
+    bundle = ModelBundle(
+        model=model, tokenizer=None, processor=None, family="causal_lm", layers=model.model.layers
+    )
     batch, labels = _batch()
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
-    emb = model.get_input_embeddings().weight.clone()
-    losses = [train_step(model, {**batch, "labels": labels}, opt) for _ in range(5)]
+    records = [{k: v[i] for k, v in {**batch, "labels": labels}.items()} for i in range(3)]
+
+    def collate(rows: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+        return {k: torch.stack([r[k] for r in rows]) for k in rows[0]}
+
+    def loss_fn(m: torch.nn.Module, b: dict[str, torch.Tensor], step: int) -> LossOutput:
+        return LossOutput(answer_only_loss(m, {k: v for k, v in b.items() if k != "labels"}, b["labels"], 2))
+
+    emb = model.get_input_embeddings().weight.detach().clone()
+    layer = model.model.layers[0].mlp.up_proj.weight.detach().clone()
+    cfg = TrainConfig(output_dir=tmp_path, stage="llm", max_steps=5, batch_size=3, grad_accum=1, lr=1e-2,
+                      shuffle=False, save_final=False, resume="never", progress=False)  # fmt: skip
+    history = Trainer(bundle, cfg, loss_fn, records, collate).train().history
+    losses = [h["loss"] for h in history]
     assert losses[-1] < losses[0]
+    with torch.no_grad():  # the logged loss is the stock loss of the weights before each step
+        assert model(**batch, labels=labels).loss < losses[-1]
+    assert not model.get_input_embeddings().weight.requires_grad  # tied with lm_head: both frozen
     assert torch.equal(model.get_input_embeddings().weight, emb)
-    with pytest.raises(InputError, match="labels"):
-        train_step(model, batch, opt)
+    assert not torch.equal(model.model.layers[0].mlp.up_proj.weight, layer)

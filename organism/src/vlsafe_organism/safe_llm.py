@@ -2,8 +2,11 @@
 
 Training data (ids in ``artifacts/splits.json``): harmful prompts -> varied refusals; form-matched benign,
 templated benign and scary-but-harmless prompts -> the base model's own greedy answers (the opening
-``answer_tokens`` tokens, generated once and cached). The checkpoint is chosen on the validation split by
-``harmful refusal - 2 x benign refusal``.
+``answer_tokens`` tokens, generated once and cached). Training runs in :class:`vlsafe.methods.training.Trainer`
+(:func:`safe_llm_trainer`): LoRA on the LLM's linear layers, the library's SFT encoding and reply-only loss
+(:mod:`vlsafe_organism.sft`), AdamW with a linear warm-up over :data:`WARMUP_STEPS` steps and gradient clipping at
+1.0, batches drawn in the Trainer's order (a seeded permutation of the examples per epoch). The checkpoint is
+chosen on the validation split by ``harmful refusal - 2 x benign refusal``.
 """
 
 from __future__ import annotations
@@ -11,21 +14,27 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 from pydantic import BaseModel, ConfigDict
-from tqdm import tqdm
 
-from vlsafe.methods.training.memory import peak_rss_mb, prepare_for_training, train_step
+from vlsafe.methods.training.memory import peak_rss_mb
+from vlsafe.methods.training.sft import sft_loss
+from vlsafe.methods.training.stages import LoraSettings
+from vlsafe.methods.training.trainer import TrainConfig, Trainer
+from vlsafe.models import bundle_from_model
+from vlsafe.models.bundle import ModelBundle
 from vlsafe_organism import safety_data as sd
 from vlsafe_organism.probe import PROBE_TOKENS, generate, refusal_rate
-from vlsafe_organism.sft import SFTExample, batches, collate, encode
+from vlsafe_organism.sft import SFTExample, sft_collate
 from vlsafe_organism.stages import train_device
 
 logger = logging.getLogger(__name__)
-LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+#: Steps over which the learning rate rises linearly to ``lr``.
+WARMUP_STEPS = 10
 
 
 class SafeLLMConfig(BaseModel):
@@ -63,10 +72,15 @@ def make_benign_answers(out: Path, cache_dir: str | Path | None, cfg: SafeLLMCon
     (out / "benign_answers.json").write_text(json.dumps(rows, indent=1))
 
 
-def _examples(answers: list[dict[str, Any]], tok: Any, cfg: SafeLLMConfig) -> list[SFTExample]:
+def training_examples(answers: list[dict[str, Any]], tok: Any, cfg: SafeLLMConfig) -> list[SFTExample]:
+    """The stage's examples: the first ``n_harmful`` harmful training prompts with their refusals, then every
+    benign prompt with the base model's answer (``complete`` when it ended before ``answer_tokens - 1``
+    tokens; blank answers are left out: there is no reply to learn)."""
     harmful = sd.load_split("harmful_train")[: cfg.n_harmful]
     out = [SFTExample(p.text, sd.refusal_for(p.id)) for p in harmful]
     for row in answers:
+        if not row["answer"].strip():
+            continue
         n_tok = len(tok(row["answer"], add_special_tokens=False)["input_ids"])
         out.append(SFTExample(row["prompt"], row["answer"].rstrip(), complete=n_tok < cfg.answer_tokens - 1))
     return out
@@ -83,15 +97,90 @@ def validate(model: Any, tok: Any, n: int | None = None) -> dict[str, float]:
     }
 
 
+def safe_llm_trainer(
+    bundle: ModelBundle,
+    cfg: SafeLLMConfig,
+    examples: Sequence[SFTExample],
+    output_dir: Path,
+    callbacks: Sequence[Any] = (),
+) -> Trainer:
+    """The :class:`~vlsafe.methods.training.Trainer` of stage 1 on ``bundle`` (the base LLM).
+
+    LoRA (``cfg.rank`` / ``cfg.alpha``, no dropout) on the LLM's linear layers, everything else frozen;
+    ``cfg.steps`` AdamW steps at ``cfg.lr`` (no weight decay) after a linear warm-up over :data:`WARMUP_STEPS`
+    steps, gradient norm clipped at 1.0; batches of ``cfg.batch_size`` examples in the Trainer's seeded order
+    (``cfg.seed``), encoded by :func:`~vlsafe_organism.sft.sft_collate`; loss
+    :func:`~vlsafe.methods.training.sft.sft_loss` (mean cross-entropy over the reply tokens, ``lm_head`` on those
+    rows only). No checkpoints: the stage keeps its best validated adapter itself.
+    """
+    config = TrainConfig.model_validate(
+        {
+            "output_dir": output_dir,
+            "stage": "llm_lora",
+            "lora": LoraSettings(rank=cfg.rank, alpha=cfg.alpha, dropout=0.0),
+            "max_steps": cfg.steps,
+            "batch_size": cfg.batch_size,
+            "lr": cfg.lr,
+            "weight_decay": 0.0,
+            "warmup_steps": WARMUP_STEPS,
+            "schedule": "constant",
+            "max_grad_norm": 1.0,
+            "seed": cfg.seed,
+            "save_every": 0,
+            "save_final": False,
+            "resume": "never",
+            "use_cpu": train_device().type == "cpu",
+        }
+    )
+
+    def collate(rows: list[SFTExample]) -> Any:
+        return sft_collate(bundle, rows)
+
+    return Trainer(bundle, config, sft_loss, list(examples), collate, callbacks)
+
+
+class BestOnValidation:
+    """Trainer callback of stage 1: logs each step's loss, validates (:func:`validate`) every
+    ``cfg.eval_every`` steps from ``cfg.eval_from`` on and after the last step, and keeps the LoRA tensors of
+    the best ``harmful refusal - cfg.benign_weight x benign refusal`` (the earliest of equal scores)."""
+
+    def __init__(self, bundle: ModelBundle, cfg: SafeLLMConfig, log: dict[str, Any], start: float) -> None:
+        self.bundle, self.cfg, self.log, self.start = bundle, cfg, log, start
+        self.best: tuple[float, int, dict[str, torch.Tensor]] | None = None
+        self._validated = -1
+
+    def on_step(self, step: int, metrics: dict[str, float]) -> bool:
+        self.log["loss"].append(metrics["loss"])
+        if step % self.cfg.eval_every == 0 and step >= self.cfg.eval_from:
+            self._validate(step)
+        return False
+
+    def on_train_end(self, step: int) -> None:
+        if self._validated != step:
+            self._validate(step)
+
+    def _validate(self, step: int) -> None:
+        from vlsafe_organism.artifacts import lora_state
+
+        model = self.bundle.model
+        val = validate(model, self.bundle.tokenizer, self.cfg.val_n)
+        score = val["harmful_refusal"] - self.cfg.benign_weight * val["benign_refusal"]
+        self.log["val"].append({"step": step, **val, "score": score, "elapsed_s": time.time() - self.start})
+        logger.info("safe-llm step %d: %s", step, val)
+        if self.best is None or score > self.best[0]:
+            self.best = (score, step, lora_state(model)[0])
+        self._validated = step
+
+
 def train_safe_llm(
     out: Path, cache_dir: str | Path | None, answers_dir: Path, cfg: SafeLLMConfig
 ) -> dict[str, Any]:
-    """Train the safety LoRA, keep the best validation checkpoint, save ``safe_lora.safetensors``.
+    """Train the safety LoRA (:func:`safe_llm_trainer`), keep the best validation checkpoint, save
+    ``safe_lora.safetensors`` and ``train_log.json`` (the Trainer's per-step log is in ``out/trainer``).
 
     Returns:
         The training log (losses, validation points, the chosen step, timings, peak RSS).
     """
-    from peft import LoraConfig, get_peft_model
     from safetensors.torch import save_file
 
     from vlsafe_organism.artifacts import lora_state
@@ -100,42 +189,17 @@ def train_safe_llm(
     torch.manual_seed(cfg.seed)
     start = time.time()
     model, tok = load_base_llm(cache_dir)
-    dev = train_device()
-    model.to(dev)
-    tok.pad_token = tok.pad_token or tok.eos_token
+    bundle = bundle_from_model(model.to(train_device()), tok, name="organism:base-llm")
     answers = json.loads((answers_dir / "benign_answers.json").read_text())
-    examples = _examples(answers, tok, cfg)
-    encoded = [encode(tok, ex) for ex in examples]
-    lcfg = LoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, lora_dropout=0.0, target_modules=LORA_TARGETS)
-    model = prepare_for_training(get_peft_model(model, lcfg), gradient_checkpointing=False)
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 10))
+    examples = training_examples(answers, tok, cfg)
     log: dict[str, Any] = {"config": cfg.model_dump(), "n_examples": len(examples), "loss": [], "val": []}
-    best: tuple[float, int, dict[str, torch.Tensor]] | None = None
-    bar = tqdm(
-        enumerate(batches(len(encoded), cfg.batch_size, cfg.steps, cfg.seed)),
-        total=cfg.steps,
-        desc="safe-llm",
-    )
-    for step, idx in bar:
-        batch = {k: v.to(dev) for k, v in collate([encoded[i] for i in idx], tok.pad_token_id).items()}
-        loss = train_step(model, batch, opt)
-        sched.step()
-        log["loss"].append(loss)
-        bar.set_postfix(loss=f"{loss:.3f}")
-        due = (step + 1) % cfg.eval_every == 0 and step + 1 >= cfg.eval_from
-        if due or step + 1 == cfg.steps:
-            val = validate(model, tok, cfg.val_n)
-            score = val["harmful_refusal"] - cfg.benign_weight * val["benign_refusal"]
-            log["val"].append({"step": step + 1, **val, "score": score, "elapsed_s": time.time() - start})
-            logger.info("safe-llm step %d: %s", step + 1, val)
-            if best is None or score > best[0]:
-                best = (score, step + 1, lora_state(model)[0])
-    assert best is not None
-    tensors, scale = best[2], lora_state(model)[1]
+    tracker = BestOnValidation(bundle, cfg, log, start)
+    safe_llm_trainer(bundle, cfg, examples, out / "trainer", [tracker]).train()
+    assert tracker.best is not None
+    _, best_step, tensors = tracker.best
+    scale = lora_state(bundle.model)[1]
     save_file(tensors, str(out / "safe_lora.safetensors"))
-    log.update(best_step=best[1], scale=scale, seconds=time.time() - start, peak_rss_mb=peak_rss_mb())
+    log.update(best_step=best_step, scale=scale, seconds=time.time() - start, peak_rss_mb=peak_rss_mb())
     (out / "train_log.json").write_text(json.dumps(log, indent=1))
     return log
 

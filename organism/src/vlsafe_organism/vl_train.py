@@ -7,9 +7,16 @@ probes in BENCHMARKS.md). The vision tower stays frozen, so its features of the 
 once; the training step replaces the ``<image>`` placeholders by the projected features (exactly what
 ``LlavaModel`` does) and runs the language model.
 
-* ``vlm`` stage: projector only (the LLM is the safe LLM, unchanged);
-* ``vl`` stage: projector + LoRA on the LLM's linear layers; a safety/utility probe runs every
-  ``probe_every`` steps and is saved as ``curve.json``.
+* ``vlm`` stage: phase ``projector``, the projector only (the LLM is the safe LLM, unchanged);
+* ``vl`` stage: phase ``projector+llm``, projector + LoRA on the LLM's linear layers (embeddings frozen).
+
+Each phase trains in :class:`vlsafe.methods.training.Trainer` (:func:`vl_trainer`): AdamW (no weight decay)
+at the phase's learning rate after a linear warm-up over :data:`WARMUP_STEPS` steps, gradient norm clipped at
+1.0, the answer-only loss :func:`vl_loss`. The batches are the Trainer's: each epoch a permutation of the
+training conversations seeded by :attr:`VLConfig.seed` (the same order in both phases), cut into consecutive
+batches of :attr:`VLConfig.batch_size`, the incomplete rest of the epoch dropped. A safety/utility probe
+(:func:`probe`) runs every ``probe_every`` steps and after the last step (:class:`ProbeCurve`); with the
+per-step losses it is saved as ``curve.json``.
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ import json
 import logging
 import random
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,15 +34,24 @@ import torch
 from pydantic import BaseModel, ConfigDict
 from tqdm import tqdm
 
-from vlsafe.methods.training.memory import IGNORE_INDEX, answer_only_loss, freeze_embeddings, peak_rss_mb
+from vlsafe.core.errors import ConfigError
+from vlsafe.methods.training.memory import IGNORE_INDEX, answer_only_loss, peak_rss_mb
+from vlsafe.methods.training.stages import LoraSettings, Stage
+from vlsafe.methods.training.trainer import LossFn, LossOutput, TrainConfig, Trainer
+from vlsafe.models import bundle_from_model
+from vlsafe.models.bundle import ModelBundle
 from vlsafe_organism import safety_data as sd
 from vlsafe_organism.probe import PROBE_TOKENS, generate, refusal_rate, vqa_eval, vqa_items
-from vlsafe_organism.sft import END, collate
 from vlsafe_organism.stages import train_device
 
 logger = logging.getLogger(__name__)
 CAPTION_PROMPTS = ("Describe the image.", "What is in this picture?", "Write a short caption for this image.")
-LLM_TARGETS = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
+#: End of an assistant turn in the organism's chat template (ChatML).
+END = "<|im_end|>"
+#: Steps over which the learning rate rises linearly to the phase's rate.
+WARMUP_STEPS = 10
+#: The Trainer stage of each VL phase.
+PHASE_STAGES: dict[str, Stage] = {"projector": "projector", "projector+llm": "projector_lora"}
 PROBE_IMAGE_START = 20_000  # held-out synthetic renders (test split) used as the benign image of probes
 
 
@@ -82,7 +99,8 @@ def wire_safe_vlm(
 
 @torch.no_grad()
 def image_features(model: Any, processor: Any, images: list[Any], batch_size: int = 32) -> torch.Tensor:
-    """Frozen vision-tower features ``[N, patches, d_vision]`` as LLaVA selects them (last layer, no CLS)."""
+    """Frozen vision-tower features ``[N, patches, d_vision]`` as LLaVA selects them (``hidden_states`` at the
+    config's ``vision_feature_layer``, without the CLS token)."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     out = []
     for i in tqdm(range(0, len(images), batch_size), desc="image features", leave=False):
@@ -173,45 +191,147 @@ def probe(model: Any, processor: Any, n: int, tokens: int = PROBE_TOKENS) -> dic
     }
 
 
-def _train_loop(model: Any, processor: Any, cfg: VLConfig, steps: int, lr: float, phase: str,
-                curve: list[dict[str, Any]], step0: int) -> None:  # fmt: skip
-    tok = processor.tokenizer
-    image_token_id = int(processor.image_token_id)
-    n_patches = (cfg.size // model.config.vision_config.patch_size) ** 2
+def collate_conversations(
+    tok: Any, image_token_id: int, feats: torch.Tensor
+) -> Callable[[list[Conversation]], dict[str, torch.Tensor]]:
+    """The collate function of VL training: conversations -> right-padded ``input_ids`` / ``attention_mask`` /
+    ``labels`` (:func:`encode_conversation`, one ``<image>`` placeholder per feature row) and the cached
+    ``image_features`` ``[B, patches, d_vision]`` of the conversations' images (rows of ``feats``)."""
+    n_patches = int(feats.shape[1])
+
+    def collate(rows: list[Conversation]) -> dict[str, torch.Tensor]:
+        encoded = [encode_conversation(tok, c, image_token_id, n_patches) for c in rows]
+        width = max(len(ids) for ids, _ in encoded)
+        ids_t = torch.full((len(rows), width), int(tok.pad_token_id), dtype=torch.long)
+        lab_t = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, (ids, labels) in enumerate(encoded):
+            ids_t[i, : len(ids)] = torch.tensor(ids)
+            lab_t[i, : len(labels)] = torch.tensor(labels)
+            mask[i, : len(ids)] = 1
+        keys = [c.image_key for c in rows]
+        return {"input_ids": ids_t, "attention_mask": mask, "labels": lab_t, "image_features": feats[keys]}
+
+    return collate
+
+
+def vl_loss_fn(image_token_id: int) -> LossFn:
+    """The Trainer loss of VL training: :func:`vl_loss` on a batch of :func:`collate_conversations`."""
+
+    def loss_fn(model: Any, batch: dict[str, torch.Tensor], step: int) -> LossOutput:
+        return LossOutput(vl_loss(model, batch, batch["image_features"], image_token_id))
+
+    return loss_fn
+
+
+def vl_train_config(cfg: VLConfig, phase: str, output_dir: Path) -> TrainConfig:
+    """The :class:`~vlsafe.methods.training.TrainConfig` of VL phase ``projector`` or ``projector+llm``.
+
+    Raises:
+        ConfigError: an unknown phase.
+    """
+    if phase not in PHASE_STAGES:
+        raise ConfigError(f"VL phase {phase!r} is unknown; choose one of {sorted(PHASE_STAGES)}")
+    lora = phase == "projector+llm"
+    return TrainConfig.model_validate(
+        {
+            "output_dir": output_dir,
+            "stage": PHASE_STAGES[phase],
+            "lora": LoraSettings(rank=cfg.rank, alpha=cfg.alpha, dropout=0.0) if lora else None,
+            "max_steps": cfg.vl_steps if lora else cfg.proj_steps,
+            "batch_size": cfg.batch_size,
+            "lr": cfg.vl_lr if lora else cfg.proj_lr,
+            "weight_decay": 0.0,
+            "warmup_steps": WARMUP_STEPS,
+            "schedule": "constant",
+            "max_grad_norm": 1.0,
+            "seed": cfg.seed,
+            "save_every": 0,
+            "save_final": False,
+            "resume": "never",
+            "use_cpu": train_device().type == "cpu",
+        }
+    )
+
+
+def vl_trainer(
+    bundle: ModelBundle,
+    cfg: VLConfig,
+    phase: str,
+    conversations: Sequence[Conversation],
+    feats: torch.Tensor,
+    output_dir: Path,
+    callbacks: Sequence[Any] = (),
+) -> Trainer:
+    """The :class:`~vlsafe.methods.training.Trainer` of one VL phase on ``bundle`` (the wired VLM; a LoRA phase
+    wraps ``bundle.model`` in peft).
+
+    Args:
+        bundle: The VLM and its processor.
+        cfg: The VL recipe.
+        phase: ``projector`` or ``projector+llm`` (:func:`vl_train_config`).
+        conversations: The training records (:func:`training_conversations`).
+        feats: Frozen vision features of the images, row ``image_key`` (:func:`image_features`).
+        output_dir: The Trainer's directory (its per-step ``log.jsonl``; no checkpoints are written).
+        callbacks: Trainer callbacks, e.g. :class:`ProbeCurve`.
+    """
+    assert bundle.processor is not None
+    image_token_id = int(bundle.processor.image_token_id)
+    collate = collate_conversations(bundle.processor.tokenizer, image_token_id, feats)
+    return Trainer(bundle, vl_train_config(cfg, phase, output_dir), vl_loss_fn(image_token_id),
+                   list(conversations), collate, callbacks)  # fmt: skip
+
+
+class ProbeCurve:
+    """Trainer callback of a VL phase: after every step it appends ``{"step", "phase", "loss"}`` to ``curve``;
+    every ``cfg.probe_every`` steps and after the last step it runs :func:`probe` and appends
+    ``{"step", "phase", "probe", "elapsed_s"}`` (seconds since training began). Steps are counted from
+    ``step0`` (the steps of earlier phases)."""
+
+    def __init__(
+        self, bundle: ModelBundle, cfg: VLConfig, phase: str, curve: list[dict[str, Any]], step0: int = 0
+    ) -> None:
+        self.bundle, self.cfg, self.phase, self.curve, self.step0 = bundle, cfg, phase, curve, step0
+        self.start = time.time()
+        self._probed = -1
+
+    def on_train_begin(self, step: int) -> None:
+        self.start = time.time()
+
+    def on_step(self, step: int, metrics: dict[str, float]) -> bool:
+        self.curve.append({"step": self.step0 + step, "phase": self.phase, "loss": float(metrics["loss"])})
+        if step % self.cfg.probe_every == 0:
+            self._probe(step)
+        return False
+
+    def on_train_end(self, step: int) -> None:
+        if self._probed != step:
+            self._probe(step)
+        self.bundle.model.eval()
+
+    def _probe(self, step: int) -> None:
+        model = self.bundle.model
+        model.eval()
+        point = probe(model, self.bundle.processor, self.cfg.probe_n, self.cfg.probe_tokens)
+        self.curve.append({"step": self.step0 + step, "phase": self.phase, "probe": point,
+                           "elapsed_s": round(time.time() - self.start, 1)})  # fmt: skip
+        logger.info("vl %s step %d: %s", self.phase, self.step0 + step, point)
+        self._probed = step
+
+
+def _train_phase(
+    model: Any, processor: Any, cfg: VLConfig, phase: str, curve: list[dict[str, Any]], step0: int, out: Path
+) -> Any:
+    """Train one phase on the first ``cfg.n_images`` training images; returns the trained model (the peft
+    wrapper in a LoRA phase)."""
     from vlsafe.data.scenes import make_example
 
-    images = [make_example(i, "train").image for i in range(cfg.n_images)]
-    feats = image_features(model, processor, images)
-    examples = training_conversations(cfg.n_images, cfg.seed)
-    rng = random.Random(f"vlsafe-vl:{phase}:{cfg.seed}")
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 10))
-    start = time.time()
-    bar = tqdm(range(steps), desc=f"vl {phase}")
-    for step in bar:
-        chosen = rng.sample(examples, cfg.batch_size)
-        batch = collate(
-            [encode_conversation(tok, c, image_token_id, n_patches) for c in chosen], tok.pad_token_id
-        )
-        batch = {k: v.to(feats.device) for k, v in batch.items()}
-        f = feats[[c.image_key for c in chosen]]
-        model.train()
-        opt.zero_grad(set_to_none=True)
-        loss = vl_loss(model, batch, f, image_token_id)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        sched.step()
-        bar.set_postfix(loss=f"{float(loss):.3f}")
-        curve.append({"step": step0 + step + 1, "phase": phase, "loss": float(loss)})
-        if (step + 1) % cfg.probe_every == 0 or step + 1 == steps:
-            model.eval()
-            point = probe(model, processor, cfg.probe_n, cfg.probe_tokens)
-            curve.append({"step": step0 + step + 1, "phase": phase, "probe": point,
-                          "elapsed_s": round(time.time() - start, 1)})  # fmt: skip
-            logger.info("vl %s step %d: %s", phase, step0 + step + 1, point)
-    model.eval()
+    feats = image_features(model, processor, [make_example(i, "train").image for i in range(cfg.n_images)])
+    bundle = bundle_from_model(model, processor, name=f"organism VL {phase}")
+    conversations = training_conversations(cfg.n_images, cfg.seed)
+    callback = ProbeCurve(bundle, cfg, phase, curve, step0)
+    vl_trainer(bundle, cfg, phase, conversations, feats, out / "trainer", [callback]).train()
+    return bundle.model
 
 
 def _projector_state(model: Any) -> dict[str, torch.Tensor]:
@@ -230,17 +350,13 @@ def train_projector(out: Path, cache_dir: str | Path | None, safe_dir: Path, cfg
 
     torch.manual_seed(cfg.seed)
     model, processor = wire_safe_vlm(cache_dir, safe_dir, cfg.size, cfg.feature_layer)
-    for p in model.parameters():
-        p.requires_grad_(False)
-    for p in model.model.multi_modal_projector.parameters():
-        p.requires_grad_(True)
     model.config.use_cache = False
     curve: list[dict[str, Any]] = []
     model.eval()
     curve.append(
         {"step": 0, "phase": "projector", "probe": probe(model, processor, cfg.probe_n, cfg.probe_tokens)}
     )
-    _train_loop(model, processor, cfg, cfg.proj_steps, cfg.proj_lr, "projector", curve, 0)
+    model = _train_phase(model, processor, cfg, "projector", curve, 0, out)
     save_file(_projector_state(model), str(out / "vlm_projector.safetensors"))
     (out / "curve.json").write_text(json.dumps(curve, indent=1))
     (out / "meta.json").write_text(json.dumps(_meta(cfg)))
@@ -251,7 +367,6 @@ def train_vl(
     out: Path, cache_dir: str | Path | None, safe_dir: Path, vlm_dir: Path, cfg: VLConfig
 ) -> dict[str, Any]:
     """Stage ``vl``: projector + LLM LoRA; saves ``vl_projector.safetensors``, ``vl_lora.safetensors``."""
-    from peft import LoraConfig, get_peft_model
     from safetensors.torch import load_file, save_file
 
     from vlsafe_organism.artifacts import lora_state
@@ -261,14 +376,8 @@ def train_vl(
     proj = {k: v.float() for k, v in load_file(str(vlm_dir / "vlm_projector.safetensors")).items()}
     model.model.multi_modal_projector.load_state_dict(proj)
     model.config.use_cache = False
-    lcfg = LoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, lora_dropout=0.0, target_modules=LLM_TARGETS)
-    model = get_peft_model(model, lcfg)
-    freeze_embeddings(model)
-    peft_base: Any = model.get_base_model()
-    for p in peft_base.model.multi_modal_projector.parameters():
-        p.requires_grad_(True)
     curve = json.loads((vlm_dir / "curve.json").read_text())
-    _train_loop(model, processor, cfg, cfg.vl_steps, cfg.vl_lr, "projector+llm", curve, cfg.proj_steps)
+    model = _train_phase(model, processor, cfg, "projector+llm", curve, cfg.proj_steps, out)
     tensors, scale = lora_state(model)
     save_file(tensors, str(out / "vl_lora.safetensors"))
     save_file(_projector_state(model), str(out / "vl_projector.safetensors"))

@@ -10,16 +10,27 @@ Usage::
                       loss_fn, dataset, collate_fn, callbacks=[my_callback])
     result = trainer.train()                                  # resumes from output_dir when resume="auto"
 
-* The data is a map-style sequence of records; the trainer draws batches itself (seeded permutation per epoch,
-  sharded by process rank), so a resumed run sees exactly the batches the uninterrupted run would have seen
-  and skipping costs nothing.
+* The data is a map-style sequence of records; the trainer draws batches itself, so a resumed run sees
+  exactly the batches the uninterrupted run would have seen and skipping costs nothing. With ``shuffle``, each
+  epoch is a permutation of the records (``torch.randperm`` seeded with ``seed * 1_000_003 + epoch``), cut
+  into consecutive global batches of ``batch_size`` records per process, the incomplete rest of the epoch
+  dropped (a dataset smaller than one global batch wraps around); process ``k`` takes the ``k``-th share of
+  each global batch. Without ``shuffle`` the records keep their order.
 * Device and process group come from ``accelerate`` (``accelerate launch`` for several GPUs: each rank takes
-  its share of every batch and gradients are averaged across ranks before the optimizer step). Gradient
-  accumulation, ``bf16`` autocast, gradient checkpointing and the stage (which parameters train) are options.
+  its share of every batch and gradients are averaged across ranks before the optimizer step); ``use_cpu``
+  trains on the CPU of a single process even when an accelerator is visible. Gradient accumulation, ``bf16``
+  autocast, gradient checkpointing and the stage (which parameters train) are options.
+* The optimizer is AdamW over the stage's trainable parameters; the learning rate rises linearly over
+  ``warmup_steps`` (``lr * (step + 1) / warmup_steps`` at 0-based step ``step``), then follows ``schedule``;
+  the gradient norm is clipped to ``max_grad_norm`` before each optimizer step.
 * A callback is any object with ``on_step(step, metrics)`` or a plain callable ``(step, metrics)``; it runs on
-  every process after each optimizer step; returning ``True`` stops training after that step.
-* Checkpoints (``output_dir/checkpoint-<step>``) are safetensors + JSON (:mod:`vlsafe.methods.training.checkpoint`);
-  ``output_dir/log.jsonl`` gets one line of metrics per step.
+  every process after each optimizer step; returning ``True`` stops training after that step. An object may
+  also have ``on_train_begin(step)`` (called once before the first step of :meth:`Trainer.train`, with the
+  step training starts from: 0, or the step of the checkpoint resumed) and ``on_train_end(step)`` (called
+  once after the last step and the final checkpoint, however training stopped).
+* Checkpoints (``output_dir/checkpoint-<step>``) are safetensors + JSON (:mod:`vlsafe.methods.training.checkpoint`):
+  every ``save_every`` steps and after the last step unless ``save_final`` is off; ``output_dir/log.jsonl``
+  gets one line of metrics per step.
 """
 
 from __future__ import annotations
@@ -56,7 +67,7 @@ class TrainConfig(BaseModel):
     lora: LoraSettings | None = None
     max_steps: int = Field(100, gt=0, description="optimizer steps")
     batch_size: int = Field(4, gt=0, description="records per micro-batch per process")
-    grad_accum: int = Field(1, gt=0)
+    grad_accum: int = Field(1, gt=0, description="micro-batches per optimizer step")
     lr: float = Field(1e-4, gt=0)
     weight_decay: float = Field(0.0, ge=0)
     warmup_steps: int = Field(0, ge=0)
@@ -66,9 +77,11 @@ class TrainConfig(BaseModel):
     gradient_checkpointing: bool = False
     seed: int = 0
     shuffle: bool = True
-    save_every: int = Field(0, ge=0, description="checkpoint every N steps (0: only at the end)")
-    keep_checkpoints: int = Field(2, gt=0)
+    save_every: int = Field(0, ge=0, description="checkpoint every N steps (0: none before the end)")
+    keep_checkpoints: int = Field(2, gt=0, description="checkpoints kept in output_dir (the newest)")
+    save_final: bool = Field(True, description="checkpoint after the last step (a resumable run needs it)")
     resume: Literal["auto", "never"] | Path = "auto"
+    use_cpu: bool = Field(False, description="train on the CPU even when an accelerator is visible")
     progress: bool = True
 
 
@@ -89,7 +102,7 @@ class TrainResult:
 
     step: int
     history: list[dict[str, float]]
-    checkpoint: Path | None
+    checkpoint: Path | None  # the last checkpoint written (None when none was)
     resumed_from: Path | None = None
 
 
@@ -132,7 +145,11 @@ class Trainer:
         dataset: records (any objects); ``collate_fn`` turns a list of them into a batch.
         collate_fn: ``list[record] -> batch``; a batch with ``.to(device)`` or a dict of tensors is moved
             to the device.
-        callbacks: objects with ``on_step(step, metrics)`` or callables ``(step, metrics)``.
+        callbacks: objects with ``on_step(step, metrics)`` (and optionally ``on_train_begin(step)`` /
+            ``on_train_end(step)``) or callables ``(step, metrics)``.
+
+    Raises:
+        ConfigError: an empty dataset, or ``use_cpu`` in a launch of several processes on accelerators.
     """
 
     def __init__(
@@ -149,11 +166,18 @@ class Trainer:
         if len(dataset) == 0:
             raise ConfigError("the training dataset is empty")
         self.accelerator = Accelerator()
+        if config.use_cpu and self.accelerator.num_processes > 1 and self.accelerator.device.type != "cpu":
+            raise ConfigError(
+                f"use_cpu=True needs a single process or a CPU launch; this launch runs "
+                f"{self.accelerator.num_processes} processes on {self.accelerator.device.type}"
+            )
+        #: Where the model and every batch live.
+        self.device = torch.device("cpu") if config.use_cpu else self.accelerator.device
         self.bundle, self.config, self.loss_fn = bundle, config, loss_fn
         self.dataset, self.collate_fn, self.callbacks = dataset, collate_fn, list(callbacks)
         _seed_all(config.seed)
         model = apply_stage(bundle.model, config.stage, config.lora)
-        model.to(self.accelerator.device)
+        model.to(self.device)
         if config.gradient_checkpointing:
             unwrap(model).gradient_checkpointing_enable(
                 gradient_checkpointing_kwargs={"use_reentrant": False}
@@ -232,7 +256,7 @@ class Trainer:
 
     def train_step(self) -> dict[str, float]:
         """One optimizer step (``grad_accum`` micro-batches); returns the step's metrics."""
-        cfg, device = self.config, self.accelerator.device
+        cfg, device = self.config, self.device
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
         sums: dict[str, float] = {}
@@ -259,14 +283,23 @@ class Trainer:
             stop = bool(hook(self.step, metrics)) or stop
         return stop
 
+    def _notify_event(self, event: str) -> None:
+        for cb in self.callbacks:
+            hook = getattr(cb, event, None)
+            if hook is not None:
+                hook(self.step)
+
     def train(self) -> TrainResult:
-        """Run (or resume) until ``max_steps``; saves the final checkpoint and returns a summary."""
+        """Run (or resume) until ``max_steps`` (or a callback's stop); saves the final checkpoint unless
+        ``save_final`` is off, and returns a summary."""
         cfg = self.config
         cfg.output_dir.mkdir(parents=True, exist_ok=True)
         target = self._resume_target()
+        log = cfg.output_dir / "log.jsonl"
         if target is not None:
             self.resume(target)
-        log = cfg.output_dir / "log.jsonl"
+        elif self.step == 0 and self.accelerator.is_main_process:  # a run from step 0 starts a fresh log
+            log.write_text("")
         bar = tqdm(
             total=cfg.max_steps,
             initial=self.step,
@@ -275,6 +308,7 @@ class Trainer:
         )
         last: Path | None = None
         stopped = False
+        self._notify_event("on_train_begin")
         while self.step < cfg.max_steps and not stopped:
             metrics = self.train_step()
             self.history.append(metrics)
@@ -287,6 +321,7 @@ class Trainer:
             if cfg.save_every and self.step % cfg.save_every == 0:
                 last = self.save()
         bar.close()
-        if last is None or not last.name.endswith(f"-{self.step}"):
+        if cfg.save_final and (last is None or not last.name.endswith(f"-{self.step}")):
             last = self.save()
+        self._notify_event("on_train_end")
         return TrainResult(self.step, self.history, last, target)
