@@ -18,6 +18,7 @@ import torch
 from tqdm.auto import tqdm
 
 from vlsafe.core.errors import ConfigError
+from vlsafe.core.threads import torch_threads
 from vlsafe.methods.merging.config import MergeConfig
 from vlsafe.methods.merging.io import ShardedWriter, is_weight_file
 from vlsafe.methods.merging.kernels import TensorMerge
@@ -164,34 +165,33 @@ def _write_weights(plan: MergePlan, out_dir: Path, progress: bool, threads: int 
     writer = ShardedWriter(out_dir, entries, plan.shard_bytes, metadata={"vlsafe_merge": plan.config.method})
     workers = merge_workers(threads)
     scratch = _Scratch()
-    saved_threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # chunks are cache-sized: parallelism comes from the worker threads
     bar = tqdm(total=plan.output_bytes(), unit="B", unit_scale=True, desc="merge", disable=not progress)
     pending: deque[Future[int]] = deque()
     pool = ThreadPoolExecutor(workers, thread_name_prefix="vlsafe-merge")
     ok = False
-    try:
-        writer.open_all()
-        for i in range(len(plan.tensors)):
-            job = _Job(plan, i, scratch)
-            if job.op is not None and job.op.spec.kind != "slerp":
-                job.op.prepare()
-            for task in job.tasks():
-                pending.append(pool.submit(job.run, *task, writer))
-                while len(pending) > 8 * workers:
-                    bar.update(pending.popleft().result())
-        while pending:
-            bar.update(pending.popleft().result())
-        writer.close()
-        ok = True
-    finally:
-        for fut in pending:
-            fut.cancel()
-        pool.shutdown(wait=True)
-        if not ok:
-            writer.abort()
-        torch.set_num_threads(saved_threads)
-        bar.close()
+    # one intra-op thread: chunks are cache-sized, parallelism comes from the worker threads
+    with torch_threads(1):
+        try:
+            writer.open_all()
+            for i in range(len(plan.tensors)):
+                job = _Job(plan, i, scratch)
+                if job.op is not None and job.op.spec.kind != "slerp":
+                    job.op.prepare()
+                for task in job.tasks():
+                    pending.append(pool.submit(job.run, *task, writer))
+                    while len(pending) > 8 * workers:
+                        bar.update(pending.popleft().result())
+            while pending:
+                bar.update(pending.popleft().result())
+            writer.close()
+            ok = True
+        finally:
+            for fut in pending:
+                fut.cancel()
+            pool.shutdown(wait=True)
+            if not ok:
+                writer.abort()
+            bar.close()
     return writer.total_bytes
 
 
