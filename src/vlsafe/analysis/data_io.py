@@ -17,6 +17,7 @@ from matplotlib.figure import Figure
 from safetensors.torch import load_file, save_file
 
 from vlsafe.core.errors import InputError
+from vlsafe.core.io import read_json
 from vlsafe.report import ReportFigure, Section, render_markdown, render_page, save_png
 
 logger = logging.getLogger(__name__)
@@ -42,7 +43,7 @@ def load_data(out_dir: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tens
     meta_path, tensor_path = out / DATA_JSON, out / DATA_TENSORS
     if not meta_path.is_file():
         raise InputError(f"{str(out)!r} is not an analysis output folder: {DATA_JSON} is missing")
-    data = json.loads(meta_path.read_text(encoding="utf-8"))
+    data: dict[str, Any] = read_json(meta_path, "analysis data")
     tensors = load_file(str(tensor_path)) if tensor_path.is_file() else {}
     return data, tensors
 

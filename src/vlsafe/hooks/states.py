@@ -11,6 +11,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from vlsafe.core.errors import InputError
+from vlsafe.core.io import read_json
 from vlsafe.core.paths import safetensors_with_sidecar
 
 
@@ -67,5 +68,5 @@ class HiddenStates:
             if not key.startswith("layer."):
                 raise InputError(f"{tensor_path}: unexpected tensor {key!r}; expected names 'layer.<index>'")
             states[int(key.split(".", 1)[1])] = value
-        side = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+        side = read_json(meta_path, "hidden-state sidecar") if meta_path.is_file() else {}
         return cls(states=states, meta=side.get("meta", {}), count=int(side.get("count", 0)))

@@ -13,6 +13,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from vlsafe.core.errors import ConfigError, InputError
+from vlsafe.core.io import read_json
 from vlsafe.core.paths import safetensors_with_sidecar
 
 if TYPE_CHECKING:
@@ -206,7 +207,7 @@ class SteeringVector:
             if head != "layer" or not idx.isdigit():
                 raise InputError(f"{tensor_path}: unexpected tensor {key!r}; expected names 'layer.<index>'")
             vectors[int(idx)] = value
-        meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+        meta = read_json(meta_path, "steering vector sidecar") if meta_path.is_file() else {}
         vec = cls(vectors, meta)
         vec.validate()
         return vec

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from vlsafe.core.errors import ConfigError, InputError
+from vlsafe.core.io import read_json
 from vlsafe.models.inputs import InputItem
 
 __all__ = [
@@ -188,5 +189,5 @@ def heldout_ids(cmrm: str | Path) -> set[str]:
     ).with_suffix(".json")
     if not meta_path.is_file():
         return set()
-    meta = json.loads(meta_path.read_text())
+    meta = read_json(meta_path, "steering vector sidecar")
     return {str(i) for i in (meta.get("anchors") or {}).get("heldout_ids") or []}
