@@ -34,7 +34,6 @@ CAPTION_FORMAT = "Image description: {caption}\n{query}"
 
 #: Placeholder rendered in place of the user text to locate it in a chat template's output.
 USER_TEXT_SENTINEL = "\ue000vlsafe-user-text\ue001"
-_OFFSET_KEYS = ("offset_mapping", "text_replacement_offsets")
 
 
 @dataclass

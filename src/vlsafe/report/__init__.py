@@ -11,12 +11,11 @@ from __future__ import annotations
 from vlsafe.report import figures
 from vlsafe.report.figures import bar_with_intervals, line_curves, png_bytes, save_png
 from vlsafe.report.html import ReportFigure, ReportTable, Section, render_markdown, render_page, text_to_html
-from vlsafe.report.io import RESULTS_SCHEMA_VERSION, RunData, load_run
+from vlsafe.report.io import RunData, load_run
 from vlsafe.report.tables import fmt_ci, fmt_value, html_table, table
 from vlsafe.report.writer import build_sections, write_report
 
 __all__ = [
-    "RESULTS_SCHEMA_VERSION",
     "ReportFigure",
     "ReportTable",
     "RunData",

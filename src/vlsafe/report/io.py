@@ -7,7 +7,8 @@ A run directory holds:
 - ``verdicts.jsonl`` (optional): one :class:`~vlsafe.evals.judges.Verdict` per line, keyed by
   ``id``; when present it overrides the records' ``"verdict"`` fields (re-scoring writes this file
   and leaves ``samples.jsonl`` untouched).
-- ``results.json``: the run's identity and metrics, schema version 1::
+- ``results.json``: the run's identity and metrics, schema version 1
+  (:data:`vlsafe.evals.judging.SCHEMA_VERSION`)::
 
     {
       "schema_version": 1,
@@ -43,9 +44,7 @@ from typing import Any
 from vlsafe.core.errors import InputError
 from vlsafe.core.io import read_json, read_jsonl
 
-__all__ = ["RESULTS_SCHEMA_VERSION", "RunData", "load_run"]
-
-RESULTS_SCHEMA_VERSION = 1
+__all__ = ["RunData", "load_run"]
 
 
 @dataclass
