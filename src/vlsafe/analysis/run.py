@@ -1,17 +1,31 @@
 """One call per analysis: compute, save data (safetensors + JSON), draw figures, write the summary.
 
-Each ``run_*`` writes to ``out_dir``: ``data.json`` + ``data.safetensors`` (everything the figures need),
-``figures/*.png``, ``summary.md`` and a self-contained ``report.html``. :func:`redraw` rebuilds the
-figures and pages of any such folder from its data, without the model.
+Each ``run_*`` takes its config (:mod:`vlsafe.analysis.config`) and writes to ``out_dir``: ``data.json`` +
+``data.safetensors`` (everything the figures need), ``figures/*.png``, ``summary.md`` and a self-contained
+``report.html``. :func:`redraw` rebuilds the figures and pages of any such folder from its data, without the model.
+
+Each ``run_*`` also takes its config's fields spelled out, the leading ones positionally (``run_weights(a, b,
+out_dir, resized="skip")``; ``run_directions(model, harmful, harmless, out_dir, probe_steps=100)``), where the
+model may be a loaded ``ModelBundle``.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+from pydantic import BaseModel
+
+from vlsafe.analysis.config import (
+    AnalysisOptions,
+    DirectionsConfig,
+    ItemsSource,
+    LayersConfig,
+    ShiftConfig,
+    WeightsConfig,
+)
 from vlsafe.analysis.data_io import load_data, save_data, write_page
 from vlsafe.analysis.directions import compute_directions, directions_from_data, directions_to_data
 from vlsafe.analysis.items import load_items
@@ -19,15 +33,17 @@ from vlsafe.analysis.lens import compute_layers, lens_from_data, lens_to_data
 from vlsafe.analysis.pages import Page, directions_page, lens_page, shift_page, weights_page
 from vlsafe.analysis.shift import compute_shift, shift_from_data, shift_to_data
 from vlsafe.analysis.weights import WeightDiffResult, weight_diff
-from vlsafe.core.errors import InputError
+from vlsafe.core.config import validate_config
+from vlsafe.core.errors import ConfigError, InputError
 from vlsafe.hooks import SteeringVector
 from vlsafe.models import ModelBundle, load_model
 from vlsafe.report import ReportTable, Section
 
 logger = logging.getLogger(__name__)
 
+C = TypeVar("C", bound=BaseModel)
+#: The model in the spelled-out call form.
 ModelRef = str | Path | ModelBundle
-ItemsRef = str | Path | Sequence[Any]
 
 TITLES = {
     "shift": "Representation shift between input variants",
@@ -37,19 +53,48 @@ TITLES = {
 }
 
 
-def _bundle(model: ModelRef, dtype: str | None, trust_remote_code: bool) -> ModelBundle:
-    if isinstance(model, ModelBundle):
-        return model
-    bundle = load_model(model, dtype=dtype, trust_remote_code=trust_remote_code)
+def _resolve(
+    cls: type[C], config: Any, args: tuple[Any, ...], fields: dict[str, Any], leading: Sequence[str]
+) -> tuple[C, Path, ModelBundle | None]:
+    """``(config, out_dir, bundle)`` from ``run_x(config, out_dir, bundle=...)`` or from the spelled-out form
+    ``run_x(<leading fields>, out_dir, **fields)`` (whose ``model`` may be a loaded ``ModelBundle``)."""
+    bundle = fields.pop("bundle", None)
+    if isinstance(config, (cls, Mapping)):
+        values = list(args)
+        if "out_dir" in fields:
+            values.append(fields.pop("out_dir"))
+        if len(values) != 1 or fields:
+            raise ConfigError(
+                f"give {cls.__name__} and out_dir (and bundle=, progress=); got {len(values)} more positional "
+                f"argument(s) and {sorted(fields)}"
+            )
+        data = config if isinstance(config, cls) else validate_config(cls, dict(config))
+        return data, Path(values[0]), bundle
+    values = [config, *args]
+    if len(values) == len(leading):
+        values.append(fields.pop("out_dir", None))
+    if len(values) != len(leading) + 1 or values[-1] is None:
+        raise ConfigError(f"give {', '.join(leading)} and out_dir (or a {cls.__name__} and out_dir)")
+    data_fields = dict(zip(leading, values[:-1], strict=True))
+    if isinstance(data_fields.get("model"), ModelBundle):
+        bundle = data_fields["model"]
+        data_fields["model"] = bundle.name
+    return validate_config(cls, {**data_fields, **fields}), Path(values[-1]), bundle
+
+
+def _bundle(config: AnalysisOptions, bundle: ModelBundle | None) -> ModelBundle:
+    if bundle is not None:
+        return bundle
+    bundle = load_model(config.model, dtype=config.dtype, trust_remote_code=config.trust_remote_code)
     bundle.model.eval()
     return bundle
 
 
-def _items(ref: ItemsRef, data_dir: str | Path | None, limit: int | None) -> list[Any]:
+def _items(ref: ItemsSource, config: AnalysisOptions) -> list[Any]:
     if isinstance(ref, (str, Path)):
-        return list(load_items(ref, data_dir=data_dir, limit=limit))
+        return list(load_items(ref, data_dir=config.data_dir, limit=config.limit))
     rows = list(ref)
-    return rows[:limit] if limit is not None else rows
+    return rows[: config.limit] if config.limit is not None else rows
 
 
 def _finish(out_dir: Path, kind: str, page: Page) -> dict[str, Path]:
@@ -60,108 +105,92 @@ def _finish(out_dir: Path, kind: str, page: Page) -> dict[str, Path]:
 
 
 def run_shift(
-    model: ModelRef,
-    items: ItemsRef,
-    out_dir: str | Path,
-    *,
-    variants: Sequence[str] | None = None,
-    reference: str = "text",
-    layers: Sequence[int] | None = None,
-    positions: Sequence[str] = ("last", "text_mean"),
-    direction: str | Path | SteeringVector | None = None,
-    data_dir: str | Path | None = None,
-    limit: int | None = None,
-    batch_size: int = 8,
-    scatter_layers: Sequence[int] | None = None,
-    max_scatter_points: int = 500,
-    seed: int = 0,
-    dtype: str | None = "float32",
-    trust_remote_code: bool = False,
-    progress: bool = True,
+    config: ShiftConfig | Mapping[str, Any] | ModelRef, *args: Any, progress: bool = True, **fields: Any
 ) -> dict[str, Path]:
     """Representation shift of input variants (see :func:`vlsafe.analysis.compute_shift`) into ``out_dir``.
 
-    ``items`` is a list of queries or a source for :func:`vlsafe.analysis.load_items` (jsonl/txt file or
-    benchmark name with ``data_dir``); ``direction`` a saved steering vector (e.g. ``directions`` of
-    :func:`run_directions`) to project on. Returns the written paths.
+    Call as ``run_shift(config, out_dir, bundle=None)`` or ``run_shift(model, items, out_dir, **fields)``.
+
+    Args:
+        config: a :class:`~vlsafe.analysis.config.ShiftConfig` (or a mapping of its fields).
+        args: ``out_dir``, the folder written.
+        progress: show progress bars.
+        fields: ``bundle``: an already loaded model (default: load ``config.model``).
+
+    Returns:
+        The written paths (``summary``, ``html``, ``data``, figures).
     """
-    bundle = _bundle(model, dtype, trust_remote_code)
-    vec = SteeringVector.load(direction) if isinstance(direction, (str, Path)) else direction
+    cfg, out, bundle = _resolve(ShiftConfig, config, args, fields, ("model", "items"))
+    model = _bundle(cfg, bundle)
+    direction = SteeringVector.load(cfg.direction) if isinstance(cfg.direction, Path) else cfg.direction
     result = compute_shift(
-        bundle,
-        _items(items, data_dir, limit),
-        variants,
-        reference=reference,
-        layers=layers,
-        positions=positions,
-        direction=vec,
-        batch_size=batch_size,
-        scatter_layers=scatter_layers,
-        max_scatter_points=max_scatter_points,
-        seed=seed,
+        model,
+        _items(cfg.items, cfg),
+        cfg.variants,
+        reference=cfg.reference,
+        layers=cfg.layers,
+        positions=cfg.positions,
+        direction=direction,
+        batch_size=cfg.batch_size,
+        scatter_layers=cfg.scatter_layers,
+        max_scatter_points=cfg.max_scatter_points,
+        seed=cfg.seed,
         progress=progress,
     )
-    out = Path(out_dir)
     data, tensors = shift_to_data(result)
     save_data(out, "shift", data, tensors)
     return _finish(out, "shift", shift_page(result))
 
 
 def run_directions(
-    model: ModelRef,
-    harmful: ItemsRef,
-    harmless: ItemsRef,
-    out_dir: str | Path,
-    *,
-    items: ItemsRef | None = None,
-    variants: Sequence[str] | None = None,
-    layers: Sequence[int] | None = None,
-    test_fraction: float = 0.25,
-    probe_steps: int = 300,
-    data_dir: str | Path | None = None,
-    limit: int | None = None,
-    batch_size: int = 8,
-    seed: int = 0,
-    dtype: str | None = "float32",
-    trust_remote_code: bool = False,
-    progress: bool = True,
+    config: DirectionsConfig | Mapping[str, Any] | ModelRef, *args: Any, progress: bool = True, **fields: Any
 ) -> dict[str, Path]:
     """Refusal directions + probe accuracies per layer, and (with ``items``) how far variants move along them.
 
-    Writes ``directions.safetensors`` (a :class:`vlsafe.hooks.SteeringVector` of the unnormalised
-    directions) beside the usual data, figures and summary.
+    Call as ``run_directions(config, out_dir, bundle=None)`` or ``run_directions(model, harmful, harmless,
+    out_dir, **fields)``. Writes ``directions.safetensors`` (a :class:`vlsafe.hooks.SteeringVector` of the
+    unnormalised directions) beside the usual data, figures and summary.
+
+    Args:
+        config: a :class:`~vlsafe.analysis.config.DirectionsConfig` (or a mapping of its fields).
+        args: ``out_dir``, the folder written.
+        progress: show progress bars.
+        fields: ``bundle``: an already loaded model (default: load ``config.model``).
+
+    Returns:
+        The written paths (``summary``, ``html``, ``data``, ``directions``, figures).
     """
-    bundle = _bundle(model, dtype, trust_remote_code)
+    cfg, out, bundle = _resolve(DirectionsConfig, config, args, fields, ("model", "harmful", "harmless"))
+    model = _bundle(cfg, bundle)
     result = compute_directions(
-        bundle,
-        _items(harmful, data_dir, limit),
-        _items(harmless, data_dir, limit),
-        layers=layers,
-        test_fraction=test_fraction,
-        seed=seed,
-        probe_steps=probe_steps,
-        batch_size=batch_size,
+        model,
+        _items(cfg.harmful, cfg),
+        _items(cfg.harmless, cfg),
+        layers=cfg.layers,
+        test_fraction=cfg.test_fraction,
+        seed=cfg.seed,
+        probe_steps=cfg.probe_steps,
+        batch_size=cfg.batch_size,
         progress=progress,
     )
     data, tensors = directions_to_data(result)
     shift = None
-    if items is not None:
+    if cfg.items is not None:
         shift = compute_shift(
-            bundle,
-            _items(items, data_dir, limit),
-            variants,
+            model,
+            _items(cfg.items, cfg),
+            cfg.variants,
             layers=result.layers,
             positions=("last",),
             direction=result.directions,
-            batch_size=batch_size,
+            batch_size=cfg.batch_size,
             scatter_layers=[],
-            seed=seed,
+            seed=cfg.seed,
             progress=progress,
         )
         sdata, stensors = shift_to_data(shift)
         data["shift"] = sdata
         tensors.update({f"shift.{k}": v for k, v in stensors.items()})
-    out = Path(out_dir)
     save_data(out, "directions", data, tensors)
     paths = _finish(out, "directions", directions_page(result, shift))
     paths["directions"] = result.steering_vector().save(out / "directions.safetensors")
@@ -169,55 +198,59 @@ def run_directions(
 
 
 def run_layers(
-    model: ModelRef,
-    items: ItemsRef,
-    out_dir: str | Path,
-    *,
-    variants: Sequence[str] | None = None,
-    top_k: int = 10,
-    caption_cosine: bool = True,
-    data_dir: str | Path | None = None,
-    limit: int | None = None,
-    batch_size: int = 8,
-    seed: int = 0,
-    dtype: str | None = "float32",
-    trust_remote_code: bool = False,
-    progress: bool = True,
+    config: LayersConfig | Mapping[str, Any] | ModelRef, *args: Any, progress: bool = True, **fields: Any
 ) -> dict[str, Path]:
-    """Logit-lens safety-layer localisation (see :func:`vlsafe.analysis.compute_layers`) into ``out_dir``."""
-    bundle = _bundle(model, dtype, trust_remote_code)
+    """Logit-lens safety-layer localisation (see :func:`vlsafe.analysis.compute_layers`) into ``out_dir``.
+
+    Call as ``run_layers(config, out_dir, bundle=None)`` or ``run_layers(model, items, out_dir, **fields)``.
+
+    Args:
+        config: a :class:`~vlsafe.analysis.config.LayersConfig` (or a mapping of its fields).
+        args: ``out_dir``, the folder written.
+        progress: show progress bars.
+        fields: ``bundle``: an already loaded model (default: load ``config.model``).
+
+    Returns:
+        The written paths (``summary``, ``html``, ``data``, figures).
+    """
+    cfg, out, bundle = _resolve(LayersConfig, config, args, fields, ("model", "items"))
     result = compute_layers(
-        bundle,
-        _items(items, data_dir, limit),
-        variants,
-        top_k=top_k,
-        caption_cosine=caption_cosine,
-        batch_size=batch_size,
-        seed=seed,
+        _bundle(cfg, bundle),
+        _items(cfg.items, cfg),
+        cfg.variants,
+        top_k=cfg.top_k,
+        caption_cosine=cfg.caption_cosine,
+        batch_size=cfg.batch_size,
+        seed=cfg.seed,
         progress=progress,
     )
-    out = Path(out_dir)
     data, tensors = lens_to_data(result)
     save_data(out, "layers", data, tensors)
     return _finish(out, "layers", lens_page(result))
 
 
 def run_weights(
-    checkpoint_a: str | Path,
-    checkpoint_b: str | Path,
-    out_dir: str | Path,
-    *,
-    names: str = "auto",
-    resized: str = "error",
-    progress: bool = True,
+    config: WeightsConfig | Mapping[str, Any] | str | Path, *args: Any, progress: bool = True, **fields: Any
 ) -> dict[str, Path]:
     """Per-layer, per-module relative weight change from A to B (see :func:`vlsafe.analysis.weight_diff`).
 
-    ``resized`` (``error`` | ``skip`` | ``overlap``) handles tensors whose leading dimension differs (a
-    VLM's resized vocabulary); the resized tensors are listed in ``data.json`` and in the summary.
+    Call as ``run_weights(config, out_dir)`` or ``run_weights(checkpoint_a, checkpoint_b, out_dir, **fields)``.
+    ``resized`` (``error`` | ``skip`` | ``overlap``) handles tensors whose leading dimension differs (a VLM's
+    resized vocabulary); the resized tensors are listed in ``data.json`` and in the summary.
+
+    Args:
+        config: a :class:`~vlsafe.analysis.config.WeightsConfig` (or a mapping of its fields).
+        args: ``out_dir``, the folder written.
+        progress: show a progress bar.
+        fields: unused with a config.
+
+    Returns:
+        The written paths (``summary``, ``html``, ``data``, figures).
     """
-    result = weight_diff(checkpoint_a, checkpoint_b, names=names, resized=resized, progress=progress)
-    out = Path(out_dir)
+    cfg, out, _ = _resolve(WeightsConfig, config, args, fields, ("checkpoint_a", "checkpoint_b"))
+    result = weight_diff(
+        cfg.checkpoint_a, cfg.checkpoint_b, names=cfg.names, resized=cfg.resized, progress=progress
+    )
     data = {
         "rows": result.rows,
         "skipped_a": result.skipped_a,

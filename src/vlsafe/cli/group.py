@@ -1,9 +1,13 @@
 """The ``vlsafe`` click group: global options, error handling and the command registry.
 
 Commands are registered by name in :data:`COMMANDS` as ``"package.module:command"`` and imported only when
-they run (or when ``--help`` lists them). The library registers its own commands below; other packages add
-theirs through the ``vlsafe.cli`` entry-point group (the model organism adds ``demo`` and ``organism``), so
-both reach the CLI through the same registry.
+they run (or when ``--help`` lists them). The library registers its own commands below, one module per command
+group; other packages add theirs through the ``vlsafe.cli`` entry-point group (the model organism adds ``demo``
+and ``organism``), so both reach the CLI through the same registry. Command options that are config fields are
+generated from the config models by :mod:`vlsafe.cli.options`.
+
+A ``VlsafeError`` (bad config or input, a model that does not load) and a click usage error (a bad flag value,
+a missing option) both end the command with one ``error:`` line and exit code 2.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from vlsafe import __version__
 from vlsafe.core.errors import VlsafeError
 from vlsafe.core.registry import Registry
 
-__all__ = ["COMMANDS", "echo_json", "main"]
+__all__ = ["COMMANDS", "echo_json", "main", "progress_enabled"]
 
 #: command name -> click command (lazy "module:attribute" entries; entry-point group ``vlsafe.cli``)
 COMMANDS: Registry[click.Command] = Registry("command", entry_points="vlsafe.cli")
@@ -33,10 +37,10 @@ for _name, _target in (
     ("judge", "vlsafe.cli.evals:judge_cmd"),
     ("report", "vlsafe.cli.evals:report_cmd"),
     ("benchmarks", "vlsafe.cli.evals:benchmarks_cmd"),
-    ("merge", "vlsafe.cli.repair:merge_cmd"),
-    ("cmrm", "vlsafe.cli.repair:cmrm_group"),
-    ("train", "vlsafe.cli.repair:train_group"),
-    ("analyze", "vlsafe.cli.analysis:analyze_group"),
+    ("cmrm", "vlsafe.cli.cmrm:cmrm_group"),
+    ("merge", "vlsafe.cli.merge:merge_cmd"),
+    ("train", "vlsafe.cli.train:train_group"),
+    ("analyze", "vlsafe.cli.analyze:analyze_group"),
 ):
     COMMANDS.register_lazy(_name, _target)
 
@@ -46,8 +50,13 @@ def echo_json(data: Any) -> None:
     click.echo(json.dumps(data, indent=2, default=str))
 
 
+def progress_enabled(ctx: click.Context) -> bool:
+    """Whether a command shows progress bars (not under ``vlsafe --quiet``)."""
+    return not (ctx.obj or {}).get("quiet")
+
+
 class _Group(click.Group):
-    """Commands come from :data:`COMMANDS`; a ``VlsafeError`` becomes a one-line message and exit code 2."""
+    """Commands come from :data:`COMMANDS`; a ``VlsafeError`` or usage error is one line and exit code 2."""
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return COMMANDS.names()
@@ -60,6 +69,10 @@ class _Group(click.Group):
             return super().invoke(ctx)
         except VlsafeError as exc:
             click.echo(f"error: {exc}", err=True)
+            sys.exit(2)
+        except click.UsageError as exc:
+            where = f" (see '{exc.ctx.command_path} --help')" if exc.ctx is not None else ""
+            click.echo(f"error: {exc.format_message()}{where}", err=True)
             sys.exit(2)
 
 

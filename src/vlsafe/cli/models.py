@@ -6,13 +6,13 @@ from pathlib import Path
 
 import click
 
+from vlsafe.models import build_tiny, inspect_model, list_families
+from vlsafe.report.tour import run_tour
 
-# -- models --------------------------------------------------------------------------------
+
 @click.command("models")
 def models_cmd() -> None:
     """List the supported model families."""
-    from vlsafe.models import list_families
-
     for fam in list_families():
         types = ", ".join(fam["model_types"])
         click.echo(f"{fam['name']:<12} {types:<40} {fam['description']}")
@@ -24,10 +24,7 @@ def models_cmd() -> None:
 @click.option("--seed", default=0, show_default=True, help="Weight initialisation seed.")
 def tiny_model_cmd(family: str, out_dir: Path, seed: int) -> None:
     """Write a tiny random-weight model of FAMILY (with its processor) to OUT_DIR."""
-    from vlsafe.models import build_tiny
-
-    path = build_tiny(family, out_dir, seed=seed)
-    click.echo(str(path))
+    click.echo(str(build_tiny(family, out_dir, seed=seed)))
 
 
 @click.command("inspect")
@@ -35,10 +32,7 @@ def tiny_model_cmd(family: str, out_dir: Path, seed: int) -> None:
 @click.option("--trust-remote-code", is_flag=True, help="Allow the model repository's own code to run.")
 def inspect_cmd(model: str, trust_remote_code: bool) -> None:
     """Print family, decoder layers, hidden size and image tokens per image of MODEL."""
-    from vlsafe.models import inspect_model
-
-    info = inspect_model(model, trust_remote_code=trust_remote_code)
-    for key, value in info.items():
+    for key, value in inspect_model(model, trust_remote_code=trust_remote_code).items():
         click.echo(f"{key:<24} {value}")
 
 
@@ -47,7 +41,5 @@ def inspect_cmd(model: str, trust_remote_code: bool) -> None:
 @click.option("--family", default="llava", show_default=True, help="Tiny model family used by the tour.")
 def tour_cmd(out_dir: Path, family: str) -> None:
     """Tour every capability on a tiny random model and write a report to --out."""
-    from vlsafe.report.tour import run_tour
-
     result = run_tour(out_dir, family=family)
     click.echo(f"report: {result['report']}")

@@ -19,7 +19,13 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from vlsafe.core.config import read_yaml_mapping, validate_config
 from vlsafe.evals.sample import ImageSetting
 
-__all__ = ["GENERATION_FIELDS", "EvalConfig", "generation_fingerprint"]
+__all__ = [
+    "GENERATION_FIELDS",
+    "OPTIONAL_GENERATION_FIELDS",
+    "EvalConfig",
+    "GenerationOptions",
+    "generation_fingerprint",
+]
 
 #: Config fields whose change makes stored generations incomparable with new ones.
 GENERATION_FIELDS: tuple[str, ...] = (
@@ -49,17 +55,19 @@ OPTIONAL_GENERATION_FIELDS: dict[str, Any] = {"image_size": None, "shared_prefix
 _DTYPES = ("float32", "fp32", "float16", "fp16", "half", "bfloat16", "bf16", "auto")
 
 
-class EvalConfig(BaseModel):
-    """One evaluation run.
+class GenerationOptions(BaseModel):
+    """The options of evaluation runs besides what is evaluated: model, data, decoding, judging and resources.
+
+    :class:`EvalConfig` (one run) and sweeps over several runs (:class:`vlsafe.methods.cmrm.SweepConfig`)
+    inherit these fields, so each option and its default is declared once.
 
     Attributes:
         model: HF id or local directory of the model.
-        benchmark: registered benchmark name (see ``vlsafe.evals.loaders.benchmark_names``).
         data_dir: folder with the benchmark's published files (built-in sets need none).
-        split: benchmark-specific subset.
         limit: keep the first ``limit`` samples.
         image_setting: override every sample's image setting (``None``: each sample's own).
         judge: registered judge name; ``judge_options`` are passed to its constructor.
+        judge_options: keyword arguments of the judge's constructor.
         max_new_tokens: generation length cap.
         batch_size: prompts per ``generate`` call (sorted by prompt length in tokens, left-padded).
         image_size: side in pixels of the images the image settings generate (blank, noise, typographic
@@ -71,9 +79,9 @@ class EvalConfig(BaseModel):
             without steering or interventions, on the models it supports (LLaVA-style and text-only
             decoders); elsewhere plain ``generate`` is used.
         do_sample: sample instead of greedy decoding (then ``temperature``/``top_p`` apply).
+        temperature: sampling temperature (only with ``do_sample``).
+        top_p: nucleus-sampling share (only with ``do_sample``).
         seed: seed of sampling and of noise images.
-        steer: path of a saved ``SteeringVector`` applied during generation and scoring.
-        alpha: steering strength; ``steer_*`` are the options of ``SteeringVector.apply``.
         max_error_fraction: stop with an error once more than this share of the run's samples failed.
         dtype: model dtype (``float32``, ``bfloat16``, ``float16``, ``auto``; ``None``: default).
         device: move the model there (single process; under ``accelerate`` each rank uses its own).
@@ -83,9 +91,7 @@ class EvalConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     model: str = Field(min_length=1)
-    benchmark: str = Field(min_length=1)
     data_dir: str | None = None
-    split: str | None = None
     limit: int | None = None
     image_setting: ImageSetting | None = None
     judge: str = "keyword"
@@ -98,14 +104,6 @@ class EvalConfig(BaseModel):
     temperature: float = 1.0
     top_p: float = 1.0
     seed: int = 0
-    steer: str | None = None
-    alpha: float = 1.0
-    steer_layers: list[int] | None = None
-    steer_positions: Literal["all", "last"] = "all"
-    steer_prefill_only: bool = False
-    steer_norm_scale: bool = False
-    retrieval_corpus: str | None = None
-    retriever: str = "bm25"
     max_error_fraction: float = 0.1
     dtype: str | None = None
     device: str | None = None
@@ -147,7 +145,7 @@ class EvalConfig(BaseModel):
         return None if v is None else v.lower()
 
     @model_validator(mode="after")
-    def _consistent(self) -> EvalConfig:
+    def _sampling(self) -> GenerationOptions:
         if self.do_sample:
             if self.temperature <= 0:
                 raise ValueError(f"temperature={self.temperature} must be > 0 when do_sample is true")
@@ -158,6 +156,39 @@ class EvalConfig(BaseModel):
                 f"temperature={self.temperature} / top_p={self.top_p} only apply with do_sample=true; "
                 "greedy decoding (the default) ignores them, so leave them at 1.0 or set do_sample"
             )
+        return self
+
+
+class EvalConfig(GenerationOptions):
+    """One evaluation run: the :class:`GenerationOptions` plus the benchmark, steering and retrieval.
+
+    Attributes:
+        benchmark: registered benchmark name (see ``vlsafe.evals.loaders.benchmark_names``).
+        split: benchmark-specific subset.
+        steer: path of a saved ``SteeringVector`` applied during generation and scoring.
+        alpha: steering strength of ``steer``.
+        steer_layers: layers ``steer`` is added at (``None``: every layer of the vector).
+        steer_positions: positions ``steer`` is added at: ``all`` tokens or the ``last`` one.
+        steer_prefill_only: steer the prompt only, not the generated tokens.
+        steer_norm_scale: scale ``alpha`` per position by the hidden state's norm.
+        retrieval_corpus: TGA inference: a corpus (``.txt``/``.jsonl``) whose best match for each prompt is
+            put in it as ``"Retrieved Text: ..."``.
+        retriever: how ``retrieval_corpus`` is searched (``bm25`` or another registered retriever).
+    """
+
+    benchmark: str = Field(min_length=1)
+    split: str | None = None
+    steer: str | None = None
+    alpha: float = 1.0
+    steer_layers: list[int] | None = None
+    steer_positions: Literal["all", "last"] = "all"
+    steer_prefill_only: bool = False
+    steer_norm_scale: bool = False
+    retrieval_corpus: str | None = None
+    retriever: str = "bm25"
+
+    @model_validator(mode="after")
+    def _steering(self) -> EvalConfig:
         steer_opts = self.steer_layers is not None or self.steer_positions != "all"
         steer_opts = steer_opts or self.steer_prefill_only or self.steer_norm_scale
         if self.steer is None and (self.alpha != 1.0 or steer_opts):

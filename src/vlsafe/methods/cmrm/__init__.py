@@ -10,6 +10,13 @@ Typical use::
     with SampleLevelCMRM(bundle, alpha=1.0) as cmrm:           # sample level: a vector per input
         new_tokens = cmrm.generate(queries, images=images, max_new_tokens=64)
 
+From configs (the functions behind ``vlsafe cmrm calibrate``, ``vlsafe eval --cmrm`` and ``vlsafe cmrm sweep``)::
+
+    run_calibrate(CalibrateConfig(model=m, anchors="strongreject", out="vec.safetensors"))
+    run_cmrm_eval(CMRMEvalConfig(model=m, benchmark="strongreject", cmrm="vec.safetensors"), "runs/cmrm")
+    run_sweep(SweepConfig(model=m, cmrm=vec, safety=["strongreject"], utility=["my_val"],
+                          role_max_new_tokens={"utility": 8}), "sweep/", bundle=bundle)
+
 Sign convention: ``v_l = h_l(text only) - h_l(query + corrupted image)``; ``alpha > 0`` moves multimodal
 states toward text-only states. The default layer choice is open (see :mod:`vlsafe.methods.cmrm.apply`).
 """
@@ -36,18 +43,25 @@ from vlsafe.methods.cmrm.calibrate import (
     corrupted_images,
     variant_differences,
 )
-from vlsafe.methods.cmrm.cli_support import run_calibrate, run_cmrm_eval, run_sweep_cli
+from vlsafe.methods.cmrm.config import CalibrateConfig, CMRMEvalConfig, CMRMSettings, VectorRef
 from vlsafe.methods.cmrm.intervention import CMRMIntervention, vector_hash
+from vlsafe.methods.cmrm.run import anchor_ids_of, load_vector, run_calibrate, run_cmrm_eval
 from vlsafe.methods.cmrm.sample import SampleLevelCMRM
-from vlsafe.methods.cmrm.sweep import SweepConfig, default_alphas, run_sweep
+from vlsafe.methods.cmrm.sweep import ROLE_METRIC, SweepConfig, default_alphas, run_sweep
 
 __all__ = [
     "CORRUPTIONS",
+    "ROLE_METRIC",
     "SIGN_CONVENTION",
     "ApplyOptions",
+    "CMRMEvalConfig",
     "CMRMIntervention",
+    "CMRMSettings",
+    "CalibrateConfig",
     "SampleLevelCMRM",
     "SweepConfig",
+    "VectorRef",
+    "anchor_ids_of",
     "anchor_items",
     "anchors_hash",
     "calibrate",
@@ -58,13 +72,13 @@ __all__ = [
     "heldout_ids",
     "heldout_split",
     "load_anchor_spec",
+    "load_vector",
     "middle_band",
     "prepare_vector",
     "resolve_steer_layers",
     "run_calibrate",
     "run_cmrm_eval",
     "run_sweep",
-    "run_sweep_cli",
     "variant_differences",
     "vector_hash",
 ]

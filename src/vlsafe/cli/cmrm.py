@@ -1,0 +1,39 @@
+"""The ``cmrm`` command group: calibrate CMRM vectors, sweep their strength.
+
+``calibrate`` takes the :class:`~vlsafe.methods.cmrm.CalibrateConfig` fields as flags; ``sweep`` the
+:class:`~vlsafe.methods.cmrm.SweepConfig` fields (the evaluation options, CMRM's settings and the application
+options of ``apply`` without a prefix: ``--layers``, ``--delta``, ...) and a ``--config`` YAML file under them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from vlsafe.cli.group import echo_json, progress_enabled
+from vlsafe.cli.options import ConfigFlags, config_from_flags, config_options
+from vlsafe.methods.cmrm import CalibrateConfig, SweepConfig, run_calibrate, run_sweep
+
+
+@click.group("cmrm")
+def cmrm_group() -> None:
+    """CMRM: calibrate cross-modality steering vectors and sweep their strength."""
+
+
+@cmrm_group.command("calibrate")
+@config_options(CalibrateConfig)
+@click.pass_context
+def cmrm_calibrate_cmd(ctx: click.Context, flags: ConfigFlags) -> None:
+    """Calibrate CMRM vectors (text-only minus corrupted-image states) on an anchor set."""
+    echo_json(run_calibrate(config_from_flags(CalibrateConfig, flags), progress=progress_enabled(ctx)))
+
+
+@cmrm_group.command("sweep")
+@config_options(SweepConfig, config_file=True, flatten={"apply": ""}, exclude=("apply.alpha",))
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path))
+@click.pass_context
+def cmrm_sweep_cmd(ctx: click.Context, out_dir: Path, flags: ConfigFlags) -> None:
+    """Evaluate CMRM at each alpha on safety, over-refusal and utility benchmarks; table + figure in --out."""
+    result = run_sweep(config_from_flags(SweepConfig, flags), out_dir, progress=progress_enabled(ctx))
+    echo_json({"paths": result["paths"], "rows": len(result["rows"])})

@@ -1,0 +1,55 @@
+"""The ``train`` command group: safety SFT, DPO and TGA from a YAML config.
+
+The YAML file ``CONFIG_FILE`` holds the config; every field with a flag form (see :mod:`vlsafe.cli.options`)
+can be overridden by a flag (``--model``, ``--output-dir``, ``--max-steps``, ``--lr``, ...); nested settings
+(data sources, LoRA, probe, stages) stay in the file, except TGA's ``retrieval`` and ``guide``, whose fields are
+``--retrieval-*`` and ``--guide-*`` flags.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from vlsafe.cli.group import echo_json, progress_enabled
+from vlsafe.cli.options import ConfigFlags, config_from_flags, config_options
+from vlsafe.methods.training import DPOConfig, SFTConfig, TGAConfig, run_dpo, run_sft, run_tga
+
+_CONFIG_FILE = click.argument("config_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+
+
+@click.group("train")
+def train_group() -> None:
+    """Training: safety SFT / DPO baselines and TGA (text-guided alignment); each resumes from its output_dir."""
+
+
+@train_group.command("sft")
+@_CONFIG_FILE
+@config_options(SFTConfig, required=False)
+def train_sft_cmd(config_file: Path, flags: ConfigFlags) -> None:
+    """Safety SFT from CONFIG_FILE (YAML of vlsafe.methods.training.SFTConfig); resumes from its output_dir."""
+    echo_json(run_sft(config_from_flags(SFTConfig, flags, base=config_file)))
+
+
+@train_group.command("dpo")
+@_CONFIG_FILE
+@config_options(DPOConfig, required=False)
+def train_dpo_cmd(config_file: Path, flags: ConfigFlags) -> None:
+    """DPO from CONFIG_FILE (YAML of vlsafe.methods.training.DPOConfig); resumes from its output_dir."""
+    echo_json(run_dpo(config_from_flags(DPOConfig, flags, base=config_file)))
+
+
+@train_group.command("tga")
+@_CONFIG_FILE
+@config_options(TGAConfig, required=False, flatten={"retrieval": "retrieval", "guide": "guide"})
+@click.option(
+    "--max-steps",
+    type=click.IntRange(min=1),
+    help="Optimizer steps of every stage, in place of the stages' own max_steps.",
+)
+@click.pass_context
+def train_tga_cmd(ctx: click.Context, config_file: Path, max_steps: int | None, flags: ConfigFlags) -> None:
+    """TGA (text-guided alignment) from CONFIG_FILE (YAML of vlsafe.methods.training.TGAConfig); resumable."""
+    config = config_from_flags(TGAConfig, flags, base=config_file)
+    echo_json(run_tga(config, max_steps=max_steps, progress=progress_enabled(ctx)))

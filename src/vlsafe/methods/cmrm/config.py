@@ -1,0 +1,144 @@
+"""The configs of CMRM's runs: calibration, one evaluation with CMRM, and (shared) how CMRM is applied.
+
+:class:`CMRMSettings` says which CMRM steers and how; :class:`CMRMEvalConfig` is an
+:class:`~vlsafe.evals.EvalConfig` with those settings (``vlsafe eval --cmrm``); :class:`CalibrateConfig` is one
+calibration (``vlsafe cmrm calibrate``). :class:`~vlsafe.methods.cmrm.SweepConfig` combines the settings with the
+evaluation options of :class:`~vlsafe.evals.config.GenerationOptions`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, InstanceOf, field_serializer, model_validator
+
+from vlsafe.evals.config import EvalConfig
+from vlsafe.evals.sample import ImageSetting
+from vlsafe.hooks import SteeringVector
+from vlsafe.methods.cmrm.apply import ApplyOptions
+from vlsafe.methods.cmrm.intervention import vector_hash
+
+__all__ = ["CMRMEvalConfig", "CMRMSettings", "CalibrateConfig", "VectorRef"]
+
+#: A CMRM vector: a saved file, ``"sample"`` (sample-level CMRM: a vector per input) or one in memory.
+VectorRef = str | Path | InstanceOf[SteeringVector]
+
+
+class CMRMSettings(BaseModel):
+    """Which CMRM steers an evaluation and how.
+
+    Attributes:
+        cmrm: a vector file from ``vlsafe cmrm calibrate``, ``sample`` (per-input vectors computed on the
+            fly), or (from Python) a ``SteeringVector``.
+        apply: how the vector is applied (see :class:`~vlsafe.methods.cmrm.ApplyOptions`).
+        corrupt: sample level: the image of the corrupted pass (``image``: the input's own).
+        vector_positions: sample level: where the per-input vector is measured (``last`` prompt token or
+            the mean over the query's tokens).
+        exclude_anchors: leave the vector's held-out calibration anchors out of the evaluated samples.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    cmrm: VectorRef
+    apply: ApplyOptions = Field(default_factory=ApplyOptions)
+    corrupt: Literal["image", "blank", "noise", "mean"] = "image"
+    vector_positions: Literal["last", "text_mean"] = "last"
+    exclude_anchors: bool = True
+
+    @field_serializer("cmrm")
+    def _vector_text(self, value: Any) -> str:
+        return f"vector:{vector_hash(value)}" if isinstance(value, SteeringVector) else str(value)
+
+    def cmrm_label(self) -> str:
+        """The vector as text: its path, ``sample``, or ``vector:<hash>`` for one in memory."""
+        return self._vector_text(self.cmrm)
+
+
+class CMRMEvalConfig(CMRMSettings, EvalConfig):
+    """One evaluation run with CMRM: an :class:`~vlsafe.evals.EvalConfig` plus :class:`CMRMSettings`.
+
+    CMRM excludes ``steer``; ``alpha`` is CMRM's strength here (it fills ``apply.alpha``, so the command line's
+    ``--alpha`` serves both ``--steer`` and ``--cmrm``).
+    """
+
+    @model_validator(mode="before")
+    @classmethod
+    def _alpha_into_apply(cls, data: Any) -> Any:
+        if not isinstance(data, dict) or "alpha" not in data or data.get("steer") is not None:
+            return data
+        apply = data.get("apply")
+        if isinstance(apply, ApplyOptions):
+            apply = apply.model_dump(exclude_unset=True)
+        if not isinstance(apply, (dict, type(None))):
+            return data  # not a mapping: the field's own validation reports it
+        data, apply = dict(data), dict(apply or {})
+        if "alpha" in apply and apply["alpha"] != data["alpha"]:
+            raise ValueError(
+                f"alpha={data['alpha']!r} and apply.alpha={apply['alpha']!r} disagree: give CMRM's strength once"
+            )
+        apply["alpha"] = data.pop("alpha")
+        data["apply"] = apply
+        return data
+
+    @model_validator(mode="after")
+    def _no_steer(self) -> CMRMEvalConfig:
+        if self.steer is not None:
+            raise ValueError("cmrm and steer cannot be combined: give one of them")
+        return self
+
+    def eval_config(self) -> EvalConfig:
+        """The plain :class:`~vlsafe.evals.EvalConfig` of the run (what its run directory records)."""
+        return EvalConfig.model_validate(
+            self.model_dump(include=set(EvalConfig.model_fields), exclude_unset=True)
+        )
+
+
+class CalibrateConfig(BaseModel):
+    """One CMRM calibration: anchors from a benchmark, vectors saved to ``out``.
+
+    Attributes:
+        model: HF id or local directory of the vision-language model.
+        anchors: anchor benchmark ``NAME[:split]`` (a registered loader, see ``vlsafe benchmarks``).
+        out: the vector file (``.safetensors``; its metadata is written beside it as ``.json``).
+        data_dir: the anchor benchmark's data folder.
+        mode: ``heldout`` (calibrate on ``fraction`` of the benchmark; evaluations leave those samples out)
+            or ``transfer`` (all of it: calibrate on one benchmark, evaluate on another).
+        fraction: held-out share (mode ``heldout``).
+        benign: benign image-query pairs added to the anchors (``None``: as many as the anchors).
+        benign_setting: image setting of the benign pairs.
+        limit: load only the first ``limit`` benchmark samples.
+        level: ``dataset`` (one vector per layer) or ``sample`` (one row per anchor).
+        reduce: how the differences are reduced: ``mean`` or ``pca`` (first principal component).
+        corrupt: the image of the multimodal pass: ``image`` (the anchor's own), ``blank``, ``noise`` or
+            ``mean`` (its mean colour).
+        positions: where states are read: the ``last`` prompt token or the mean over the query's tokens.
+        layers: layers to calibrate (``None``: all; choose the steered ones when applying).
+        batch_size: anchors per forward pass.
+        seed: seed of the held-out split and of noise images.
+        dtype: model dtype (``None``: the loader's default).
+        device: move the model there.
+        trust_remote_code: allow the checkpoint's own code to run.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(min_length=1)
+    anchors: str = Field(min_length=1)
+    out: Path
+    data_dir: str | None = None
+    mode: Literal["heldout", "transfer"] = "heldout"
+    fraction: float = Field(0.2, gt=0, lt=1)
+    benign: int | None = Field(None, ge=0)
+    benign_setting: ImageSetting = ImageSetting.NOISE
+    limit: int | None = Field(None, ge=1)
+    level: Literal["dataset", "sample"] = "dataset"
+    reduce: Literal["mean", "pca"] = "mean"
+    corrupt: Literal["image", "blank", "noise", "mean"] = "image"
+    positions: Literal["last", "text_mean"] = "last"
+    layers: list[int] | None = None
+    batch_size: int = Field(8, ge=1)
+    seed: int = 0
+    dtype: str | None = None
+    device: str | None = None
+    trust_remote_code: bool = False
