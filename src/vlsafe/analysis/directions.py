@@ -8,7 +8,6 @@ classifier (threshold halfway between the two projected class means) is reported
 
 from __future__ import annotations
 
-import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -22,8 +21,6 @@ from vlsafe.core.errors import ConfigError, InputError
 from vlsafe.hooks import SteeringVector, resolve_layers
 from vlsafe.hooks.forward import build_variant, forward_states
 from vlsafe.models import ModelBundle
-
-logger = logging.getLogger(__name__)
 
 
 def split_indices(n: int, test_fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:

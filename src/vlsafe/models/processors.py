@@ -10,7 +10,6 @@ template and a ``processor_config.json`` separately, and :func:`load_processor` 
 from __future__ import annotations
 
 import json
-import logging
 from functools import cache
 from pathlib import Path
 from types import SimpleNamespace
@@ -18,8 +17,6 @@ from typing import Any
 
 from vlsafe.core.errors import ModelLoadError
 from vlsafe.models.families import Family
-
-logger = logging.getLogger(__name__)
 
 PROCESSOR_CONFIG = "processor_config.json"
 CHAT_TEMPLATE_FILE = "chat_template.jinja"

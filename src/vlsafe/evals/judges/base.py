@@ -21,7 +21,6 @@ results can only be compared when these agree.
 from __future__ import annotations
 
 import hashlib
-import logging
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -33,8 +32,6 @@ from vlsafe.core.config import validation_problems
 from vlsafe.core.errors import InputError
 from vlsafe.core.io import iter_jsonl, write_jsonl_atomic
 from vlsafe.core.registry import Registry
-
-logger = logging.getLogger(__name__)
 
 __all__ = [
     "JUDGES",

@@ -16,7 +16,6 @@ verdicts with the raw text kept.
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import Any, Literal
 
@@ -30,8 +29,6 @@ from vlsafe.evals.judges.templates import (
     parse_harmbench,
     parse_llamaguard,
 )
-
-logger = logging.getLogger(__name__)
 
 __all__ = ["HFClassifierJudge"]
 

@@ -17,7 +17,6 @@ Output directory of a run::
 from __future__ import annotations
 
 import json
-import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -32,8 +31,6 @@ from vlsafe.methods.training.mixing import DataSource, MixSettings
 from vlsafe.methods.training.stages import Stage, unwrap
 from vlsafe.methods.training.trainer import LossFn, TrainConfig, Trainer, TrainResult
 from vlsafe.models.bundle import ModelBundle
-
-logger = logging.getLogger(__name__)
 
 __all__ = ["BaselineConfig", "export_model", "load_config", "run_baseline"]
 

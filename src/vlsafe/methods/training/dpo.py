@@ -15,7 +15,6 @@ negative log-likelihood (keeps the chosen replies likely, as in RPO).
 from __future__ import annotations
 
 import contextlib
-import logging
 from pathlib import Path
 from typing import Any, Literal
 
@@ -30,8 +29,6 @@ from vlsafe.methods.training.losses import dpo_loss, sequence_logps
 from vlsafe.methods.training.mixing import load_sources
 from vlsafe.methods.training.trainer import LossOutput, Trainer
 from vlsafe.models.bundle import ModelBundle
-
-logger = logging.getLogger(__name__)
 
 __all__ = ["DPOConfig", "DPOObjective", "dpo_collate", "run_dpo"]
 
