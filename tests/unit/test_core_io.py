@@ -94,7 +94,8 @@ def test_read_json_names_the_line(tmp_path: Path) -> None:
 
 def test_atomic_writers_replace_the_file_and_leave_no_temporary(tmp_path: Path) -> None:
     target = tmp_path / "sub" / "r.json"
-    write_json_atomic(target, {"a": 1, "p": Path("x")})
+    write_json_atomic(target, {"a": 1, "p": Path("x")}, indent=None)
+    assert target.read_text() == '{"a": 1, "p": "x"}\n'
     assert json.loads(target.read_text()) == {"a": 1, "p": "x"}
     write_text_atomic(target, "second")
     assert target.read_text() == "second"

@@ -212,8 +212,9 @@ def write_text_atomic(path: str | Path, text: str) -> Path:
 
 
 def write_json_atomic(path: str | Path, data: Any, *, indent: int | None = 2) -> Path:
-    """Replace ``path`` with ``data`` as JSON (values JSON cannot hold are written as ``str``); atomic."""
-    return write_text_atomic(path, json.dumps(data, indent=indent, ensure_ascii=False, default=str))
+    """Replace ``path`` with ``data`` as JSON and a final newline (values JSON cannot hold are written as
+    ``str``); atomic."""
+    return write_text_atomic(path, json.dumps(data, indent=indent, ensure_ascii=False, default=str) + "\n")
 
 
 def write_jsonl_atomic(path: str | Path, rows: Iterable[Any]) -> Path:
