@@ -43,7 +43,7 @@ from vlsafe.methods.training.stages import (
     Stage,
     apply_stage,
     language_model,
-    llm_lora_regex,
+    lora_target_regex,
     projector_params,
     unwrap,
 )
@@ -79,7 +79,7 @@ __all__ = [
     "apply_stage",
     "projector_params",
     "language_model",
-    "llm_lora_regex",
+    "lora_target_regex",
     "unwrap",
     "save_checkpoint",
     "load_checkpoint",

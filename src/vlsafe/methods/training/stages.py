@@ -34,7 +34,7 @@ __all__ = [
     "Stage",
     "apply_stage",
     "language_model",
-    "llm_lora_regex",
+    "lora_target_regex",
     "projector_params",
     "unwrap",
 ]
@@ -109,24 +109,20 @@ def language_model(model: Any) -> tuple[str, nn.Module]:
     raise ConfigError(f"cannot find the language model inside {type(base).__name__}")
 
 
-def llm_lora_regex(targets: Sequence[str] = LLM_PROJECTIONS, llm_module: str = "language_model") -> str:
-    """A peft ``target_modules`` regex for the ``targets`` linear layers of a VLM's language model only.
+def lora_target_regex(model: Any, targets: Sequence[str] = LLM_PROJECTIONS) -> str:
+    """A peft ``target_modules`` regex naming exactly the ``targets`` linear layers of ``model``'s language model.
 
-    peft matches the whole module name, so the vision tower's and projector's layers of the same leaf names
-    stay untouched. For LLaVA-style models (``model.language_model.layers.N.self_attn.q_proj``) the default
-    is ``.*language_model.*\\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)``; Idefics3 and
-    SmolVLM name their language model ``text_model``.
+    The names are read off the model (the decoder layers of :func:`language_model`), so a VLM's vision tower
+    and projector, whose layers may share the leaf names, never get adapters; peft matches the regex against
+    whole module names.
 
     Args:
+        model: an HF VLM or causal LM (or a peft wrapper around one).
         targets: leaf names of the linear layers that get adapters.
-        llm_module: the attribute name of the language model inside the VLM.
+
+    Raises:
+        ConfigError: no linear layer of the language model's decoder layers has one of the ``targets`` names.
     """
-    if not targets:
-        raise ConfigError("LoRA targets must name at least one linear layer")
-    return rf".*{re.escape(llm_module)}.*\.({'|'.join(re.escape(t) for t in targets)})"
-
-
-def _lora_regex(model: Any, targets: list[str]) -> str:
     prefix, llm = language_model(model)
     names = [
         f"{prefix}.{name}"
@@ -134,7 +130,7 @@ def _lora_regex(model: Any, targets: list[str]) -> str:
         if isinstance(mod, nn.Linear) and name.rsplit(".", 1)[-1] in targets and ".layers." in f".{name}"
     ]
     if not names:
-        raise ConfigError(f"no nn.Linear named one of {targets} in the LLM's layers; check lora.targets")
+        raise ConfigError(f"no nn.Linear named one of {list(targets)} in the LLM's layers; check lora.targets")
     return "|".join(re.escape(n) for n in names)
 
 
@@ -153,7 +149,7 @@ def apply_stage(model: Any, stage: Stage, lora: LoraSettings | None = None) -> A
         from peft import LoraConfig, get_peft_model
 
         settings = lora or LoraSettings.model_validate({})
-        regex = _lora_regex(model, settings.targets)
+        regex = lora_target_regex(model, settings.targets)
         config = LoraConfig(
             r=settings.rank,
             lora_alpha=settings.alpha,  # type: ignore[arg-type]  # peft accepts floats
