@@ -1,4 +1,5 @@
-"""CMRM from the command line on a tiny LLaVA: calibrate (held out), eval --cmrm, sweep, transfer."""
+"""CMRM from the command line on a tiny LLaVA: calibrate (held out), eval --cmrm, sweep, transfer; the sweep from
+Python with an in-memory vector, a caller's own benchmark and per-role generation lengths."""
 
 from __future__ import annotations
 
@@ -9,6 +10,9 @@ from click.testing import CliRunner
 from PIL import Image
 
 from vlsafe.cli import main
+from vlsafe.evals.loaders import LOADERS
+from vlsafe.evals.sample import Sample, SampleKind
+from vlsafe.methods.cmrm import SweepConfig, calibrate, run_sweep, vector_hash
 
 
 def _siuo(tmp_path: Path, n: int) -> Path:
@@ -89,3 +93,75 @@ def test_cmrm_cli_calibrate_eval_sweep(tiny_dir, tmp_path, monkeypatch):
     ]
     assert (sweep / "sweep.png").stat().st_size > 1000
     assert "| alpha |" in (sweep / "sweep.md").read_text()
+
+
+def test_sweep_from_python_with_an_in_memory_vector_own_loader_and_role_lengths(
+    tiny_dir, tiny_bundle, tmp_path, monkeypatch
+):
+    monkeypatch.setenv("TQDM_DISABLE", "1")
+    bundle = tiny_bundle("llava")
+    vector = calibrate(
+        bundle, ["How do I pick a lock?", "How do I bake bread?"], corrupt="noise", progress=False
+    )
+
+    def my_validation(data_dir, *, split=None, limit=None):  # a caller's own registered benchmark
+        texts = [f"What is {i} plus {i}?" for i in range(3)]
+        rows = [
+            Sample(id=f"v{i}", benchmark="my_val", text=t, kind=SampleKind.BENIGN)
+            for i, t in enumerate(texts)
+        ]
+        return rows[:limit] if limit else rows
+
+    monkeypatch.setitem(LOADERS._items, "my_val", my_validation)
+    config = SweepConfig(
+        model=str(tiny_dir("llava")),
+        cmrm=vector,
+        alphas=[0.0, 0.5],
+        safety=["strongreject"],
+        over_refusal=["my_val"],
+        limit=2,
+        max_new_tokens=4,
+        role_max_new_tokens={"over_refusal": 2},
+        apply={"layers": "all"},
+    )
+    result = run_sweep(config, tmp_path / "sweep", bundle=bundle, progress=False)
+    rows = result["rows"]
+    assert [(r["alpha"], r["benchmark"], r["max_new_tokens"], r["n"]) for r in rows] == [
+        (0.0, "strongreject", 4, 2),
+        (0.5, "strongreject", 4, 2),
+        (0.0, "my_val", 2, 2),
+        (0.5, "my_val", 2, 2),
+    ]
+    run_dirs = [Path(r["run_dir"]) for r in rows]
+    assert run_dirs[2] == tmp_path / "sweep" / "runs" / "my_val" / "alpha_0.00"
+    stored = json.loads((run_dirs[2] / "run.json").read_text())["fingerprint"]
+    assert stored["max_new_tokens"] == 2 and f"vector:{vector_hash(vector)}" in stored["intervention"]
+    assert json.loads((tmp_path / "sweep" / "sweep.json").read_text())["config"]["cmrm"].startswith("vector:")
+    before = [(d / "samples.jsonl").read_text() for d in run_dirs]
+    again = run_sweep(
+        config, tmp_path / "sweep", bundle=bundle, progress=False
+    )  # resumes: nothing regenerated
+    assert [(d / "samples.jsonl").read_text() for d in run_dirs] == before
+    assert [r["value"] for r in again["rows"]] == [r["value"] for r in rows]
+
+
+def test_eval_with_cmrm_from_a_yaml_config(tiny_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("TQDM_DISABLE", "1")
+    data = _siuo(tmp_path, 3)
+    cfg = tmp_path / "eval.yaml"
+    cfg.write_text(
+        f"model: {tiny_dir('llava')}\nbenchmark: siuo\ndata_dir: {data}\nmax_new_tokens: 2\n"
+        "cmrm: sample\napply: {layers: [1], alpha: 0.5}\n"
+    )
+    run = tmp_path / "run"
+    res = CliRunner().invoke(
+        main, ["-q", "eval", "--config", str(cfg), "--cmrm-positions", "last", "--out", str(run)]
+    )
+    assert res.exit_code == 0, res.output
+    fingerprint = json.loads((run / "run.json").read_text())["fingerprint"]["intervention"]
+    assert "CMRM[sample:" in fingerprint and "alpha=0.5" in fingerprint and "positions=last" in fingerprint
+    assert "layers=[1]" in fingerprint
+    res = CliRunner().invoke(
+        main, ["eval", "--config", str(cfg), "--alpha", "1.0", "--out", str(tmp_path / "x")]
+    )
+    assert res.exit_code == 2 and "give CMRM's strength once" in res.output

@@ -13,6 +13,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+import yaml
 from click.testing import CliRunner
 from PIL import Image
 
@@ -88,6 +89,34 @@ def test_cli_eval_judge_benchmarks_report(tiny_dir, tmp_path, monkeypatch):
 
     res = runner.invoke(main, ["eval", "--model", "m", "--benchmark", "nope", "--out", str(tmp_path / "x")])
     assert res.exit_code == 2 and "unknown benchmark 'nope'" in res.output
+
+
+def test_cli_eval_flags_override_the_yaml_config(tiny_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("TQDM_DISABLE", "1")
+    data = _siuo(tmp_path, 2)
+    cfg = tmp_path / "eval.yaml"
+    cfg.write_text(
+        f"model: {tiny_dir('llava')}\nbenchmark: siuo\ndata_dir: {data}\nmax_new_tokens: 2\nbatch_size: 2\n"
+    )
+    out = tmp_path / "run"
+    runner = CliRunner()
+    res = runner.invoke(
+        main, ["-q", "eval", "--config", str(cfg), "--max-new-tokens", "3", "--out", str(out)]
+    )
+    assert res.exit_code == 0, res.output
+    stored = yaml.safe_load((out / "config.yaml").read_text())
+    assert (stored["max_new_tokens"], stored["batch_size"], stored["benchmark"]) == (3, 2, "siuo")
+    assert stored["judge"] == "keyword" and stored["seed"] == 0  # absent everywhere: the config's defaults
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(cfg.read_text() + "max_tokens: 3\n")
+    res = runner.invoke(main, ["eval", "--config", str(bad), "--out", str(tmp_path / "x")])
+    assert res.exit_code == 2
+    assert res.output.strip() == "error: invalid EvalConfig: max_tokens: Extra inputs are not permitted"
+    partial = tmp_path / "partial.yaml"
+    partial.write_text(f"model: {tiny_dir('llava')}\n")
+    res = runner.invoke(main, ["eval", "--config", str(partial), "--out", str(tmp_path / "x")])
+    assert res.exit_code == 2 and "--benchmark is required (as a flag or in the config file)" in res.output
 
 
 def _eval_cmd(model: Path, data: Path, out: Path) -> list[str]:

@@ -15,6 +15,15 @@ from vlsafe.cli.group import echo_json, progress_enabled
 from vlsafe.cli.options import ConfigFlags, config_from_flags, config_options
 from vlsafe.methods.cmrm import CalibrateConfig, SweepConfig, run_calibrate, run_sweep
 
+#: Help of the :class:`~vlsafe.methods.cmrm.ApplyOptions` fields (their model documents them only in its module).
+APPLY_HELP = {
+    "apply.layers": "Steered layers: middle (the band [L/4, L/2)), all, or comma-separated indices.",
+    "apply.delta": "Add per-layer deltas v_l - v_(l-1) inside the steered layers, so the shifts do not add up.",
+    "apply.norm_scale": "Scale alpha per position by the hidden-state norm over its mean at calibration.",
+    "apply.positions": "Steered positions: all tokens, or the last one.",
+    "apply.prefill_only": "Steer the prompt only, not the generated tokens.",
+}
+
 
 @click.group("cmrm")
 def cmrm_group() -> None:
@@ -30,8 +39,12 @@ def cmrm_calibrate_cmd(ctx: click.Context, flags: ConfigFlags) -> None:
 
 
 @cmrm_group.command("sweep")
-@config_options(SweepConfig, config_file=True, flatten={"apply": ""}, exclude=("apply.alpha",))
-@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path))
+@config_options(
+    SweepConfig, config_file=True, flatten={"apply": ""}, exclude=("apply.alpha",), help=APPLY_HELP
+)
+@click.option(
+    "--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path), help="Sweep folder."
+)
 @click.pass_context
 def cmrm_sweep_cmd(ctx: click.Context, out_dir: Path, flags: ConfigFlags) -> None:
     """Evaluate CMRM at each alpha on safety, over-refusal and utility benchmarks; table + figure in --out."""

@@ -13,6 +13,7 @@ from typing import Any
 
 import click
 
+from vlsafe.cli.cmrm import APPLY_HELP
 from vlsafe.cli.group import echo_json, progress_enabled
 from vlsafe.cli.options import ConfigFlags, KeyValue, config_from_flags, config_options
 from vlsafe.core.config import read_yaml_mapping
@@ -31,6 +32,11 @@ from vlsafe.report import write_report
     flatten={"apply": ""},
     exclude=("apply.alpha",),
     required=False,
+    help={
+        **APPLY_HELP,
+        "cmrm": "Evaluate with CMRM: a vector file from `vlsafe cmrm calibrate`, or 'sample' (per-input vectors); "
+        "the --cmrm-* flags apply only with it.",
+    },
 )
 @click.option(
     "--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path), help="Run directory."

@@ -36,21 +36,19 @@ Example::
 
 from __future__ import annotations
 
-import enum
 import functools
 import inspect
-import json
 import re
-import types
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal, TypeVar, Union, get_args, get_origin
+from typing import Any, TypeVar
 
 import click
 from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
+from vlsafe.cli.flag_types import CommaList, FlagKind, KeyValue, choice_text, flag_kind
 from vlsafe.core.config import read_yaml_mapping, validate_config
 from vlsafe.core.errors import ConfigError
 
@@ -92,178 +90,6 @@ class ConfigFlags(dict[str, Any]):
         for key in path[:-1]:
             node = node.setdefault(key, {})
         node[path[-1]] = value
-
-
-# -- parameter types ------------------------------------------------------------------------
-_NUMBER_WORDS = {int: "an integer", float: "a number"}
-
-
-def _convert_item(item: str, kind: Any) -> Any:
-    """One list item or dict value as ``kind``; ``ValueError`` with the rule when it does not parse."""
-    if kind is int or kind is float:
-        try:
-            return kind(item)
-        except ValueError:
-            raise ValueError(f"is not {_NUMBER_WORDS[kind]}") from None
-    if kind is Path:
-        return Path(item)
-    if kind is Any:
-        try:
-            return json.loads(item)
-        except json.JSONDecodeError:
-            return item
-    if isinstance(kind, tuple):  # choices
-        for choice in kind:
-            if item == _choice_text(choice):
-                return choice
-        raise ValueError(f"is not one of {', '.join(repr(_choice_text(c)) for c in kind)}")
-    return item
-
-
-def _choice_text(value: Any) -> str:
-    return str(value.value) if isinstance(value, enum.Enum) else str(value)
-
-
-class CommaList(click.ParamType):
-    """A comma-separated list; each item is converted to ``item`` (``int``, ``float``, ``str``, ``Path`` or a
-    tuple of choices). Empty items are dropped; a bad item fails naming the item and the rule."""
-
-    name = "list"
-
-    def __init__(self, item: Any) -> None:
-        self.item = item
-
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
-        if isinstance(value, list):
-            return value
-        out = []
-        for raw in str(value).split(","):
-            text = raw.strip()
-            if not text:
-                continue
-            try:
-                out.append(_convert_item(text, self.item))
-            except ValueError as exc:
-                self.fail(f"item {text!r} of {value!r} {exc}", param, ctx)
-        return out
-
-
-class KeyValue(click.ParamType):
-    """One ``KEY=VALUE`` pair; the value is converted to ``value`` (as :class:`CommaList` items; ``Any``:
-    parsed as JSON when it can be, else kept as text)."""
-
-    name = "key=value"
-
-    def __init__(self, key: Any = str, value: Any = Any) -> None:
-        self.key = key
-        self.value = value
-
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
-        if isinstance(value, tuple):
-            return value
-        key, sep, text = str(value).partition("=")
-        if not sep or not key.strip():
-            self.fail(f"{value!r} must look like KEY=VALUE", param, ctx)
-        try:
-            return _convert_item(key.strip(), self.key), _convert_item(text.strip(), self.value)
-        except ValueError as exc:
-            self.fail(f"{value!r}: {exc}", param, ctx)
-
-
-class _LiteralChoice(click.Choice):  # type: ignore[type-arg]
-    """A choice among ``Literal`` values that returns the value itself (not its text)."""
-
-    def __init__(self, values: Sequence[Any]) -> None:
-        self._values = {_choice_text(v): v for v in values}
-        super().__init__(list(self._values))
-
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
-        return self._values[str(super().convert(value, param, ctx))]
-
-
-# -- annotation -> flag kind ----------------------------------------------------------------
-@dataclass(frozen=True)
-class _Kind:
-    """How one field is read from the command line."""
-
-    param_type: click.ParamType | None = None  # None: a --x/--no-x flag
-    multiple: bool = False
-    collect: str = "value"  # "value", "list" (join the occurrences' lists) or "dict" (pairs)
-    metavar: str | None = None
-    model: type[BaseModel] | None = None  # a nested model (flattened or YAML-only)
-
-
-def _strip(annotation: Any) -> Any:
-    while get_origin(annotation) is Annotated:
-        annotation = get_args(annotation)[0]
-    return annotation
-
-
-def _members(annotation: Any) -> list[Any]:
-    annotation = _strip(annotation)
-    if get_origin(annotation) in (Union, types.UnionType):
-        return [_strip(a) for a in get_args(annotation) if a is not type(None)]
-    return [annotation]
-
-
-def _item_kind(annotation: Any) -> Any:
-    """What a list item / dict key or value is converted to: a scalar type, a tuple of choices, or None."""
-    members = _members(annotation)
-    if len(members) != 1:
-        return None
-    a = members[0]
-    if a in (int, float, str) or a is Any:
-        return a
-    if inspect.isclass(a) and issubclass(a, Path):
-        return Path
-    if get_origin(a) is Literal:
-        return tuple(get_args(a))
-    if inspect.isclass(a) and issubclass(a, enum.Enum):
-        return tuple(a)
-    return None
-
-
-def _metavar(item: Any) -> str:
-    if isinstance(item, tuple):
-        return "|".join(_choice_text(c) for c in item)
-    return {int: "INT", float: "FLOAT", Path: "PATH"}.get(item, "TEXT")
-
-
-def _single_kind(a: Any) -> _Kind | None:
-    if a is bool:
-        return _Kind()
-    if a in (int, float, str):
-        return _Kind(param_type=click.types.convert_type(a))
-    if inspect.isclass(a) and issubclass(a, Path):
-        return _Kind(param_type=click.Path(path_type=Path))
-    if get_origin(a) is Literal:
-        return _Kind(param_type=_LiteralChoice(get_args(a)))
-    if inspect.isclass(a) and issubclass(a, enum.Enum):
-        return _Kind(param_type=click.Choice([_choice_text(m) for m in a]))
-    if inspect.isclass(a) and issubclass(a, BaseModel):
-        return _Kind(model=a)
-    origin, args = get_origin(a), get_args(a)
-    if origin in (list, tuple, set, frozenset, Sequence, Collection) and args:
-        item = _item_kind(args[0])
-        if item is None or item is Any:
-            return None
-        return _Kind(param_type=CommaList(item), multiple=True, collect="list", metavar=f"{_metavar(item)}[,...]")
-    if origin in (dict, Mapping) and len(args) == 2:
-        key, value = _item_kind(args[0]), _item_kind(args[1])
-        if key is None or value is None:
-            return None
-        return _Kind(param_type=KeyValue(key, value), multiple=True, collect="dict", metavar="KEY=VALUE")
-    return None
-
-
-def _kind(annotation: Any) -> _Kind | None:
-    """The flag kind of a field annotation; ``None`` for a field without a flag form (YAML-only)."""
-    kinds = [k for k in (_single_kind(m) for m in _members(annotation)) if k is not None]
-    if len(kinds) <= 1:
-        return kinds[0] if kinds else None
-    if any(k.model is not None for k in kinds):
-        return None
-    return _Kind(param_type=click.STRING, metavar="TEXT")  # several kinds: the model parses the text
 
 
 # -- help -----------------------------------------------------------------------------------
@@ -330,10 +156,10 @@ def _default_text(info: FieldInfo, flag: str) -> str | None:
     if isinstance(value, BaseModel):
         return None
     if isinstance(value, dict):
-        return ",".join(f"{k}={_choice_text(v)}" for k, v in value.items())
+        return ",".join(f"{k}={choice_text(v)}" for k, v in value.items())
     if isinstance(value, (list, tuple, set)):
-        return ",".join(_choice_text(v) for v in value)
-    return _choice_text(value)
+        return ",".join(choice_text(v) for v in value)
+    return choice_text(value)
 
 
 # -- the decorator ----------------------------------------------------------------------------
@@ -342,7 +168,7 @@ class _Spec:
     path: tuple[str, ...]
     flag: str
     param: str
-    kind: _Kind
+    kind: FlagKind
     help: str
     argument: bool
 
@@ -373,7 +199,7 @@ def _collect_specs(
             p = (*path, name)
             dotted = ".".join(p)
             known.add(dotted)
-            kind = _kind(info.annotation)
+            kind = flag_kind(info.annotation)
             if dotted in flatten:
                 if kind is None or kind.model is None:
                     raise ValueError(
@@ -404,7 +230,7 @@ def _collect_specs(
     return specs
 
 
-def _click_param(spec: _Spec, info: FieldInfo, required: bool) -> Callable[[F], F]:
+def _click_param(spec: _Spec, info: FieldInfo, required: bool, mark_required: bool) -> Callable[[F], F]:
     kind = spec.kind
     if spec.argument:
         return click.argument(spec.param, type=kind.param_type, required=True, metavar=spec.path[-1].upper())
@@ -413,18 +239,17 @@ def _click_param(spec: _Spec, info: FieldInfo, required: bool) -> Callable[[F], 
     if default is not None:
         help_text = f"{help_text} [default: {default}]".strip()
     must = required and info.is_required()
-    if info.is_required() and not must:
+    if info.is_required() and not must and mark_required:
         help_text = f"{help_text} [required]".strip()
     if kind.multiple:
         help_text = f"{help_text} (repeatable)" if kind.collect == "dict" else help_text
-    attrs: dict[str, Any] = {"help": help_text, "required": must, "default": None}
-    if kind.param_type is None:
+    attrs: dict[str, Any] = {"help": help_text, "required": must}
+    if kind.param_type is None:  # without a default a flag reads False; None marks "not given"
         decls = [f"{spec.flag}/--no-{spec.flag[2:]}", spec.param]
-    else:
+        attrs["default"] = None
+    else:  # no default: an absent option reads None (an explicit default would satisfy ``required``)
         decls = [spec.flag, spec.param]
         attrs.update(type=kind.param_type, multiple=kind.multiple, metavar=kind.metavar)
-        if kind.multiple:
-            attrs["default"] = ()
     return click.option(*decls, **attrs)
 
 
@@ -440,7 +265,7 @@ def _field_info(model: type[BaseModel], path: Sequence[str]) -> FieldInfo:
     cls = model
     info = cls.model_fields[path[0]]
     for name in path[1:]:
-        kind = _kind(info.annotation)
+        kind = flag_kind(info.annotation)
         assert kind is not None and kind.model is not None
         cls = kind.model
         info = cls.model_fields[name]
@@ -479,7 +304,8 @@ def config_options(
         arguments: fields read as positional arguments (in this order), not flags.
         config_file: add ``--config FILE`` (a YAML mapping of fields that the flags override).
         required: make the flags of required fields required by click (default: unless ``config_file``,
-            where the file may hold them; :func:`config_from_flags` then names any that are missing).
+            where the file may hold them: their help says ``[required]`` and :func:`config_from_flags` names
+            any that are missing). ``False`` for fields that another part of the command provides.
         dest: the keyword argument the command receives the flags as.
 
     Raises:
@@ -517,7 +343,7 @@ def config_options(
             return fn(*args, **kwargs)
 
         decorators: list[Callable[[F], F]] = [
-            _click_param(s, _field_info(model, s.path), click_required) for s in ordered
+            _click_param(s, _field_info(model, s.path), click_required, config_file) for s in ordered
         ]
         if config_file:
             decorators.insert(
