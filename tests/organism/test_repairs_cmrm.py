@@ -9,9 +9,12 @@ import pytest
 import torch
 from PIL import Image
 
+from vlsafe.evals import EvalConfig, run_eval
+from vlsafe.evals.sample import Sample
 from vlsafe.methods.cmrm import CMRMIntervention
 from vlsafe.models import build_inputs
 from vlsafe_organism import safety_data as sd
+from vlsafe_organism.evaluation import EvalSystem
 from vlsafe_organism.repairs import cmrm as rc
 from vlsafe_organism.repairs import select
 
@@ -164,7 +167,7 @@ def test_cmrm_systems_alpha_zero_is_identity_and_alpha_moves(tiny_bundle):
         plain = bundle.model.generate(**batch.inputs, max_new_tokens=4, do_sample=False)
     zero = rc.cmrm_systems(_selection(0.0, anchors), bundle=bundle, anchors=anchors)
     assert [s.name for s in zero] == ["vl+cmrm-dataset", "vl+cmrm-sample"]
-    assert all(s.model is bundle.model and s.proc is bundle.processor for s in zero)
+    assert all(s.bundle is bundle for s in zero)
     for system in zero:
         logits, out = _greedy(bundle, system, images)
         assert torch.equal(out, plain) and torch.equal(logits, plain_logits)
@@ -173,7 +176,7 @@ def test_cmrm_systems_alpha_zero_is_identity_and_alpha_moves(tiny_bundle):
         assert (logits - plain_logits).abs().max() > 1e-3, system.name
 
 
-def test_sample_system_is_told_each_batch(tiny_bundle, monkeypatch):
+def test_sample_system_is_told_each_batch(tiny_bundle, monkeypatch, tmp_path):
     from vlsafe.methods.cmrm import SampleLevelCMRM
 
     bundle = tiny_bundle("llava")
@@ -186,12 +189,13 @@ def test_sample_system_is_told_each_batch(tiny_bundle, monkeypatch):
 
     monkeypatch.setattr(SampleLevelCMRM, "before_batch", spy)
     (system,) = rc.cmrm_systems({"sample": _selection(1.0, [])["sample"]}, bundle=bundle)
-    from vlsafe_organism.probe import generate
-
-    images = [Image.new("RGB", (32, 32), c) for c in COLOURS[:3]]
-    with system.intervention:
-        generate(system.model, system.proc, ["a?", "b?", "c?"], images, max_new_tokens=2, batch_size=2,
-                 observer=system.intervention)  # fmt: skip
+    for i, c in enumerate(COLOURS[:3]):
+        Image.new("RGB", (32, 32), c).save(tmp_path / f"{i}.png")
+    samples = [Sample(id=t, benchmark="t", text=t, kind="benign", image=f"{i}.png") for i, t in enumerate(["a?", "b?", "c?"])]
+    cfg = EvalConfig(model="tiny", benchmark="t", data_dir=str(tmp_path), image_setting="provided", max_new_tokens=2,
+                     batch_size=2)  # fmt: skip
+    run_eval(cfg, tmp_path / "run", bundle=system.bundle, intervention=system.intervention, samples=samples,
+             progress=False)  # fmt: skip
     assert seen == [(["a?", "b?"], 2), (["c?"], 1)]
     assert system.intervention.sampler.n_computed == 3
 
@@ -234,8 +238,6 @@ def test_cmrm_systems_levels_skip_the_calibration_they_do_not_need(tiny_bundle, 
 
 def test_dataset_system_calibrates_only_its_steered_layers_and_steers_as_the_full_vector(tiny_bundle, caplog):
     from vlsafe.methods.cmrm import calibrate
-    from vlsafe_organism.evaluate import EvalSystem
-
     bundle = tiny_bundle("llava")
     anchors = _tiny_anchors()
     choice = rc.CMRMChoice(level="dataset", alpha=2.0, layers=[1])
@@ -247,7 +249,7 @@ def test_dataset_system_calibrates_only_its_steered_layers_and_steers_as_the_ful
     assert system.intervention.vector.layers == [1] and "differs" not in caplog.text
     assert rc.check_recalibrated(chosen, system.intervention.vector) is True
     images = [Image.new("RGB", (32, 32), c) for c in COLOURS[:2]]
-    reference = EvalSystem("ref", bundle.model, bundle.processor, rc.cmrm_intervention(bundle, choice, full))
+    reference = EvalSystem("ref", bundle, rc.cmrm_intervention(bundle, choice, full))
     got, out = _greedy(bundle, system, images)
     want, want_out = _greedy(bundle, reference, images)
     assert torch.equal(got, want) and torch.equal(out, want_out)

@@ -39,6 +39,7 @@ def fake_resolve(monkeypatch, organism) -> list[str]:
         return organism[name.removeprefix("organism:")]
 
     monkeypatch.setattr(registry, "resolve_organism", resolve)
+    monkeypatch.setattr(rm, "resolve_organism", resolve)
     return asked
 
 
@@ -100,7 +101,7 @@ def test_merged_system_exact_linear_and_cached(fake_resolve, organism, tmp_path,
     assert choice["config"]["models"][0] == {"model": rm.SAFE_REF, "weight": 0.25}
     out = tmp_path / "merged"
     system = rm.merged_system(choice, out)
-    assert system.name == "vl+merge-whole" and hasattr(system.proc, "image_processor")
+    assert system.name == "vl+merge-whole" and hasattr(system.bundle.processor, "image_processor")
     merged, vl, llm = _tensors(out), _tensors(organism["vl"]), _tensors(organism["safe-llm"])
     assert set(merged) == set(vl)
     n_lm = n_changed = 0
@@ -115,17 +116,15 @@ def test_merged_system_exact_linear_and_cached(fake_resolve, organism, tmp_path,
             n_changed += not torch.allclose(merged[name], value, rtol=0, atol=1e-4)
     assert n_lm > 10 and n_changed > n_lm // 2
     # the loaded model holds the merged weights
-    loaded = {llm_name_for(k): v for k, v in system.model.state_dict().items() if llm_name_for(k)}
+    loaded = {llm_name_for(k): v for k, v in system.bundle.model.state_dict().items() if llm_name_for(k)}
     key = "model.layers.0.self_attn.q_proj.weight"
     vl_name = next(k for k in vl if llm_name_for(k) == key)
     assert torch.equal(loaded[key], merged[vl_name])
 
-    import vlsafe.methods.merging as merging
-
     def fail(*a: Any, **k: Any) -> None:
         raise AssertionError("merge ran although the output is cached")
 
-    monkeypatch.setattr(merging, "merge", fail)
+    monkeypatch.setattr(rm, "merge", fail)
     mtime = (out / "model.safetensors").stat().st_mtime_ns
     assert rm.merged_system(choice, out).name == "vl+merge-whole"
     assert (out / "model.safetensors").stat().st_mtime_ns == mtime

@@ -107,7 +107,7 @@ def test_build_repairs_trains_once_and_exports_each(tmp_path: Path, monkeypatch:
     trained_calls: list[str] = []
     exported: list[tuple[str, Path]] = []
 
-    def fake_train(name: str, out: Path, recipe: object, cache_dir: object) -> Path:
+    def fake_train(name: str, out: Path, recipe: object, art_dir: object, cache_dir: object) -> Path:
         assert cache_dir == tmp_path / "cache"  # TGA wires the safe LLM from the build's cache
         trained_calls.append(name)
         (out / "model").mkdir(parents=True)

@@ -41,9 +41,19 @@ def organism_safety_data(
 
 
 def organism_baseline_configs(
-    out_root: str | Path, data: dict[str, Path], *, max_steps: int = 150, **common: Any
+    out_root: str | Path,
+    data: dict[str, Path],
+    *,
+    max_steps: int = 150,
+    starts: dict[str, str] | None = None,
+    **common: Any,
 ) -> dict[str, SFTConfig | DPOConfig]:
-    """The three runs' configs (``sft``, ``dpo``, ``joint``); ``common`` fields apply to all."""
+    """The three runs' configs (``sft``, ``dpo``, ``joint``); ``common`` fields apply to all.
+
+    ``starts`` maps ``"vl"`` / ``"vlm"`` to the models the runs start from (default ``organism:vl`` and
+    ``organism:vlm``, the committed systems).
+    """
+    starts = {"vl": "organism:vl", "vlm": "organism:vlm", **(starts or {})}
     root = Path(out_root)
     base: dict[str, Any] = {"max_steps": max_steps, "batch_size": 4, "gradient_checkpointing": True, "save_every": 50,
             "probe": {"every": max(1, max_steps // 5)}} | common  # fmt: skip
@@ -52,14 +62,14 @@ def organism_baseline_configs(
     joint_mix = {"ratio": 0.1, "vl_data": [{"format": "synthetic_vl", "n_images": 2000}]}
     return {
         "sft": SFTConfig.model_validate(
-            {"model": "organism:vl", "output_dir": root / "sft", "data": vlguard, **base}
+            {"model": starts["vl"], "output_dir": root / "sft", "data": vlguard, **base}
         ),
         "dpo": DPOConfig.model_validate(
-            {"model": "organism:vl", "output_dir": root / "dpo", "data": spavl, **base}
+            {"model": starts["vl"], "output_dir": root / "dpo", "data": spavl, **base}
         ),
         "joint": SFTConfig.model_validate(
             {
-                "model": "organism:vlm",
+                "model": starts["vlm"],
                 "output_dir": root / "joint",
                 "stage": "projector_lora",
                 "data": vlguard,
@@ -75,11 +85,13 @@ def run_organism_baselines(
     *,
     max_steps: int = 150,
     which: tuple[str, ...] = ("sft", "dpo", "joint"),
+    starts: dict[str, str] | None = None,
     **common: Any,
 ) -> dict[str, dict[str, Any]]:
-    """Generate the data and run (or resume) the chosen baselines; returns each run's summary."""
+    """Generate the data and run (or resume) the chosen baselines (``starts``: see
+    :func:`organism_baseline_configs`); returns each run's summary."""
     data = organism_safety_data(Path(out_root) / "data")
-    configs = organism_baseline_configs(out_root, data, max_steps=max_steps, **common)
+    configs = organism_baseline_configs(out_root, data, max_steps=max_steps, starts=starts, **common)
     out: dict[str, dict[str, Any]] = {}
     for name in which:
         cfg = configs[name]

@@ -14,7 +14,6 @@ from __future__ import annotations
 import functools
 import json
 import logging
-import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -41,9 +40,8 @@ DEPENDS: dict[str, tuple[str, ...]] = {
 
 
 def artifacts_dir() -> Path:
-    """Artefact directory: ``$VLSAFE_ORGANISM_ARTIFACTS`` or the package's committed ``artifacts/``."""
-    env = os.environ.get("VLSAFE_ORGANISM_ARTIFACTS")
-    return Path(env).expanduser() if env else PACKAGE_ARTIFACTS
+    """The package's committed artefact directory (functions that build systems take another as ``art_dir``)."""
+    return PACKAGE_ARTIFACTS
 
 
 def _safe_llm(cache_dir: Path | None, art: Path) -> tuple[Any, Any]:

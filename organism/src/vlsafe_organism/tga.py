@@ -88,14 +88,15 @@ def run_tga_organism(
     cache_dir: str | Path | None = None,
     progress: bool = True,
     recipe: OrganismRecipe | None = None,
+    art_dir: Path | None = None,
     **overrides: Any,
 ) -> dict[str, Any]:
     """Wire the organism's safe LLM with DINOv2 (random projector, seed 0), write the data, and run TGA with
     the VL recipe of ``recipe`` (default: the committed organism's recipe); returns the TGA summary
     (``model_dir`` is the trained VLM).
 
-    The safe LLM is the ``safe-llm`` system of the artefact directory in use
-    (:func:`vlsafe_organism.registry.artifacts_dir`), the same one the plain ``vl`` artefact was adapted from.
+    The safe LLM is the ``safe-llm`` system of ``art_dir`` (default: the committed artefacts), the same one the
+    plain ``vl`` artefact of that directory was adapted from.
     """
     from vlsafe_organism.base import load_base_vision
     from vlsafe_organism.recipe import OrganismRecipe
@@ -107,7 +108,7 @@ def run_tga_organism(
     vl = recipe.vl
     base = out / "base_vlm"
     if not (base / "config.json").is_file():
-        llm, tok = build_system("safe-llm", cache_dir)
+        llm, tok = build_system("safe-llm", cache_dir, art_dir)
         model, processor = wire_llava(
             load_base_vision(cache_dir), llm, tok, size=vl.size, feature_layer=vl.feature_layer
         )

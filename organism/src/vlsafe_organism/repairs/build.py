@@ -21,13 +21,15 @@ artefacts: :func:`vlsafe_organism.repairs.cmrm.select_cmrm` (``cmrm_selection.js
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from vlsafe.core.errors import ConfigError
+from vlsafe_organism.recipes import run_organism_baselines
+from vlsafe_organism.registry import resolve_organism
 from vlsafe_organism.repairs.trained import TRAINED_REPAIRS, export_trained_repair
 from vlsafe_organism.stages import StageResult, run_stage
+from vlsafe_organism.tga import run_tga_organism
 
 if TYPE_CHECKING:
     from vlsafe_organism.recipe import OrganismRecipe
@@ -40,16 +42,14 @@ BASELINE_STEPS = 60
 RECIPE_VERSION = "1"
 
 
-def _train(name: str, out: Path, recipe: OrganismRecipe, cache_dir: str | Path | None = None) -> Path:
-    """Train repair ``name`` into ``out``; returns the merged model directory."""
+def _train(name: str, out: Path, recipe: OrganismRecipe, art_dir: Path, cache_dir: str | Path | None = None) -> Path:
+    """Train repair ``name`` into ``out`` from the systems of ``art_dir``; returns the merged model directory."""
     if name == "tga":
-        from vlsafe_organism.tga import run_tga_organism
-
-        summary = run_tga_organism(out, cache_dir, progress=True, recipe=recipe)
+        summary = run_tga_organism(out, cache_dir, progress=True, recipe=recipe, art_dir=art_dir)
         return Path(summary["model_dir"])
-    from vlsafe_organism.recipes import run_organism_baselines
-
-    run_organism_baselines(out, max_steps=BASELINE_STEPS, which=(name,), probe=None)
+    start, _ = TRAINED_REPAIRS[name]
+    starts = {start: str(resolve_organism(f"organism:{start}", cache_dir, art_dir))}
+    run_organism_baselines(out, max_steps=BASELINE_STEPS, which=(name,), starts=starts, probe=None)
     return out / name / "model"
 
 
@@ -76,37 +76,29 @@ def build_repairs(
         raise ConfigError(f"repairs {unknown} are unknown; choose from {sorted(TRAINED_REPAIRS)}")
     manifest = read_manifest(art_dir)
     recipe = recipe or recipe_of_artifacts(art_dir)
-    previous = os.environ.get("VLSAFE_ORGANISM_ARTIFACTS")
-    os.environ["VLSAFE_ORGANISM_ARTIFACTS"] = str(art_dir)
     results = []
-    try:
-        for name in which:
-            start, _ = TRAINED_REPAIRS[name]
-            deps = {k: v["sha256"] for k, v in manifest.items() if k.startswith(("safe_", f"{start}_"))}
-            fingerprint: dict[str, Any] = {"recipe": RECIPE_VERSION, "steps": BASELINE_STEPS, "start": deps}
-            if name == "tga":  # TGA re-runs the VL recipe itself
-                fingerprint["organism_recipe"] = recipe.model_dump()
+    for name in which:
+        start, _ = TRAINED_REPAIRS[name]
+        deps = {k: v["sha256"] for k, v in manifest.items() if k.startswith(("safe_", f"{start}_"))}
+        fingerprint: dict[str, Any] = {"recipe": RECIPE_VERSION, "steps": BASELINE_STEPS, "start": deps}
+        if name == "tga":  # TGA re-runs the VL recipe itself
+            fingerprint["organism_recipe"] = recipe.model_dump()
 
-            def _build(out: Path, name: str = name) -> dict[str, Any]:
-                model_dir = _train(name, out / "run", recipe, cache_dir)
-                return {"model_dir": str(model_dir.relative_to(out))}  # the stage directory is renamed after
+        def _build(out: Path, name: str = name) -> dict[str, Any]:
+            model_dir = _train(name, out / "run", recipe, art_dir, cache_dir)
+            return {"model_dir": str(model_dir.relative_to(out))}  # the stage directory is renamed after
 
-            result = run_stage(f"repair-{name}", stage_root(cache_dir), fingerprint, _build)
-            model_dir = result.path / result.record["model_dir"]
-            export_trained_repair(
-                name, model_dir, art_dir, cache_dir=cache_dir, meta={"stage": result.record}
-            )
-            results.append(result)
-        if selections:
-            from vlsafe_organism.repairs.cmrm import select_cmrm
-            from vlsafe_organism.repairs.merge import select_merge
-            from vlsafe_organism.repairs.systems import CMRM_SELECTION, MERGE_SELECTION
+        result = run_stage(f"repair-{name}", stage_root(cache_dir), fingerprint, _build)
+        model_dir = result.path / result.record["model_dir"]
+        export_trained_repair(
+            name, model_dir, art_dir, cache_dir=cache_dir, meta={"stage": result.record}
+        )
+        results.append(result)
+    if selections:
+        from vlsafe_organism.repairs.cmrm import select_cmrm
+        from vlsafe_organism.repairs.merge import select_merge
+        from vlsafe_organism.repairs.systems import CMRM_SELECTION, MERGE_SELECTION
 
-            select_cmrm(art_dir / CMRM_SELECTION, cache_dir)
-            select_merge(art_dir / MERGE_SELECTION, cache_dir)
-    finally:
-        if previous is None:
-            os.environ.pop("VLSAFE_ORGANISM_ARTIFACTS", None)
-        else:
-            os.environ["VLSAFE_ORGANISM_ARTIFACTS"] = previous
+        select_cmrm(art_dir / CMRM_SELECTION, cache_dir, art_dir=art_dir)
+        select_merge(art_dir / MERGE_SELECTION, cache_dir, art_dir=art_dir)
     return results

@@ -22,11 +22,18 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
 from pydantic import BaseModel, ConfigDict
 
+from vlsafe.data.scenes import make_example
 from vlsafe.methods.cmrm import CMRMIntervention, anchor_items, anchors_hash, calibrate, vector_hash
 from vlsafe.methods.cmrm.apply import resolve_steer_layers
+from vlsafe.models import load_model
+from vlsafe.report.figures import save_png
+from vlsafe_organism import safety_data as sd
 from vlsafe_organism.evaluation import EvalSystem
+from vlsafe_organism.registry import resolve_organism
 from vlsafe_organism.repairs import select
 
 logger = logging.getLogger(__name__)
@@ -104,8 +111,6 @@ class CMRMChoice(BaseModel):
 def cmrm_anchors(n: int = 64) -> list[dict[str, Any]]:
     """``n`` anchors ``{"text", "image"}``: the first ``n // 2`` harmful and ``n - n // 2`` benign *training*
     prompts, anchor ``i`` shown with synthetic train-split image ``i``."""
-    from vlsafe.data.scenes import make_example
-    from vlsafe_organism import safety_data as sd
 
     if n < 2:
         raise ValueError(f"n={n} anchors: need at least 2 (one harmful, one benign)")
@@ -173,12 +178,10 @@ def _write(path: Path, data: dict[str, Any]) -> None:
     tmp.replace(path)
 
 
-def _load_bundle(cache_dir: str | Path | None) -> Any:
-    """``organism:vl`` as a bundle (``cache_dir``: the organism cache, default ``$VLSAFE_CACHE/organism``)."""
-    from vlsafe.models import load_model
-    from vlsafe_organism.registry import resolve_organism
-
-    return load_model(resolve_organism("organism:vl", cache_dir))
+def _load_bundle(cache_dir: str | Path | None, art_dir: Path | None = None) -> Any:
+    """``organism:vl`` of ``art_dir`` (default: the committed artefacts) as a bundle (``cache_dir``: the organism
+    cache, default ``$VLSAFE_CACHE/organism``)."""
+    return load_model(resolve_organism("organism:vl", cache_dir, art_dir))
 
 
 def select_cmrm(
@@ -193,6 +196,7 @@ def select_cmrm(
     anchors: Sequence[dict[str, Any]] | None = None,
     n_prompts: int = VAL_PROMPTS,
     n_vqa: int = VAL_VQA,
+    art_dir: Path | None = None,
 ) -> dict[str, Any]:
     """Measure the CMRM grids on the validation split and choose one setting per level.
 
@@ -221,7 +225,7 @@ def select_cmrm(
         logger.warning("%s was measured with other anchors or sizes; starting the sweep afresh", out)
         prior = {}
     done = {p["key"]: p for lvl in ("dataset", "sample") for p in prior.get(lvl, {}).get("points", [])}
-    bundle = bundle if bundle is not None else _load_bundle(cache_dir)
+    bundle = bundle if bundle is not None else _load_bundle(cache_dir, art_dir)
     data: dict[str, Any] = {"reference": prior.get("reference"), "anchors": info, "val": val, "selection_rule": {
         "max_benign_rise": select.MAX_BENIGN_RISE, "max_utility_drop": select.MAX_UTILITY_DROP,
         "setting": select.VAL_SETTING}}  # fmt: skip
@@ -265,10 +269,7 @@ def select_cmrm(
 
 def plot_selection(data: dict[str, Any], path: str | Path) -> Path:
     """Harmful / benign refusal and VQA accuracy against alpha, one line per option set (reference dashed)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
 
-    from vlsafe.report.figures import save_png
 
     fig = Figure(figsize=(13, 4.2), layout="constrained")
     FigureCanvasAgg(fig)
@@ -336,6 +337,7 @@ def cmrm_systems(
     bundle: Any = None,
     anchors: Sequence[dict[str, Any]] | None = None,
     levels: Sequence[str] = ("dataset", "sample"),
+    art_dir: Path | None = None,
 ) -> list[EvalSystem]:
     """The chosen CMRM systems on one shared ``organism:vl`` model: ``vl+cmrm-dataset``, ``vl+cmrm-sample``.
 
@@ -343,7 +345,7 @@ def cmrm_systems(
     against the selection's record (:func:`check_recalibrated`). ``levels`` picks the systems (only the dataset
     level needs the calibration). A level without a chosen setting is skipped.
     """
-    bundle = bundle if bundle is not None else _load_bundle(cache_dir)
+    bundle = bundle if bundle is not None else _load_bundle(cache_dir, art_dir)
     systems = []
     for level in levels:
         chosen = (selection.get(level) or {}).get("chosen")

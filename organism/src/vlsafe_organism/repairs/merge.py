@@ -22,14 +22,21 @@ import datetime as dt
 import json
 import logging
 import shutil
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from vlsafe.methods.merging import MergeConfig, merge
+from vlsafe.models import load_model
+from vlsafe.report.figures import bar_with_intervals, save_png
+from vlsafe_organism.artifacts import PACKAGE_ARTIFACTS
+from vlsafe_organism.base import base_llm_dir
 from vlsafe_organism.evaluation import EvalSystem
-from vlsafe_organism.registry import BASE_LLM_REF, PREFIX
+from vlsafe_organism.registry import BASE_LLM_REF, PREFIX, resolve_organism
+from vlsafe_organism.repairs import select
 
 logger = logging.getLogger(__name__)
 
@@ -111,12 +118,15 @@ def merge_grid() -> list[dict[str, Any]]:
     ]
 
 
-def concrete_config(config: dict[str, Any], cache_dir: str | Path | None = None) -> dict[str, Any]:
+def concrete_config(
+    config: dict[str, Any], cache_dir: str | Path | None = None, art_dir: Path | None = None
+) -> dict[str, Any]:
     """``config`` with :data:`BASE_REF` replaced by the cached base LLM's directory (built on first use) and,
-    when ``cache_dir`` is given, every ``organism:<system>`` ref replaced by its directory in that cache.
+    when ``cache_dir`` or ``art_dir`` is given, every ``organism:<system>`` ref replaced by its directory
+    (built from ``art_dir``'s artefacts into that cache).
 
-    Without ``cache_dir`` the ``organism:`` refs stay; :func:`vlsafe.methods.merging.io.resolve_checkpoint` resolves
-    them in ``$VLSAFE_CACHE``.
+    Otherwise the ``organism:`` refs stay: the merge resolves them as registered model references (the
+    committed artefacts, cache ``$VLSAFE_CACHE``).
     """
     cfg = copy.deepcopy(config)
 
@@ -124,14 +134,11 @@ def concrete_config(config: dict[str, Any], cache_dir: str | Path | None = None)
         if ref is None or not ref.startswith(PREFIX):
             return ref
         if ref == BASE_REF:
-            from vlsafe_organism.base import base_llm_dir
 
             return str(base_llm_dir(cache_dir))
-        if cache_dir is None:
+        if cache_dir is None and art_dir is None:
             return ref
-        from vlsafe_organism.registry import resolve_organism
-
-        return str(resolve_organism(ref, cache_dir))
+        return str(resolve_organism(ref, cache_dir, art_dir))
 
     for key in ("base_model", "template", "rest_from"):
         if key in cfg:
@@ -142,39 +149,39 @@ def concrete_config(config: dict[str, Any], cache_dir: str | Path | None = None)
 
 
 def _resolved_yaml(config: dict[str, Any]) -> str:
-    from vlsafe.methods.merging import MergeConfig
 
     with tempfile.TemporaryDirectory() as tmp:
         return MergeConfig.from_dict(config).to_yaml(Path(tmp) / "merge_config.yaml").read_text()
 
 
-def _merge_into(config: dict[str, Any], out_dir: Path, cache_dir: str | Path | None) -> float:
-    from vlsafe.methods.merging import merge
-
-    result = merge(concrete_config(config, cache_dir), out_dir, overwrite=True, progress=False)
+def _merge_into(
+    config: dict[str, Any], out_dir: Path, cache_dir: str | Path | None, art_dir: Path | None = None
+) -> float:
+    result = merge(concrete_config(config, cache_dir, art_dir), out_dir, overwrite=True, progress=False)
     return result.seconds
 
 
 def _load_system(path: Path, name: str) -> EvalSystem:
-    from vlsafe.models import load_model
 
     bundle = load_model(path, dtype="float32")
     return EvalSystem(name, bundle)
 
 
-def merged_system(choice: dict[str, Any], out_dir: Path, cache_dir: str | Path | None = None) -> EvalSystem:
+def merged_system(
+    choice: dict[str, Any], out_dir: Path, cache_dir: str | Path | None = None, art_dir: Path | None = None
+) -> EvalSystem:
     """Materialise the merge ``choice`` (a grid point) in ``out_dir`` and load it as ``vl+merge-<kind>``.
 
     The merge is skipped when ``out_dir`` already holds weights and the same resolved ``merge_config.yaml``.
     """
     out_dir = Path(out_dir)
-    config = concrete_config(choice["config"], cache_dir)
+    config = concrete_config(choice["config"], cache_dir, art_dir)
     existing = out_dir / "merge_config.yaml"
     fresh = existing.is_file() and any(out_dir.glob("*.safetensors"))
     if fresh and existing.read_text() == _resolved_yaml(config):
         logger.info("merge %s: reusing %s", choice.get("name"), out_dir)
     else:
-        seconds = _merge_into(config, out_dir, None)
+        seconds = _merge_into(config, out_dir, None)  # refs resolved above
         logger.info("merge %s into %s took %.1f s", choice.get("name"), out_dir, seconds)
     return _load_system(out_dir, f"vl+merge-{choice['kind']}")
 
@@ -194,6 +201,7 @@ def select_merge(
     scratch_dir: Path | None = None,
     figure: Path | None = None,
     measure: Callable[[EvalSystem], dict[str, Any]] | None = None,
+    art_dir: Path | None = None,
 ) -> dict[str, Any]:
     """Measure every grid point on the validation split and choose the best whole and layer-selective merge.
 
@@ -212,7 +220,6 @@ def select_merge(
     Returns:
         The selection dict written to ``out``.
     """
-    from vlsafe_organism.repairs import select
 
     measure = measure or select.val_point
     grid = list(grid) if grid is not None else merge_grid()
@@ -222,10 +229,9 @@ def select_merge(
     data["selection_rule"] = {"max_benign_rise": select.MAX_BENIGN_RISE, "max_utility_drop": select.MAX_UTILITY_DROP,
                               "setting": select.VAL_SETTING}  # fmt: skip
     if data.get("reference") is None:
-        from vlsafe.models import load_model
 
         ref_dir = (
-            VL_REF if cache_dir is None else concrete_config({"template": VL_REF}, cache_dir)["template"]
+            concrete_config({"template": VL_REF}, cache_dir, art_dir)["template"]
         )
         bundle = load_model(ref_dir, dtype="float32")
         t0 = time.perf_counter()
@@ -242,7 +248,7 @@ def select_merge(
             continue
         scratch = Path(tempfile.mkdtemp(prefix="vlsafe-merge-", dir=scratch_dir))
         try:
-            merge_s = _merge_into(gp["config"], scratch / "model", cache_dir)
+            merge_s = _merge_into(gp["config"], scratch / "model", cache_dir, art_dir)
             system = _load_system(scratch / "model", "vl+merge")
             t0 = time.perf_counter()
             metrics = measure(system)
@@ -269,7 +275,6 @@ def select_merge(
     data["date"] = dt.date.today().isoformat()
     _write(out, data)
     if figure is not None:
-        from vlsafe.report.figures import save_png
 
         save_png(selection_figure(data), figure)
     return data
@@ -277,7 +282,6 @@ def select_merge(
 
 def selection_figure(selection: dict[str, Any]) -> Any:
     """Harmful / benign refusal and VQA accuracy of the reference and every grid point (grouped bars)."""
-    from vlsafe.report.figures import bar_with_intervals
 
     rows = [selection["reference"], *selection["points"]]
     labels = ["vl (ref)"] + [p["name"] for p in selection["points"]]
@@ -292,9 +296,7 @@ def selection_figure(selection: dict[str, Any]) -> Any:
 
 def main() -> None:  # pragma: no cover - the real selection run (minutes of CPU)
     """Run the selection on the real organism: ``python -m vlsafe_organism.repairs.merge [FIGURE.png]``."""
-    import sys
 
-    from vlsafe_organism.artifacts import PACKAGE_ARTIFACTS
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     fig = Path(sys.argv[1]) if len(sys.argv) > 1 else None

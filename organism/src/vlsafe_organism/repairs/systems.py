@@ -24,7 +24,11 @@ from pathlib import Path
 from typing import Any
 
 from vlsafe.models import bundle_from_model
+from vlsafe_organism.artifacts import read_manifest
 from vlsafe_organism.evaluation import EvalSystem
+from vlsafe_organism.registry import DEPENDS, build_system
+from vlsafe_organism.repairs.cmrm import SYSTEM_NAMES, cmrm_systems
+from vlsafe_organism.repairs.merge import merged_system
 from vlsafe_organism.repairs.trained import TRAINED_REPAIRS
 
 logger = logging.getLogger(__name__)
@@ -60,13 +64,11 @@ def repair_loaders(cache_dir: str | Path | None, art_dir: Path, work_dir: Path) 
         art_dir: Artefact directory (trained deltas and selection files).
         work_dir: Scratch directory for materialised merges.
     """
-    from vlsafe_organism.artifacts import read_manifest
-
     out: list[tuple[str, Loader]] = []
     cmrm = _read(art_dir / CMRM_SELECTION)
     if cmrm is not None:
         for name in ("vl+cmrm-dataset", "vl+cmrm-sample"):
-            out.append((name, _cmrm_loader(name, cmrm, cache_dir)))
+            out.append((name, _cmrm_loader(name, cmrm, cache_dir, art_dir)))
     else:
         logger.warning("no %s in %s: CMRM rows skipped", CMRM_SELECTION, art_dir)
     merge = _read(art_dir / MERGE_SELECTION)
@@ -76,7 +78,7 @@ def repair_loaders(cache_dir: str | Path | None, art_dir: Path, work_dir: Path) 
                 out.append(
                     (
                         f"vl+merge-{key}",
-                        _merge_loader(merge["chosen"][key], work_dir / f"merge-{key}", cache_dir),
+                        _merge_loader(merge["chosen"][key], work_dir / f"merge-{key}", cache_dir, art_dir),
                     )
                 )
     else:
@@ -90,30 +92,24 @@ def repair_loaders(cache_dir: str | Path | None, art_dir: Path, work_dir: Path) 
     return out
 
 
-def _cmrm_loader(name: str, selection: dict[str, Any], cache_dir: str | Path | None) -> Loader:
+def _cmrm_loader(name: str, selection: dict[str, Any], cache_dir: str | Path | None, art_dir: Path) -> Loader:
     def load() -> EvalSystem:
-        from vlsafe_organism.repairs.cmrm import SYSTEM_NAMES, cmrm_systems
-
         level = next(lv for lv, system in SYSTEM_NAMES.items() if system == name)
-        systems = {s.name: s for s in cmrm_systems(selection, cache_dir=cache_dir, levels=(level,))}
+        systems = {s.name: s for s in cmrm_systems(selection, cache_dir=cache_dir, levels=(level,), art_dir=art_dir)}
         return systems[name]
 
     return load
 
 
-def _merge_loader(choice: dict[str, Any], out_dir: Path, cache_dir: str | Path | None) -> Loader:
+def _merge_loader(choice: dict[str, Any], out_dir: Path, cache_dir: str | Path | None, art_dir: Path) -> Loader:
     def load() -> EvalSystem:
-        from vlsafe_organism.repairs.merge import merged_system
-
-        return merged_system(choice, out_dir, cache_dir=cache_dir)
+        return merged_system(choice, out_dir, cache_dir=cache_dir, art_dir=art_dir)
 
     return load
 
 
 def _trained_loader(name: str, cache_dir: str | Path | None, art_dir: Path) -> Loader:
     def load() -> EvalSystem:
-        from vlsafe_organism.registry import build_system
-
         model, proc = build_system(name, cache_dir, art_dir)
         return EvalSystem(name, bundle_from_model(model, proc, name=f"organism:{name}"))
 
@@ -122,8 +118,6 @@ def _trained_loader(name: str, cache_dir: str | Path | None, art_dir: Path) -> L
 
 def dependencies(system: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """``(artefact files, selection files)`` that the rows of ``system`` depend on (for result caching)."""
-    from vlsafe_organism.registry import DEPENDS
-
     if system.startswith("vl+cmrm"):
         return DEPENDS["vl"], (CMRM_SELECTION,)
     if system.startswith("vl+merge"):
