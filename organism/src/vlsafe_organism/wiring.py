@@ -183,27 +183,3 @@ def save_vlm(model: Any, processor: Any, out_dir: str | Path) -> Path:
     model.save_pretrained(str(out))
     processor.save_pretrained(str(out))
     return out
-
-
-def load_vlm(model_dir: str | Path, dtype: torch.dtype = torch.float32) -> tuple[Any, Any]:
-    """Load a VLM saved by :func:`save_vlm` as ``(LlavaForConditionalGeneration, LlavaProcessor)``."""
-    from transformers import LlavaForConditionalGeneration, LlavaProcessor
-
-    path = Path(model_dir)
-    if not (path / "config.json").is_file():
-        raise ModelLoadError(f"{str(path)!r} holds no config.json: not a saved organism VLM")
-    model = LlavaForConditionalGeneration.from_pretrained(str(path), dtype=dtype)
-    processor = LlavaProcessor.from_pretrained(str(path))
-    model.eval()
-    return model, processor
-
-
-def build_base_vlm(
-    cache_dir: str | Path | None = None, projector_state: dict[str, torch.Tensor] | None = None, seed: int = 0
-) -> tuple[Any, Any]:
-    """The untrained organism VLM from the real base weights (pip packages), projector random or given."""
-    from vlsafe_organism.base import load_base_llm, load_base_vision
-
-    llm, tokenizer = load_base_llm(cache_dir)
-    vision = load_base_vision(cache_dir)
-    return wire_llava(vision, llm, tokenizer, projector_state=projector_state, seed=seed)
