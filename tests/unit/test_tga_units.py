@@ -238,7 +238,7 @@ def test_organism_tga_data_and_recipe(tmp_path: Path) -> None:
 def test_organism_tga_starts_from_the_artifacts_safe_llm(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """TGA wires the ``safe-llm`` system of the artefact directory in use (the one the plain ``vl`` artefact
+    """TGA wires the ``safe-llm`` system of the given artefact directory (the one the plain ``vl`` artefact
     was adapted from) with the recipe's image size and vision layer, in the given cache: it does not train
     a safe LLM of its own."""
     import vlsafe_organism.base as base_mod
@@ -264,7 +264,7 @@ def test_organism_tga_starts_from_the_artifacts_safe_llm(
 
     monkeypatch.setattr(build_mod, "build_safe_llm", _no_training)
     monkeypatch.setattr(
-        registry, "build_system", lambda name, cache: calls.setdefault("system", (name, cache))
+        registry, "build_system", lambda name, cache, art: (calls.setdefault("system", (name, cache, art)), "tok")
     )
     monkeypatch.setattr(base_mod, "load_base_vision", lambda cache: ("vision", cache))
     monkeypatch.setattr(
@@ -278,8 +278,8 @@ def test_organism_tga_starts_from_the_artifacts_safe_llm(
     monkeypatch.setattr(tga_organism, "run_tga", lambda cfg, progress: {"config": cfg})
 
     recipe = load_recipe({"vl": {"size": 56, "feature_layer": 5}})
-    summary = tga_organism.run_tga_organism(tmp_path / "run", "CACHE", progress=False, recipe=recipe)
-    assert calls["system"] == ("safe-llm", "CACHE")
+    summary = tga_organism.run_tga_organism(tmp_path / "run", "CACHE", progress=False, recipe=recipe, art_dir="ART")
+    assert calls["system"] == ("safe-llm", "CACHE", "ART")
     assert calls["wired"] == (("vision", "CACHE"), {"size": 56, "feature_layer": 5})
     assert summary["config"][1] == tmp_path / "run" / "base_vlm"
     assert (tmp_path / "run" / "base_vlm" / "config.json").is_file()
