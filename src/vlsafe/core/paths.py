@@ -1,8 +1,8 @@
-"""File-name conventions shared by vlsafe's artefacts."""
+"""File-name conventions shared by vlsafe's artefacts, and the rule that keeps data paths inside their folder."""
 
 from __future__ import annotations
 
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 
 
 def safetensors_with_sidecar(path: str | Path) -> tuple[Path, Path]:
@@ -14,3 +14,18 @@ def safetensors_with_sidecar(path: str | Path) -> tuple[Path, Path]:
     if p.suffix != ".safetensors":
         p = p.with_name(p.name + ".safetensors")
     return p, p.with_suffix(".json")
+
+
+def check_relative_path(path: str) -> str:
+    """Return ``path`` in POSIX form if it stays inside its data directory, else raise ``ValueError``.
+
+    Rejects absolute paths (POSIX or Windows, including drive letters) and any ``..`` component.
+    """
+    if not path or not path.strip():
+        raise ValueError("image path is empty")
+    if path.startswith(("/", "\\")) or PureWindowsPath(path).drive or PurePosixPath(path).is_absolute():
+        raise ValueError(f"image path {path!r} is absolute; it must be relative to the data directory")
+    parts = path.replace("\\", "/").split("/")
+    if ".." in parts:
+        raise ValueError(f"image path {path!r} contains '..'; it must stay inside the data directory")
+    return "/".join(p for p in parts if p not in ("", "."))

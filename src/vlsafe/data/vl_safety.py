@@ -30,7 +30,7 @@ from typing import Any
 
 from vlsafe.core.errors import InputError
 from vlsafe.core.io import iter_json_rows
-from vlsafe.evals.sample import check_relative_path
+from vlsafe.core.paths import check_relative_path
 
 __all__ = [
     "PreferenceRecord",

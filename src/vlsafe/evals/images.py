@@ -14,6 +14,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from vlsafe.core.errors import InputError
+from vlsafe.core.paths import check_relative_path
 from vlsafe.evals.attacks import (
     FIGSTEP_PROMPT,
     MMSB_TYPO_PROMPT,
@@ -22,7 +23,7 @@ from vlsafe.evals.attacks import (
     render_mmsb_composite,
     render_typography,
 )
-from vlsafe.evals.sample import ImageSetting, Sample, check_relative_path
+from vlsafe.evals.sample import ImageSetting, Sample
 
 DEFAULT_SIZE = 336
 FIGSTEP_SIZE = 760

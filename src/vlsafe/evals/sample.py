@@ -10,10 +10,11 @@ from __future__ import annotations
 import hashlib
 import json
 from enum import Enum
-from pathlib import PurePosixPath, PureWindowsPath
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from vlsafe.core.paths import check_relative_path
 
 
 class ImageSetting(str, Enum):
@@ -44,20 +45,6 @@ class SampleKind(str, Enum):
     OVER_REFUSAL = "over_refusal"
     UTILITY = "utility"
 
-
-def check_relative_path(path: str) -> str:
-    """Return ``path`` in POSIX form if it stays inside its data directory, else raise ``ValueError``.
-
-    Rejects absolute paths (POSIX or Windows, including drive letters) and any ``..`` component.
-    """
-    if not path or not path.strip():
-        raise ValueError("image path is empty")
-    if path.startswith(("/", "\\")) or PureWindowsPath(path).drive or PurePosixPath(path).is_absolute():
-        raise ValueError(f"image path {path!r} is absolute; it must be relative to the data directory")
-    parts = path.replace("\\", "/").split("/")
-    if ".." in parts:
-        raise ValueError(f"image path {path!r} contains '..'; it must stay inside the data directory")
-    return "/".join(p for p in parts if p not in ("", "."))
 
 
 class Sample(BaseModel):

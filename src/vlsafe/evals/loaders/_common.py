@@ -13,7 +13,8 @@ from pydantic import ValidationError
 
 from vlsafe.core.errors import InputError
 from vlsafe.core.io import iter_json_rows, iter_jsonl
-from vlsafe.evals.sample import Sample, check_relative_path
+from vlsafe.core.paths import check_relative_path
+from vlsafe.evals.sample import Sample
 
 logger = logging.getLogger(__name__)
 
