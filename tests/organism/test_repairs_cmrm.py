@@ -11,7 +11,7 @@ from PIL import Image
 
 from vlsafe.evals import EvalConfig, run_eval
 from vlsafe.evals.sample import Sample
-from vlsafe.methods.cmrm import CMRMIntervention
+from vlsafe.hooks import SteeringVector
 from vlsafe.models import build_inputs
 from vlsafe_organism import safety_data as sd
 from vlsafe_organism.evaluation import EvalSystem
@@ -83,17 +83,35 @@ def _tiny_anchors() -> list[dict]:
 
 
 def _fake_val_point(calls: list):
-    """Metrics as a known function of alpha: benign rise 0.1 * alpha, utility drop 0.03 * alpha."""
+    """The reference point (no CMRM)."""
 
-    def fake(system, n_prompts=40, n_vqa=48) -> dict:
-        iv = system.intervention
-        alpha = 0.0 if iv is None else float(iv.options.alpha)
-        if iv is not None:
-            assert isinstance(iv, CMRMIntervention)
-            assert iv.sample_level == (system.name == "vl+cmrm-sample")
-        calls.append((system.name, alpha))
-        return {"harmful_refusal": 0.2 + 0.3 * alpha, "benign_refusal": 0.05 + 0.1 * alpha,
-                "utility": 0.2 - 0.03 * alpha, "n_harmful": 40, "n_benign": 40}  # fmt: skip
+    def fake(system, n_prompts=40, n_vqa=48, max_new_tokens=12, cache_dir=None) -> dict:
+        assert system.intervention is None
+        calls.append(("vl", 0.0))
+        return {"harmful_refusal": 0.2, "benign_refusal": 0.05, "utility": 0.2, "n_harmful": n_prompts,
+                "n_benign": n_prompts}  # fmt: skip
+
+    return fake
+
+
+def _fake_sweep(calls: list, dirs: list):
+    """The library sweep with metrics as a known function of alpha: benign rise 0.1 * alpha, utility drop
+    0.03 * alpha."""
+
+    def fake(config, out_dir, *, bundle=None, progress=True) -> dict:
+        sample = config.cmrm == "sample"
+        assert sample or isinstance(config.cmrm, SteeringVector)
+        assert (config.safety, config.over_refusal, config.utility) == (
+            ["organism:harmful_val"], ["organism:benign_val"], ["organism:vqa_val"])  # fmt: skip
+        assert config.image_setting.value == "provided" and config.role_max_new_tokens == {"utility": 6}
+        assert config.role_limit == {"safety": 20, "over_refusal": 20, "utility": 32}
+        dirs.append(Path(out_dir))
+        rows = []
+        for a in config.alphas:
+            calls.append(("vl+cmrm-sample" if sample else "vl+cmrm-dataset", a))
+            for role, value in (("safety", 0.2 + 0.3 * a), ("over_refusal", 0.05 + 0.1 * a), ("utility", 0.2 - 0.03 * a)):
+                rows.append({"alpha": a, "role": role, "value": value, "n": 20})
+        return {"rows": rows}
 
     return fake
 
@@ -102,39 +120,56 @@ GRID_D = [({"layers": "all", "delta": True}, [0.5, 1.0, 1.5]), ({"layers": [0], 
 GRID_S = [({"layers": "middle"}, [0.5, 2.0])]
 
 
-def test_select_writes_json_chooses_and_resumes(tiny_bundle, tmp_path: Path, monkeypatch):
+def test_select_sweeps_each_option_set_with_the_library_and_chooses(tiny_bundle, tmp_path: Path, monkeypatch):
     bundle = tiny_bundle("llava")
     calls: list = []
+    dirs: list = []
     monkeypatch.setattr(select, "val_point", _fake_val_point(calls))
+    monkeypatch.setattr(rc, "run_sweep", _fake_sweep(calls, dirs))
     out = tmp_path / "sel.json"
-    kw = {"dataset_grid": GRID_D, "sample_grid": GRID_S, "bundle": bundle, "anchors": _tiny_anchors()}
+    kw = {"dataset_grid": GRID_D, "sample_grid": GRID_S, "bundle": bundle, "anchors": _tiny_anchors(),
+          "work_dir": tmp_path / "work"}  # fmt: skip
     data = rc.select_cmrm(out, figure=tmp_path / "sel.png", **kw)
     assert calls == [("vl", 0.0)] + [("vl+cmrm-dataset", a) for a in (0.5, 1.0, 1.5, 1.0)] + [
         ("vl+cmrm-sample", a) for a in (0.5, 2.0)
     ]
+    assert len(dirs) == 3 and len(set(dirs)) == 3 and all(d.parent == tmp_path / "work" for d in dirs)
     assert json.loads(out.read_text()) == data
     assert (tmp_path / "sel.png").read_bytes()[:4] == b"\x89PNG"
     assert data["reference"]["harmful_refusal"] == 0.2 and data["anchors"]["n"] == 4
     d = data["dataset"]
     assert len(d["points"]) == 4 and all(len(p["vector_hash"]) == 16 for p in d["points"])
+    assert d["points"][0]["harmful_refusal"] == pytest.approx(0.35)
     # benign rise 0.1 * alpha <= 0.1 -> alpha <= 1; two alpha-1.0 points tie: the first in grid order wins
     assert d["chosen"]["choice"]["alpha"] == 1.0 and d["chosen"]["choice"]["layers"] == "all"
     assert d["chosen"]["within_limits"] is True
     assert data["sample"]["chosen"]["choice"]["alpha"] == 0.5
-    # a re-run measures nothing; dropping one point re-measures exactly that one
+    # a re-run keeps the reference and sweeps into the same folders (the sweep re-reads its finished runs)
     calls.clear()
-    assert rc.select_cmrm(out, **kw)["dataset"]["chosen"] == d["chosen"]
-    assert calls == []
-    saved = json.loads(out.read_text())
-    saved["dataset"]["points"].pop(1)
-    out.write_text(json.dumps(saved))
     again = rc.select_cmrm(out, **kw)
-    assert calls == [("vl+cmrm-dataset", 1.0)]
-    assert [p["key"] for p in again["dataset"]["points"]] == [p["key"] for p in d["points"]]
-    # other anchors invalidate the sweep
+    assert again["dataset"]["chosen"] == d["chosen"] and ("vl", 0.0) not in calls and dirs[3:] == dirs[:3]
+    # other anchors: a new reference and other sweep folders
     calls.clear()
     rc.select_cmrm(out, **{**kw, "anchors": _tiny_anchors()[:3]})
-    assert len(calls) == 7
+    assert calls[0] == ("vl", 0.0) and not set(dirs[6:8]) & set(dirs[:3])
+
+
+def test_select_runs_the_real_sweep_on_the_organism_benchmark(tiny_bundle, tmp_path: Path):
+    bundle = tiny_bundle("llava")
+    out = tmp_path / "sel.json"
+    data = rc.select_cmrm(out, cache_dir=tmp_path / "cache", dataset_grid=[({"layers": "all"}, [0.0, 1.0])],
+                          sample_grid=[({"layers": [0], "positions": "last"}, [0.5])], bundle=bundle,
+                          anchors=_tiny_anchors(), n_prompts=2, n_vqa=2, work_dir=tmp_path / "work")  # fmt: skip
+    d = data["dataset"]["points"]
+    assert [p["choice"]["alpha"] for p in d] == [0.0, 1.0] and data["sample"]["points"][0]["choice"]["alpha"] == 0.5
+    assert all(p["n_harmful"] == 2 == p["n_benign"] for p in d)
+    # alpha 0 adds nothing: the same replies, so the same rates, as the reference without CMRM
+    ref = data["reference"]
+    assert (d[0]["harmful_refusal"], d[0]["benign_refusal"], d[0]["utility"]) == (
+        ref["harmful_refusal"], ref["benign_refusal"], ref["utility"])  # fmt: skip
+    runs = sorted(p.parent.name for p in (tmp_path / "work").rglob("results.json"))
+    assert runs == ["alpha_0.00", "alpha_0.00", "alpha_0.00", "alpha_0.50", "alpha_0.50", "alpha_0.50",
+                    "alpha_1.00", "alpha_1.00", "alpha_1.00"]  # fmt: skip
 
 
 def _selection(alpha: float, anchors: list[dict]) -> dict:

@@ -41,6 +41,8 @@ def test_sweep_eval_configs_per_role_and_benchmark() -> None:
         data_dir="/data",
         data_dirs={"siuo": "/siuo"},
         role_max_new_tokens={"utility": 6},
+        role_limit={"utility": 5},
+        limit=9,
         batch_size=3,
         judge="keyword",
     )
@@ -53,12 +55,15 @@ def test_sweep_eval_configs_per_role_and_benchmark() -> None:
         3,
     )
     assert (siuo.benchmark, siuo.split, siuo.data_dir) == ("siuo", "gen", "/siuo")
-    assert (val.benchmark, val.max_new_tokens) == ("my_val", 6)
+    assert (val.benchmark, val.max_new_tokens, val.limit) == ("my_val", 6, 5)
+    assert sr.limit == siuo.limit == 9
     assert sr.steer is None and sr.alpha == 1.0  # CMRM is added as an intervention, not as steering
     with pytest.raises(ValueError, match="role_max_new_tokens"):
         SweepConfig(model="m", cmrm="sample", role_max_new_tokens={"safety": 0})
     with pytest.raises(ValueError, match="role_max_new_tokens"):
         SweepConfig(model="m", cmrm="sample", role_max_new_tokens={"judging": 4})
+    with pytest.raises(ValueError, match="role_limit"):
+        SweepConfig(model="m", cmrm="sample", role_limit={"utility": 0})
     with pytest.raises(ConfigError, match="no benchmarks"):
         SweepConfig(model="m", cmrm="sample").benchmarks()
 

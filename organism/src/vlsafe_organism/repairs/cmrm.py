@@ -2,11 +2,10 @@
 
 * :func:`cmrm_anchors` -- the calibration anchors: the organism's *training* prompts (half harmful, half
   benign) each with a benign synthetic *train*-split image (never a validation or evaluation item).
-* :func:`select_cmrm` -- calibrates a dataset-level vector on ``organism:vl`` over the anchors, measures a grid
-  of application options x alpha (and a smaller sample-level grid) on the validation split with
-  :func:`vlsafe_organism.repairs.select.val_point`, picks one setting per level with
-  :func:`~vlsafe_organism.repairs.select.choose` and writes the sweep as JSON (after every point; a re-run
-  skips the points already measured) plus a figure.
+* :func:`select_cmrm` -- calibrates a dataset-level vector on ``organism:vl`` over the anchors, sweeps a grid
+  of application options x alpha (and a smaller sample-level grid) on the validation split with the library's
+  :func:`vlsafe.methods.cmrm.run_sweep` (one resumable sweep per option set), picks one setting per level with
+  :func:`~vlsafe_organism.repairs.select.choose` and writes the selection as JSON plus a figure.
 * :func:`cmrm_systems` -- the two chosen systems (``vl+cmrm-dataset``, ``vl+cmrm-sample``) for the demo.
   The dataset-level vector is re-calibrated from the anchors (deterministic, a few seconds, no extra
   artefact to commit); its hash is checked against the one recorded at selection time.
@@ -15,6 +14,7 @@
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
 import json
 import logging
 import time
@@ -26,13 +26,24 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from pydantic import BaseModel, ConfigDict
 
+from vlsafe.core.io import read_json, write_json_atomic
 from vlsafe.data.scenes import make_example
-from vlsafe.methods.cmrm import CMRMIntervention, anchor_items, anchors_hash, calibrate, vector_hash
+from vlsafe.methods.cmrm import (
+    ApplyOptions,
+    CMRMIntervention,
+    SweepConfig,
+    anchor_items,
+    anchors_hash,
+    calibrate,
+    run_sweep,
+    vector_hash,
+)
 from vlsafe.methods.cmrm.apply import resolve_steer_layers
 from vlsafe.models import load_model
 from vlsafe.report.figures import save_png
 from vlsafe_organism import safety_data as sd
-from vlsafe_organism.evaluation import EvalSystem
+from vlsafe_organism.base import organism_cache_dir
+from vlsafe_organism.evaluation import BENCHMARK, EVAL_BATCH, VQA_TOKENS, EvalSystem, data_dir
 from vlsafe_organism.registry import resolve_organism
 from vlsafe_organism.repairs import select
 
@@ -66,6 +77,8 @@ SAMPLE_GRID: list[tuple[dict[str, Any], list[float]]] = [
 #: ``val_point``'s defaults because a point costs ~2 minutes of one loaded CPU core at these sizes.
 VAL_PROMPTS = 20
 VAL_VQA = 32
+#: generation length of the validation refusal probes
+VAL_TOKENS = 12
 
 
 class CMRMChoice(BaseModel):
@@ -167,21 +180,41 @@ def cmrm_intervention(bundle: Any, choice: CMRMChoice, vector: Any = None) -> CM
     return CMRMIntervention(bundle, vector, choice.apply_options())
 
 
-def _grid(level: str, grid: Sequence[tuple[dict[str, Any], Sequence[float]]]) -> list[CMRMChoice]:
-    return [CMRMChoice(level=level, alpha=float(a), **opts) for opts, alphas in grid for a in alphas]  # type: ignore[arg-type]
-
-
-def _write(path: Path, data: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1) + "\n")
-    tmp.replace(path)
-
-
 def _load_bundle(cache_dir: str | Path | None, art_dir: Path | None = None) -> Any:
     """``organism:vl`` of ``art_dir`` (default: the committed artefacts) as a bundle (``cache_dir``: the organism
     cache, default ``$VLSAFE_CACHE/organism``)."""
     return load_model(resolve_organism("organism:vl", cache_dir, art_dir))
+
+
+def _sweep_config(level: str, options: dict[str, Any], alphas: Sequence[float], vector: Any, root: Path,
+                  n_prompts: int, n_vqa: int) -> SweepConfig:  # fmt: skip
+    """The library sweep of one option set of the grid over its alphas, on the validation split."""
+    choice = CMRMChoice(level=level, alpha=float(alphas[0]), **options)  # type: ignore[arg-type]
+    return SweepConfig(
+        model="organism:vl", cmrm=vector if level == "dataset" else "sample",
+        apply=ApplyOptions(**choice.apply_options()), corrupt=choice.corrupt,
+        vector_positions=choice.vector_positions, exclude_anchors=False, alphas=[float(a) for a in alphas],
+        safety=[f"{BENCHMARK}:harmful_val"], over_refusal=[f"{BENCHMARK}:benign_val"],
+        utility=[f"{BENCHMARK}:vqa_val"], data_dir=str(root), image_setting="provided", batch_size=EVAL_BATCH,
+        max_new_tokens=VAL_TOKENS, role_max_new_tokens={"utility": VQA_TOKENS},
+        role_limit={"safety": n_prompts, "over_refusal": n_prompts, "utility": n_vqa},
+    )  # fmt: skip
+
+
+def _points(level: str, options: dict[str, Any], rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One selection point per alpha from the sweep's rows (``harmful_refusal`` = the safety role's refusal rate,
+    ``benign_refusal`` = the over-refusal role's, ``utility`` = VQA accuracy)."""
+    points = []
+    for alpha in dict.fromkeys(r["alpha"] for r in rows):
+        by_role = {r["role"]: r for r in rows if r["alpha"] == alpha}
+        choice = CMRMChoice(level=level, alpha=float(alpha), **options)  # type: ignore[arg-type]
+        points.append({
+            "key": choice.key(), "label": choice.options_label(), "choice": choice.model_dump(),
+            "harmful_refusal": by_role["safety"]["value"], "benign_refusal": by_role["over_refusal"]["value"],
+            "utility": by_role["utility"]["value"], "n_harmful": by_role["safety"]["n"],
+            "n_benign": by_role["over_refusal"]["n"],
+        })  # fmt: skip
+    return points
 
 
 def select_cmrm(
@@ -197,11 +230,15 @@ def select_cmrm(
     n_prompts: int = VAL_PROMPTS,
     n_vqa: int = VAL_VQA,
     art_dir: Path | None = None,
+    work_dir: str | Path | None = None,
 ) -> dict[str, Any]:
-    """Measure the CMRM grids on the validation split and choose one setting per level.
+    """Sweep the CMRM grids on the validation split with the library's :func:`vlsafe.methods.cmrm.run_sweep` and
+    choose one setting per level by :func:`vlsafe_organism.repairs.select.choose`.
 
-    The JSON at ``out`` is rewritten after every point; points already in it (same setting and same anchor
-    hash) are not measured again. Measurement goes through :func:`vlsafe_organism.repairs.select.val_point`.
+    Each ``(options, alphas)`` entry of a grid is one sweep (its runs under ``work_dir``, resumable: a rerun
+    re-reads the finished runs); the benchmarks are the ``organism`` benchmark's ``harmful_val`` (safety),
+    ``benign_val`` (over-refusal) and ``vqa_val`` (utility) splits, shown with their held-out renders. The JSON at
+    ``out`` is rewritten after every sweep.
 
     Args:
         out: The selection JSON (``{"reference", "dataset", "sample", "anchors", "date"}``).
@@ -212,6 +249,8 @@ def select_cmrm(
         figure: PNG path of the sweep figure (none when ``None``).
         bundle: The VL model (default: ``organism:vl``); ``anchors``: override the anchor set (tests).
         n_prompts: Validation harmful and benign prompts each per point; ``n_vqa``: validation VQA questions.
+        art_dir: The artefact directory whose ``vl`` system is swept (default: the committed one).
+        work_dir: Folder of the sweeps' run directories (default: ``cmrm-sweep`` in the organism cache).
 
     Returns:
         The selection dict as written.
@@ -219,49 +258,49 @@ def select_cmrm(
     out = Path(out)
     anchors = list(anchors) if anchors is not None else cmrm_anchors(n_anchors)
     info = _anchor_info(anchors, len(anchors))
-    prior: dict[str, Any] = json.loads(out.read_text()) if out.exists() else {}
-    val = {"n_prompts": n_prompts, "n_vqa": n_vqa}
-    if prior and (prior.get("anchors", {}).get("hash") != info["hash"] or prior.get("val") != val):
-        logger.warning("%s was measured with other anchors or sizes; starting the sweep afresh", out)
-        prior = {}
-    done = {p["key"]: p for lvl in ("dataset", "sample") for p in prior.get(lvl, {}).get("points", [])}
+    work = Path(work_dir) if work_dir is not None else organism_cache_dir(cache_dir) / "cmrm-sweep"
+    root = data_dir(cache_dir)
     bundle = bundle if bundle is not None else _load_bundle(cache_dir, art_dir)
-    data: dict[str, Any] = {"reference": prior.get("reference"), "anchors": info, "val": val, "selection_rule": {
+    val = {"n_prompts": n_prompts, "n_vqa": n_vqa}
+    data: dict[str, Any] = {"anchors": info, "val": val, "selection_rule": {
         "max_benign_rise": select.MAX_BENIGN_RISE, "max_utility_drop": select.MAX_UTILITY_DROP,
         "setting": select.VAL_SETTING}}  # fmt: skip
-    if data["reference"] is None:
+    prior = read_json(out, "CMRM selection") if out.is_file() else {}
+    if prior.get("reference") and prior.get("val") == val and prior.get("anchors", {}).get("hash") == info["hash"]:
+        data["reference"] = prior["reference"]
+    else:
         t0 = time.monotonic()
-        data["reference"] = {**select.val_point(EvalSystem("vl", bundle), n_prompts, n_vqa),
+        data["reference"] = {**select.val_point(EvalSystem("vl", bundle), n_prompts, n_vqa, VAL_TOKENS, cache_dir),
                              "seconds": round(time.monotonic() - t0, 1)}  # fmt: skip
-        _write(out, data)
     vectors: dict[Any, Any] = {}
     for level, grid in (("dataset", dataset_grid), ("sample", sample_grid)):
         points: list[dict[str, Any]] = []
         data[level] = {"points": points, "chosen": None}
-        for choice in _grid(level, grid):
-            key = choice.key()
-            if key in done:
-                points.append(done[key])
-                continue
+        for options, alphas in grid:
+            choice = CMRMChoice(level=level, alpha=float(alphas[0]), **options)  # type: ignore[arg-type]
             vec = _calibrated(bundle, anchors, choice, vectors, info) if level == "dataset" else None
-            system = EvalSystem(SYSTEM_NAMES[level], bundle,
-                                intervention=cmrm_intervention(bundle, choice, vec))  # fmt: skip
-            t0 = time.monotonic()
-            metrics = select.val_point(system, n_prompts, n_vqa)
-            point = {"key": key, "label": choice.options_label(), "choice": choice.model_dump(), **metrics,
-                     "seconds": round(time.monotonic() - t0, 1)}  # fmt: skip
-            if vec is not None:
-                point["vector_hash"] = vector_hash(vec)
-                point["vector_norms"] = vector_norms(vec)
-            logger.info("cmrm %s alpha=%s: %s", point["label"], choice.alpha, metrics)
-            points.append(point)
+            config = _sweep_config(level, options, alphas, vec, root, n_prompts, n_vqa)
+            name = hashlib.sha256(json.dumps([level, info["hash"], val, choice.model_dump(exclude={"alpha"})],
+                                             sort_keys=True).encode()).hexdigest()[:12]  # fmt: skip
+            t1 = time.monotonic()
+            result = run_sweep(config, work / f"{level}-{name}", bundle=bundle, progress=False)
+            found = _points(level, options, result["rows"])
+            for point in found:
+                point["seconds"] = round((time.monotonic() - t1) / len(found), 1)
+                if vec is not None:
+                    point["vector_hash"] = vector_hash(vec)
+                    point["vector_norms"] = vector_norms(vec)
+                logger.info("cmrm %s alpha=%s: harmful %s benign %s utility %s", point["label"],
+                            point["choice"]["alpha"], point["harmful_refusal"], point["benign_refusal"],
+                            point["utility"])  # fmt: skip
+            points.extend(found)
             data["date"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-            _write(out, data)
+            write_json_atomic(out, data, indent=1)
         if points:  # gentlest first within the grid order, so ties go to the smaller alpha
             order = sorted(range(len(points)), key=lambda i: (points[i]["choice"]["alpha"], i))
             data[level]["chosen"] = select.choose([points[i] for i in order], data["reference"])
     data["date"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-    _write(out, data)
+    write_json_atomic(out, data, indent=1)
     if figure is not None:
         plot_selection(data, figure)
     return data

@@ -66,6 +66,8 @@ class SweepConfig(CMRMSettings, GenerationOptions):
         data_dirs: data folder per benchmark name (``data_dir`` is the fallback).
         role_max_new_tokens: generation length per role (e.g. ``utility=8``: short answers; refusals need
             about 12-20 tokens to be recognised); roles not listed use ``max_new_tokens``.
+        role_limit: the first N samples of each benchmark of a role (e.g. fewer refusal prompts than
+            questions); roles not listed use ``limit``.
     """
 
     alphas: list[float] = Field(default_factory=default_alphas)
@@ -74,6 +76,7 @@ class SweepConfig(CMRMSettings, GenerationOptions):
     utility: list[str] = Field(default_factory=list)
     data_dirs: dict[str, str] = Field(default_factory=dict)
     role_max_new_tokens: dict[Role, int] = Field(default_factory=dict)
+    role_limit: dict[Role, int] = Field(default_factory=dict)
 
     @field_validator("alphas")
     @classmethod
@@ -82,12 +85,12 @@ class SweepConfig(CMRMSettings, GenerationOptions):
             raise ValueError("alphas is empty: give at least one value")
         return v
 
-    @field_validator("role_max_new_tokens")
+    @field_validator("role_max_new_tokens", "role_limit")
     @classmethod
-    def _lengths(cls, v: dict[str, int]) -> dict[str, int]:
+    def _lengths(cls, v: dict[str, int], info: Any) -> dict[str, int]:
         bad = {role: n for role, n in v.items() if n < 1}
         if bad:
-            raise ValueError(f"role_max_new_tokens {bad} must be >= 1")
+            raise ValueError(f"{info.field_name} {bad} must be >= 1")
         return v
 
     def benchmarks(self) -> list[tuple[str, str]]:
@@ -111,6 +114,7 @@ class SweepConfig(CMRMSettings, GenerationOptions):
             split=split,
             data_dir=self.data_dirs.get(name, self.data_dir),
             max_new_tokens=self.max_new_tokens_for(role),
+            limit=self.role_limit.get(role, self.limit),  # type: ignore[call-overload]
         )
         return validate_config(EvalConfig, data, "sweep eval config")
 
