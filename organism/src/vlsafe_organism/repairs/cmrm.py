@@ -195,7 +195,7 @@ def _sweep_config(level: str, options: dict[str, Any], alphas: Sequence[float], 
         apply=ApplyOptions(**choice.apply_options()), corrupt=choice.corrupt,
         vector_positions=choice.vector_positions, exclude_anchors=False, alphas=[float(a) for a in alphas],
         safety=[f"{BENCHMARK}:harmful_val"], over_refusal=[f"{BENCHMARK}:benign_val"],
-        utility=[f"{BENCHMARK}:vqa_val"], data_dir=str(root), image_setting="provided", batch_size=EVAL_BATCH,
+        utility=[f"{BENCHMARK}:vqa_val"], data_dir=str(root), image_setting=ImageSetting.PROVIDED, batch_size=EVAL_BATCH,
         max_new_tokens=VAL_TOKENS, role_max_new_tokens={"utility": VQA_TOKENS},
         role_limit={"safety": n_prompts, "over_refusal": n_prompts, "utility": n_vqa},
     )  # fmt: skip
