@@ -16,7 +16,7 @@ from transformers import AutoTokenizer, Dinov2Config, Dinov2Model, LlamaForCausa
 
 from vlsafe.data.scenes import make_example
 from vlsafe.methods.training.encoding import IGNORE_INDEX
-from vlsafe.methods.training.stages import projector_params
+from vlsafe.methods.training.stages import LLM_PROJECTIONS, projector_params
 from vlsafe.models import bundle_from_model
 from vlsafe.models.bundle import ModelBundle
 from vlsafe_organism import safe_llm, vl_train
@@ -98,7 +98,9 @@ def test_vl_trainer_step_equals_hand_written_adamw(
         assert {id(p) for p in model.parameters() if p.requires_grad} == projector
     else:
         assert trained == {n for n, p in model.named_parameters() if "lora_" in n or id(p) in projector}
-        assert any(".language_model." in n and "lora_A" in n for n in trained)
+        adapters = [n for n in trained if "lora_" in n]
+        assert adapters and all(".language_model.layers." in n for n in adapters)
+        assert {n.split(".")[-4] for n in adapters} == set(LLM_PROJECTIONS)
         assert not any("vision_tower" in n or "embed" in n for n in trained)
     reference = copy.deepcopy(model)  # same initial weights, LoRA adapters included
     initial, frozen_before = _trainable(model), _frozen(model)
@@ -223,8 +225,7 @@ def test_safe_llm_trainer_step_equals_hand_written_adamw(
     trainer = safe_llm_trainer(bundle, cfg, examples, tmp_path)
     trained = set(_trainable(bundle.model))
     assert trained and all("lora_" in n for n in trained)
-    assert {n.split(".")[-4] for n in trained} == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj",
-                                                   "up_proj", "down_proj"}  # fmt: skip
+    assert {n.split(".")[-4] for n in trained} == set(LLM_PROJECTIONS)
     reference = copy.deepcopy(bundle.model)
     frozen_before = _frozen(bundle.model)
     hand = _old_style_batch(tok, examples)

@@ -28,6 +28,7 @@ from vlsafe.methods.training.trainer import TrainConfig, Trainer
 from vlsafe.models import bundle_from_model
 from vlsafe.models.bundle import ModelBundle
 from vlsafe_organism import safety_data as sd
+from vlsafe_organism.artifacts import lora_state
 from vlsafe_organism.probe import PROBE_TOKENS, generate, refusal_rate
 from vlsafe_organism.sft import SFTExample, sft_collate
 from vlsafe_organism.stages import train_device
@@ -160,8 +161,6 @@ class BestOnValidation:
             self._validate(step)
 
     def _validate(self, step: int) -> None:
-        from vlsafe_organism.artifacts import lora_state
-
         model = self.bundle.model
         val = validate(model, self.bundle.tokenizer, self.cfg.val_n)
         score = val["harmful_refusal"] - self.cfg.benign_weight * val["benign_refusal"]
@@ -183,7 +182,6 @@ def train_safe_llm(
     """
     from safetensors.torch import save_file
 
-    from vlsafe_organism.artifacts import lora_state
     from vlsafe_organism.base import load_base_llm
 
     torch.manual_seed(cfg.seed)
