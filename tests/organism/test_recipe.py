@@ -56,7 +56,7 @@ def test_recipe_of_artifacts_reads_the_vl_config(tmp_path: Path) -> None:
 
 def test_committed_artifacts_were_built_with_the_default_recipe() -> None:
     """The defaults are documented as the committed artefacts' recipe: a rebuild without ``--recipe`` and the
-    TGA repair (which re-runs the VL recipe) must train what was committed."""
+    TGA repair (which re-runs the VL recipe) must train with the recipe that was committed."""
     from vlsafe_organism.registry import PACKAGE_ARTIFACTS
 
     assert recipe_of_artifacts(PACKAGE_ARTIFACTS) == OrganismRecipe()
