@@ -28,6 +28,7 @@ from pydantic import BaseModel, ConfigDict
 
 from vlsafe.core.io import read_json, write_json_atomic
 from vlsafe.data.scenes import make_example
+from vlsafe.evals.sample import ImageSetting
 from vlsafe.methods.cmrm import (
     ApplyOptions,
     CMRMIntervention,
