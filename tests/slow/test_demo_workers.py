@@ -17,13 +17,11 @@ except ModelLoadError:
 
 
 def test_workers_measure_the_rows_one_process_measures(tmp_path: Path) -> None:
-    from vlsafe_organism.demo import run_demo
+    from vlsafe_organism.demo import DemoConfig, run_demo
 
-    small = dict(
-        n_harmful=6, n_benign=6, n_vqa=6, settings=("none", "synthetic"), repairs=False, analysis=False
-    )
-    one = run_demo(tmp_path / "one", workers=1, **small)
-    two = run_demo(tmp_path / "two", workers=2, **small)
+    small = dict(n_prompts=6, n_vqa=6, settings=["none", "synthetic"], repairs=False, analysis=False)
+    one = run_demo(DemoConfig(out_dir=tmp_path / "one", workers=1, **small))
+    two = run_demo(DemoConfig(out_dir=tmp_path / "two", workers=2, **small))
     assert [(r["system"], r["image"]) for r in two["rows"]] == [
         ("safe-llm", "none"), ("safe-llm", "synthetic"), ("vl", "none"), ("vl", "synthetic")]  # fmt: skip
     assert two["rows"] == one["rows"] and two["workers"] == 2

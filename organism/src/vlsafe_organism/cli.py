@@ -8,57 +8,26 @@ from pathlib import Path
 import click
 
 from vlsafe.cli import echo_json
+from vlsafe.cli.options import ConfigFlags, config_from_flags, config_options
 from vlsafe_organism.build import build
-from vlsafe_organism.demo import run_demo
+from vlsafe_organism.demo import DemoConfig, run_demo
 
 
-# -- demo ----------------------------------------------------------------------------------
 @click.command("demo")
-@click.option("--out", "out_dir", default="reports/demo", show_default=True, type=click.Path(path_type=Path))
-@click.option(
-    "--n", "n_prompts", default=48, show_default=True, help="Held-out harmful and benign prompts each."
+@config_options(
+    DemoConfig,
+    include=("out_dir", "n_prompts", "cache_dir", "repairs", "analysis", "dtype", "workers"),
+    rename={"out_dir": "--out", "n_prompts": "--n", "cache_dir": "--cache"},
 )
-@click.option("--cache", "cache_dir", help="Organism cache directory (base weights).")
-@click.option("--no-repairs", is_flag=True, help="Leave out the repaired systems.")
-@click.option("--no-analysis", is_flag=True, help="Leave out the analysis section.")
-@click.option(
-    "--dtype",
-    type=click.Choice(["float32", "bfloat16"]),
-    default="float32",
-    show_default=True,
-    help="Precision of the evaluated systems (bfloat16: ~1.5x faster on CPUs with bf16; moves some counts).",
-)
-@click.option(
-    "--workers",
-    type=click.IntRange(min=1),
-    default=None,
-    help="Processes evaluating systems side by side, sharing the torch threads [default: one per thread, "
-    "at most 4; 1: all in this process].",
-)
-def demo_cmd(
-    out_dir: Path,
-    n_prompts: int,
-    cache_dir: str | None,
-    no_repairs: bool,
-    no_analysis: bool,
-    dtype: str,
-    workers: int | None,
-) -> None:
+def demo_cmd(flags: ConfigFlags) -> None:
     """Show the safety degradation on the model organism, its repairs and analysis; write a report to --out.
 
-    Measured rows are kept in --out/rows/, so an interrupted demo resumes where it stopped.
+    Measured rows are kept in --out/rows/ (and their runs in --out/runs/), so an interrupted demo resumes where
+    it stopped.
     """
-    result = run_demo(
-        out_dir,
-        n_harmful=n_prompts,
-        n_benign=n_prompts,
-        cache_dir=cache_dir,
-        repairs=not no_repairs,
-        analysis=not no_analysis,
-        dtype=dtype,
-        workers=workers,
-    )
-    click.echo(f"report: {Path(out_dir) / 'report.html'} ({result['seconds']:.0f} s)")
+    config = config_from_flags(DemoConfig, flags)
+    result = run_demo(config)
+    click.echo(f"report: {config.out_dir / 'report.html'} ({result['seconds']:.0f} s)")
 
 
 @click.group("organism")

@@ -26,9 +26,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
+from pydantic import BaseModel, ConfigDict, Field
 
 from vlsafe.methods.training.memory import peak_rss_mb
 from vlsafe.models import bundle_from_model
@@ -234,60 +235,67 @@ def _run_parallel(ctx: _Context, jobs: list[_Job], workers: int, threads: int) -
     return {o.job[1].name: o.value for o in outcomes if o.error is None and o.job[1].kind == "analysis"}
 
 
-def run_demo(
-    out_dir: str | Path = "reports/demo",
-    n_harmful: int = DEFAULT_N,
-    n_benign: int = DEFAULT_N,
-    n_vqa: int = 100,
-    cache_dir: str | Path | None = None,
-    art_dir: Path | None = None,
-    settings: tuple[str, ...] = IMAGE_SETTINGS,
-    max_new_tokens: int = DEMO_TOKENS,
-    repairs: bool = True,
-    analysis: bool = True,
-    n_analysis: int = 32,
-    dtype: str = "float32",
-    workers: int | None = None,
-) -> dict[str, Any]:
-    """Evaluate the organism and its repairs and write the demo report.
+class DemoConfig(BaseModel):
+    """What ``vlsafe demo`` measures and how it runs.
 
-    Args:
-        out_dir: Report directory (created).
-        n_harmful: Held-out harmful prompts per setting (at most 160).
-        n_benign: Held-out benign prompts per setting (at most 160).
-        n_vqa: Held-out synthetic VQA questions (at most 200).
-        cache_dir: Organism cache (base weights).
-        art_dir: Artefact directory (default: the committed one).
-        settings: Image settings of the degradation table.
-        max_new_tokens: Generation length of the refusal probes.
-        repairs: Evaluate the repaired systems.
-        analysis: Run the analysis section (shift, directions, safety layers, weight changes).
-        n_analysis: Prompts of the analysis section.
-        dtype: Precision of the evaluated systems: ``float32`` (default; the precision the organism was trained
-            and its repairs selected in) or ``bfloat16`` (the whole demo 1.5x faster on CPUs with bf16
-            instructions, the precision of most GPU evaluations; it moved 19 of the demo's 44 refusal counts by
-            1-6 of 48, see BENCHMARKS.md). The analysis section always runs in float32.
-        workers: Processes that evaluate systems side by side, each with an equal share of this process'
-            torch threads. ``None``: one per torch thread, at most 4 (on 2 cores, two one-thread workers
-            finish the demo 1.16x sooner than one two-thread process, same rows; BENCHMARKS.md). ``1``:
-            everything in this process. Their output goes to ``out_dir/logs/``. The workers are spawned
-            processes: a script that calls ``run_demo`` must do so under ``if __name__ == "__main__":``.
+    Attributes:
+        out_dir: report directory (created).
+        n_prompts: held-out harmful and benign prompts each per image setting (at most 160).
+        n_vqa: held-out synthetic VQA questions (at most 200).
+        cache_dir: organism cache directory (base weights); default ``$VLSAFE_CACHE/organism``.
+        art_dir: artefact directory (default: the committed one).
+        settings: image settings of the degradation table.
+        max_new_tokens: generation length of the refusal probes (the keyword judge reads the opening).
+        repairs: evaluate the repaired systems.
+        analysis: run the analysis section (shift, directions, safety layers, weight changes).
+        n_analysis: prompts of the analysis section.
+        dtype: precision of the evaluated systems: float32 (the precision the organism was trained and its
+            repairs selected in) or bfloat16 (about 1.5x faster on CPUs with bf16 instructions, the precision of
+            most GPU evaluations; it moves some refusal counts by a few of 48, see BENCHMARKS.md). The analysis
+            always runs in float32.
+        workers: processes that evaluate systems side by side, each with an equal share of this process' torch
+            threads; default one per thread, at most 4; 1 runs everything in this process. Their output goes to
+            ``out_dir/logs/``. Workers are spawned processes: a script that calls :func:`run_demo` must do so
+            under ``if __name__ == "__main__":``.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    out_dir: Path = Path("reports/demo")
+    n_prompts: int = Field(DEFAULT_N, ge=1, le=160)
+    n_vqa: int = Field(100, ge=0, le=200)
+    cache_dir: Path | None = None
+    art_dir: Path | None = None
+    settings: list[Literal["none", "blank", "noise", "synthetic", "typographic"]] = Field(
+        default_factory=lambda: list(IMAGE_SETTINGS)
+    )
+    max_new_tokens: int = Field(DEMO_TOKENS, ge=1)
+    repairs: bool = True
+    analysis: bool = True
+    n_analysis: int = Field(32, ge=1)
+    dtype: Literal["float32", "bfloat16"] = "float32"
+    workers: int | None = Field(None, ge=1)
+
+
+def run_demo(config: DemoConfig | None = None) -> dict[str, Any]:
+    """Evaluate the organism and its repairs and write the demo report (``config``: :class:`DemoConfig`).
 
     Returns:
         ``{"rows": [...], "repairs": [...], "analysis": {...}, "seconds": float, "peak_rss_mb": float}``
         (also written to ``results.json``): one row per (system, image setting), the unrepaired systems first;
         ``repairs`` holds each repair's derived figures (gap recovered, benign rise, utility change, targets).
     """
+    config = config or DemoConfig()
+    out_dir, n_harmful, n_benign, n_vqa = config.out_dir, config.n_prompts, config.n_prompts, config.n_vqa
+    cache_dir, art_dir, settings = config.cache_dir, config.art_dir, tuple(config.settings)
+    max_new_tokens, repairs, analysis, n_analysis = config.max_new_tokens, config.repairs, config.analysis, config.n_analysis
+    dtype, workers = config.dtype, config.workers
     from vlsafe.core.workers import peak_rss_children_mb, split_threads
     from vlsafe_organism.base import ensure_base_weights
     from vlsafe_organism.registry import artifacts_dir
     from vlsafe_organism.repairs.systems import repair_loaders
     from vlsafe_organism.report import write_report
 
-    if dtype not in DTYPES:
-        raise ValueError(f"dtype {dtype!r} is not supported by the demo; choose one of {sorted(DTYPES)}")
-    if workers is not None and workers < 1:
-        raise ValueError(f"workers={workers}: the demo needs at least 1 (1 runs everything in this process)")
     start = time.time()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
