@@ -285,7 +285,7 @@ def run_demo(config: DemoConfig | None = None) -> dict[str, Any]:
         (also written to ``results.json``): one row per (system, image setting), the unrepaired systems first;
         ``repairs`` holds each repair's derived figures (gap recovered, benign rise, utility change, targets).
     """
-    config = config or DemoConfig()
+    config = config or DemoConfig.model_validate({})
     out_dir, n_harmful, n_benign, n_vqa = config.out_dir, config.n_prompts, config.n_prompts, config.n_vqa
     cache_dir, art_dir, settings = config.cache_dir, config.art_dir, tuple(config.settings)
     max_new_tokens, repairs, analysis, n_analysis = config.max_new_tokens, config.repairs, config.analysis, config.n_analysis
