@@ -36,6 +36,7 @@ from vlsafe.models import bundle_from_model
 from vlsafe_organism.evaluation import (
     IMAGE_SETTINGS,
     EvalSystem,
+    ImageSettingName,
     eval_prompts,
     evaluate_system,
     judge_identity,
@@ -266,9 +267,7 @@ class DemoConfig(BaseModel):
     n_vqa: int = Field(100, ge=0, le=200)
     cache_dir: Path | None = None
     art_dir: Path | None = None
-    settings: list[Literal["none", "blank", "noise", "synthetic", "typographic"]] = Field(
-        default_factory=lambda: list(IMAGE_SETTINGS)
-    )
+    settings: list[ImageSettingName] = Field(default_factory=lambda: list(IMAGE_SETTINGS))
     max_new_tokens: int = Field(DEMO_TOKENS, ge=1)
     repairs: bool = True
     analysis: bool = True

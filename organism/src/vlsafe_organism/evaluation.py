@@ -33,7 +33,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from PIL import Image
@@ -57,6 +57,7 @@ __all__ = [
     "PROBE_TOKENS",
     "VQA_TOKENS",
     "EvalSystem",
+    "ImageSettingName",
     "data_dir",
     "eval_prompts",
     "evaluate_system",
@@ -68,7 +69,9 @@ __all__ = [
 ]
 
 BENCHMARK = "organism"
-IMAGE_SETTINGS = ("none", "blank", "noise", "synthetic", "typographic")
+#: an image setting of the degradation table
+ImageSettingName = Literal["none", "blank", "noise", "synthetic", "typographic"]
+IMAGE_SETTINGS: tuple[ImageSettingName, ...] = ("none", "blank", "noise", "synthetic", "typographic")
 #: first ``test`` seed of the renders shown with the prompts (sample ``i`` shows seed ``EVAL_IMAGE_START + i``)
 EVAL_IMAGE_START = 30_000
 #: prompts per generation batch (length-sorted, so larger batches pad little and decode cheaper per prompt)
