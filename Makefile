@@ -47,6 +47,7 @@ test-slow: install-organism
 lint: install
 	$(VENV)/bin/ruff check src organism/src tests benchmarks
 	$(VENV)/bin/mypy src/vlsafe organism/src/vlsafe_organism
+	$(VENV)/bin/lint-imports
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .mypy_cache .ruff_cache

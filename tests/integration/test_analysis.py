@@ -177,3 +177,46 @@ def test_bad_position_is_rejected(tiny_bundle: Bundle) -> None:
         compute_shift(
             tiny_bundle("llava"), ["hi"], ["text", "blank"], positions=("image_mean",), progress=False
         )
+
+
+def test_layers_folder_names_the_safety_layers_that_tga_guides(
+    tiny_dir: Callable[[str], Path], tiny_bundle: Bundle, tmp_path: Path
+) -> None:
+    from vlsafe.analysis import run_layers
+    from vlsafe.analysis.lens import lens_from_data
+    from vlsafe.core.errors import ConfigError
+    from vlsafe.methods.training.tga import GuideConfig, guided_layers
+    from vlsafe.methods.training.tga_loss import layers_from_analysis
+
+    bundle = tiny_bundle("llava")
+    items = _write_items(tmp_path, bundle)
+    run_layers(str(tiny_dir("llava")), str(items), tmp_path / "layers", bundle=bundle, top_k=3, progress=False)
+    written = json.loads((tmp_path / "layers" / "safety_layers.json").read_text())
+    data = json.loads((tmp_path / "layers" / "data.json").read_text())
+    from safetensors.torch import load_file
+
+    result = lens_from_data(data, load_file(str(tmp_path / "layers" / "data.safetensors")))
+    assert written["layers"] == {v: result.safety_layers(v) for v in result.variants}
+    expected = result.safety_layers("text")
+    if expected:
+        assert layers_from_analysis(tmp_path / "layers") == expected
+        assert guided_layers(GuideConfig(analysis=tmp_path / "layers"), bundle) == expected
+    else:
+        with pytest.raises(ConfigError, match="no query reached"):
+            layers_from_analysis(tmp_path / "layers")
+    with pytest.raises(ConfigError, match="no variant 'sound'"):
+        layers_from_analysis(tmp_path / "layers", "sound")
+    with pytest.raises(ConfigError, match="analyze layers"):
+        layers_from_analysis(tmp_path)
+    # the file's contract, independent of what the tiny model happens to activate
+    planted = tmp_path / "planted"
+    planted.mkdir()
+    (planted / "safety_layers.json").write_text(
+        json.dumps({"format": "vlsafe.safety_layers", "layers": {"text": [3, 4, 5], "image": None}})
+    )
+    assert layers_from_analysis(planted) == [3, 4, 5]
+    with pytest.raises(ConfigError, match="no query reached"):
+        layers_from_analysis(planted, "image")
+    (planted / "safety_layers.json").write_text(json.dumps({"layers": {"text": [1]}}))
+    with pytest.raises(ConfigError, match="not a vlsafe.safety_layers file"):
+        layers_from_analysis(planted)

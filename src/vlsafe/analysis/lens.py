@@ -156,6 +156,15 @@ class LensResult:
             "share": total / max(self.count, 1),
         }
 
+    def safety_layers(self, variant: str) -> list[int] | None:
+        """The safety layers of ``variant``: the activation layer (mode) through the end layer (mode), the
+        activation layer alone when no query reached an end layer; ``None`` when none reached activation."""
+        act = self.layer_summary(variant, "activation")["mode"]
+        end = self.layer_summary(variant, "end")["mode"]
+        if act is None:
+            return None
+        return list(range(act, max(act, end if end is not None else act) + 1))
+
     def rows(self) -> list[dict[str, Any]]:
         out = []
         for v in self.variants:

@@ -35,6 +35,8 @@ from vlsafe.analysis.shift import compute_shift, shift_from_data, shift_to_data
 from vlsafe.analysis.weights import WeightDiffResult, weight_diff
 from vlsafe.core.config import validate_config
 from vlsafe.core.errors import ConfigError, InputError
+from vlsafe.core.io import write_json_atomic
+from vlsafe.core.paths import SAFETY_LAYERS_FILE, SAFETY_LAYERS_FORMAT
 from vlsafe.hooks import SteeringVector
 from vlsafe.models import ModelBundle, load_model
 from vlsafe.report import ReportTable, Section
@@ -211,7 +213,9 @@ def run_layers(
         fields: ``bundle``: an already loaded model (default: load ``config.model``).
 
     Returns:
-        The written paths (``summary``, ``html``, ``data``, figures).
+        The written paths (``summary``, ``html``, ``data``, figures). The folder also holds
+        ``safety_layers.json`` (``{"format": "vlsafe.safety_layers", "layers": {variant: [layer, ...] | null}}``:
+        each variant's activation through end layer), which training reads to choose TGA's guided layers.
     """
     cfg, out, bundle = _resolve(LayersConfig, config, args, fields, ("model", "items"))
     result = compute_layers(
@@ -226,6 +230,8 @@ def run_layers(
     )
     data, tensors = lens_to_data(result)
     save_data(out, "layers", data, tensors)
+    layers = {variant: result.safety_layers(variant) for variant in result.variants}
+    write_json_atomic(out / SAFETY_LAYERS_FILE, {"format": SAFETY_LAYERS_FORMAT, "layers": layers})
     return _finish(out, "layers", lens_page(result))
 
 

@@ -4,6 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
+#: the file of a ``vlsafe analyze layers`` folder that names each variant's safety layers (written by the analysis,
+#: read by training to choose TGA's guided layers): ``{"format": SAFETY_LAYERS_FORMAT, "layers": {variant: [...]}}``
+SAFETY_LAYERS_FILE = "safety_layers.json"
+SAFETY_LAYERS_FORMAT = "vlsafe.safety_layers"
+
 
 def safetensors_with_sidecar(path: str | Path) -> tuple[Path, Path]:
     """``(tensors.safetensors, tensors.json)`` for ``path``, adding the ``.safetensors`` suffix if missing.

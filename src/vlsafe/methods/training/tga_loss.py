@@ -22,6 +22,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from vlsafe.core.errors import ConfigError, InputError
+from vlsafe.core.io import read_json
+from vlsafe.core.paths import SAFETY_LAYERS_FILE, SAFETY_LAYERS_FORMAT
 from vlsafe.methods.training.data import TGABatch
 from vlsafe.methods.training.memory import answer_only_loss
 from vlsafe.methods.training.stages import unwrap
@@ -86,22 +88,20 @@ def middle_third(num_layers: int) -> list[int]:
 
 
 def layers_from_analysis(path: str | Path, variant: str = "text") -> list[int]:
-    """Guided layers from a ``vlsafe analyze layers`` folder: the safety activation layer (mode) through the
-    end layer (mode) of ``variant``; the activation layer alone when no end layer was reached."""
-    from vlsafe.analysis.data_io import load_data
-    from vlsafe.analysis.lens import lens_from_data
-
-    data, tensors = load_data(path)
-    if data.get("kind") != "layers":
-        raise ConfigError(
-            f"{path} is a {data.get('kind')!r} analysis; guided layers need a 'layers' analysis"
-        )
-    result = lens_from_data(data, tensors)
-    act = result.layer_summary(variant, "activation")["mode"]
-    end = result.layer_summary(variant, "end")["mode"]
-    if act is None:
+    """Guided layers from a ``vlsafe analyze layers`` folder: the safety layers it names for ``variant`` in its
+    ``safety_layers.json`` (the activation layer through the end layer)."""
+    file = Path(path) / SAFETY_LAYERS_FILE
+    if not file.is_file():
+        raise ConfigError(f"{str(path)!r} has no {SAFETY_LAYERS_FILE}: give a folder written by `vlsafe analyze layers`")
+    data = read_json(file, "safety layers")
+    layers = data.get("layers") if isinstance(data, dict) and data.get("format") == SAFETY_LAYERS_FORMAT else None
+    if not isinstance(layers, dict):
+        raise ConfigError(f"{file} is not a {SAFETY_LAYERS_FORMAT} file")
+    if variant not in layers:
+        raise ConfigError(f"{file} has no variant {variant!r}; it has {sorted(layers)}")
+    if not layers[variant]:
         raise ConfigError(f"{path}: no query reached a safety activation layer; give guide.layers explicitly")
-    return list(range(act, max(act, end if end is not None else act) + 1))
+    return [int(j) for j in layers[variant]]
 
 
 class TGALoss:
