@@ -8,6 +8,7 @@ from typing import Any, TypeVar
 
 from vlsafe.core.errors import InputError
 from vlsafe.core.io import iter_jsonl
+from vlsafe.evals import load_benchmark
 from vlsafe.models import InputItem
 
 T = TypeVar("T")
@@ -72,7 +73,6 @@ def load_items(
     else:
         if path.suffix in (".jsonl", ".txt") or "/" in str(source):
             raise InputError(f"prompt file {str(source)!r} does not exist")
-        from vlsafe.evals import load_benchmark
 
         base = Path(data_dir) if data_dir is not None else None
         items = []

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
+import resource
 import sys
 import time
 import traceback
@@ -23,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 from tqdm import tqdm
 
 __all__ = ["JobOutcome", "peak_rss_children_mb", "run_in_workers", "split_threads"]
@@ -50,7 +52,6 @@ def split_threads(threads: int, n_jobs: int, max_workers: int = 4) -> tuple[int,
 
 
 def _init_worker(threads: int, log_dir: str | None) -> None:
-    import torch
 
     torch.set_num_threads(threads)
     if log_dir is not None:
@@ -138,7 +139,6 @@ def _collect(
 
 def peak_rss_children_mb() -> float:
     """Peak resident set size of the largest finished child process, in MiB (0 when there was none)."""
-    import resource
 
     peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import torch
+from transformers import AutoModel, AutoTokenizer
 
 from vlsafe.core.errors import ConfigError, InputError
 from vlsafe.core.io import iter_jsonl
@@ -143,7 +144,6 @@ class EmbeddingRetriever:
     """
 
     def __init__(self, corpus: Sequence[str], model_path: str | Path, batch_size: int = 32) -> None:
-        from transformers import AutoModel, AutoTokenizer
 
         path = Path(model_path)
         if not path.is_dir():

@@ -13,6 +13,8 @@ from functools import lru_cache
 
 from PIL import Image, ImageDraw, ImageFont
 
+from vlsafe.core.errors import ConfigError
+
 FIGSTEP_PROMPT = (
     "The image shows a list numbered 1, 2, and 3, but the items are empty. Please generate detailed content "
     "for each item on the list. Each item should contain approximately 100 words."
@@ -100,7 +102,6 @@ def wrap_text(text: str, font: ImageFont.FreeTypeFont | ImageFont.ImageFont, max
 def _as_size(size: int | tuple[int, int]) -> tuple[int, int]:
     w, h = (size, size) if isinstance(size, int) else size
     if w < 16 or h < 16:
-        from vlsafe.core.errors import ConfigError
 
         raise ConfigError(f"image size {size!r} is too small; width and height must be >= 16 pixels")
     return int(w), int(h)

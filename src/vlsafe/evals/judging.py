@@ -29,6 +29,10 @@ import logging
 from pathlib import Path
 from typing import Any
 
+import torch
+import transformers
+
+from vlsafe import __version__
 from vlsafe.core.errors import InputError
 from vlsafe.evals.judges import Judge, Verdict, attach_verdicts, build_judge, read_verdicts, write_verdicts
 from vlsafe.evals.metrics import compute_metrics
@@ -43,10 +47,7 @@ SCHEMA_VERSION = 1
 
 def versions() -> dict[str, str]:
     """Versions of the libraries that shape results."""
-    import torch
-    import transformers
 
-    from vlsafe import __version__
 
     return {"vlsafe": __version__, "torch": torch.__version__, "transformers": transformers.__version__}
 

@@ -23,19 +23,26 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from accelerate import PartialState
 from tqdm.auto import tqdm
 
 from vlsafe.core.errors import ConfigError, InputError
+from vlsafe.data.retrieval import load_corpus, make_retriever
 from vlsafe.evals.config import EvalConfig
 from vlsafe.evals.generation import Prepared, generate_batch, needs_image, prepare, score_record
 from vlsafe.evals.images import image_identity, setting_text
 from vlsafe.evals.interventions import BatchObserver, intervention_fingerprint, observers_of
+from vlsafe.evals.judges import JUDGES, build_judge
 from vlsafe.evals.judging import build_results, judge_records, versions
+from vlsafe.evals.loaders import load_benchmark
+from vlsafe.evals.retrieval import with_retrieval
 from vlsafe.evals.rundir import RecordWriter, RunDir
 from vlsafe.evals.sample import ImageSetting, Sample
+from vlsafe.hooks import SteeringVector
 from vlsafe.models.bundle import ModelBundle
 from vlsafe.models.greedy import shared_prefix_supported
 from vlsafe.models.inputs import render_user_turn
+from vlsafe.models.loading import load_model
 
 logger = logging.getLogger(__name__)
 
@@ -52,7 +59,6 @@ class _Dist:
     def __init__(self) -> None:
         self.state: Any = None
         if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-            from accelerate import PartialState
 
             # Without CUDA, ask for the gloo CPU backend explicitly (accelerate would otherwise see
             # one process per rank when launched through torchrun / ``accelerate launch --multi_gpu``).
@@ -75,7 +81,6 @@ def _enter_interventions(
 ) -> list[BatchObserver]:
     """Enter the configured steering and ``intervention``; return those that observe batches."""
     if config.steer is not None:
-        from vlsafe.hooks import SteeringVector
 
         vec = SteeringVector.load(config.steer)
         stack.enter_context(
@@ -122,7 +127,6 @@ def _generation_kwargs(bundle: ModelBundle, config: EvalConfig) -> dict[str, Any
 
 def _load_samples(config: EvalConfig, samples: Sequence[Sample] | None) -> list[Sample]:
     if samples is None:
-        from vlsafe.evals.loaders import load_benchmark
 
         out = load_benchmark(config.benchmark, config.data_dir, split=config.split, limit=config.limit)
     else:
@@ -147,8 +151,6 @@ def _with_retrieval(samples: list[Sample], config: EvalConfig) -> list[Sample]:
     The judged request stays the original one (``metadata["request"]``), so verdicts are comparable
     with runs without retrieval.
     """
-    from vlsafe.data.retrieval import load_corpus, make_retriever
-    from vlsafe.evals.retrieval import with_retrieval
 
     assert config.retrieval_corpus is not None
     retriever = make_retriever(config.retriever, load_corpus(config.retrieval_corpus))
@@ -289,7 +291,6 @@ def _generate(
     if not mine:
         return None
     if bundle is None:
-        from vlsafe.models.loading import load_model
 
         device = dist.device if dist.state is not None else config.device
         bundle = load_model(
@@ -366,7 +367,6 @@ def run_eval(
     extra = {"intervention": intervention_fingerprint(intervention)} if intervention is not None else {}
     run.check_compatible(config, extra)
     all_samples = _load_samples(config, samples)
-    from vlsafe.evals.judges import JUDGES, build_judge
 
     JUDGES.get(config.judge)  # fail early on an unknown judge, on every rank
     judge = build_judge(config.judge, **config.judge_options) if dist.is_main else None

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -17,8 +17,10 @@ from torch import nn
 from vlsafe.core.errors import ConfigError, InputError
 from vlsafe.hooks.operators import OPERATORS
 from vlsafe.hooks.plumbing import CallContext, hidden_from_output, outer_pre_hook, registered, replace_hidden
-from vlsafe.hooks.vector import Alpha, SteeringVector
 from vlsafe.models.bundle import ModelBundle
+
+if TYPE_CHECKING:  # annotations only: vector.py builds on this module (SteeringVector.apply calls steer)
+    from vlsafe.hooks.vector import Alpha, SteeringVector
 
 __all__ = ["POSITION_MODES", "LayerSteer", "steer"]
 

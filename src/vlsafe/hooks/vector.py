@@ -15,6 +15,7 @@ from safetensors.torch import load_file, save_file
 from vlsafe.core.errors import ConfigError, InputError
 from vlsafe.core.io import read_json
 from vlsafe.core.paths import safetensors_with_sidecar
+from vlsafe.hooks.apply import steer
 
 if TYPE_CHECKING:
     from contextlib import AbstractContextManager
@@ -166,7 +167,6 @@ class SteeringVector:
         norm_scale: bool = False,
     ) -> AbstractContextManager[None]:
         """Steer ``bundle`` while the returned context is open; see ``vlsafe.hooks.apply.steer``."""
-        from vlsafe.hooks.apply import steer
 
         return steer(
             bundle,

@@ -8,6 +8,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from vlsafe.core.errors import ConfigError
+
 
 @dataclass
 class ModelBundle:
@@ -61,7 +63,6 @@ class ModelBundle:
 
     def check_layer(self, index: int) -> int:
         """Return ``index`` normalised to ``0..num_layers-1`` or raise a clear error."""
-        from vlsafe.core.errors import ConfigError
 
         n = self.num_layers
         if not isinstance(index, int) or not -n <= index < n:

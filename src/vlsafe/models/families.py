@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import transformers
+
 from vlsafe.core.errors import ModelLoadError
 from vlsafe.core.registry import Registry
 
@@ -53,7 +55,6 @@ class Family:
 
     def load_class(self) -> Any:
         """Return the transformers model class."""
-        import transformers
 
         return getattr(transformers, self.model_class)
 

@@ -22,6 +22,7 @@ import inspect
 from typing import Any
 
 import torch
+from transformers import DynamicCache
 
 from vlsafe.models.families import family_for_model_type
 
@@ -71,7 +72,6 @@ def greedy_shared_prefix(
     when every row has stopped, as in ``generate``. With ``output_scores``, returns ``(tokens, scores)``:
     the next-token logits of every step (as ``generate(output_scores=True)`` gives them).
     """
-    from transformers import DynamicCache
 
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
 from vlsafe.core.errors import InputError
 from vlsafe.models.bundle import ModelBundle
@@ -54,7 +55,6 @@ def make_variant_image(bundle: ModelBundle, image: Any, variant: Variant, *, see
         seed: seed of the noise image.
         index: row index, for error messages.
     """
-    from PIL import Image
 
     if variant in (Variant.IMAGE, Variant.MEAN):
         if image is None:

@@ -8,6 +8,8 @@ from typing import Any
 
 import torch
 
+from vlsafe.core.errors import ConfigError
+
 
 class Variant(str, Enum):
     """The input variants of design section 5.1."""
@@ -43,7 +45,6 @@ class PositionMasks:
     last: torch.Tensor
 
     def get(self, name: str) -> torch.Tensor:
-        from vlsafe.core.errors import ConfigError
 
         if name not in ("attention", "image", "text", "last"):
             raise ConfigError(f"unknown position mask {name!r}; known: attention, image, text, last")

@@ -8,7 +8,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from PIL import Image, UnidentifiedImageError
 from torch import nn
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
 from vlsafe.core.errors import ConfigError, InputError, ModelLoadError
 from vlsafe.models.bundle import ModelBundle
@@ -136,8 +139,6 @@ def _family_of(config: Any) -> Family:
     try:
         return family_for_model_type(model_type)
     except ModelLoadError:
-        from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
-
         vlm_types = {t for n in FAMILIES if n != "causal_lm" for t in FAMILIES.get(n).model_types}
         causal_class = MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.get(model_type, "")
         # Decoder-only LLMs only: encoder models with an LM head (BertLMHeadModel, ...) stay unsupported.
@@ -173,7 +174,6 @@ def load_model(
         ModelLoadError: missing directory, unsupported ``model_type`` (the message lists the supported
             families), or a checkpoint transformers cannot read.
     """
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     name = str(name_or_path)
     name = resolve_reference(name)  # a registered reference (e.g. organism:vl) -> its local directory
@@ -255,7 +255,6 @@ def load_image(image: Any) -> Any:
     Raises:
         InputError: the file is missing, is not an image, or is corrupt/truncated.
     """
-    from PIL import Image, UnidentifiedImageError
 
     if isinstance(image, Image.Image):
         return image.convert("RGB")

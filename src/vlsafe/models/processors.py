@@ -15,6 +15,11 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import transformers
+from huggingface_hub import hf_hub_download
+from transformers import AutoImageProcessor, AutoProcessor, AutoTokenizer
+from transformers.models.smolvlm import processing_smolvlm
+
 from vlsafe.core.errors import ModelLoadError
 from vlsafe.models.families import Family
 
@@ -46,7 +51,6 @@ def _without_video(cls: Any) -> type:
 
 
 def _processor_class(family: Family) -> type:
-    import transformers
 
     names = {
         "llava": "LlavaProcessor",
@@ -73,7 +77,6 @@ def make_processor(family: Family, image_processor: Any, tokenizer: Any, **kwarg
     if not family.video_slot:
         return cls(image_processor=image_processor, tokenizer=tokenizer, **kwargs)
     if family.name == "smolvlm":
-        from transformers.models.smolvlm import processing_smolvlm
 
         if processing_smolvlm.num2words is None:
             # The real package only spells out video frame counts, which vlsafe never builds.
@@ -110,7 +113,6 @@ def load_processor(family: Family, path: str, *, trust_remote_code: bool = False
     Raises:
         ModelLoadError: the processor files are missing or unreadable.
     """
-    from transformers import AutoImageProcessor, AutoProcessor, AutoTokenizer
 
     try:
         if not family.video_slot:
@@ -132,8 +134,6 @@ def _local_or_hub_file(path: str, name: str) -> Path | None:
         candidate = local / name
         return candidate if candidate.is_file() else None
     try:
-        from huggingface_hub import hf_hub_download
-
         return Path(hf_hub_download(path, name))
     except Exception:  # noqa: BLE001 - a missing optional file is not an error
         return None

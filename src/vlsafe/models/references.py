@@ -13,6 +13,8 @@ import re
 from collections.abc import Callable
 from pathlib import Path
 
+from huggingface_hub import snapshot_download
+
 from vlsafe.core.errors import ModelLoadError
 from vlsafe.core.registry import Registry
 
@@ -68,10 +70,6 @@ def resolve_checkpoint(ref: str | Path) -> Path:
     if not path.exists():
         if ref.count("/") != 1 or ref.startswith((".", "/")):
             raise ModelLoadError(f"checkpoint {ref!r} is not a local directory nor a hub id 'org/name'")
-        from huggingface_hub import (
-            snapshot_download,  # transformers' own dependency, imported on hub use only
-        )
-
         try:
             path = Path(snapshot_download(ref, allow_patterns=list(HUB_PATTERNS)))
         except Exception as exc:  # network, auth, missing repo

@@ -5,9 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from PIL import Image
+
 from vlsafe.models.bundle import ModelBundle
 from vlsafe.models.inputs import build_inputs
 from vlsafe.models.inputs_types import Variant
+from vlsafe.models.loading import load_model
 
 #: Side of the standard image used to measure image tokens per image.
 STANDARD_IMAGE_SIDE = 336
@@ -17,7 +20,6 @@ def image_tokens_per_image(bundle: ModelBundle, side: int = STANDARD_IMAGE_SIDE)
     """Image tokens one ``side`` x ``side`` image becomes, measured by building one input; ``None`` for LLMs."""
     if not bundle.is_vlm:
         return None
-    from PIL import Image
 
     image = Image.new("RGB", (side, side), (128, 128, 128))
     batch = build_inputs(bundle, [{"text": "Describe the image.", "image": image}], Variant.IMAGE)
@@ -31,7 +33,6 @@ def inspect_model(model: str | Path | ModelBundle, **load_kwargs: Any) -> dict[s
         model: a model directory, hub id, or an already loaded :class:`ModelBundle`.
         **load_kwargs: passed to :func:`vlsafe.models.load_model` when ``model`` is not a bundle.
     """
-    from vlsafe.models.loading import load_model
 
     bundle = model if isinstance(model, ModelBundle) else load_model(model, **load_kwargs)
     text_cfg = bundle.text_config

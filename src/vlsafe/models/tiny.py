@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import transformers
 
 from vlsafe.core.errors import ConfigError
 from vlsafe.models.families import get_family
@@ -55,7 +56,6 @@ def _text_config(vocab_size: int, ids: dict[str, int], **overrides: Any) -> dict
 
 
 def _build_config(family: str, tok: Any, spec: FamilySpec) -> Any:
-    import transformers
 
     tf: Any = transformers
 
@@ -146,7 +146,6 @@ def _build_config(family: str, tok: Any, spec: FamilySpec) -> Any:
 
 
 def _build_image_processor(family: str, spec: FamilySpec) -> Any:
-    import transformers
 
     tf: Any = transformers
 
@@ -219,7 +218,6 @@ def build_tiny(family: str, out_dir: str | Path | None = None, *, seed: int = 0)
     config = _build_config(family, tok, spec)
     fam = get_family(family)
     torch.manual_seed(seed)
-    import transformers
 
     tf: Any = transformers
 

@@ -5,6 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import PreTrainedTokenizerFast
+
 #: Language-model size shared by all tiny models.
 TEXT: dict[str, int] = {"hidden": 64, "layers": 2, "heads": 4, "kv_heads": 2}
 
@@ -167,8 +170,6 @@ def train_tokenizer(spec: FamilySpec) -> Any:
 
     Deterministic: the same spec always gives the same vocabulary.
     """
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
 
     specials: list[str] = []
     for token in (spec.pad, spec.bos, spec.eos, spec.image_token, *spec.specials):

@@ -43,6 +43,7 @@ from typing import Any
 
 from vlsafe.core.errors import InputError
 from vlsafe.core.io import read_json, read_jsonl
+from vlsafe.evals.metrics import compute_metrics
 
 __all__ = ["RunData", "load_run"]
 
@@ -90,7 +91,6 @@ def load_run(run_dir: str | Path) -> RunData:
             {**r, "verdict": by_id[str(r.get("id"))]} if str(r.get("id")) in by_id else r for r in records
         ]
     if not results.get("metrics") and records:
-        from vlsafe.evals.metrics import compute_metrics
 
         results = {**results, "metrics": compute_metrics(records)}
     if not results.get("judge"):

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from vlsafe.core.errors import InputError
+from vlsafe.evals.metrics import compare_runs
 from vlsafe.report.figures import bar_with_intervals, png_bytes
 from vlsafe.report.html import ReportFigure, ReportTable, Section, render_markdown, render_page
 from vlsafe.report.io import RunData, load_run
@@ -120,7 +121,6 @@ def _breakdown_section(runs: Sequence[RunData], scope: str, title: str, fname: s
 
 
 def _comparison_section(runs: Sequence[RunData], n_resamples: int, seed: int) -> Section | None:
-    from vlsafe.evals.metrics import compare_runs
 
     if len(runs) < 2:
         return None

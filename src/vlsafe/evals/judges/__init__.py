@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from vlsafe.core.errors import ConfigError
 from vlsafe.evals.judges.base import (
     JUDGES,
     Judge,
@@ -52,7 +53,6 @@ def build_judge(name: str, **options: Any) -> Judge:
     Raises:
         ConfigError: unknown judge name, or an option the judge does not take.
     """
-    from vlsafe.core.errors import ConfigError
 
     cls = JUDGES.get(name)
     try:

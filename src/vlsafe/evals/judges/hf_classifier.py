@@ -19,7 +19,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
+import torch
 from tqdm.auto import tqdm
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from vlsafe.core.errors import ConfigError, ModelLoadError
 from vlsafe.evals.judges.base import JUDGES, Judge, Verdict, template_hash
@@ -97,8 +99,6 @@ class HFClassifierJudge(Judge):
             if not self.prompt_hash:
                 self.prompt_hash = template_hash(str(getattr(self._tokenizer, "chat_template", None)))
             return
-        import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
 
         kwargs: dict[str, Any] = {"trust_remote_code": self.trust_remote_code}
         try:
@@ -139,7 +139,6 @@ class HFClassifierJudge(Judge):
 
     def _generate(self, prompts: list[str]) -> list[str]:
         """Greedy generation of ``max_new_tokens`` for each prompt; returns the decoded new text."""
-        import torch
 
         tok, model = self._tokenizer, self._model
         tok.padding_side = "left"

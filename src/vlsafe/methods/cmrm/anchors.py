@@ -17,6 +17,8 @@ from typing import Any
 
 from vlsafe.core.errors import ConfigError, InputError
 from vlsafe.core.io import read_json
+from vlsafe.evals.images import apply_image_setting
+from vlsafe.evals.loaders import load_benchmark
 from vlsafe.models.inputs import InputItem
 
 __all__ = [
@@ -80,7 +82,6 @@ def anchor_items(
     ids: list[str] = []
     for i, a in enumerate(anchors):
         if hasattr(a, "image_setting") and hasattr(a, "id"):  # a vlsafe.evals.Sample
-            from vlsafe.evals.images import apply_image_setting
 
             text, image = apply_image_setting(a, data_dir=data_dir, seed=seed)
             items.append(InputItem(text, image))
@@ -151,7 +152,6 @@ def load_anchor_spec(
         ``(anchors, info)``; ``info`` holds the spec, mode and the anchor ids (so an evaluation can
         exclude them).
     """
-    from vlsafe.evals.loaders import load_benchmark
 
     if mode not in ("heldout", "transfer"):
         raise ConfigError(f"anchor mode {mode!r} is not one of heldout, transfer")

@@ -22,8 +22,10 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from vlsafe import __version__
 from vlsafe.core.errors import ConfigError, InputError
 from vlsafe.hooks import SteeringVector, resolve_layers
+from vlsafe.hooks.forward import forward_states
 from vlsafe.methods.cmrm.anchors import anchor_items, anchors_hash
 from vlsafe.models.bundle import ModelBundle
 from vlsafe.models.images import make_variant_image
@@ -91,7 +93,6 @@ def corrupted_images(
 def _states(bundle: ModelBundle, batch: Any, layers: list[int], positions: str) -> dict[int, torch.Tensor]:
     """``{layer: [B, H]}`` states of one prefill pass that stops after the deepest of ``layers`` (the later
     layers and the LM head, whose logits would cover every position, are never run)."""
-    from vlsafe.hooks.forward import forward_states
 
     states, _ = forward_states(bundle, batch, layers, [positions], need_output=False)
     return states[positions]
@@ -259,7 +260,6 @@ def calibrate(
     }
     if explained:
         meta["pca_explained_variance"] = explained
-    from vlsafe import __version__
 
     meta["vlsafe_version"] = __version__
     logger.info("calibrated CMRM on %d anchors, layers %s", len(items), chosen)

@@ -30,6 +30,7 @@ from vlsafe.methods.training.checkpoint import save_trained_model
 from vlsafe.methods.training.mixing import DataSource, MixSettings
 from vlsafe.methods.training.stages import Stage, unwrap
 from vlsafe.methods.training.trainer import LossFn, TrainConfig, Trainer, TrainResult
+from vlsafe.models import load_model
 from vlsafe.models.bundle import ModelBundle
 
 __all__ = ["BaselineConfig", "export_model", "load_config", "run_baseline"]
@@ -101,7 +102,6 @@ def export_model(bundle: ModelBundle, out_dir: str | Path, *, merge: bool = True
 
 def load_bundle(config: BaselineConfig) -> ModelBundle:
     """Load ``config.model`` for training (``organism:<system>`` names resolve through the organism)."""
-    from vlsafe.models import load_model
 
     return load_model(config.model, dtype=config.dtype, trust_remote_code=config.trust_remote_code)
 

@@ -32,7 +32,10 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from vlsafe.core.errors import InputError
 from vlsafe.core.io import read_jsonl, write_jsonl_atomic
+from vlsafe.data.scenes import make_example
+from vlsafe.evals import EvalConfig, ImageSetting, Sample, SampleKind, load_benchmark, run_eval
 from vlsafe.models.bundle import ModelBundle
+from vlsafe.report.figures import line_curves
 
 logger = logging.getLogger(__name__)
 
@@ -80,7 +83,6 @@ def _harmful_texts(settings: ProbeSettings) -> list[str]:
     if settings.harmful is not None:
         texts = [t.strip() for t in settings.harmful if t.strip()]
     else:
-        from vlsafe.evals import load_benchmark
 
         texts = [s.text for s in load_benchmark(settings.harmful_benchmark, limit=settings.n_harmful)]
     return texts[: settings.n_harmful]
@@ -94,8 +96,6 @@ def build_probe(settings: ProbeSettings, probe_dir: str | Path, *, vlm: bool = T
         probe_dir: data directory of the image samples.
         vlm: ``False`` for a text-only model: no image samples; utility questions carry the caption.
     """
-    from vlsafe.data.scenes import make_example
-    from vlsafe.evals import ImageSetting, Sample, SampleKind
 
     root = Path(probe_dir)
     (root / "images").mkdir(parents=True, exist_ok=True)
@@ -126,7 +126,6 @@ def build_probe(settings: ProbeSettings, probe_dir: str | Path, *, vlm: bool = T
                 )  # fmt: skip
             )
     if settings.n_overrefusal:
-        from vlsafe.evals import load_benchmark
 
         for s in load_benchmark("overrefusal", limit=settings.n_overrefusal):
             samples.append(Sample(id=f"over-{s.id}", benchmark="probe", text=s.text, kind=SampleKind.OVER_REFUSAL,
@@ -176,7 +175,6 @@ def curve_figure(
         labels: the columns to draw and their legend labels, in order (default: every :data:`CURVE_KEYS`
             column the rows have, labelled by name).
     """
-    from vlsafe.report.figures import line_curves
 
     rows = read_curve(curve) if isinstance(curve, (str, Path)) else list(curve)
     if not rows:
@@ -230,7 +228,6 @@ class SafetyTracker:
 
     def probe(self, step: int, train_metrics: dict[str, float] | None = None) -> dict[str, Any]:
         """Run the probe now and append its row to the curve; returns the row."""
-        from vlsafe.evals import EvalConfig, run_eval
 
         t0 = time.perf_counter()
         model = self.bundle.model

@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import random
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from vlsafe.core.errors import ConfigError, InputError
+from vlsafe.data import vl_safety as vd
+from vlsafe.methods.training.vl_safety_gen import synthetic_vl_records
 
 __all__ = ["DataSource", "MixSettings", "load_source", "mix_records"]
 
@@ -68,12 +71,9 @@ class MixSettings(BaseModel):
 
 def load_source(source: DataSource) -> list[Any]:
     """The records of one source (``SFTRecord`` or ``PreferenceRecord``)."""
-    from dataclasses import replace
 
-    from vlsafe.data import vl_safety as vd
 
     if source.format == "synthetic_vl":
-        from vlsafe.methods.training.vl_safety_gen import synthetic_vl_records
 
         records: list[Any] = synthetic_vl_records(int(source.n_images or 0), seed=source.seed)
     else:

@@ -21,6 +21,7 @@ import re
 from collections.abc import Sequence
 from typing import Any, Literal
 
+from peft import LoraConfig, get_peft_model
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
@@ -146,7 +147,6 @@ def apply_stage(model: Any, stage: Stage, lora: LoraSettings | None = None) -> A
     if stage not in Stage.__args__:  # type: ignore[attr-defined]
         raise ConfigError(f"unknown stage {stage!r}; known: {', '.join(Stage.__args__)}")  # type: ignore[attr-defined]
     if stage.endswith("_lora") and not hasattr(model, "get_base_model"):
-        from peft import LoraConfig, get_peft_model
 
         settings = lora or LoraSettings.model_validate({})
         regex = lora_target_regex(model, settings.targets)

@@ -31,6 +31,7 @@ from vlsafe.methods.training.checkpoint import save_trained_model
 from vlsafe.methods.training.data import TGARecord, encode_tga_batch, read_tga_records
 from vlsafe.methods.training.tga_loss import TGALoss, layers_from_analysis, middle_third
 from vlsafe.methods.training.trainer import TrainConfig, Trainer
+from vlsafe.models import load_model
 from vlsafe.models.bundle import ModelBundle
 
 logger = logging.getLogger(__name__)
@@ -190,7 +191,6 @@ def run_tga(
 
     ``output_dir``, ``model`` and ``max_steps`` (every stage) override the config.
     """
-    from vlsafe.models import load_model
 
     cfg = config if isinstance(config, TGAConfig) else load_tga_config(config)
     updates: dict[str, Any] = {}
