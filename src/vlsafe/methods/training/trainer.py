@@ -27,7 +27,8 @@ Usage::
   every process after each optimizer step; returning ``True`` stops training after that step. An object may
   also have ``on_train_begin(step)`` (called once before the first step of :meth:`Trainer.train`, with the
   step training starts from: 0, or the step of the checkpoint resumed) and ``on_train_end(step)`` (called
-  once after the last step and the final checkpoint, however training stopped).
+  once after the last step and the final checkpoint, whether ``max_steps`` was reached or a callback stopped
+  training).
 * Checkpoints (``output_dir/checkpoint-<step>``) are safetensors + JSON (:mod:`vlsafe.methods.training.checkpoint`):
   every ``save_every`` steps and after the last step unless ``save_final`` is off; ``output_dir/log.jsonl``
   gets one line of metrics per step.
