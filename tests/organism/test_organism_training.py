@@ -20,6 +20,7 @@ from vlsafe.methods.training.stages import LLM_PROJECTIONS, projector_params
 from vlsafe.models import bundle_from_model
 from vlsafe.models.bundle import ModelBundle
 from vlsafe_organism import safe_llm, vl_train
+from vlsafe_organism.artifacts import lora_state
 from vlsafe_organism.probe import chat_text
 from vlsafe_organism.safe_llm import BestOnValidation, SafeLLMConfig, safe_llm_trainer
 from vlsafe_organism.sft import SFTExample, sft_collate
@@ -263,8 +264,6 @@ def test_best_on_validation_validates_on_schedule_and_keeps_the_best(
     snapshots: dict[int, dict[str, torch.Tensor]] = {}
 
     def snapshot(step: int, metrics: dict[str, float]) -> None:
-        from vlsafe_organism.artifacts import lora_state
-
         snapshots[step] = lora_state(bundle.model)[0]
 
     safe_llm_trainer(bundle, cfg, _examples(), tmp_path, [tracker, snapshot]).train()

@@ -23,6 +23,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from vlsafe.core.config import read_yaml_mapping, validate_config
+from vlsafe_organism.artifacts import read_manifest
 from vlsafe_organism.safe_llm import SafeLLMConfig
 from vlsafe_organism.vl_train import VLConfig
 
@@ -57,8 +58,6 @@ def recipe_of_artifacts(art_dir: Path) -> OrganismRecipe:
     The VL config is read from the ``vl`` LoRA's manifest entry (``meta.config``); the safe-LLM config is
     not recorded with its artefact and stays the default. Without a ``vl`` artefact, the defaults.
     """
-    from vlsafe_organism.artifacts import read_manifest
-
     meta = read_manifest(art_dir).get("vl_lora.safetensors", {}).get("meta", {})
     config = meta.get("config")
     return OrganismRecipe(vl=validate_config(VLConfig, config, "vl recipe")) if config else OrganismRecipe()

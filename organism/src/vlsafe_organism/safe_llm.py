@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 from pydantic import BaseModel, ConfigDict
+from safetensors.torch import save_file
 
 from vlsafe.methods.training.memory import peak_rss_mb
 from vlsafe.methods.training.sft import sft_loss
@@ -28,7 +29,8 @@ from vlsafe.methods.training.trainer import TrainConfig, Trainer
 from vlsafe.models import bundle_from_model
 from vlsafe.models.bundle import ModelBundle
 from vlsafe_organism import safety_data as sd
-from vlsafe_organism.artifacts import lora_state
+from vlsafe_organism.artifacts import lora_state, merge_lora
+from vlsafe_organism.base import load_base_llm
 from vlsafe_organism.probe import PROBE_TOKENS, generate, refusal_rate
 from vlsafe_organism.sft import SFTExample, sft_collate
 from vlsafe_organism.stages import train_device
@@ -63,8 +65,6 @@ def benign_train_prompts() -> list[sd.Prompt]:
 
 def make_benign_answers(out: Path, cache_dir: str | Path | None, cfg: SafeLLMConfig) -> None:
     """Generate and save the base model's greedy answers to the benign training prompts."""
-    from vlsafe_organism.base import load_base_llm
-
     torch.manual_seed(cfg.seed)
     model, tok = load_base_llm(cache_dir)
     prompts = benign_train_prompts()
@@ -180,10 +180,6 @@ def train_safe_llm(
     Returns:
         The training log (losses, validation points, the chosen step, timings, peak RSS).
     """
-    from safetensors.torch import save_file
-
-    from vlsafe_organism.base import load_base_llm
-
     torch.manual_seed(cfg.seed)
     start = time.time()
     model, tok = load_base_llm(cache_dir)
@@ -206,9 +202,6 @@ def load_safe_llm(
     cache_dir: str | Path | None, tensors: dict[str, torch.Tensor], scale: float
 ) -> tuple[Any, Any]:
     """The base LLM with the safety LoRA merged (float32, eval mode) and its tokenizer."""
-    from vlsafe_organism.artifacts import merge_lora
-    from vlsafe_organism.base import load_base_llm
-
     model, tok = load_base_llm(cache_dir)
     merge_lora(model, tensors, scale)
     model.eval()

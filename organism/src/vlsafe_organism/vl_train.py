@@ -32,17 +32,23 @@ from typing import Any
 
 import torch
 from pydantic import BaseModel, ConfigDict
+from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
 from vlsafe.core.errors import ConfigError
+from vlsafe.data import scenes
 from vlsafe.methods.training.memory import IGNORE_INDEX, answer_only_loss, peak_rss_mb
 from vlsafe.methods.training.stages import LoraSettings, Stage
 from vlsafe.methods.training.trainer import LossFn, LossOutput, TrainConfig, Trainer
 from vlsafe.models import bundle_from_model
 from vlsafe.models.bundle import ModelBundle
 from vlsafe_organism import safety_data as sd
+from vlsafe_organism.artifacts import lora_state
+from vlsafe_organism.base import load_base_vision
 from vlsafe_organism.probe import PROBE_TOKENS, generate, refusal_rate, vqa_eval, vqa_items
+from vlsafe_organism.safe_llm import load_safe_llm
 from vlsafe_organism.stages import train_device
+from vlsafe_organism.wiring import wire_llava
 
 logger = logging.getLogger(__name__)
 CAPTION_PROMPTS = ("Describe the image.", "What is in this picture?", "Write a short caption for this image.")
@@ -83,12 +89,6 @@ def wire_safe_vlm(
 ) -> tuple[Any, Any]:
     """The safe LLM (base + merged safety LoRA) wired with DINOv2 at ``size`` px, the projector reading
     DINOv2's ``hidden_states[feature_layer]``; projector random (seed 0)."""
-    from safetensors.torch import load_file
-
-    from vlsafe_organism.base import load_base_vision
-    from vlsafe_organism.safe_llm import load_safe_llm
-    from vlsafe_organism.wiring import wire_llava
-
     meta = json.loads((safe_dir / "train_log.json").read_text())
     llm, tok = load_safe_llm(cache_dir, load_file(str(safe_dir / "safe_lora.safetensors")), meta["scale"])
     model, processor = wire_llava(
@@ -125,13 +125,11 @@ def training_conversations(n_images: int, seed: int) -> list[Conversation]:
     Multi-turn packing shares the image tokens and the system prompt among 3-6 supervised replies,
     about 2.5x fewer tokens per reply than one question per sequence.
     """
-    from vlsafe.data.scenes import make_example, vqa_prompt
-
     rng = random.Random(f"vlsafe-vl-examples:{seed}")
     out = []
     for i in range(n_images):
-        ex = make_example(i, "train")
-        turns = [(vqa_prompt(q.question), q.answer.capitalize() + ".") for q in ex.qa]
+        ex = scenes.make_example(i, "train")
+        turns = [(scenes.vqa_prompt(q.question), q.answer.capitalize() + ".") for q in ex.qa]
         turns.append((rng.choice(CAPTION_PROMPTS), f"The image shows {ex.caption}."))
         rng.shuffle(turns)
         out.append(Conversation(i, tuple(turns)))
@@ -324,9 +322,9 @@ def _train_phase(
 ) -> Any:
     """Train one phase on the first ``cfg.n_images`` training images; returns the trained model (the peft
     wrapper in a LoRA phase)."""
-    from vlsafe.data.scenes import make_example
-
-    feats = image_features(model, processor, [make_example(i, "train").image for i in range(cfg.n_images)])
+    images = [scenes.make_example(i, "train").image for i in range(cfg.n_images)]
+    feats = image_features(model, processor, images)
+    del images  # only their features are needed from here on
     bundle = bundle_from_model(model, processor, name=f"organism VL {phase}")
     conversations = training_conversations(cfg.n_images, cfg.seed)
     callback = ProbeCurve(bundle, cfg, phase, curve, step0)
@@ -346,8 +344,6 @@ def _meta(cfg: VLConfig) -> dict[str, Any]:
 
 def train_projector(out: Path, cache_dir: str | Path | None, safe_dir: Path, cfg: VLConfig) -> dict[str, Any]:
     """Stage ``vlm``: train the projector only; saves ``vlm_projector.safetensors`` and ``curve.json``."""
-    from safetensors.torch import save_file
-
     torch.manual_seed(cfg.seed)
     model, processor = wire_safe_vlm(cache_dir, safe_dir, cfg.size, cfg.feature_layer)
     model.config.use_cache = False
@@ -367,10 +363,6 @@ def train_vl(
     out: Path, cache_dir: str | Path | None, safe_dir: Path, vlm_dir: Path, cfg: VLConfig
 ) -> dict[str, Any]:
     """Stage ``vl``: projector + LLM LoRA; saves ``vl_projector.safetensors``, ``vl_lora.safetensors``."""
-    from safetensors.torch import load_file, save_file
-
-    from vlsafe_organism.artifacts import lora_state
-
     torch.manual_seed(cfg.seed)
     model, processor = wire_safe_vlm(cache_dir, safe_dir, cfg.size, cfg.feature_layer)
     proj = {k: v.float() for k, v in load_file(str(vlm_dir / "vlm_projector.safetensors")).items()}

@@ -25,6 +25,8 @@ from torch import nn
 
 from vlsafe.core.errors import InputError
 from vlsafe.core.io import read_json, write_json_atomic
+from vlsafe.models.families import get_family
+from vlsafe.models.processors import save_processor
 
 TRAINABLE_FILE = "trainable.safetensors"
 OPTIMIZER_FILE = "optimizer.safetensors"
@@ -121,7 +123,8 @@ def save_checkpoint(
     rng, rng_meta = _rng_tensors()
     save_file(rng, str(out / RNG_FILE))
     state["rng"] = rng_meta
-    write_json_atomic(out / STATE_FILE, state, indent=1)  # written last: its presence marks a complete checkpoint
+    # written last: its presence marks a complete checkpoint
+    write_json_atomic(out / STATE_FILE, state, indent=1)
     return out
 
 
@@ -197,9 +200,6 @@ def save_trained_model(bundle: Any, out_dir: str | Path, merge_lora: bool = True
 
     Merging replaces ``bundle.model`` by the merged model (the peft wrapper is unloaded).
     """
-    from vlsafe.models.families import get_family
-    from vlsafe.models.processors import save_processor
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     model = bundle.model

@@ -48,6 +48,7 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
+from accelerate import Accelerator
 from pydantic import BaseModel, ConfigDict, Field
 from tqdm import tqdm
 
@@ -162,8 +163,6 @@ class Trainer:
         collate_fn: Callable[[list[Any]], Any],
         callbacks: Sequence[Any] = (),
     ) -> None:
-        from accelerate import Accelerator
-
         if len(dataset) == 0:
             raise ConfigError("the training dataset is empty")
         self.accelerator = Accelerator()
