@@ -12,8 +12,8 @@ ways, side by side in one run on the committed organism:
 Each way writes its rows into its own fresh directory (nothing cached); the rows of the two ways are compared.
 Prints, as its last line, ``{"workers_vs_sequential_speedup": ..., "rows_equal": ..., ...}``.
 
-Run: ``.venv/bin/python benchmarks/demo_workers.py [--jobs vl+sft,vl+joint] [--workers 2]`` (about 3 minutes
-on 2 quiet cores).
+Run: ``.venv/bin/python benchmarks/demo_workers.py [--jobs vl+sft,vl+joint] [--workers 2] [--n 48] [--n-vqa 100]``
+(about 3 minutes on 2 quiet cores; ``--n 2 --n-vqa 2`` is a smoke test).
 """
 
 from __future__ import annotations
@@ -26,32 +26,41 @@ from pathlib import Path
 
 import torch
 
+from vlsafe.core.workers import run_in_workers
+from vlsafe_organism import demo
+from vlsafe_organism.base import ensure_base_weights
+from vlsafe_organism.evaluation import eval_prompts
+from vlsafe_organism.registry import artifacts_dir
+
 
 def main() -> None:
-    from vlsafe.core.workers import run_in_workers
-    from vlsafe_organism import demo
-    from vlsafe_organism.base import ensure_base_weights
-    from vlsafe_organism.evaluate import eval_prompts
-    from vlsafe_organism.registry import artifacts_dir
-
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--jobs", default="vl+sft,vl+joint", help="repair rows to measure (comma-separated)")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--threads", type=int, default=2, help="torch threads in all (sequential: all of them)")
+    ap.add_argument("--n", type=int, default=demo.DEFAULT_N, help="held-out harmful and benign prompts each")
+    ap.add_argument("--n-vqa", type=int, default=100, help="held-out VQA questions")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     ensure_base_weights()
-    harmful, benign = eval_prompts(demo.DEFAULT_N, demo.DEFAULT_N)
+    harmful, benign = eval_prompts(args.n, args.n)
     names = args.jobs.split(",")
     figures: dict[str, object] = {"jobs": names, "workers": args.workers, "threads": args.threads}
     rows = {}
     with tempfile.TemporaryDirectory() as tmp:
         for way in ("sequential", "workers"):
             out = Path(tmp) / way
-            common = {"v": demo.ROWS_VERSION, "nh": demo.DEFAULT_N, "nb": demo.DEFAULT_N, "nv": 100,
-                      "tok": demo.DEMO_TOKENS}  # fmt: skip
-            ctx = demo._Context(out, None, artifacts_dir(), list(harmful), list(benign), 100, demo.DEMO_TOKENS,
-                                "float32", common)  # fmt: skip
+            # as run_demo builds it (float32, the demo's generation length)
+            common = {
+                "v": demo.ROWS_VERSION,
+                "nh": args.n,
+                "nb": args.n,
+                "nv": args.n_vqa,
+                "tok": demo.DEMO_TOKENS,
+            }
+            ctx = demo._Context(out=out, cache_dir=None, art=artifacts_dir(), harmful=list(harmful),
+                                benign=list(benign), n_vqa=args.n_vqa, max_new_tokens=demo.DEMO_TOKENS,
+                                dtype="float32", common=common, repaired=tuple(names))  # fmt: skip
             jobs = [demo._Job("repair", n, settings=demo.REPAIR_SETTINGS) for n in names]
             start = time.perf_counter()
             if way == "sequential":
