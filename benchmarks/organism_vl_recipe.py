@@ -6,11 +6,15 @@ committed safe LoRA, outside the stage cache, with the committed recipe (``VLCon
 ``--vl``. Then it measures the trained VL model on the **validation** questions only (``--n-vqa`` synthetic
 VQA questions from seed 10,000 of the test renders, per example kind and question type), and harmful /
 benign refusal on 48 + 48 held-out prompts as text and with a benign synthetic image (keyword judge, 12
-greedy tokens). The demo's held-out VQA questions (seeds 0-199) are left for the demo.
+greedy tokens). The demo's held-out VQA questions (seeds 0-199) are left for the demo. Everything is measured
+with the library's harness as the demo measures it (:func:`vlsafe.evals.run_eval` with the organism's run
+configs, :func:`vlsafe_organism.evaluation.evaluate_system` for the refusals): run directories under
+``OUT/eval/`` (emptied at each measurement).
 
 ``--only-kind KIND`` trains on renders of that example kind only (e.g. ``word``: how fast does the VL
 training learn to read?). The in-training probe then asks the kind's first question about ``--probe-n`` held-out
-test renders of that kind, and the figures gain ``"<KIND>_curve"`` (that probe over the steps).
+test renders of that kind (saved under ``OUT/probe-<KIND>/``; one ``run_eval`` run per probe), and the
+figures gain ``"<KIND>_curve"`` (that probe over the steps).
 
 Prints, as its last line: ``{"vqa_val", "vqa_by_type": {"kind/type": [right, n]}, "refusals_48":
 {"none": [harmful, benign], "synthetic": [...]}, "proj_seconds", "vl_seconds", "recipe"}``.
@@ -25,21 +29,45 @@ minutes on 2 CPU cores for the committed recipe, most of it the 500 LoRA steps (
 from __future__ import annotations
 
 import argparse
-import collections
 import json
+import os
 import shutil
+import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 from _common import emit
+from PIL import Image
+
+from vlsafe.data import scenes
+from vlsafe.data.scenes import make_example, vqa_prompt
+from vlsafe.evals import run_eval
+from vlsafe.evals.sample import Sample, SampleKind
+from vlsafe.methods.training.stages import unwrap
+from vlsafe.models import bundle_from_model
+from vlsafe.models.bundle import ModelBundle
+from vlsafe_organism import vl_train
+from vlsafe_organism.artifacts import read_manifest
+from vlsafe_organism.build import export
+from vlsafe_organism.demo import DEMO_TOKENS
+from vlsafe_organism.evaluation import (
+    BENCHMARK,
+    VQA_TOKENS,
+    EvalSystem,
+    data_dir,
+    evaluate_system,
+    setting_run,
+)
+from vlsafe_organism.recipe import load_recipe
+from vlsafe_organism.registry import PACKAGE_ARTIFACTS, build_system
+from vlsafe_organism.safety_data import VQA_VAL
+from vlsafe_organism.stages import StageResult
 
 
 def _safe_dir(out: Path) -> Path:
     """The committed safe LoRA laid out as a ``safe-llm`` stage output."""
-    from vlsafe_organism.artifacts import read_manifest
-    from vlsafe_organism.registry import PACKAGE_ARTIFACTS
-
     safe = out / "safe"
     safe.mkdir(parents=True, exist_ok=True)
     shutil.copy(PACKAGE_ARTIFACTS / "safe_lora.safetensors", safe / "safe_lora.safetensors")
@@ -51,71 +79,95 @@ def _safe_dir(out: Path) -> Path:
 def _trained_vl(out: Path, safe: Path) -> tuple[torch.nn.Module, object]:
     """The trained VL model, loaded the way the demo loads ``organism:vl``: the stage outputs are exported
     as artefacts (:func:`vlsafe_organism.build.export`) and rebuilt by the organism registry."""
-    from vlsafe_organism.build import export
-    from vlsafe_organism.registry import build_system
-    from vlsafe_organism.stages import StageResult
-
     art = export(
         [StageResult("safe-llm", safe, False, {}), StageResult("vl", out / "vl", False, {})], out / "art"
     )
     return build_system("vl", None, art)
 
 
-def _train_on_one_kind(only: str, n_probe: int) -> None:
-    """Make the VL training render only ``only`` examples, and its probe ask that kind's first question about
-    ``n_probe`` held-out test renders (``{"<only>_vqa": accuracy}``). Test renders are left unchanged."""
-    import vlsafe.data.scenes as syn
-    from vlsafe.data.scenes import vqa_prompt
-    from vlsafe_organism import vl_train
-    from vlsafe_organism.evaluate import EVAL_BATCH
-    from vlsafe_organism.probe import vqa_eval
+def _save_png(image: Image.Image, path: Path) -> None:
+    """Write ``image`` unless ``path`` exists (through a temporary name: a concurrent writer is safe)."""
+    if path.is_file():
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    image.save(tmp, format="PNG")
+    os.replace(tmp, path)
 
-    if only not in syn.KINDS:
-        raise SystemExit(f"--only-kind {only!r} is unknown; choose one of {syn.KINDS}")
-    render = syn.make_example
-    held_out = [render(i, "test", only) for i in range(n_probe)]
-    items = [(e.image, vqa_prompt(e.qa[0].question), e.qa[0].answer) for e in held_out]
+
+def _vqa_run(bundle: ModelBundle, samples: list[Sample], root: Path, run_dir: Path) -> dict[str, Any]:
+    """``results.json`` of short-answer ``samples`` (images under ``root``) answered by ``bundle``, with the
+    config of the organism's VQA runs (the demo's: shared prefix, batch 32, :data:`VQA_TOKENS` tokens)."""
+    cfg = setting_run("synthetic", bundle.name, root, max_new_tokens=VQA_TOKENS, shared_prefix=True)
+    return run_eval(cfg, run_dir, bundle=bundle, samples=samples, progress=False)
+
+
+def _train_on_one_kind(only: str, n_probe: int, out: Path) -> None:
+    """Make the VL training render only ``only`` examples, and its probe ask that kind's first question about
+    ``n_probe`` held-out test renders (``{"<only>_vqa": accuracy}``, one :func:`vlsafe.evals.run_eval` run in a
+    temporary directory; the renders are saved once under ``out/probe-<only>``). Test renders are left
+    unchanged."""
+    if only not in scenes.KINDS:
+        raise SystemExit(f"--only-kind {only!r} is unknown; choose one of {scenes.KINDS}")
+    render = scenes.make_example
+    root = out / f"probe-{only}"
+    samples = []
+    for i in range(n_probe):
+        ex = render(i, "test", only)
+        q = ex.qa[0]
+        rel = f"test-{i:06d}.png"
+        _save_png(ex.image, root / rel)
+        samples.append(Sample(id=f"{only}/{i}", benchmark=BENCHMARK, text=vqa_prompt(q.question),
+                              kind=SampleKind.UTILITY, category=q.type, image=rel, answer=q.answer))  # fmt: skip
 
     def one_kind(seed: int, split: str = "train", kind: str | None = None, n_choices: int = 4):  # noqa: ANN202
         return render(seed, split, kind or (only if split == "train" else None), n_choices)
 
     def probe(model, processor, n, tokens=None) -> dict:  # noqa: ANN001, ARG001
-        accuracy, _ = vqa_eval(model, processor, items, EVAL_BATCH)
-        return {f"{only}_vqa": accuracy}
+        bundle = bundle_from_model(unwrap(model), processor, name=f"organism VL (in training, {only} only)")
+        with tempfile.TemporaryDirectory(prefix="vlsafe-probe-") as tmp:
+            results = _vqa_run(bundle, samples, root, Path(tmp))
+        return {f"{only}_vqa": results["metrics"]["overall"]["accuracy"]["rate"]}
 
-    syn.make_example = one_kind
+    scenes.make_example = one_kind  # what the VL training renders (it reads the scenes module at call time)
     vl_train.probe = probe
 
 
-def _measure(model, proc, n_vqa: int) -> dict:  # noqa: ANN001
-    from vlsafe.data.scenes import make_example
-    from vlsafe.evals.metrics.answers import vqa_match
-    from vlsafe_organism.demo import DEMO_TOKENS
-    from vlsafe_organism.evaluate import EVAL_BATCH, eval_prompts, refusal_counts
-    from vlsafe_organism.probe import vqa_eval, vqa_items
-    from vlsafe_organism.safety_data import VQA_VAL
-
-    start = VQA_VAL["start"]
-    items = vqa_items(VQA_VAL["split"], start, n_vqa)
-    accuracy, preds = vqa_eval(model, proc, items, EVAL_BATCH, shared_prefix=True)
-    by: dict[str, list[int]] = collections.defaultdict(lambda: [0, 0])
-    for seed, (_, _, answer), pred in zip(range(start, start + n_vqa), items, preds, strict=True):
+def _val_questions(n: int, root: Path) -> list[Sample]:
+    """The first ``n`` validation questions: for each test render from seed ``VQA_VAL["start"]`` (10,000), the
+    question ``seed % len(questions)`` about it -- :func:`vlsafe_organism.evaluation.vqa_samples` of
+    ``vqa_val``, continued past the split's 48 questions when ``n`` asks for more -- with category
+    ``"<example kind>/<question type>"``."""
+    out = []
+    for seed in range(VQA_VAL["start"], VQA_VAL["start"] + n):
         ex = make_example(seed, VQA_VAL["split"])
-        key = f"{ex.kind}/{ex.qa[seed % len(ex.qa)].type}"
-        by[key][0] += int(vqa_match(pred, answer))
-        by[key][1] += 1
-    harmful, benign = eval_prompts(48, 48)
-    counts = {}
-    for setting in ("none", "synthetic"):
-        c = refusal_counts(model, proc, setting, harmful, benign, DEMO_TOKENS, shared_prefix=True)
-        counts[setting] = [c["harmful"]["k"], c["benign"]["k"]]
-    return {"vqa_val": accuracy, "vqa_by_type": dict(by), "refusals_48": counts}
+        q = ex.qa[seed % len(ex.qa)]
+        rel = f"scenes/{VQA_VAL['split']}-{seed:06d}.png"  # the benchmark's own name for this render
+        _save_png(ex.image, root / rel)
+        out.append(Sample(id=f"vqa_val/{seed}", benchmark=BENCHMARK, text=vqa_prompt(q.question),
+                          kind=SampleKind.UTILITY, category=f"{ex.kind}/{q.type}", image=rel, answer=q.answer))  # fmt: skip
+    return out
+
+
+def _measure(model: torch.nn.Module, proc: Any, n_vqa: int, work: Path) -> dict[str, Any]:
+    """Validation VQA accuracy (overall and per ``kind/type``) and the refusal counts of 48 + 48 held-out prompts
+    as text and with a benign synthetic image, measured with the library's harness into ``work`` (emptied
+    first: its run directories would otherwise resume)."""
+    if work.exists():
+        shutil.rmtree(work)
+    bundle = bundle_from_model(model, proc, name="organism:vl")
+    root = data_dir()
+    results = _vqa_run(bundle, _val_questions(n_vqa, root), root, work / "vqa_val")
+    by_type = {c: [int(g["accuracy"]["k"]), int(g["accuracy"]["n"])]
+               for c, g in sorted(results["metrics"]["by_category"].items()) if g.get("accuracy")}  # fmt: skip
+    rows, _ = evaluate_system(EvalSystem("vl", bundle), ("none", "synthetic"), work / "refusals", n_harmful=48,
+                              n_benign=48, n_vqa=0, max_new_tokens=DEMO_TOKENS)  # fmt: skip
+    counts = {r["image"]: [r["harmful_refused"], r["benign_refused"]] for r in rows}
+    return {"vqa_val": results["metrics"]["overall"]["accuracy"]["rate"], "vqa_by_type": by_type,
+            "refusals_48": counts}  # fmt: skip
 
 
 def main() -> None:
-    from vlsafe_organism import vl_train
-    from vlsafe_organism.recipe import load_recipe
-
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("out", type=Path, help="working directory (stage outputs are written here)")
     parser.add_argument("--vl", default="{}", help="JSON object of VLConfig fields to change")
@@ -124,10 +176,10 @@ def main() -> None:
     parser.add_argument("--only-kind", help="train on renders of this example kind only (e.g. word)")
     parser.add_argument("--probe-n", type=int, default=60, help="held-out renders of --only-kind per probe")
     args = parser.parse_args()
-    if args.only_kind:
-        _train_on_one_kind(args.only_kind, args.probe_n)
-    cfg = load_recipe({"vl": json.loads(args.vl)}).vl
     out: Path = args.out
+    if args.only_kind:
+        _train_on_one_kind(args.only_kind, args.probe_n, out)
+    cfg = load_recipe({"vl": json.loads(args.vl)}).vl
     safe = _safe_dir(out)
     (out / "vlm").mkdir(exist_ok=True)
     (out / "vl").mkdir(exist_ok=True)
@@ -142,7 +194,7 @@ def main() -> None:
         vl_train.train_vl(out / "vl", None, safe, out / "vlm", cfg)
     t2 = time.time()
     model, proc = _trained_vl(out, safe)
-    figures = _measure(model, proc, args.n_vqa)
+    figures = _measure(model, proc, args.n_vqa, out / "eval")
     if args.only_kind:
         curve = json.loads((out / "vl" / "curve.json").read_text())
         key = f"{args.only_kind}_vqa"
