@@ -177,7 +177,6 @@ def test_organism_targets_are_checked_and_reported(tmp_path: Path) -> None:
 def test_run_demo_evaluates_in_the_chosen_dtype_and_keys_rows_by_it(tmp_path: Path, monkeypatch) -> None:
     import torch
 
-    from vlsafe_organism import registry
 
     seen: list[Any] = []
 
@@ -185,7 +184,7 @@ def test_run_demo_evaluates_in_the_chosen_dtype_and_keys_rows_by_it(tmp_path: Pa
         seen.append(next(system.bundle.model.parameters()).dtype)
         return [_row(system.name, s, 1, 0, None) for s in settings], {}
 
-    monkeypatch.setattr(registry, "build_system", lambda *a: (torch.nn.Linear(2, 2), object()))
+    monkeypatch.setattr(demo, "build_system", lambda *a: (torch.nn.Linear(2, 2), object()))
     monkeypatch.setattr(demo, "bundle_from_model", lambda model, proc, name: SimpleNamespace(model=model))
     monkeypatch.setattr(demo, "evaluate_system", fake_evaluate)
     run = dict(out_dir=tmp_path, settings=["none"], repairs=False, analysis=False, workers=1)
@@ -203,7 +202,6 @@ def test_run_demo_evaluates_in_the_chosen_dtype_and_keys_rows_by_it(tmp_path: Pa
 def test_run_demo_with_workers_reads_back_the_rows_the_workers_measured(tmp_path: Path, monkeypatch) -> None:
     import torch
 
-    from vlsafe_organism import base, registry
 
     evaluated: list[str] = []
     handed: list[list[str]] = []
@@ -219,11 +217,11 @@ def test_run_demo_with_workers_reads_back_the_rows_the_workers_measured(tmp_path
             demo._run_job(ctx, job)
         return {}
 
-    monkeypatch.setattr(registry, "build_system", lambda *a: (torch.nn.Linear(2, 2), object()))
+    monkeypatch.setattr(demo, "build_system", lambda *a: (torch.nn.Linear(2, 2), object()))
     monkeypatch.setattr(demo, "bundle_from_model", lambda model, proc, name: SimpleNamespace(model=model))
     monkeypatch.setattr(demo, "evaluate_system", fake_evaluate)
     monkeypatch.setattr(demo, "_run_parallel", fake_parallel)
-    monkeypatch.setattr(base, "ensure_base_weights", lambda cache_dir: evaluated.append("base weights"))
+    monkeypatch.setattr(demo, "ensure_base_weights", lambda cache_dir: evaluated.append("base weights"))
     out = demo.run_demo(
         demo.DemoConfig(out_dir=tmp_path, settings=["none", "blank"], repairs=False, analysis=False, workers=2)
     )
@@ -245,7 +243,7 @@ def test_parallel_pass_starts_the_longest_jobs_first_and_keeps_the_analysis(monk
         seen.extend(task[1].label for task in tasks)
         return [w.JobOutcome(t, ("sections", {"n": 1}) if t[1].kind == "analysis" else None) for t in tasks]
 
-    monkeypatch.setattr(w, "run_in_workers", fake_run)
+    monkeypatch.setattr(demo, "run_in_workers", fake_run)
     ctx = demo._Context(tmp_path, None, Path("."), ["h"] * 48, ["b"] * 48, 100, 1, "float32", {},
                         repaired=("vl+sft", "vl+cmrm-sample"))  # fmt: skip
     jobs = demo._plan(ctx, demo.IMAGE_SETTINGS, analysis=True)
@@ -288,7 +286,7 @@ def test_parallel_pass_that_fails_everywhere_says_why(monkeypatch, caplog) -> No
             w.JobOutcome(t, None, "BrokenProcessPool: a child process terminated abruptly") for t in tasks
         ]
 
-    monkeypatch.setattr(w, "run_in_workers", broken)
+    monkeypatch.setattr(demo, "run_in_workers", broken)
     ctx = demo._Context(Path("."), None, Path("."), [], [], 0, 1, "float32", {})
     with caplog.at_level("WARNING"):
         assert demo._run_parallel(ctx, demo._plan(ctx, ("none",), analysis=True), 2, 1) == {}

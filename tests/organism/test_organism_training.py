@@ -21,7 +21,6 @@ from vlsafe.models import bundle_from_model
 from vlsafe.models.bundle import ModelBundle
 from vlsafe_organism import safe_llm, vl_train
 from vlsafe_organism.artifacts import lora_state
-from vlsafe_organism.probe import chat_text
 from vlsafe_organism.safe_llm import BestOnValidation, SafeLLMConfig, safe_llm_trainer
 from vlsafe_organism.sft import SFTExample, sft_collate
 from vlsafe_organism.vl_train import (
@@ -178,7 +177,8 @@ def _old_style_batch(tok: Any, examples: list[SFTExample]) -> dict[str, torch.Te
     the reply; right-padded."""
     rows = []
     for ex in examples:
-        head = tok(chat_text(tok, ex.prompt), add_special_tokens=False)["input_ids"]
+        chat = tok.apply_chat_template([{"role": "user", "content": ex.prompt}], tokenize=False, add_generation_prompt=True)
+        head = tok(chat, add_special_tokens=False)["input_ids"]
         reply = tok(ex.reply + (END if ex.complete else ""), add_special_tokens=False)["input_ids"]
         rows.append((head + reply, [IGNORE_INDEX] * len(head) + reply))
     width = max(len(ids) for ids, _ in rows)

@@ -73,8 +73,6 @@ def test_build_passes_the_recipe_to_the_stages_and_their_fingerprints(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import vlsafe_organism.build as build
-    import vlsafe_organism.safe_llm as safe_llm
-    import vlsafe_organism.vl_train as vl_train
 
     seen: dict[str, list[Any]] = {"safe": [], "vlm": [], "vl": []}
 
@@ -93,10 +91,10 @@ def test_build_passes_the_recipe_to_the_stages_and_their_fingerprints(
         seen["vl"].append(cfg)
         return {}
 
-    monkeypatch.setattr(safe_llm, "make_benign_answers", fake_answers)
-    monkeypatch.setattr(safe_llm, "train_safe_llm", fake_safe)
-    monkeypatch.setattr(vl_train, "train_projector", fake_vlm)
-    monkeypatch.setattr(vl_train, "train_vl", fake_vl)
+    monkeypatch.setattr(build, "make_benign_answers", fake_answers)
+    monkeypatch.setattr(build, "train_safe_llm", fake_safe)
+    monkeypatch.setattr(build, "train_projector", fake_vlm)
+    monkeypatch.setattr(build, "train_vl", fake_vl)
     monkeypatch.setattr(build, "_source_fp", lambda cache_dir: {"src": "fixed"})
     monkeypatch.setattr(build, "export", lambda results, out: out)
     cache = tmp_path / "cache"
@@ -138,16 +136,14 @@ def test_cli_build_takes_a_recipe_file(tmp_path: Path, monkeypatch: pytest.Monke
 
 
 def test_recipe_feature_layer_reaches_the_vlm_loader(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import vlsafe_organism.base as base
     import vlsafe_organism.registry as registry
-    import vlsafe_organism.wiring as wiring
     from vlsafe_organism.artifacts import write_artifact
 
     assert load_recipe({"vl": {"feature_layer": 8}}).vl.feature_layer == 8
     seen: dict[str, Any] = {}
     monkeypatch.setattr(registry, "_safe_llm", lambda c, a: ("llm", "tok"))
-    monkeypatch.setattr(base, "load_base_vision", lambda c=None: "vision")
-    monkeypatch.setattr(wiring, "wire_llava", lambda *a, **k: seen.update(k) or ("model", "proc"))
+    monkeypatch.setattr(registry, "load_base_vision", lambda c=None: "vision")
+    monkeypatch.setattr(registry, "wire_llava", lambda *a, **k: seen.update(k) or ("model", "proc"))
     cfg = VLConfig(feature_layer=8).model_dump()
     write_artifact(tmp_path, "vl_projector.safetensors", {"w": torch.zeros(1)}, {"size": 112, "config": cfg})
     registry._vlm(None, tmp_path, "vl_projector.safetensors")

@@ -9,8 +9,8 @@ import torch
 from torch import nn
 
 from vlsafe.core.errors import ModelLoadError
+from vlsafe_organism.deltas import TRAINED_REPAIRS, apply_delta, delta_tensors
 from vlsafe_organism.repairs import trained
-from vlsafe_organism.repairs.trained import TRAINED_REPAIRS, apply_delta, delta_tensors
 
 
 class _Tiny(nn.Module):

@@ -110,41 +110,14 @@ def test_templated_benign_forms_and_determinism():
         templated_benign(10**6)
 
 
-def test_sft_encode_masks_prompt_and_batches_cycle():
-    from vlsafe.methods.training.memory import IGNORE_INDEX
-    from vlsafe_organism.sft import SFTExample, batches, collate, encode
-
-    class Tok:
-        def apply_chat_template(self, msgs, tokenize, add_generation_prompt):
-            return "P" * len(msgs[0]["content"])
-
-        def __call__(self, text, add_special_tokens=False):
-            return {"input_ids": [ord(c) for c in text]}
-
-    ids, labels = encode(Tok(), SFTExample("abc", "xy", complete=False))
-    assert ids == [80, 80, 80, 120, 121] and labels == [IGNORE_INDEX] * 3 + [120, 121]
-    batch = collate([(ids, labels), ([1], [IGNORE_INDEX])], pad_id=0)
-    assert batch["attention_mask"].tolist() == [[1] * 5, [1, 0, 0, 0, 0]]
-    got = list(batches(5, 2, 6, seed=0))
-    assert len(got) == 6 and sorted(got[0] + got[1] + [got[2][0]]) == [0, 1, 2, 3, 4]
-
-
 def test_demo_rows_and_report(tmp_path):
-    from vlsafe_organism.evaluate import row
     from vlsafe_organism.report import write_report
 
-    counts = {
-        "harmful": {"k": 3, "n": 4, "examples": [("p", "r")]},
-        "benign": {"k": 0, "n": 4, "examples": []},
-    }
-    rows = [
-        row("safe-llm", "none", counts, None),
-        row("vl", "synthetic", {**counts, "harmful": {"k": 1, "n": 4}}, 0.5),
-    ]
-    keys = {"system", "image", "harmful_refusal", "benign_refusal", "utility", "n_harmful", "n_benign"}
-    assert (
-        all(keys <= set(r) for r in rows) and rows[0]["harmful_refusal"] == 0.75 and rows[1]["utility"] == 0.5
-    )
+    def row(system: str, image: str, refused: int, utility: float | None) -> dict:
+        return {"system": system, "image": image, "harmful_refusal": refused / 4, "benign_refusal": 0.0,
+                "utility": utility, "n_harmful": 4, "n_benign": 4, "harmful_refused": refused, "benign_refused": 0}
+
+    rows = [row("safe-llm", "none", 3, None), row("vl", "synthetic", 1, 0.5)]
     curve = [{"step": s, "probe": {"harmful_refusal_text": 1, "harmful_refusal_image": 0.5,
                                    "benign_refusal_image": 0, "vqa": 0.1 * s}} for s in (0, 10)]  # fmt: skip
     write_report(

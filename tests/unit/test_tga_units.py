@@ -241,11 +241,8 @@ def test_organism_tga_starts_from_the_artifacts_safe_llm(
     """TGA wires the ``safe-llm`` system of the given artefact directory (the one the plain ``vl`` artefact
     was adapted from) with the recipe's image size and vision layer, in the given cache: it does not train
     a safe LLM of its own."""
-    import vlsafe_organism.base as base_mod
     import vlsafe_organism.build as build_mod
-    import vlsafe_organism.registry as registry
     import vlsafe_organism.tga as tga_organism
-    import vlsafe_organism.wiring as wiring
     from vlsafe_organism.recipe import load_recipe
 
     calls: dict[str, object] = {}
@@ -264,15 +261,15 @@ def test_organism_tga_starts_from_the_artifacts_safe_llm(
 
     monkeypatch.setattr(build_mod, "build_safe_llm", _no_training)
     monkeypatch.setattr(
-        registry, "build_system", lambda name, cache, art: (calls.setdefault("system", (name, cache, art)), "tok")
+        tga_organism, "build_system", lambda name, cache, art: (calls.setdefault("system", (name, cache, art)), "tok")
     )
-    monkeypatch.setattr(base_mod, "load_base_vision", lambda cache: ("vision", cache))
+    monkeypatch.setattr(tga_organism, "load_base_vision", lambda cache: ("vision", cache))
     monkeypatch.setattr(
-        wiring,
+        tga_organism,
         "wire_llava",
         lambda vision, llm, tok, **kw: calls.setdefault("wired", (vision, kw)) and (_Model(), "proc"),
     )
-    monkeypatch.setattr(wiring, "save_vlm", _save)
+    monkeypatch.setattr(tga_organism, "save_vlm", _save)
     monkeypatch.setattr(tga_organism, "write_organism_tga_data", lambda *a: (tmp_path / "d", tmp_path / "c"))
     monkeypatch.setattr(tga_organism, "organism_tga_config", lambda *a, **k: a)
     monkeypatch.setattr(tga_organism, "run_tga", lambda cfg, progress: {"config": cfg})

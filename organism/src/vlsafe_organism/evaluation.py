@@ -250,13 +250,15 @@ def evaluate_system(
     benign_settings: Sequence[str] | None = None,
     cache_dir: str | Path | None = None,
     progress: bool = False,
+    image_start: int = EVAL_IMAGE_START,
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Refusal rows per image setting, VQA utility and example replies of ``system``.
 
     Each image setting is one :func:`vlsafe.evals.run_eval` run directory ``out_dir/<setting>`` over the first
     ``n_harmful`` / ``n_benign`` prompts of the splits (benign prompts only in ``benign_settings``, default
     all); VQA (a vision-language model and ``n_vqa`` > 0) is ``out_dir/vqa``. A system without an intervention
-    decodes with a shared-prefix KV cache (``EvalConfig.shared_prefix``).
+    decodes with a shared-prefix KV cache (``EvalConfig.shared_prefix``). Prompt ``i`` is shown with the render
+    ``image_start + i``.
 
     Returns:
         ``(rows, examples)``: one row per setting (``system``, ``image``, refusal rates and counts,
@@ -276,8 +278,8 @@ def evaluate_system(
         utility = results["metrics"]["overall"]["accuracy"]["rate"]
         by_type = {t: [int(g["accuracy"]["k"]), int(g["accuracy"]["n"])]
                    for t, g in sorted(results["metrics"]["by_category"].items()) if g.get("accuracy")}  # fmt: skip
-    harmful = prompt_samples(harmful_split, n_harmful, root=root)
-    benign_all = prompt_samples(benign_split, n_benign, root=root)
+    harmful = prompt_samples(harmful_split, n_harmful, root=root, image_start=image_start)
+    benign_all = prompt_samples(benign_split, n_benign, root=root, image_start=image_start)
     rows, examples = [], {}
     for setting in settings:
         logger.info("evaluate: %s / %s", system.name, setting)

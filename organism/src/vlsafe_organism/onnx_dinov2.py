@@ -18,7 +18,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
 import torch
+from safetensors.torch import save_file
+from transformers import Dinov2Config, Dinov2Model
 
 from vlsafe.core.errors import ModelLoadError
 
@@ -28,16 +31,6 @@ ANONYMOUS_PREFIX = "onnx::"
 _LAYER_RE = re.compile(r"^encoder\.layer\.(\d+)\.")
 # An anonymous initializer consumed by an embeddings-level op node, e.g. "embeddings.Concat_6".
 _ANON_EMBED_RE = re.compile(r"^embeddings\.[A-Z][A-Za-z]*(_\d+)?$")
-
-
-def _require_onnx() -> Any:
-    try:
-        import onnx
-    except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise ModelLoadError(
-            "reading the organism's ONNX vision weights needs the `onnx` package: pip install 'vlsafe[organism]'"
-        ) from exc
-    return onnx
 
 
 def node_scope(node_name: str) -> str:
@@ -64,7 +57,6 @@ def named_initializers(graph: Any) -> dict[str, np.ndarray]:
     Raises:
         ModelLoadError: If two anonymous initializers resolve to the same name or one is never consumed.
     """
-    onnx = _require_onnx()
     arrays = {init.name: onnx.numpy_helper.to_array(init) for init in graph.initializer}
     consumer: dict[str, str] = {}
     for node in graph.node:
@@ -132,7 +124,6 @@ def dinov2_state_dict(tensors: dict[str, np.ndarray], prefix: str = "backbone.")
 
 def dinov2_config_from_state(state: dict[str, torch.Tensor], layer_norm_eps: float = 1e-6) -> Any:
     """Infer a ``Dinov2Config`` from a converted state dict (head dim 64, as in every DINOv2 size)."""
-    from transformers import Dinov2Config
 
     hidden = int(state["embeddings.cls_token"].shape[-1])
     patch_size = int(state["embeddings.patch_embeddings.projection.weight"].shape[-1])
@@ -174,9 +165,7 @@ def save_dinov2_checkpoint(onnx_path: str | Path, out_dir: str | Path, prefix: s
     Raises:
         ModelLoadError: If the file is missing or not a DINOv2 export.
     """
-    from safetensors.torch import save_file
 
-    onnx = _require_onnx()
     path = Path(onnx_path)
     if not path.is_file():
         raise ModelLoadError(f"ONNX file {str(path)!r} does not exist")
@@ -197,7 +186,6 @@ def save_dinov2_checkpoint(onnx_path: str | Path, out_dir: str | Path, prefix: s
 
 def load_dinov2_checkpoint(model_dir: str | Path, dtype: torch.dtype = torch.float32) -> Any:
     """Load a checkpoint written by :func:`save_dinov2_checkpoint`, refusing missing or unused weights."""
-    from transformers import Dinov2Model
 
     loaded: Any = Dinov2Model.from_pretrained(str(model_dir), dtype=dtype, output_loading_info=True)
     model, info = loaded

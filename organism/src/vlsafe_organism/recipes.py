@@ -18,6 +18,7 @@ from typing import Any
 from vlsafe.methods.training.dpo import DPOConfig, run_dpo
 from vlsafe.methods.training.sft import SFTConfig, run_sft
 from vlsafe.methods.training.vl_safety_gen import generate_spavl, generate_vlguard
+from vlsafe_organism.safety_data import load_split
 
 logger = logging.getLogger(__name__)
 
@@ -29,7 +30,6 @@ def organism_safety_data(
 ) -> dict[str, Path]:
     """Generate VLGuard- and SPA-VL-format sets from the organism's ``harmful_train`` split (held-out
     evaluation prompts are never used). Returns ``{"vlguard": path, "spavl": path}``."""
-    from vlsafe_organism.safety_data import load_split
 
     harmful = [p.text for p in load_split("harmful_train")][:n_harmful]
     out = Path(out_dir)

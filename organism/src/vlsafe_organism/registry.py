@@ -21,8 +21,11 @@ from typing import Any
 
 from vlsafe.core.errors import ModelLoadError
 from vlsafe.core.registry import Registry
-from vlsafe_organism.artifacts import PACKAGE_ARTIFACTS, load_artifact, read_manifest
-from vlsafe_organism.repairs.trained import TRAINED_REPAIRS
+from vlsafe_organism.artifacts import PACKAGE_ARTIFACTS, load_artifact, merge_lora, read_manifest
+from vlsafe_organism.base import base_llm_dir, cached_build, load_base_vision, organism_cache_dir
+from vlsafe_organism.deltas import TRAINED_REPAIRS, apply_delta
+from vlsafe_organism.safe_llm import load_safe_llm
+from vlsafe_organism.wiring import wire_llava
 
 logger = logging.getLogger(__name__)
 PREFIX = "organism:"
@@ -45,16 +48,11 @@ def artifacts_dir() -> Path:
 
 
 def _safe_llm(cache_dir: Path | None, art: Path) -> tuple[Any, Any]:
-    from vlsafe_organism.safe_llm import load_safe_llm
-
     tensors, meta = load_artifact(art, "safe_lora.safetensors")
     return load_safe_llm(cache_dir, tensors, meta["scale"])
 
 
 def _vlm(cache_dir: Path | None, art: Path, projector: str) -> tuple[Any, Any]:
-    from vlsafe_organism.base import load_base_vision
-    from vlsafe_organism.wiring import wire_llava
-
     llm, tok = _safe_llm(cache_dir, art)
     proj, meta = load_artifact(art, projector)
     state = {k: v.float() for k, v in proj.items()}
@@ -70,8 +68,6 @@ def _vlm(cache_dir: Path | None, art: Path, projector: str) -> tuple[Any, Any]:
 
 
 def _vl(cache_dir: Path | None, art: Path) -> tuple[Any, Any]:
-    from vlsafe_organism.artifacts import merge_lora
-
     model, processor = _vlm(cache_dir, art, "vl_projector.safetensors")
     tensors, meta = load_artifact(art, "vl_lora.safetensors")
     merge_lora(model, tensors, float(meta["scale"]))
@@ -84,8 +80,6 @@ SYSTEMS.register("vl", _vl)
 
 
 def _trained(cache_dir: Path | None, art: Path, name: str) -> tuple[Any, Any]:
-    from vlsafe_organism.repairs.trained import apply_delta
-
     start, file = TRAINED_REPAIRS[name]
     model, processor = SYSTEMS.get(start)(cache_dir, art)
     tensors, _ = load_artifact(art, file)
@@ -117,11 +111,9 @@ def resolve_organism(name: str, cache_dir: str | Path | None = None, art_dir: Pa
         ModelLoadError: Unknown system (the message lists the known ones), missing artefacts or a checksum
             mismatch.
     """
-    from vlsafe_organism.base import cached_build, organism_cache_dir
 
     system = name[len(PREFIX) :] if name.startswith(PREFIX) else name
     if system == BASE_LLM:
-        from vlsafe_organism.base import base_llm_dir
 
         return base_llm_dir(cache_dir)
     if system not in SYSTEMS:

@@ -9,6 +9,8 @@ from vlsafe.evals.metrics.intervals import rate_point, wilson_interval
 from vlsafe.methods.training.callbacks import curve_figure as training_curve_figure
 from vlsafe.report import figures
 from vlsafe.report.html import ReportFigure, ReportTable, Section, render_markdown, render_page, write_figures
+from vlsafe_organism.report_repairs import repairs_section
+from vlsafe_organism.report_selection import selection_sections
 
 
 def _ci(k: int, n: int) -> str:
@@ -163,8 +165,6 @@ def write_report(
         )
     )
     if repair_rows:
-        from vlsafe_organism.report_repairs import repairs_section
-        from vlsafe_organism.report_selection import selection_sections
 
         repair_secs, summary["repairs"] = repairs_section(figdir, rows, repair_rows)
         sections += repair_secs

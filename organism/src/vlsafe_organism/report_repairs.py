@@ -20,6 +20,7 @@ from typing import Any
 from vlsafe.evals.metrics.intervals import rate_point
 from vlsafe.report import figures
 from vlsafe.report.html import ReportFigure, ReportTable, Section
+from vlsafe_organism.repairs.systems import REPAIR_KIND
 
 __all__ = ["TARGETS", "repair_metrics", "repairs_section"]
 
@@ -102,8 +103,6 @@ def _pct(x: float | None) -> str:
 
 
 def _table(metrics: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    from vlsafe_organism.repairs.systems import REPAIR_KIND
-
     out = []
     for m in metrics:
         out.append({

@@ -9,6 +9,8 @@ from typing import Any
 
 from vlsafe.report import figures
 from vlsafe.report.html import ReportFigure, ReportTable, Section
+from vlsafe_organism.repairs.cmrm import plot_selection
+from vlsafe_organism.repairs.merge import selection_figure
 
 __all__ = ["selection_sections"]
 
@@ -44,8 +46,6 @@ def _dead(data: dict[str, Any]) -> str:
 
 
 def _cmrm(figdir: Path, data: dict[str, Any]) -> Section:
-    from vlsafe_organism.repairs.cmrm import plot_selection
-
     ref = data["reference"]
     rows = [{"level": "-", "options": "organism:vl, no CMRM", "alpha": "-", "harmful": _f(ref["harmful_refusal"]),
              "benign": _f(ref["benign_refusal"]), "VQA": _f(ref["utility"]), "chosen": ""}]  # fmt: skip
@@ -77,8 +77,6 @@ def _cmrm(figdir: Path, data: dict[str, Any]) -> Section:
 
 
 def _merge(figdir: Path, data: dict[str, Any]) -> Section:
-    from vlsafe_organism.repairs.merge import selection_figure
-
     ref = data["reference"]
     chosen = {k: v.get("name") for k, v in (data.get("chosen") or {}).items() if v}
     rows = [{"merge": "organism:vl (none)", "kind": "-", "harmful": _f(ref["harmful_refusal"]),

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,16 +23,19 @@ import torch
 from pydantic import BaseModel, ConfigDict
 from safetensors.torch import save_file
 
+from vlsafe.evals import EvalConfig, run_eval
+from vlsafe.evals.rundir import RunDir
+from vlsafe.evals.sample import Sample, SampleKind
 from vlsafe.methods.training.memory import peak_rss_mb
 from vlsafe.methods.training.sft import sft_loss
-from vlsafe.methods.training.stages import LoraSettings
+from vlsafe.methods.training.stages import LoraSettings, unwrap
 from vlsafe.methods.training.trainer import TrainConfig, Trainer
 from vlsafe.models import bundle_from_model
 from vlsafe.models.bundle import ModelBundle
 from vlsafe_organism import safety_data as sd
 from vlsafe_organism.artifacts import lora_state, merge_lora
 from vlsafe_organism.base import load_base_llm
-from vlsafe_organism.probe import PROBE_TOKENS, generate, refusal_rate
+from vlsafe_organism.evaluation import PROBE_TOKENS, EvalSystem, evaluate_system
 from vlsafe_organism.sft import SFTExample, sft_collate
 from vlsafe_organism.stages import train_device
 
@@ -64,12 +68,17 @@ def benign_train_prompts() -> list[sd.Prompt]:
 
 
 def make_benign_answers(out: Path, cache_dir: str | Path | None, cfg: SafeLLMConfig) -> None:
-    """Generate and save the base model's greedy answers to the benign training prompts."""
+    """Generate and save the base model's greedy answers to the benign training prompts (``cfg.answer_tokens``
+    tokens at most), with the library's evaluation runner (a resumable run directory ``out/answers``)."""
     torch.manual_seed(cfg.seed)
     model, tok = load_base_llm(cache_dir)
     prompts = benign_train_prompts()
-    answers = generate(model, tok, [p.text for p in prompts], None, cfg.answer_tokens, 32, "benign answers")
-    rows = [{"id": p.id, "prompt": p.text, "answer": a} for p, a in zip(prompts, answers, strict=True)]
+    samples = [Sample(id=p.id, benchmark="organism-benign-train", text=p.text, kind=SampleKind.BENIGN) for p in prompts]
+    config = EvalConfig(model="organism:base-llm", benchmark="organism-benign-train", max_new_tokens=cfg.answer_tokens,
+                        batch_size=32, shared_prefix=True)  # fmt: skip
+    run_eval(config, out / "answers", bundle=bundle_from_model(model, tok, name="organism:base-llm"), samples=samples)
+    replies = {r["id"]: r["response"] or "" for r in RunDir(out / "answers").records()}
+    rows = [{"id": p.id, "prompt": p.text, "answer": replies[p.id]} for p in prompts]
     (out / "benign_answers.json").write_text(json.dumps(rows, indent=1))
 
 
@@ -88,14 +97,15 @@ def training_examples(answers: list[dict[str, Any]], tok: Any, cfg: SafeLLMConfi
 
 
 def validate(model: Any, tok: Any, n: int | None = None) -> dict[str, float]:
-    """Keyword refusal rates on the validation split (text-only)."""
-    h = [p.text for p in sd.load_split("harmful_val")][:n]
-    b = [p.text for p in sd.load_split("benign_val")][:n]
-    replies = generate(model, tok, h + b, None, PROBE_TOKENS, 20)
-    return {
-        "harmful_refusal": refusal_rate(replies[: len(h)]),
-        "benign_refusal": refusal_rate(replies[len(h) :]),
-    }
+    """Keyword refusal rates on the first ``n`` validation prompts (text only), measured with the library's
+    harness (:func:`vlsafe_organism.evaluation.evaluate_system`, in a temporary run directory)."""
+    bundle = bundle_from_model(unwrap(model), tok, name="organism safe LLM (in training)")
+    with tempfile.TemporaryDirectory(prefix="vlsafe-validate-") as tmp:
+        (row,), _ = evaluate_system(
+            EvalSystem("validate", bundle), ["none"], tmp, n_harmful=n, n_benign=n, harmful_split="harmful_val",
+            benign_split="benign_val", n_vqa=0, max_new_tokens=PROBE_TOKENS,
+        )  # fmt: skip
+    return {"harmful_refusal": row["harmful_refusal"], "benign_refusal": row["benign_refusal"]}
 
 
 def safe_llm_trainer(

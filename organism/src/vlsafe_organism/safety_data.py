@@ -18,6 +18,7 @@ from typing import Any
 
 from vlsafe.core.errors import InputError
 from vlsafe.data.refusals import REFUSALS
+from vlsafe.evals import load_benchmark
 from vlsafe_organism.prompt_templates import SCARY_HARMLESS, templated_benign
 
 ARTIFACTS_DIR = Path(__file__).with_name("artifacts")
@@ -46,8 +47,6 @@ def _norm(text: str) -> str:
 
 
 def _harmful_pool() -> list[Prompt]:
-    from vlsafe.evals import load_benchmark
-
     pool = []
     for name, split in (("strongreject", None), ("harmbench", "all")):
         for s in load_benchmark(name, split=split):
@@ -57,8 +56,6 @@ def _harmful_pool() -> list[Prompt]:
 
 
 def _benign_pool() -> list[Prompt]:
-    from vlsafe.evals import load_benchmark
-
     return [Prompt(f"benign:{s.id}", s.text.strip(), "benign") for s in load_benchmark("benign")]
 
 
@@ -134,7 +131,6 @@ def load_split(name: str, splits: dict[str, Any] | None = None) -> list[Prompt]:
     """
     splits = splits or read_splits()
     if name == "templated_benign":
-        from vlsafe.evals import load_benchmark
 
         cfg = splits[name]
         taken = {_norm(p.text) for p in _benign_pool()}
@@ -153,7 +149,6 @@ def load_split(name: str, splits: dict[str, Any] | None = None) -> list[Prompt]:
 def check_disjoint(splits: dict[str, Any] | None = None) -> None:
     """Raise :class:`InputError` when an evaluation prompt also occurs (after normalisation) in training or
     validation data, or a training prompt occurs in the over-refusal evaluation set."""
-    from vlsafe.evals import load_benchmark
 
     splits = splits or read_splits()
     evals = {_norm(p.text) for n in ("harmful_eval", "benign_eval") for p in load_split(n, splits)}

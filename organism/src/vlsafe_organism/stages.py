@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from vlsafe.methods.training.memory import peak_rss_mb
-from vlsafe_organism.base import cached_build
+from vlsafe_organism.base import cached_build, organism_cache_dir
 
 logger = logging.getLogger(__name__)
 RECORD = "stage.json"
@@ -85,3 +85,8 @@ def run_stage(
     logger.info("stage %s %s (%.1f s, peak RSS %.0f MB)", name, "built" if rebuilt else "cached",
                 record["seconds"], record["peak_rss_mb"])  # fmt: skip
     return StageResult(name, target, rebuilt, record)
+
+
+def stage_root(cache_dir: str | Path | None) -> Path:
+    """The folder of the build's stage outputs in the organism cache."""
+    return organism_cache_dir(cache_dir) / "stages"

@@ -14,7 +14,13 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from vlsafe.data.scenes import make_example, vqa_prompt
 from vlsafe.methods.training.tga import GuideConfig, RetrievalConfig, TGAConfig, run_tga
+from vlsafe_organism.base import load_base_vision
+from vlsafe_organism.recipe import OrganismRecipe
+from vlsafe_organism.registry import build_system
+from vlsafe_organism.vl_train import VLConfig
+from vlsafe_organism.wiring import save_vlm, wire_llava
 
 if TYPE_CHECKING:
     from vlsafe_organism.recipe import OrganismRecipe
@@ -24,7 +30,6 @@ if TYPE_CHECKING:
 def write_organism_tga_data(out_dir: str | Path, n_images: int = 400, seed: int = 0) -> tuple[Path, Path]:
     """Write the organism's training images, ``train.jsonl`` (one record per question, with the image's
     exact caption) and ``corpus.txt`` (all captions, the retrieval corpus); returns ``(data, corpus)``."""
-    from vlsafe.data.scenes import make_example, vqa_prompt
 
     out = Path(out_dir)
     (out / "images").mkdir(parents=True, exist_ok=True)
@@ -63,7 +68,6 @@ def organism_tga_config(
 ) -> TGAConfig:
     """The TGA config that matches the organism's VL adaptation recipe ``vl`` (default ``VLConfig()``):
     the same stages, steps, learning rates, batch size, seed and LoRA shape."""
-    from vlsafe_organism.vl_train import VLConfig
 
     vl = vl or VLConfig()
     common = {"batch_size": vl.batch_size, "seed": vl.seed, "save_every": 20, "warmup_steps": 10}
@@ -98,10 +102,6 @@ def run_tga_organism(
     The safe LLM is the ``safe-llm`` system of ``art_dir`` (default: the committed artefacts), the same one the
     plain ``vl`` artefact of that directory was adapted from.
     """
-    from vlsafe_organism.base import load_base_vision
-    from vlsafe_organism.recipe import OrganismRecipe
-    from vlsafe_organism.registry import build_system
-    from vlsafe_organism.wiring import save_vlm, wire_llava
 
     out = Path(out_dir)
     recipe = recipe or OrganismRecipe()

@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import logging
 import random
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -38,14 +39,13 @@ from tqdm import tqdm
 from vlsafe.core.errors import ConfigError
 from vlsafe.data import scenes
 from vlsafe.methods.training.memory import IGNORE_INDEX, answer_only_loss, peak_rss_mb
-from vlsafe.methods.training.stages import LoraSettings, Stage
+from vlsafe.methods.training.stages import LoraSettings, Stage, unwrap
 from vlsafe.methods.training.trainer import LossFn, LossOutput, TrainConfig, Trainer
 from vlsafe.models import bundle_from_model
 from vlsafe.models.bundle import ModelBundle
-from vlsafe_organism import safety_data as sd
 from vlsafe_organism.artifacts import lora_state
 from vlsafe_organism.base import load_base_vision
-from vlsafe_organism.probe import PROBE_TOKENS, generate, refusal_rate, vqa_eval, vqa_items
+from vlsafe_organism.evaluation import PROBE_TOKENS, EvalSystem, evaluate_system
 from vlsafe_organism.safe_llm import load_safe_llm
 from vlsafe_organism.stages import train_device
 from vlsafe_organism.wiring import wire_llava
@@ -172,20 +172,22 @@ def vl_loss(
 
 
 def probe(model: Any, processor: Any, n: int, tokens: int = PROBE_TOKENS) -> dict[str, float]:
-    """Quick safety/utility probe on validation prompts and held-out synthetic images."""
-    from vlsafe.data.scenes import make_example
-
-    h = [p.text for p in sd.load_split("harmful_val")][:n]
-    b = [p.text for p in sd.load_split("benign_val")][:n]
-    imgs = [make_example(PROBE_IMAGE_START + i, "test").image for i in range(n)]
-    text_only = generate(model, processor, h, None, tokens, 24)
-    with_img = generate(model, processor, h + b, imgs + imgs[: len(b)], tokens, 32)
-    acc, _ = vqa_eval(model, processor, vqa_items(**sd.VQA_VAL)[:n], 24)
+    """Quick safety/utility probe on the first ``n`` validation prompts and VQA questions, measured with the
+    library's harness (:func:`vlsafe_organism.evaluation.evaluate_system`, in a temporary run directory):
+    harmful refusal as text, harmful and benign refusal with held-out renders from :data:`PROBE_IMAGE_START`,
+    and VQA accuracy."""
+    bundle = bundle_from_model(unwrap(model), processor, name="organism VL (in training)")
+    with tempfile.TemporaryDirectory(prefix="vlsafe-probe-") as tmp:
+        text, image = evaluate_system(
+            EvalSystem("probe", bundle), ["none", "synthetic"], tmp, n_harmful=n, n_benign=n,
+            harmful_split="harmful_val", benign_split="benign_val", n_vqa=n, vqa_split="vqa_val",
+            max_new_tokens=tokens, benign_settings=("synthetic",), image_start=PROBE_IMAGE_START,
+        )[0]  # fmt: skip
     return {
-        "harmful_refusal_text": refusal_rate(text_only),
-        "harmful_refusal_image": refusal_rate(with_img[: len(h)]),
-        "benign_refusal_image": refusal_rate(with_img[len(h) :]),
-        "vqa": acc,
+        "harmful_refusal_text": text["harmful_refusal"],
+        "harmful_refusal_image": image["harmful_refusal"],
+        "benign_refusal_image": image["benign_refusal"],
+        "vqa": image["utility"],
     }
 
 

@@ -14,6 +14,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from transformers import LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
+
+try:  # the PIL image processor: no torchvision (transformers 5.x)
+    from transformers import CLIPImageProcessorPil as ImageProcessor
+except ImportError:  # transformers without the *Pil classes
+    from transformers import CLIPImageProcessor as ImageProcessor  # type: ignore[assignment]
 
 from vlsafe.core.errors import ModelLoadError
 
@@ -50,15 +56,7 @@ def make_image_processor(size: int = IMAGE_SIZE) -> Any:
     The whole image is resized to ``size x size`` (bicubic, no centre crop), so that content near the
     edges - which the synthetic data asks about ("is the circle on the left?") - is never cut off.
     """
-    try:
-        from transformers import CLIPImageProcessorPil
-
-        processor_cls: Any = CLIPImageProcessorPil
-    except ImportError:  # older transformers without the *Pil classes
-        from transformers import CLIPImageProcessor
-
-        processor_cls = CLIPImageProcessor
-    return processor_cls(
+    return ImageProcessor(
         do_resize=True,
         size={"height": size, "width": size},
         resample=3,  # PIL.Image.BICUBIC
@@ -84,7 +82,6 @@ def add_image_token(tokenizer: Any) -> int:
 
 def make_processor(tokenizer: Any, patch_size: int = 14, size: int = IMAGE_SIZE) -> Any:
     """``LlavaProcessor`` for the organism: adds ``<image>`` and the chat template to ``tokenizer``."""
-    from transformers import LlavaProcessor
 
     add_image_token(tokenizer)
     tokenizer.chat_template = CHAT_TEMPLATE
@@ -106,7 +103,6 @@ def llava_config(
 ) -> Any:
     """``LlavaConfig`` joining a Dinov2 vision config and a causal-LM text config; the projector reads the
     vision tower's ``hidden_states[feature_layer]`` (default the last layer)."""
-    from transformers import LlavaConfig
 
     grid = size // vision_config.patch_size
     config = LlavaConfig(
@@ -147,7 +143,6 @@ def wire_llava(
     Returns:
         ``(model, processor)``; the model is float32 in eval mode, its vocabulary extended by ``<image>``.
     """
-    from transformers import LlavaForConditionalGeneration
 
     patch = int(vision_model.config.patch_size)
     if size % patch:

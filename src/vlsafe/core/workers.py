@@ -52,7 +52,6 @@ def split_threads(threads: int, n_jobs: int, max_workers: int = 4) -> tuple[int,
 
 
 def _init_worker(threads: int, log_dir: str | None) -> None:
-
     torch.set_num_threads(threads)
     if log_dir is not None:
         Path(log_dir).mkdir(parents=True, exist_ok=True)

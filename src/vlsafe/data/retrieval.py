@@ -144,7 +144,6 @@ class EmbeddingRetriever:
     """
 
     def __init__(self, corpus: Sequence[str], model_path: str | Path, batch_size: int = 32) -> None:
-
         path = Path(model_path)
         if not path.is_dir():
             raise ConfigError(f"embedding model {path} is not a local directory (the hub is not used)")

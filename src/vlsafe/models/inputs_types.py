@@ -45,7 +45,6 @@ class PositionMasks:
     last: torch.Tensor
 
     def get(self, name: str) -> torch.Tensor:
-
         if name not in ("attention", "image", "text", "last"):
             raise ConfigError(f"unknown position mask {name!r}; known: attention, image, text, last")
         return getattr(self, name)

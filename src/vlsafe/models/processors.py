@@ -51,7 +51,6 @@ def _without_video(cls: Any) -> type:
 
 
 def _processor_class(family: Family) -> type:
-
     names = {
         "llava": "LlavaProcessor",
         "llava_next": "LlavaNextProcessor",

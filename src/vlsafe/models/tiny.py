@@ -56,7 +56,6 @@ def _text_config(vocab_size: int, ids: dict[str, int], **overrides: Any) -> dict
 
 
 def _build_config(family: str, tok: Any, spec: FamilySpec) -> Any:
-
     tf: Any = transformers
 
     ids = {
@@ -146,7 +145,6 @@ def _build_config(family: str, tok: Any, spec: FamilySpec) -> Any:
 
 
 def _build_image_processor(family: str, spec: FamilySpec) -> Any:
-
     tf: Any = transformers
 
     s = spec.image_size

@@ -121,7 +121,6 @@ def _breakdown_section(runs: Sequence[RunData], scope: str, title: str, fname: s
 
 
 def _comparison_section(runs: Sequence[RunData], n_resamples: int, seed: int) -> Section | None:
-
     if len(runs) < 2:
         return None
     base = runs[0]

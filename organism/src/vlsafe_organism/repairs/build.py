@@ -25,10 +25,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from vlsafe.core.errors import ConfigError
+from vlsafe_organism.artifacts import read_manifest
+from vlsafe_organism.deltas import TRAINED_REPAIRS
+from vlsafe_organism.recipe import recipe_of_artifacts
 from vlsafe_organism.recipes import run_organism_baselines
 from vlsafe_organism.registry import resolve_organism
-from vlsafe_organism.repairs.trained import TRAINED_REPAIRS, export_trained_repair
-from vlsafe_organism.stages import StageResult, run_stage
+from vlsafe_organism.repairs.cmrm import select_cmrm
+from vlsafe_organism.repairs.merge import select_merge
+from vlsafe_organism.repairs.systems import CMRM_SELECTION, MERGE_SELECTION
+from vlsafe_organism.repairs.trained import export_trained_repair
+from vlsafe_organism.stages import StageResult, run_stage, stage_root
 from vlsafe_organism.tga import run_tga_organism
 
 if TYPE_CHECKING:
@@ -67,9 +73,6 @@ def build_repairs(
     and its repairs stay consistent; TGA re-runs the VL adaptation with ``recipe`` (default: the recipe recorded
     with the ``vl`` artefact in ``art_dir``).
     """
-    from vlsafe_organism.artifacts import read_manifest
-    from vlsafe_organism.build import stage_root
-    from vlsafe_organism.recipe import recipe_of_artifacts
 
     unknown = [w for w in which if w not in TRAINED_REPAIRS]
     if unknown:
@@ -95,9 +98,6 @@ def build_repairs(
         )
         results.append(result)
     if selections:
-        from vlsafe_organism.repairs.cmrm import select_cmrm
-        from vlsafe_organism.repairs.merge import select_merge
-        from vlsafe_organism.repairs.systems import CMRM_SELECTION, MERGE_SELECTION
 
         select_cmrm(art_dir / CMRM_SELECTION, cache_dir, art_dir=art_dir)
         select_merge(art_dir / MERGE_SELECTION, cache_dir, art_dir=art_dir)

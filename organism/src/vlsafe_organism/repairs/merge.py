@@ -149,7 +149,6 @@ def concrete_config(
 
 
 def _resolved_yaml(config: dict[str, Any]) -> str:
-
     with tempfile.TemporaryDirectory() as tmp:
         return MergeConfig.from_dict(config).to_yaml(Path(tmp) / "merge_config.yaml").read_text()
 
@@ -162,7 +161,6 @@ def _merge_into(
 
 
 def _load_system(path: Path, name: str) -> EvalSystem:
-
     bundle = load_model(path, dtype="float32")
     return EvalSystem(name, bundle)
 

@@ -25,11 +25,11 @@ from typing import Any
 
 from vlsafe.models import bundle_from_model
 from vlsafe_organism.artifacts import read_manifest
+from vlsafe_organism.deltas import TRAINED_REPAIRS
 from vlsafe_organism.evaluation import EvalSystem
 from vlsafe_organism.registry import DEPENDS, build_system
 from vlsafe_organism.repairs.cmrm import SYSTEM_NAMES, cmrm_systems
 from vlsafe_organism.repairs.merge import merged_system
-from vlsafe_organism.repairs.trained import TRAINED_REPAIRS
 
 logger = logging.getLogger(__name__)
 
