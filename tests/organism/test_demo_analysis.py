@@ -109,4 +109,4 @@ def test_weight_sections_one_line_per_pair_and_zero_for_identical(
     with pytest.raises(InputError, match="distinct"):
         da.weight_sections(tmp_path / "out", [("x", llm_a, llm_a), ("X", llm_a, llm_b)])
     with pytest.raises(ModelLoadError, match="not a local directory"):
-        da.resolve_checkpoint(tmp_path / "missing")
+        da.checkpoint_dir(tmp_path / "missing")

@@ -98,17 +98,17 @@ def test_build_passes_the_recipe_to_the_stages_and_their_fingerprints(
     monkeypatch.setattr(build, "_source_fp", lambda cache_dir: {"src": "fixed"})
     monkeypatch.setattr(build, "export", lambda results, out: out)
     cache = tmp_path / "cache"
-    build.build("vl", cache_dir=cache, out_dir=tmp_path / "art")
-    build.build("vl", cache_dir=cache, out_dir=tmp_path / "art")  # same recipe: every stage cached
+    build.build(build.BuildConfig(stage="vl", cache_dir=cache, out_dir=tmp_path / "art"))
+    build.build(build.BuildConfig(stage="vl", cache_dir=cache, out_dir=tmp_path / "art"))  # same recipe: every stage cached
     assert [len(v) for v in seen.values()] == [1, 1, 1]
     longer = {"vl": {"vl_steps": 99}}
-    build.build("vl", cache_dir=cache, out_dir=tmp_path / "art", recipe=longer)
+    build.build(build.BuildConfig(stage="vl", cache_dir=cache, out_dir=tmp_path / "art", recipe=longer))
     # Only the stage whose recipe changed is rebuilt: vl_steps belongs to the LoRA phase (stage vl).
     assert [len(v) for v in seen.values()] == [1, 1, 2] and seen["vl"][-1].vl_steps == 99
-    build.build("vl", cache_dir=cache, out_dir=tmp_path / "art", recipe={"vl": {"proj_steps": 5}})
+    build.build(build.BuildConfig(stage="vl", cache_dir=cache, out_dir=tmp_path / "art", recipe={"vl": {"proj_steps": 5}}))
     assert [len(v) for v in seen.values()] == [1, 2, 3] and seen["vlm"][-1].proj_steps == 5
     with pytest.raises(ConfigError, match="vl_stepz"):
-        build.build("vl", cache_dir=cache, recipe={"vl": {"vl_stepz": 1}})
+        build.build(build.BuildConfig(stage="vl", cache_dir=cache, recipe={"vl": {"vl_stepz": 1}}))
 
 
 def test_tga_config_follows_the_vl_recipe(tmp_path: Path) -> None:
@@ -123,16 +123,19 @@ def test_tga_config_follows_the_vl_recipe(tmp_path: Path) -> None:
 
 
 def test_cli_build_takes_a_recipe_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import vlsafe_organism.build as build
+    import vlsafe_organism.cli as cli
     from vlsafe.cli import main
 
     got: dict[str, Any] = {}
-    monkeypatch.setattr(build, "build", lambda stage, **kw: got.update(kw, stage=stage) or {"ok": True})
+    monkeypatch.setattr(cli, "build", lambda config: got.update(config=config) or {"ok": True})
     path = tmp_path / "r.yaml"
     path.write_text("vl:\n  proj_steps: 5\n")
-    result = CliRunner().invoke(main, ["organism", "build", "--stage", "vl", "--recipe", str(path)])
+    result = CliRunner().invoke(main, ["organism", "build", "--stage", "vl", "--recipe", str(path), "--cache", "c"])
     assert result.exit_code == 0, result.output
-    assert got["stage"] == "vl" and got["recipe"] == path
+    config = got["config"]
+    assert (config.stage, config.recipe, config.cache_dir, config.device) == ("vl", path, Path("c"), "cpu")
+    bad = CliRunner().invoke(main, ["organism", "build", "--stage", "everything"])
+    assert bad.exit_code == 2 and "everything" in bad.output
 
 
 def test_recipe_feature_layer_reaches_the_vlm_loader(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

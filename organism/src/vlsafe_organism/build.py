@@ -15,9 +15,10 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
+from pydantic import BaseModel, ConfigDict
 from safetensors.torch import load_file
 
 from vlsafe.core.errors import ConfigError
@@ -31,12 +32,10 @@ from vlsafe_organism.stages import StageResult, run_stage, stage_root
 from vlsafe_organism.vl_train import VLConfig, train_projector, train_vl
 
 if TYPE_CHECKING:
-    from vlsafe_organism.recipe import OrganismRecipe
     from vlsafe_organism.safe_llm import SafeLLMConfig
     from vlsafe_organism.vl_train import VLConfig
 
 logger = logging.getLogger(__name__)
-STAGES = ("safe-llm", "vlm", "vl", "repairs", "all")
 #: VL recipe fields used by the ``vl`` stage only: changing them keeps the cached ``vlm`` stage.
 LORA_PHASE_FIELDS = {"vl_steps", "vl_lr", "rank", "alpha"}
 CODE_VERSION = "1"
@@ -120,32 +119,38 @@ def export(results: list[StageResult], out_dir: Path) -> Path:
     return out_dir
 
 
-def build(
-    stage: str = "all",
-    device: str = "cpu",
-    cache_dir: str | Path | None = None,
-    out_dir: str | Path | None = None,
-    recipe: OrganismRecipe | str | Path | dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    """Build the organism up to ``stage`` and export the artefacts.
+class BuildConfig(BaseModel):
+    """What ``vlsafe organism build`` builds.
 
-    Args:
-        stage: ``safe-llm``, ``vlm``, ``vl``, ``repairs`` or ``all`` (= ``repairs``).
-        device: ``cpu`` (the reference) or ``cuda`` (recipe iteration only).
-        cache_dir: Organism cache directory (base weights and stage outputs).
-        out_dir: Where the artefacts go; default ``<cache>/artifacts`` (pass the package's
-            ``vlsafe/organism/artifacts`` to update the committed ones).
-        recipe: The training recipe (:func:`vlsafe_organism.recipe.load_recipe`: a YAML path, a dict or an
-            :class:`~vlsafe_organism.recipe.OrganismRecipe`); default: the committed artefacts' recipe.
+    Attributes:
+        stage: the last stage built: safe-llm, vlm, vl, repairs or all (= repairs).
+        device: where the stages train: cpu (the reference) or cuda (recipe iteration only).
+        cache_dir: organism cache directory (base weights and stage outputs).
+        out_dir: artefact directory; default <cache>/artifacts (pass organism/src/vlsafe_organism/artifacts to update
+            the committed ones).
+        recipe: the training recipe, a YAML file (or, from Python, a mapping) of safe_llm: / vl: fields (see
+            vlsafe_organism.recipe); default: the committed artefacts' recipe.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    stage: Literal["safe-llm", "vlm", "vl", "repairs", "all"] = "all"
+    device: Literal["cpu", "cuda"] = "cpu"
+    cache_dir: Path | None = None
+    out_dir: Path | None = None
+    recipe: Path | dict[str, Any] | None = None
+
+
+def build(config: BuildConfig | None = None) -> dict[str, Any]:
+    """Build the organism up to ``config.stage`` and export the artefacts (``config``: :class:`BuildConfig`).
 
     Returns:
         ``{"stages": {name: record}, "out": path}``.
     """
-
-    if stage not in STAGES:
-        raise ConfigError(f"stage {stage!r} is unknown; choose one of {STAGES}")
-    if device not in ("cpu", "cuda"):
-        raise ConfigError(f"device {device!r} is unknown; choose cpu or cuda")
+    config = config or BuildConfig.model_validate({})
+    stage, device, cache_dir, out_dir, recipe = (
+        config.stage, config.device, config.cache_dir, config.out_dir, config.recipe,
+    )  # fmt: skip
     if device == "cuda":
         if not torch.cuda.is_available():
             raise ConfigError("device 'cuda' was asked for, but torch sees no CUDA device")

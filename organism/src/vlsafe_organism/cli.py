@@ -3,13 +3,11 @@ through the ``vlsafe.cli`` entry-point group (see this package's ``pyproject.tom
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import click
 
 from vlsafe.cli import echo_json
 from vlsafe.cli.options import ConfigFlags, config_from_flags, config_options
-from vlsafe_organism.build import build
+from vlsafe_organism.build import BuildConfig, build
 from vlsafe_organism.demo import DemoConfig, run_demo
 
 
@@ -36,22 +34,7 @@ def organism_group() -> None:
 
 
 @organism_group.command("build")
-@click.option(
-    "--stage",
-    default="all",
-    show_default=True,
-    type=click.Choice(["safe-llm", "vlm", "vl", "repairs", "all"]),
-)
-@click.option("--device", default="cpu", show_default=True, type=click.Choice(["cpu", "cuda"]))
-@click.option("--cache", "cache_dir", help="Organism cache directory (base weights and stage outputs).")
-@click.option("--out", "out_dir", help="Artefact directory (default: <cache>/artifacts).")
-@click.option(
-    "--recipe",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="YAML recipe (safe_llm: / vl: fields, see vlsafe_organism.recipe); default: the committed recipe.",
-)
-def organism_build_cmd(
-    stage: str, device: str, cache_dir: str | None, out_dir: str | None, recipe: Path | None
-) -> None:
+@config_options(BuildConfig, rename={"cache_dir": "--cache", "out_dir": "--out"})
+def organism_build_cmd(flags: ConfigFlags) -> None:
     """Build the organism's stages (cached and resumable) and export the trained artefacts."""
-    echo_json(build(stage, device=device, cache_dir=cache_dir, out_dir=out_dir, recipe=recipe))
+    echo_json(build(config_from_flags(BuildConfig, flags)))

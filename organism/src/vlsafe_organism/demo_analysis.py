@@ -13,7 +13,7 @@ Steps 2 and 3 share one forward pass per variant and batch (the lens reads the s
 the shift statistics do), which halves the CPU cost; the saved data is what ``run_shift`` /
 ``run_layers`` would write, and the figures are drawn by :func:`vlsafe.analysis.redraw`.
 
-:func:`weight_sections`, :func:`default_weight_pairs` and :func:`resolve_checkpoint` live in
+:func:`weight_sections`, :func:`default_weight_pairs` and :func:`checkpoint_dir` live in
 :mod:`vlsafe_organism.demo_weights` and are re-exported here.
 """
 
@@ -54,8 +54,8 @@ from vlsafe.report import ReportFigure, ReportTable, Section, line_curves, save_
 from vlsafe_organism import safety_data as sd
 from vlsafe_organism.demo_weights import (
     BASE_LLM_REF,
+    checkpoint_dir,
     default_weight_pairs,
-    resolve_checkpoint,
     weight_sections,
 )
 from vlsafe_organism.evaluation import EVAL_IMAGE_START, eval_prompts
@@ -66,7 +66,7 @@ __all__ = [
     "analysis_sections",
     "default_weight_pairs",
     "demo_items",
-    "resolve_checkpoint",
+    "checkpoint_dir",
     "weight_sections",
 ]
 
@@ -200,7 +200,7 @@ def analysis_sections(
     else:
         ref = str(model)
         if ref.startswith("organism:"):
-            ref = str(resolve_checkpoint(ref, cache_dir))
+            ref = str(checkpoint_dir(ref, cache_dir))
         bundle = load_model(ref, dtype="float32")
         bundle.model.eval()
     rows = as_items(items if items is not None else demo_items(n))

@@ -20,22 +20,21 @@ import torch
 
 from vlsafe.analysis import WeightDiffResult, run_weights
 from vlsafe.core.errors import InputError
-from vlsafe.models.references import reference_scheme
-from vlsafe.models.references import resolve_checkpoint as library_resolve_checkpoint
+from vlsafe.models.references import reference_scheme, resolve_checkpoint
 from vlsafe.report import ReportFigure, ReportTable, Section, line_curves, save_png
 from vlsafe_organism.registry import BASE_LLM_REF, resolve_organism
 
-__all__ = ["BASE_LLM_REF", "default_weight_pairs", "resolve_checkpoint", "weight_sections"]
+__all__ = ["BASE_LLM_REF", "default_weight_pairs", "checkpoint_dir", "weight_sections"]
 
 logger = logging.getLogger(__name__)
 
 
-def resolve_checkpoint(ref: str | Path, cache_dir: str | Path | None = None) -> Path:
+def checkpoint_dir(ref: str | Path, cache_dir: str | Path | None = None) -> Path:
     """Folder of a checkpoint reference: ``organism:<system>`` and ``organism:base-llm`` are built into
     ``cache_dir``; anything else resolves as :func:`vlsafe.models.references.resolve_checkpoint` does."""
     if reference_scheme(ref) == "organism":
         return resolve_organism(str(ref), cache_dir)
-    return library_resolve_checkpoint(ref)
+    return resolve_checkpoint(ref)
 
 
 def default_weight_pairs(cache_dir: str | Path | None = None) -> list[tuple[str, str, str]]:
@@ -95,7 +94,7 @@ def weight_sections(
     numbers: dict[str, Any] = {}
     for label, ref_a, ref_b in pairs:
         folder = root / _slug(label)
-        a_dir, b_dir = resolve_checkpoint(ref_a, cache_dir), resolve_checkpoint(ref_b, cache_dir)
+        a_dir, b_dir = checkpoint_dir(ref_a, cache_dir), checkpoint_dir(ref_b, cache_dir)
         run_weights(a_dir, b_dir, folder, resized="skip", progress=progress)
         res = _load(folder)
         comps = res.components()

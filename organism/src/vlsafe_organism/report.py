@@ -124,7 +124,7 @@ def write_report(
         )
     summary["targets"] = organism_targets(rows)
     if summary["targets"]:
-        lead += "\n\nTargets of the organism (issue 6), checked on these rows:\n" + "\n".join(
+        lead += "\n\nTargets of the organism, checked on these rows:\n" + "\n".join(
             f"- {t['target']}: {t['value']:.2f}, **{'met' if t['met'] else 'missed'}**"
             for t in summary["targets"]
         )

@@ -19,6 +19,8 @@ from typing import Annotated, Any, Literal, Union, get_args, get_origin
 import click
 from pydantic import BaseModel
 
+from vlsafe.core.config import comma_items
+
 __all__ = ["CommaList", "FlagKind", "KeyValue", "LiteralChoice", "choice_text", "convert_item", "flag_kind"]
 
 # -- parameter types ------------------------------------------------------------------------
@@ -64,10 +66,7 @@ class CommaList(click.ParamType):
         if isinstance(value, list):
             return value
         out = []
-        for raw in str(value).split(","):
-            text = raw.strip()
-            if not text:
-                continue
+        for text in comma_items(value):
             try:
                 out.append(convert_item(text, self.item))
             except ValueError as exc:

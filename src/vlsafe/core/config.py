@@ -40,3 +40,9 @@ def validate_config(cls: type[M], data: dict[str, Any], what: str | None = None)
         return cls.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(f"invalid {what or cls.__name__}: {validation_problems(exc)}") from None
+
+
+def comma_items(text: str) -> list[str]:
+    """The items of a comma-separated list, stripped, blanks dropped (``"1, 2,,3"`` -> ``["1", "2", "3"]``): the
+    one place where vlsafe splits such lists (command-line flags, text fields of configs)."""
+    return [item.strip() for item in str(text).split(",") if item.strip()]

@@ -27,6 +27,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, field_validator
 
+from vlsafe.core.config import comma_items
 from vlsafe.core.errors import ConfigError
 from vlsafe.hooks import SteeringVector
 from vlsafe.hooks.vector import Alpha
@@ -90,7 +91,7 @@ class ApplyOptions(BaseModel):
     def _layers(cls, v: Any) -> Any:
         if isinstance(v, str) and v not in ("middle", "all"):
             try:
-                return [int(x) for x in v.replace(" ", "").split(",") if x]
+                return [int(x) for x in comma_items(v)]
             except ValueError:
                 raise ValueError(f"layers={v!r} must be 'middle', 'all' or comma-separated indices") from None
         return v

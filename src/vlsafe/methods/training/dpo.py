@@ -170,7 +170,7 @@ def run_dpo(
     def before(trainer: Trainer) -> None:
         if objective.reference == "precompute":
             objective.precompute(
-                trainer.model, records, collate, config.batch_size, trainer.accelerator.device
+                trainer.model, records, collate, config.batch_size, trainer.device
             )
 
     return run_baseline(config, records, collate, objective, bundle, before_train=before)
