@@ -21,3 +21,7 @@ class InputError(VlsafeError, ValueError):
 
 class ModelLoadError(VlsafeError, RuntimeError):
     """A model could not be found, recognised or loaded."""
+
+
+class OutputError(VlsafeError, OSError):
+    """An output location cannot be written (missing permission, not a folder, read-only, full disk)."""

@@ -8,27 +8,39 @@ line that a crash cut short. ``torn_tail=True`` reads them as the writer left th
 line is skipped, and so is a malformed last non-blank line of what remains, each with a warning instead of
 an error; a malformed line anywhere else is still an error.
 
-Writers replace a file atomically: the text goes to a temporary file in the same folder, is flushed to
-disk, then ``os.replace`` puts it in place, so a reader never sees a half-written file.
+Writers replace a file atomically: the content goes to a temporary file in the same folder, is flushed to
+disk, then ``os.replace`` puts it in place, so a reader sees the old file or the new one, never a half-written
+one. :func:`atomic_path` gives the same guarantee to writers that take a path (``safetensors.save_file``, a
+figure's ``savefig``). Temporary files are named ``.<name>.<pid>.<thread>.tmp``; one a killed process left
+behind is never read as the artefact and is replaced by the next write.
+
+:func:`check_writable` tells, before any compute, whether an output path can be created, without creating it.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import logging
 import os
+import tempfile
 import threading
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from vlsafe.core.errors import InputError
+from vlsafe.core.errors import InputError, OutputError
 
 __all__ = [
+    "atomic_path",
+    "check_writable",
+    "fsync_dir",
     "iter_json_rows",
     "iter_jsonl",
     "read_json",
     "read_jsonl",
+    "write_bytes_atomic",
     "write_json_atomic",
     "write_jsonl_atomic",
     "write_text_atomic",
@@ -188,6 +200,63 @@ def read_json(path: str | Path, what: str = "JSON file") -> Any:
         return json.loads(file.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
         raise InputError(f"{file}:{exc.lineno}: not valid JSON ({exc.msg} at column {exc.colno})") from None
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{what} {str(file)!r} is not valid UTF-8 ({exc.reason} at byte {exc.start})") from None
+
+
+def _tmp_name(file: Path) -> Path:
+    return file.with_name(f".{file.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+
+
+def fsync_dir(folder: str | Path) -> None:
+    """Flush a folder's entries (a rename into it) to disk; a no-op where folders cannot be opened."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """A temporary path beside ``path`` to write to; renamed over ``path`` when the block ends without error.
+
+    The folder is created. On success the temporary file is synced and ``os.replace`` puts it in place; on any
+    error (or interrupt) it is removed and ``path`` keeps its old content.
+
+    Example::
+
+        with atomic_path(out / "vector.safetensors") as tmp:
+            save_file(tensors, str(tmp))
+    """
+    file = Path(path)
+    file.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _tmp_name(file)
+    try:
+        yield tmp
+        if not tmp.is_file():
+            raise FileNotFoundError(errno.ENOENT, "the writer created no file", str(tmp))
+        with tmp.open("rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, file)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_dir(file.parent)
+
+
+def write_bytes_atomic(path: str | Path, data: bytes) -> Path:
+    """Replace ``path`` with ``data`` atomically, creating its folder; returns the path."""
+    file = Path(path)
+    with atomic_path(file) as tmp, tmp.open("wb") as fh:
+        fh.write(data)
+        fh.flush()
+    return file
 
 
 def write_text_atomic(path: str | Path, text: str) -> Path:
@@ -197,17 +266,9 @@ def write_text_atomic(path: str | Path, text: str) -> Path:
     systems), flushed and synced, then renamed over ``path`` with ``os.replace``.
     """
     file = Path(path)
-    file.parent.mkdir(parents=True, exist_ok=True)
-    tmp = file.with_name(f".{file.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    try:
-        with tmp.open("w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, file)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with atomic_path(file) as tmp, tmp.open("w", encoding="utf-8") as fh:
+        fh.write(text)
+        fh.flush()
     return file
 
 
@@ -221,3 +282,37 @@ def write_jsonl_atomic(path: str | Path, rows: Iterable[Any]) -> Path:
     """Replace ``path`` with ``rows`` as JSON lines, one per row, each ending in a newline; atomic."""
     text = "".join(json.dumps(row, ensure_ascii=False, default=str) + "\n" for row in rows)
     return write_text_atomic(path, text)
+
+
+def check_writable(path: str | Path, what: str = "output", *, kind: str = "dir") -> Path:
+    """Refuse, before any compute, an output ``path`` that cannot be written; creates nothing.
+
+    ``kind`` is ``"dir"`` (a folder to create or fill) or ``"file"``. The nearest existing folder on the way to
+    ``path`` must be a folder in which a file can be created (tried with a temporary file, removed at once), and
+    ``path`` itself, when it exists, must be of the right kind.
+
+    Raises:
+        OutputError: naming the path and what is wrong with it.
+    """
+    target = Path(path).expanduser()
+    if target.exists():
+        if kind == "dir" and not target.is_dir():
+            raise OutputError(f"{what} {str(path)!r} is a file; it must be a folder (or not exist yet)")
+        if kind == "file" and target.is_dir():
+            raise OutputError(f"{what} {str(path)!r} is a folder; it must be a file path")
+    probe_dir = target if kind == "dir" and target.is_dir() else target.parent
+    ancestor = probe_dir
+    while not ancestor.exists():
+        if ancestor.parent == ancestor:
+            break
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise OutputError(f"{what} {str(path)!r} cannot be created: {str(ancestor)!r} is a file, not a folder")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".vlsafe-write-check-", dir=ancestor)
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise OutputError(f"{what} {str(path)!r} cannot be written: {reason} in {str(ancestor)!r}") from None
+    os.close(fd)
+    os.unlink(probe)
+    return target
