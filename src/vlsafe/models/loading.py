@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import logging
 import os
+import struct
 from pathlib import Path
 from typing import Any
 
 import torch
 from PIL import Image, UnidentifiedImageError
+from safetensors import SafetensorError
 from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
@@ -16,6 +18,7 @@ from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_N
 from vlsafe.core.errors import ConfigError, InputError, ModelLoadError
 from vlsafe.models.bundle import ModelBundle
 from vlsafe.models.families import FAMILIES, Family, family_for_model_type
+from vlsafe.models.fingerprint import is_weight_file
 from vlsafe.models.processors import load_processor
 from vlsafe.models.references import resolve_reference
 
@@ -65,7 +68,14 @@ def _looks_like_path(name: str) -> bool:
     )
 
 
-def _check_location(name: str) -> None:
+#: what a model folder may hold its weights in without ``allow_pickle`` (anything else is loaded by ``torch.load``)
+SAFE_WEIGHTS = ".safetensors"
+
+#: errors that transformers and safetensors raise on a missing, corrupt or mismatched checkpoint
+_LOAD_ERRORS = (OSError, ValueError, KeyError, RuntimeError, SafetensorError, EOFError)
+
+
+def _check_location(name: str, allow_pickle: bool = False) -> None:
     path = Path(name).expanduser()
     if path.exists():
         if not path.is_dir():
@@ -74,9 +84,25 @@ def _check_location(name: str) -> None:
             )
         if not (path / "config.json").is_file():
             raise ModelLoadError(f"model directory {name!r} has no config.json")
+        files = [p.name for p in path.iterdir() if p.is_file() and is_weight_file(p.name)]
+        if not allow_pickle and not any(f.endswith(SAFE_WEIGHTS) for f in files):
+            pickles = sorted(f for f in files if not f.endswith(".json"))
+            if pickles:
+                raise ModelLoadError(
+                    f"model directory {name!r} holds weights only as {', '.join(pickles)}, not as safetensors; "
+                    "vlsafe loads safetensors only (pickle files can run code when loaded). Convert the "
+                    "checkpoint, or pass --allow-pickle (allow_pickle=True) to load it with "
+                    "torch.load(weights_only=True)"
+                )
         return
     if _looks_like_path(name):
         raise ModelLoadError(f"model directory {name!r} does not exist")
+
+
+def _brief(exc: BaseException) -> str:
+    """The first line of an exception's message (transformers' messages run over many lines)."""
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}".strip()
 
 
 def _resolve_attr(root: Any, dotted: str) -> Any:
@@ -155,6 +181,7 @@ def load_model(
     device_map: str | dict[str, Any] | None = None,
     trust_remote_code: bool = False,
     layers_path: str | None = None,
+    allow_pickle: bool = False,
 ) -> ModelBundle:
     """Load a supported VLM or causal LLM, with its processor/tokenizer and decoder layers.
 
@@ -166,26 +193,31 @@ def load_model(
         device_map: passed to ``from_pretrained`` (e.g. ``"auto"``).
         trust_remote_code: allow custom code from the checkpoint (off unless the user asks).
         layers_path: dotted attribute path of the decoder layers, overriding discovery.
+        allow_pickle: also load weights stored as pickles (``pytorch_model.bin``, read with
+            ``torch.load(weights_only=True)``); by default only safetensors load.
 
     Returns:
         A :class:`ModelBundle` in eval mode; the tokenizer pads on the left.
 
     Raises:
         ModelLoadError: missing directory, unsupported ``model_type`` (the message lists the supported
-            families), or a checkpoint transformers cannot read.
+            families), weights only as pickles without ``allow_pickle``, or a checkpoint that cannot be read
+            (corrupt or truncated safetensors, a config that does not match the weights).
     """
 
     name = str(name_or_path)
     name = resolve_reference(name)  # a registered reference (e.g. organism:vl) -> its local directory
-    _check_location(name)
+    _check_location(name, allow_pickle)
     name = str(Path(name).expanduser()) if Path(name).expanduser().exists() else name
     try:
         config = AutoConfig.from_pretrained(name, trust_remote_code=trust_remote_code)
     except (OSError, ValueError, KeyError) as exc:
-        raise ModelLoadError(f"could not read the model config of {name!r}: {exc}") from exc
+        raise ModelLoadError(f"could not read the model config of {name!r}: {_brief(exc)}") from exc
     family = _family_of(config)
     cls = AutoModelForCausalLM if family.name == "causal_lm" else family.load_class()
     kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code}
+    if not allow_pickle:
+        kwargs["use_safetensors"] = True
     resolved = _resolve_dtype(dtype)
     if resolved is not None:
         kwargs["dtype"] = resolved
@@ -193,8 +225,11 @@ def load_model(
         kwargs["device_map"] = device_map
     try:
         model = cls.from_pretrained(name, **kwargs)
-    except (OSError, ValueError, KeyError) as exc:
-        raise ModelLoadError(f"could not load the {family.name} model from {name!r}: {exc}") from exc
+    except _LOAD_ERRORS as exc:
+        raise ModelLoadError(
+            f"could not load the {family.name} model weights from {name!r} (corrupt, truncated or not matching "
+            f"config.json?): {_brief(exc)}"
+        ) from exc
     if device is not None and device_map is None:
         model.to(device)  # type: ignore[arg-type]
     model.eval()
@@ -203,8 +238,8 @@ def load_model(
     else:
         try:
             processor = AutoTokenizer.from_pretrained(name, trust_remote_code=trust_remote_code)
-        except (OSError, ValueError) as exc:
-            raise ModelLoadError(f"could not load the tokenizer of {name!r}: {exc}") from exc
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise ModelLoadError(f"could not load the tokenizer of {name!r}: {_brief(exc)}") from exc
     bundle = bundle_from_model(model, processor, name=name, layers_path=layers_path)
     logger.info("loaded %s (%s, %d layers) from %s", family.name, config.model_type, bundle.num_layers, name)
     return bundle
@@ -263,11 +298,33 @@ def load_image(image: Any) -> Any:
     path = Path(image)
     if not path.is_file():
         raise InputError(f"image file {str(path)!r} does not exist")
+    return open_image(path)
+
+
+#: what PIL raises on files it cannot decode (a decompression bomb raises ``DecompressionBombError``, which is
+#: no ``OSError``; malformed headers raise ``SyntaxError``, ``struct.error`` or others)
+_IMAGE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError, struct.error, ZeroDivisionError)
+
+
+def open_image(path: str | os.PathLike[str]) -> Any:
+    """Decode the image file ``path`` fully into a PIL RGB image.
+
+    Raises:
+        InputError: the file is not an image, is corrupt or truncated, or is a decompression bomb (more pixels
+            than ``PIL.Image.MAX_IMAGE_PIXELS`` allows); the message names the file.
+    """
     try:
         with Image.open(path) as img:
             img.load()
             return img.convert("RGB")
     except UnidentifiedImageError:
-        raise InputError(f"file {str(path)!r} is not an image PIL can read") from None
-    except (OSError, SyntaxError, ValueError) as exc:
+        raise InputError(f"file {str(path)!r} cannot be read as an image (not an image format PIL knows)") from None
+    except Image.DecompressionBombError as exc:
+        raise InputError(
+            f"image file {str(path)!r} is refused as a decompression bomb ({exc}); a real image this large must "
+            "be resized first"
+        ) from None
+    except MemoryError:
+        raise InputError(f"image file {str(path)!r} does not fit in memory when decoded") from None
+    except _IMAGE_ERRORS as exc:
         raise InputError(f"image file {str(path)!r} is corrupt or truncated: {exc}") from None
