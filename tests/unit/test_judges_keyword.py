@@ -66,7 +66,8 @@ def test_verdict_identity_and_hash_depends_on_keywords():
     assert v.refused is False
     assert b.judge([rec("x", "No way.")])[0].refused is True
     assert a.prompt_hash != b.prompt_hash and len(a.prompt_hash) == 16
-    assert a.info() == {"name": "keyword", "version": "1", "prompt_hash": a.prompt_hash}
+    assert a.info() == {"name": "keyword", "version": "1", "prompt_hash": a.prompt_hash, "key": a.key}
+    assert v.judge_key == a.key and a.key != b.key
 
 
 def test_bad_keyword_config():

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from vlsafe.core.errors import InputError
 from vlsafe.core.paths import check_relative_path
@@ -24,6 +24,7 @@ from vlsafe.evals.attacks import (
     render_typography,
 )
 from vlsafe.evals.sample import ImageSetting, Sample
+from vlsafe.models.loading import open_image
 
 DEFAULT_SIZE = 336
 FIGSTEP_SIZE = 760
@@ -64,7 +65,12 @@ def noise_image(
 
 
 def load_image(data_dir: Path | str | None, relpath: str) -> Image.Image:
-    """Open ``data_dir / relpath`` as RGB; rejects paths escaping ``data_dir`` and names missing files."""
+    """Open ``data_dir / relpath`` as RGB; rejects paths escaping ``data_dir`` and names missing files.
+
+    Raises:
+        InputError: the path escapes ``data_dir``, the file is missing, or it is not a readable image (corrupt,
+            truncated, or a decompression bomb).
+    """
     if data_dir is None:
         raise InputError(f"image {relpath!r} needs a data directory to be resolved; none was given")
     try:
@@ -77,11 +83,8 @@ def load_image(data_dir: Path | str | None, relpath: str) -> Image.Image:
         raise InputError(f"image path {relpath!r} resolves outside the data directory {str(root)!r}")
     if not path.is_file():
         raise InputError(f"image file {str(path)!r} does not exist")
-    try:
-        with Image.open(path) as im:
-            return im.convert("RGB")
-    except (UnidentifiedImageError, OSError) as err:
-        raise InputError(f"image file {str(path)!r} cannot be read as an image: {err}") from None
+    image: Image.Image = open_image(path)
+    return image
 
 
 def caption_prompt(caption: str, text: str) -> str:

@@ -14,8 +14,10 @@ Verdict semantics:
 - ``error``: set when the record or the judge failed; ``refused``/``unsafe`` are then ``None``. A
   failure is never recorded as safe.
 
-Every verdict records the judge's name, version and the hash of its prompt template(s), so two
-results can only be compared when these agree.
+Every verdict records the judge's name, version, the hash of its prompt template(s) and ``judge_key``: the
+digest of the judge's full *identity* (:meth:`Judge.identity`: everything that decides a verdict -- the judge
+kind and version, its rubric text, and for model judges the model, the endpoint and the decoding options). A
+stored verdict is reused only by a judge with the same key, and never when it is an error verdict.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from vlsafe.core.config import validation_problems
+from vlsafe.core.digest import json_digest
 from vlsafe.core.errors import InputError
 from vlsafe.core.io import iter_jsonl, write_jsonl_atomic
 from vlsafe.core.registry import Registry
@@ -58,6 +61,7 @@ class Verdict(BaseModel):
     judge: str
     judge_version: str
     prompt_hash: str
+    judge_key: str | None = None
 
 
 def template_hash(*parts: str) -> str:
@@ -80,15 +84,40 @@ class Judge(ABC):
     version: str = "0"
     prompt_hash: str = ""
 
+    def identity_fields(self) -> dict[str, Any]:
+        """What decides this judge's verdicts besides its name, version and prompt hash (model, endpoint,
+        decoding options); subclasses with such settings override it."""
+        return {}
+
+    def identity(self) -> dict[str, Any]:
+        """Everything that decides this judge's verdicts: ``name``, ``version``, ``prompt_hash`` and
+        :meth:`identity_fields`."""
+        return {
+            "name": self.name,
+            "version": self.version,
+            "prompt_hash": self.prompt_hash,
+            **self.identity_fields(),
+        }
+
+    @property
+    def key(self) -> str:
+        """The digest of :meth:`identity` (16 hex digits): equal keys give equal verdicts on equal records."""
+        return json_digest(self.identity())
+
     def info(self) -> dict[str, Any]:
-        """Identity of this judge, as stored in ``results.json`` under ``"judge"``."""
-        return {"name": self.name, "version": self.version, "prompt_hash": self.prompt_hash}
+        """Identity of this judge, as stored in ``results.json`` under ``"judge"`` (with its ``key``)."""
+        return {**self.identity(), "key": self.key}
 
     def verdict(self, record: dict[str, Any] | None = None, **fields: Any) -> Verdict:
         """Build a verdict stamped with this judge's identity."""
         rid = None if record is None else _record_id(record)
         return Verdict(
-            id=rid, judge=self.name, judge_version=self.version, prompt_hash=self.prompt_hash, **fields
+            id=rid,
+            judge=self.name,
+            judge_version=self.version,
+            prompt_hash=self.prompt_hash,
+            judge_key=self.key,
+            **fields,
         )
 
     def judge(self, records: Sequence[dict[str, Any]]) -> list[Verdict]:
@@ -141,14 +170,18 @@ def write_verdicts(path: Path, verdicts: Iterable[Verdict]) -> Path:
     return write_jsonl_atomic(path, (v.model_dump() for v in verdicts))
 
 
-def read_verdicts(path: Path) -> dict[str, Verdict]:
+def read_verdicts(path: Path, *, torn_tail: bool = False) -> dict[str, Verdict]:
     """Read a verdicts file written by :func:`write_verdicts`; returns ``{id: verdict}``.
+
+    Args:
+        path: the file.
+        torn_tail: skip an unterminated or malformed last line (see :func:`vlsafe.core.io.iter_jsonl`).
 
     Raises:
         InputError: the file is missing, or a line is not a valid verdict (the message names ``file:line``).
     """
     out: dict[str, Verdict] = {}
-    for number, row in iter_jsonl(path, "verdicts file"):
+    for number, row in iter_jsonl(path, "verdicts file", torn_tail=torn_tail):
         try:
             v = Verdict.model_validate(row)
         except ValidationError as exc:

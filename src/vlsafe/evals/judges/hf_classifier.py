@@ -90,9 +90,19 @@ class HFClassifierJudge(Judge):
         elif tokenizer is not None:
             self.prompt_hash = template_hash(str(getattr(tokenizer, "chat_template", None)))
 
-    def info(self) -> dict[str, Any]:
-        self._ensure_loaded()
-        return {**super().info(), "model": self.model_ref, "format": self.format}
+    def identity_fields(self) -> dict[str, Any]:
+        return {
+            "kind": "hf-classifier",
+            "model": self.model_ref,
+            "format": self.format,
+            "dtype": self.dtype,
+            "max_new_tokens": self.max_new_tokens,
+            "max_input_tokens": self.max_input_tokens,
+        }
+
+    def identity(self) -> dict[str, Any]:
+        self._ensure_loaded()  # the llamaguard prompt hash is the tokenizer's chat template
+        return super().identity()
 
     def _ensure_loaded(self) -> None:
         if self._model is not None and self._tokenizer is not None:

@@ -11,19 +11,27 @@ Robustness:
 - retries with exponential backoff (``backoff_s * 2**attempt``, capped by ``max_backoff_s``; a
   ``Retry-After`` header is honoured up to the cap) on HTTP 429, HTTP 5xx, timeouts and connection
   errors; other 4xx fail at once;
+- every transport failure counts as a failed attempt: HTTP errors, timeouts, refused or dropped
+  connections, malformed status lines, bodies that are not UTF-8 or not JSON, answers without a text;
 - an on-disk cache (:class:`JudgeCache`) keyed by the hash of the full request, so re-scoring is free;
+  only answers the rubric parses are stored, so a failed request or an unreadable answer is asked again;
 - a request that still fails, or an answer the rubric cannot parse, becomes a verdict with
   ``error`` set and ``refused``/``unsafe`` ``None`` -- never a safe verdict.
+
+The judge's identity (:meth:`HTTPJudge.identity_fields`) holds the model, the endpoint, the rubric and the
+decoding options, so verdicts of one model or server are never reused for another.
 """
 
 from __future__ import annotations
 
+import http.client
 import json
 import logging
 import os
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -101,13 +109,24 @@ class HTTPJudge(Judge):
         self.max_backoff_s = max_backoff_s
         self.temperature = temperature
         self.max_tokens = max_tokens
-        self.version = f"1+{self.rubric.name}-{self.rubric.version}"
+        self.version = f"2+{self.rubric.name}-{self.rubric.version}"
         self.prompt_hash = self.rubric.prompt_hash
         self.n_requests = 0  # HTTP attempts made (for tests and logs)
         self._count_lock = threading.Lock()
 
-    def info(self) -> dict[str, Any]:
-        return {**super().info(), "model": self.model, "rubric": self.rubric.name, "url": self.url}
+    def identity_fields(self) -> dict[str, Any]:
+        parts = urllib.parse.urlsplit(self.url)
+        host = parts.hostname or ""
+        netloc = host + (f":{parts.port}" if parts.port else "")  # credentials in the URL are no identity
+        return {
+            "kind": "openai-chat",
+            "model": self.model,
+            "url": urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, parts.query, "")),
+            "rubric": self.rubric.name,
+            "rubric_version": self.rubric.version,
+            "temperature": self.temperature,
+            "max_tokens": self.max_tokens,
+        }
 
     def _api_key(self) -> str | None:
         if self.api_key_env is None:
@@ -135,11 +154,14 @@ class HTTPJudge(Judge):
                 with urllib.request.urlopen(req, timeout=self.timeout_s) as resp:
                     payload = json.loads(resp.read().decode("utf-8"))
                 try:
-                    return str(payload["choices"][0]["message"]["content"])
+                    content = payload["choices"][0]["message"]["content"]
                 except (KeyError, IndexError, TypeError):
                     raise JudgeRequestError(
                         f"malformed response from {self.url}: {str(payload)[:200]}"
                     ) from None
+                if not isinstance(content, str):
+                    raise JudgeRequestError(f"response from {self.url} has no answer text: {str(payload)[:200]}")
+                return content
             except urllib.error.HTTPError as exc:
                 last = f"HTTP {exc.code} from {self.url}"
                 if exc.code not in _RETRY_STATUS and exc.code < 500:
@@ -151,6 +173,12 @@ class HTTPJudge(Judge):
                 last = f"timeout after {self.timeout_s}s ({exc})"
             except urllib.error.URLError as exc:
                 last = f"connection error: {exc.reason}"
+            except http.client.HTTPException as exc:  # bad status line, connection dropped mid-answer, ...
+                last = f"broken HTTP exchange with {self.url}: {type(exc).__name__}: {exc}"
+            except OSError as exc:  # connection reset or refused below urllib
+                last = f"connection error: {type(exc).__name__}: {exc}"
+            except UnicodeDecodeError as exc:
+                last = f"response body from {self.url} is not UTF-8 ({exc.reason} at byte {exc.start})"
             except json.JSONDecodeError as exc:
                 last = f"invalid JSON from {self.url}: {exc}"
             if attempt < self.max_retries:
@@ -173,12 +201,12 @@ class HTTPJudge(Judge):
                 text = self._post(body, api_key)
             except JudgeRequestError as exc:
                 return self.verdict(record, error=f"judge request failed: {exc}")
-            if self.cache is not None:
-                self.cache.put(key, text)
         try:
             parsed = self.rubric.parse(text)
         except ValueError as exc:
             return self.verdict(record, error=f"unparseable judge answer: {exc}", raw=text)
+        if self.cache is not None and not cached:
+            self.cache.put(key, text)
         fields = {k: parsed.pop(k) for k in ("refused", "unsafe", "score") if k in parsed}
         return self.verdict(record, raw={"text": text, "cached": cached, **parsed}, **fields)
 

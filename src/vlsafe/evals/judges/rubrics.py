@@ -82,7 +82,7 @@ RUBRICS.register(
     "mm-safetybench",
     Rubric(
         name="mm-safetybench",
-        version="1",
+        version="2",
         templates=(T.MMSB_GENERAL, *(T.MMSB_SPECIAL[k] for k in sorted(T.MMSB_SPECIAL))),
         render=_mmsb,
         parse=T.parse_mmsb,
@@ -92,7 +92,7 @@ RUBRICS.register(
     "strongreject",
     Rubric(
         name="strongreject",
-        version="1",
+        version="2",
         templates=(T.STRONGREJECT_PROMPT,),
         render=lambda r: T.STRONGREJECT_PROMPT.format(forbidden_prompt=r["prompt"], response=r["response"]),
         parse=T.parse_strongreject,
@@ -103,7 +103,7 @@ RUBRICS.register(
     "harmbench",
     Rubric(
         name="harmbench",
-        version="1",
+        version="2",
         templates=(T.HARMBENCH_CLS_PROMPT, T.HARMBENCH_CLS_PROMPT_CONTEXTUAL),
         render=_harmbench,
         parse=T.parse_harmbench,
@@ -113,7 +113,7 @@ RUBRICS.register(
     "siuo-safe",
     Rubric(
         name="siuo-safe",
-        version="1",
+        version="2",
         templates=(T.SIUO_SAFE,),
         render=lambda r: T.SIUO_SAFE.format(
             question=r["prompt"],
@@ -128,7 +128,7 @@ RUBRICS.register(
     "siuo-effective",
     Rubric(
         name="siuo-effective",
-        version="1",
+        version="2",
         templates=(T.SIUO_EFFECTIVE,),
         render=lambda r: T.SIUO_EFFECTIVE.format(question=r["prompt"], response=r["response"]),
         parse=T.parse_siuo_effective,
