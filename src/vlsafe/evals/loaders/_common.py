@@ -14,6 +14,7 @@ from pydantic import ValidationError
 from vlsafe.core.errors import InputError
 from vlsafe.core.io import iter_json_rows, iter_jsonl
 from vlsafe.core.paths import check_relative_path
+from vlsafe.evals.loaders.provenance import fallback, read_file
 from vlsafe.evals.sample import Sample
 
 logger = logging.getLogger(__name__)
@@ -36,10 +37,11 @@ def require_dir(data_dir: Path | str | None, benchmark: str, expected: str) -> P
 
 
 def find_file(data_dir: Path, candidates: list[str], benchmark: str) -> Path:
-    """Return the first of ``candidates`` (paths relative to ``data_dir``) that exists."""
+    """Return the first of ``candidates`` (paths relative to ``data_dir``) that exists; the load records it."""
     for name in candidates:
         path = data_dir / name
         if path.is_file():
+            read_file(path, data_dir)
             return path
     wanted = " or ".join(repr(c) for c in candidates)
     raise InputError(f"benchmark {benchmark!r}: none of {wanted} found in data directory {str(data_dir)!r}")
@@ -123,7 +125,11 @@ def json_rows(path: Path, *, arrays: bool = True) -> Iterator[tuple[str, dict[st
 def finish(
     samples: list[Sample], benchmark: str, limit: int | None, data_dir: Path | None = None
 ) -> list[Sample]:
-    """Apply ``limit``, check ids are unique and log how many images are missing on disk."""
+    """Apply ``limit``, check ids are unique and report missing image files as a fallback.
+
+    Samples whose image file is missing fail at generation time (an error record each); the load says how
+    many are missing in one warning line (an error under ``strict``).
+    """
     if limit is not None:
         if limit < 0:
             raise InputError(f"limit must be >= 0, got {limit}")
@@ -134,15 +140,13 @@ def finish(
             raise InputError(f"benchmark {benchmark!r}: sample id {s.id!r} occurs more than once")
         seen.add(s.id)
     if data_dir is not None:
-        missing = [s.image for s in samples if s.image is not None and not (data_dir / s.image).is_file()]
+        shown = [s.image for s in samples if s.image is not None]
+        missing = [image for image in shown if not (data_dir / image).is_file()]
         if missing:
-            logger.warning(
-                "%s: %d of %d image files are missing under %s (first: %s)",
+            fallback(
                 benchmark,
-                len(missing),
-                len(samples),
-                data_dir,
-                missing[0],
+                f"{len(missing)} of {len(shown)} image files are missing under {data_dir} (first: {missing[0]}); "
+                "those samples will be recorded as errors",
             )
     logger.info("loaded %d samples from %s", len(samples), benchmark)
     return samples

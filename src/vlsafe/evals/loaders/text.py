@@ -150,13 +150,24 @@ def parse_xstest(path: Path, benchmark: str = "xstest") -> list[Sample]:
 def load_xstest(
     data_dir: Path | str | None, *, split: str | None = None, limit: int | None = None
 ) -> list[Sample]:
-    """XSTest: ``xstest_prompts.csv`` (or ``xstest_v2_prompts.csv``). ``split``: ``None`` (all), "safe"
-    (over-refusal probes only) or "unsafe" (contrast prompts only)."""
+    """XSTest (Röttger et al., NAACL 2024): 250 safe prompts that sound unsafe and 200 unsafe contrast prompts.
+
+    Checked against the GitHub repository ``paul-rottger/exaggerated-safety`` (prompts CC BY 4.0).
+    ``--data-dir`` is the repository root::
+
+        xstest_prompts.csv      id, prompt, type, label, focus, note   (the current release, read first)
+        xstest_v2_prompts.csv   id_v1, id_v2, type, prompt, focus, note   (no label: ``contrast_`` types are unsafe)
+        xstest_prompts_v1.csv   id, type, prompt, focus, note   (v1: 200 safe prompts)
+
+    ``split``: ``None`` (all), "safe" (over-refusal probes only) or "unsafe" (contrast prompts only).
+    """
     if split not in (None, "safe", "unsafe"):
         raise InputError(f"benchmark 'xstest': unknown split {split!r}; known: ['safe', 'unsafe']")
     root = require_dir(data_dir, "xstest", "xstest_prompts.csv")
     path = find_file(
-        root, ["xstest_prompts.csv", "xstest_v2_prompts.csv", "data/xstest_prompts.csv"], "xstest"
+        root,
+        ["xstest_prompts.csv", "xstest_v2_prompts.csv", "xstest_prompts_v1.csv", "data/xstest_prompts.csv"],
+        "xstest",
     )
     samples = parse_xstest(path)
     if split is not None:

@@ -22,34 +22,63 @@ from vlsafe.evals.loaders._common import (
     require_dir,
 )
 from vlsafe.evals.loaders._registry import LOADERS
+from vlsafe.evals.loaders.provenance import read_file
 from vlsafe.evals.loaders.safety_vl import image_prefix
 from vlsafe.evals.sample import ImageSetting, Sample, SampleKind
 
 LETTERS = "ABCDEFGHIJ"
 
 
+SCIENCEQA_SPLITS = ("train", "val", "test", "minival", "all")
+
+
 def load_scienceqa(
     data_dir: Path | str | None, *, split: str | None = None, limit: int | None = None
 ) -> list[Sample]:
-    """ScienceQA: ``problems.json`` (pid -> question, choices, answer index, hint, image, split, subject, ...)
-    and ``images/{split}/{pid}/image.png``. ``split`` defaults to "test"; "all" keeps every split."""
+    """ScienceQA (Lu et al., NeurIPS 2022): multiple-choice science questions, some with an image.
+
+    Checked against the GitHub repository ``lupantech/ScienceQA`` (data CC BY-NC-SA 4.0; images downloaded
+    with its ``tools/download.sh``). ``--data-dir`` is the repository root or its ``data/scienceqa/`` folder::
+
+        data/scienceqa/problems.json       {pid: {question, choices, answer (index), hint, image, split,
+                                           subject, topic, category, skill, grade, ...}}
+        data/scienceqa/pid_splits.json     {split: [pid, ...]} (train, val, test, minival, ...)
+        data/scienceqa/images/{split}/{pid}/image.png
+
+    ``split`` defaults to "test"; the problem ids of a split come from ``pid_splits.json`` when present
+    (the only place "minival" is defined), else from each problem's ``split`` field; "all" keeps every
+    problem. The shown text is ``Context: <hint>`` (when there is one) and the question.
+    """
     split = split or "test"
-    if split not in ("train", "val", "test", "minival", "all"):
-        raise InputError(
-            f"benchmark 'scienceqa': unknown split {split!r}; known: train, val, test, minival, all"
-        )
-    root = require_dir(data_dir, "scienceqa", "problems.json (and images/{split}/{pid}/image.png)")
-    path = find_file(root, ["problems.json", "data/scienceqa/problems.json"], "scienceqa")
+    if split not in SCIENCEQA_SPLITS:
+        raise InputError(f"benchmark 'scienceqa': unknown split {split!r}; known: {', '.join(SCIENCEQA_SPLITS)}")
+    root = require_dir(data_dir, "scienceqa", "data/scienceqa/problems.json (and images/{split}/{pid}/image.png)")
+    path = find_file(root, ["data/scienceqa/problems.json", "problems.json"], "scienceqa")
+    base = path.parent.relative_to(root).as_posix()
+    base = "" if base == "." else base + "/"
     problems = read_json(path)
     if not isinstance(problems, dict):
         raise InputError(f"{path}: expected a JSON object keyed by problem id")
+    wanted: set[str] | None = None
+    splits_path = path.with_name("pid_splits.json")
+    if split != "all" and splits_path.is_file():
+        read_file(splits_path, root)
+        pid_splits = read_json(splits_path)
+        if not isinstance(pid_splits, dict) or split not in pid_splits:
+            known = sorted(pid_splits) if isinstance(pid_splits, dict) else []
+            raise InputError(f"{splits_path}: no split {split!r} (found {known})")
+        wanted = {str(p) for p in pid_splits[split]}
+    elif split == "minival":
+        raise InputError(f"benchmark 'scienceqa': split 'minival' is defined in pid_splits.json, not found next to {path}")
     samples = []
     for pid, row in problems.items():
         where = f"{path} problem {pid!r}"
         if not isinstance(row, dict):
             raise InputError(f"{where}: expected a JSON object")
         psplit = field(row, "split", where)
-        if split != "all" and psplit != split:
+        if wanted is not None and str(pid) not in wanted:
+            continue
+        if wanted is None and split != "all" and psplit != split:
             continue
         choices = field(row, "choices", where)
         answer = field(row, "answer", where)
@@ -68,7 +97,7 @@ def load_scienceqa(
                 text=f"Context: {hint}\n{question}" if hint else question,
                 kind=SampleKind.UTILITY,
                 category=row.get("subject"),
-                image=f"images/{psplit}/{pid}/{image}" if image else None,
+                image=f"{base}images/{psplit}/{pid}/{image}" if image else None,
                 image_setting=ImageSetting.PROVIDED if image else ImageSetting.NONE,
                 choices=[str(c) for c in choices],
                 answer=str(choices[answer]),
@@ -86,11 +115,20 @@ def _clean(value: str | None) -> str:
 def load_mmbench(
     data_dir: Path | str | None, *, split: str | None = None, limit: int | None = None
 ) -> list[Sample]:
-    """MMBench TSV (index, question, hint, A-D, answer, category, image as base64, ...).
+    """MMBench (Liu et al., ECCV 2024): multiple-choice questions in TSV files with base64 images.
 
-    ``split`` picks the file whose name contains it (e.g. "DEV_EN"); ``None`` takes the only ``*.tsv``.
-    Images are decoded once into ``<data_dir>/images/<tsv stem>/<index>.png``. A numeric ``image`` cell
-    refers to the row with that index (MMBench's circular copies).
+    Checked against the GitHub repository ``open-compass/MMBench`` (its README's download table and loading
+    code; the repository states no licence). ``--data-dir`` is the folder holding the downloaded TSVs::
+
+        mmbench_dev_en_20231003.tsv    index, question, hint, A, B, C, D, (E,) answer, category, image
+        mmbench_test_en_20231003.tsv   (base64), source, l2-category, comment, split; the test files have
+        mmbench_dev_cn_20231003.tsv    no answers
+        ...
+
+    ``split`` picks the file whose name contains it, case-insensitively (e.g. "dev_en"; VLMEvalKit's
+    ``MMBench_DEV_EN.tsv`` matches too); ``None`` takes the only ``*.tsv``. Images are decoded once into
+    ``<data_dir>/images/<tsv stem>/<index>.png``. A numeric ``image`` cell refers to the row with that index
+    (the circular copies of VLMEvalKit's files).
     """
     root = require_dir(data_dir, "mmbench", "an MMBench *.tsv file (e.g. MMBench_DEV_EN.tsv)")
     tsvs = sorted(root.glob("*.tsv"))
@@ -102,6 +140,7 @@ def load_mmbench(
             f"benchmark 'mmbench': need exactly one *.tsv matching split {split!r} in {str(root)!r}; found {found}"
         )
     path = tsvs[0]
+    read_file(path, root)
     out_dir = root / "images" / path.stem
     rows = list(iter_csv(path, ["index", "question", "A", "B", "image"], delimiter="\t"))
     samples = []
@@ -150,8 +189,17 @@ def load_mmbench(
 def load_seedbench(
     data_dir: Path | str | None, *, split: str | None = None, limit: int | None = None
 ) -> list[Sample]:
-    """SEED-Bench: ``SEED-Bench.json`` ({"questions": [...], "question_type": {name: id}}); image questions
-    only, images in ``SEED-Bench-image/{data_id}``."""
+    """SEED-Bench (Li et al., CVPR 2024), version 1: multiple-choice questions on images and videos.
+
+    Checked against the GitHub repository ``AILab-CVC/SEED-Bench`` (``DATASET.md``, ``eval.py``); the data is
+    the Hugging Face dataset ``AILab-CVC/SEED-Bench`` (CC BY-NC 4.0). ``--data-dir`` is the dataset root::
+
+        SEED-Bench.json               {"questions": [{answer (A-D), choice_a..choice_d, data_id, data_type,
+                                      question, question_id, question_type_id}], "question_type": {name: id}}
+        SEED-Bench-image/<data_id>    the images of evaluation dimensions 1-9 (``SEED-Bench-image.zip``)
+
+    Image questions only (``data_type`` "image"); the category is the question type's name.
+    """
     if split not in (None, "image"):
         raise InputError(f"benchmark 'seedbench': unknown split {split!r}; known: ['image']")
     root = require_dir(data_dir, "seedbench", "SEED-Bench.json and SEED-Bench-image/")
@@ -193,20 +241,32 @@ POPE_SPLITS = ["random", "popular", "adversarial"]
 def load_pope(
     data_dir: Path | str | None, *, split: str | None = None, limit: int | None = None
 ) -> list[Sample]:
-    """POPE: ``coco_pope_{random,popular,adversarial}.json`` (JSON lines: question_id, image, text, label);
-    images in ``val2014/`` (or ``images/``). ``split``: one of the three, or ``None`` for all present."""
+    """POPE (Li et al., EMNLP 2023): yes/no object-presence questions on COCO val2014 images.
+
+    Checked against the GitHub repository ``AoiDragon/POPE`` (MIT). ``--data-dir`` is the repository root or
+    the folder of the question files::
+
+        output/coco/coco_pope_{random,popular,adversarial}.json   JSON lines: question_id, image, image_id?,
+                                                                   text, label (yes / no)
+        val2014/COCO_val2014_<id>.jpg                              the COCO 2014 val images, downloaded apart
+
+    ``split``: one of the three, or ``None`` for all present. Images are looked up in ``val2014/``,
+    ``coco/val2014/`` or ``images/``.
+    """
     if split not in (None, *POPE_SPLITS):
         raise InputError(f"benchmark 'pope': unknown split {split!r}; known: {POPE_SPLITS}")
     root = require_dir(data_dir, "pope", "coco_pope_{random,popular,adversarial}.json and val2014/")
     names = [split] if split else POPE_SPLITS
-    files = [(n, root / f"coco_pope_{n}.json") for n in names if (root / f"coco_pope_{n}.json").is_file()]
+    qdir = next((root / d for d in ("output/coco", "") if any((root / d).glob("coco_pope_*.json"))), root)
+    files = [(n, qdir / f"coco_pope_{n}.json") for n in names if (qdir / f"coco_pope_{n}.json").is_file()]
     if not files:
         raise InputError(
             f"benchmark 'pope': none of {[f'coco_pope_{n}.json' for n in names]} found in {str(root)!r}"
         )
-    prefix = image_prefix(root, ["val2014", "images"])
+    prefix = image_prefix(root, ["val2014", "coco/val2014", "images"])
     samples = []
     for name, path in files:
+        read_file(path, root)
         for where, row in json_rows(path, arrays=False):
             label = str(field(row, "label", where)).strip().lower()
             if label not in ("yes", "no"):
