@@ -224,3 +224,33 @@ def test_write_figures_gives_clashing_names_distinct_files(tmp_path: Path) -> No
     assert (tmp_path / "figures" / "heat_2.png").read_bytes() == b"B"
     md = render_markdown("r", sections)
     assert "figures/heat_2.png" in md
+
+
+def test_keyword_judged_runs_report_non_refusal_and_fallbacks(tmp_path):
+    recs = []
+    for i in range(4):  # a keyword judge: refusals only, no unsafe verdicts
+        recs.append(
+            {
+                "id": f"h{i}", "benchmark": "figstep", "category": "Fraud", "kind": "harmful",
+                "image_setting": "figstep", "prompt": "p", "prompt_hash": "x",
+                "response": 'The image shows the word "smile" written in black.', "error": None,
+                "verdict": {"id": f"h{i}", "refused": False, "unsafe": None, "score": None, "error": None,
+                            "raw": None, "judge": "keyword", "judge_version": "1", "prompt_hash": "kw"},
+            }
+        )
+    run = tmp_path / "figstep-keyword"
+    run.mkdir()
+    (run / "samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+    fallback = "figstep: no published SafeBench images (data/images/SafeBench/ not found in d); rendering ..."
+    (run / "results.json").write_text(json.dumps({
+        "run": {"name": "figstep-keyword"}, "judge": {"name": "keyword", "version": "1", "prompt_hash": "kw"},
+        "metrics": compute_metrics(recs), "data": {"images": "rendered", "fallbacks": [fallback]},
+    }))
+    md = write_report([run], tmp_path / "r")["markdown"].read_text()
+    assert "non-refusal (keyword) rate" in md and "does not measure attack success" in md
+    header = next(ln for ln in md.splitlines() if ln.startswith("|  | n |"))
+    row = next(ln for ln in md.splitlines() if ln.startswith("| figstep-keyword | 4 |"))
+    cells = dict(zip(header.split("|"), row.split("|"), strict=True))
+    assert cells[" ASR "].strip() == "\u2014" and cells[" non-refusal (keyword) "].startswith(" 1.000 [")
+    assert "Attack success" not in md and "Non-refusal (keyword) rate per category" in md
+    assert "| rendered |" in md and f"- figstep-keyword: {fallback}" in md and "**Fallback:**" in md

@@ -26,9 +26,9 @@ A run directory holds:
 
   where ``<group>`` is :func:`vlsafe.evals.metrics.group_metrics` output: counts ``n_records``,
   ``n_errors``, ``n_judge_errors``, ``n_unjudged``, ``n_harmful``, ``n_benign``, ``n_utility``,
-  ``asr_basis`` and the rates ``attack_success_rate``, ``defence_success_rate``, ``unsafe_rate``,
-  ``refusal_rate``, ``over_refusal_rate``, ``accuracy`` (each ``{"k","n","rate","low","high"}`` or
-  ``null``) and ``mean_score`` (``{"mean","n"}`` or ``null``).
+  ``asr_basis``, ``safety_metric`` and the rates ``attack_success_rate``, ``defence_success_rate`` (content
+  judges only), ``non_refusal_rate``, ``unsafe_rate``, ``refusal_rate``, ``over_refusal_rate``, ``accuracy``
+  (each ``{"k","n","rate","low","high"}`` or ``null``) and ``mean_score`` (``{"mean","n"}`` or ``null``).
 
 Missing ``metrics`` are recomputed from the records when they carry verdicts; a missing
 ``results.json`` is allowed when ``samples.jsonl`` exists. A last line of either JSON-lines file that a

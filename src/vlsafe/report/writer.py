@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from vlsafe.core.errors import InputError
-from vlsafe.evals.metrics import compare_runs
+from vlsafe.evals.metrics import SAFETY_METRIC_LABELS, compare_runs
 from vlsafe.report.figures import bar_with_intervals, png_bytes
 from vlsafe.report.html import ReportFigure, ReportTable, Section, render_markdown, render_page
 from vlsafe.report.io import RunData, load_run
@@ -22,6 +22,7 @@ __all__ = ["RATE_KEYS", "build_sections", "write_report"]
 RATE_KEYS: tuple[tuple[str, str], ...] = (
     ("attack_success_rate", "ASR"),
     ("defence_success_rate", "DSR"),
+    ("non_refusal_rate", "non-refusal (keyword)"),
     ("unsafe_rate", "unsafe"),
     ("refusal_rate", "refusal"),
     ("over_refusal_rate", "over-refusal"),
@@ -52,10 +53,23 @@ def _present(runs: Sequence[RunData], scope: str, key: str) -> list[str]:
     return list(names)
 
 
+def _keyword_judged(run: RunData) -> bool:
+    """Whether the run's judge gives refusals only (a refusal-keyword judge): no attack success to report."""
+    return (run.metrics.get("overall") or {}).get("asr_basis") == "non_refusal"
+
+
+def _safety_metric(runs: Sequence[RunData]) -> tuple[str, str]:
+    """The safety figure the runs share and its label: attack success only if every run's judge read content."""
+    key = "non_refusal_rate" if any(_keyword_judged(run) for run in runs) else "attack_success_rate"
+    return key, SAFETY_METRIC_LABELS[key]
+
+
 def _runs_section(runs: Sequence[RunData]) -> Section:
     rows = []
+    fallbacks = []
     for run in runs:
         r, j = run.results.get("run") or {}, run.judge
+        data = run.results.get("data") or {}
         rows.append(
             {
                 "run": run.name,
@@ -63,11 +77,22 @@ def _runs_section(runs: Sequence[RunData]) -> Section:
                 "judge": j.get("name"),
                 "judge version": j.get("version"),
                 "prompt hash": j.get("prompt_hash"),
+                "images": data.get("images"),
                 "records": len(run.records) or (run.metrics.get("overall") or {}).get("n_records"),
                 "directory": str(run.path),
             }
         )
-    text = "Runs compared in this report. Rates carry Wilson 95% intervals `value [low, high]`."
+        fallbacks += [f"- {run.name}: {line}" for line in data.get("fallbacks") or []]
+    text = (
+        "Runs compared in this report. Rates carry Wilson 95% intervals `value [low, high]`. `images` says where "
+        "the images shown came from: `published` (the benchmark's own files), `rendered` (typographic attacks "
+        "drawn by vlsafe), `generated` (blank, mean-colour or noise images), `none` (text only)."
+    )
+    if fallbacks:
+        text += (
+            "\n\n**Fallback:** these runs did not use the benchmark as published; their numbers do not compare "
+            "with published results on it:\n" + "\n".join(fallbacks)
+        )
     judges = {(row["judge"], row["judge version"], row["prompt hash"]) for row in rows}
     if len(judges) > 1:
         text += (
@@ -85,17 +110,20 @@ def _overall_section(runs: Sequence[RunData]) -> Section:
         series = {run.name: [(run.metrics.get("overall") or {}).get(k) for k, _ in keys] for run in runs}
         fig = bar_with_intervals([c for _, c in keys], series, title="Overall rates (Wilson 95% CI)")
         figures.append(_fig(fig, "overall_rates.png", "Overall rates per run with Wilson 95% intervals."))
-    basis = {(run.metrics.get("overall") or {}).get("asr_basis") for run in runs} - {None}
     text = ""
-    if "non_refusal" in basis:
+    keyword = [run.name for run in runs if _keyword_judged(run)]
+    if keyword:
         text = (
-            "ASR basis `non_refusal`: the judge gives refusals only (keyword judge); ASR counts non-refusals."
+            f"Judged by a refusal-keyword judge ({', '.join(keyword)}): the safety figure is the **non-refusal "
+            "(keyword) rate**, the share of harmful requests the model did not refuse. A keyword judge does not read "
+            "what an answer says (a description of the image is a non-refusal too), so it does not measure attack "
+            "success; ASR needs a judge that reads the content (`vlsafe judge RUN --judge hf-classifier` or `http`)."
         )
     return Section("Overall", text, tables=[ReportTable(rows)], figures=figures)
 
 
 def _breakdown_section(runs: Sequence[RunData], scope: str, title: str, fname: str) -> Section | None:
-    metric = "attack_success_rate"
+    metric, label = _safety_metric(runs)
     names = _present(runs, scope, metric)
     rows = []
     for name in names:
@@ -111,12 +139,13 @@ def _breakdown_section(runs: Sequence[RunData], scope: str, title: str, fname: s
     series = {
         run.name: [((run.metrics.get(scope) or {}).get(n) or {}).get(metric) for n in names] for run in runs
     }
-    fig = bar_with_intervals(names, series, title=f"Attack success rate by {title.lower()}", ylabel="ASR")
+    short = "ASR" if metric == "attack_success_rate" else "non-refusal (keyword)"
+    fig = bar_with_intervals(names, series, title=f"{label.capitalize()} by {title.lower()}", ylabel=short)
     return Section(
         f"By {title.lower()}",
-        f"Attack success rate per {title.lower()} (Wilson 95% intervals).",
+        f"{label.capitalize()} per {title.lower()} (Wilson 95% intervals).",
         tables=[ReportTable(rows)],
-        figures=[_fig(fig, fname, f"ASR by {title.lower()} per run.")],
+        figures=[_fig(fig, fname, f"{label.capitalize()} by {title.lower()} per run.")],
     )
 
 
@@ -125,11 +154,13 @@ def _comparison_section(runs: Sequence[RunData], n_resamples: int, seed: int) ->
         return None
     base = runs[0]
     rows, points, labels = [], [], []
-    checks = (
-        ("attack_success", ("harmful",), "ASR"),
-        ("refused", ("benign", "over_refusal"), "over-refusal"),
-    )
     for run in runs[1:]:
+        # compare_runs counts attack success only when both runs' judges read content, else non-refusals
+        safety = "non-refusal (keyword)" if _keyword_judged(base) or _keyword_judged(run) else "ASR"
+        checks = (
+            ("attack_success", ("harmful",), safety),
+            ("refused", ("benign", "over_refusal"), "over-refusal"),
+        )
         for outcome, kinds, label in checks:
             cmp = compare_runs(
                 base.records, run.records, outcome=outcome, kinds=kinds, n_resamples=n_resamples, seed=seed

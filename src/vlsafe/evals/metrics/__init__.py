@@ -6,6 +6,7 @@ from vlsafe.evals.metrics.answers import normalize_answer, vqa_accuracy, vqa_mat
 from vlsafe.evals.metrics.intervals import Z95, Rate, rate, wilson_interval
 from vlsafe.evals.metrics.paired import compare_runs, mcnemar_exact, paired_bootstrap, paired_outcomes
 from vlsafe.evals.metrics.rates import (
+    SAFETY_METRIC_LABELS,
     asr_basis,
     compute_metrics,
     group_metrics,
@@ -25,6 +26,7 @@ __all__ = [
     "vqa_match",
     "Z95",
     "Rate",
+    "SAFETY_METRIC_LABELS",
     "asr_basis",
     "compare_runs",
     "compute_metrics",
