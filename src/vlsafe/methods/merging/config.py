@@ -32,6 +32,7 @@ from pydantic import BaseModel, ConfigDict, field_validator, model_validator
 
 from vlsafe.core.config import read_yaml_mapping, validate_config
 from vlsafe.core.errors import ConfigError
+from vlsafe.core.io import write_text_atomic
 from vlsafe.methods.merging.methods import METHODS
 from vlsafe.methods.merging.names import layer_index
 
@@ -213,12 +214,10 @@ class MergeConfig(BaseModel):
         return cls.from_dict(read_yaml_mapping(path, "merge config"))
 
     def to_yaml(self, path: str | Path) -> Path:
-        """Write the resolved config (every field, defaults included)."""
-        path = Path(path)
+        """Write the resolved config (every field, defaults included), atomically."""
         data = self.model_dump(mode="json")
         data["parameters"] = {**METHODS.get(self.method).defaults, **data["parameters"]}
-        path.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
-        return path
+        return write_text_atomic(path, yaml.safe_dump(data, sort_keys=False))
 
 
 def _coerce_spec(value: Any) -> ValueSpec:

@@ -18,6 +18,8 @@ import torch
 from tqdm.auto import tqdm
 
 from vlsafe.core.errors import ConfigError
+from vlsafe.core.io import check_writable, write_text_atomic
+from vlsafe.core.staging import staged_dir
 from vlsafe.core.threads import torch_threads
 from vlsafe.methods.merging.config import MergeConfig
 from vlsafe.methods.merging.io import ShardedWriter, is_weight_file
@@ -209,7 +211,7 @@ def _copy_side_files(plan: MergePlan, out_dir: Path) -> list[str]:
         data["dtype"] = plan.config.dtype
         if "torch_dtype" in data:
             data["torch_dtype"] = plan.config.dtype
-        config_path.write_text(json.dumps(data, indent=2) + "\n")
+        write_text_atomic(config_path, json.dumps(data, indent=2) + "\n")
     return copied
 
 
@@ -253,11 +255,17 @@ def merge(
 ) -> MergeResult:
     """Merge checkpoints as ``config`` says, streaming one chunk at a time.
 
+    The output is written to a hidden staging folder beside ``out_dir`` (weights, then the copied side files,
+    then ``merge_config.yaml`` and ``README.md``) and renamed into place only when complete; a merge that fails
+    or is interrupted removes its staging folder and leaves ``out_dir`` as it was (see
+    :func:`vlsafe.core.staging.staged_dir`).
+
     Args:
         config: a :class:`MergeConfig`, a dict of its fields, or a YAML path.
         out_dir: output directory (default: ``config.output``).
         dry_run: plan only (``result.plan.describe()`` tells what would happen); writes nothing.
-        overwrite: allow a non-empty output directory.
+        overwrite: replace a non-empty output directory. The new output is built beside it and swapped in when
+            complete, so the directory holds the old model or the new one, never a part of either.
         progress: show a progress bar.
         threads: worker threads computing and writing chunks (default: ``torch.get_num_threads()``,
             capped by the CPU count); the result is the same for any value.
@@ -267,7 +275,8 @@ def merge(
 
     Raises:
         ConfigError: bad config, no output directory, or a non-empty one without ``overwrite``.
-        InputError: missing tensors, shape mismatches, non-finite inputs.
+        InputError: missing tensors, shape mismatches, non-finite inputs, corrupt or truncated input shards.
+        OutputError: the output directory cannot be written (checked before any tensor is merged).
         ModelLoadError: an input cannot be found.
     """
     cfg = _as_config(config)
@@ -282,17 +291,16 @@ def merge(
         inputs = {r.dir.resolve() for r in plan.readers}
         if target.resolve() in inputs:
             raise ConfigError(f"output directory {str(target)!r} is one of the inputs; choose another")
-        if target.exists() and any(target.iterdir()) and not overwrite:
+        if target.exists() and target.is_dir() and any(target.iterdir()) and not overwrite:
             raise ConfigError(
                 f"output directory {str(target)!r} is not empty (pass overwrite=True / --overwrite)"
             )
-        target.mkdir(parents=True, exist_ok=True)
-        for old in list(target.glob("*.safetensors")) + list(target.glob("model.safetensors.index.json")):
-            old.unlink()
-        written = _write_weights(plan, target, progress, threads)
-        _copy_side_files(plan, target)
-        cfg.to_yaml(target / "merge_config.yaml")
-        (target / "README.md").write_text(_model_card(plan, written), encoding="utf-8")
+        check_writable(target, "merge output directory")
+        with staged_dir(target, overwrite=overwrite, what="merge output directory") as staging:
+            written = _write_weights(plan, staging, progress, threads)
+            _copy_side_files(plan, staging)
+            cfg.to_yaml(staging / "merge_config.yaml")  # provenance last: a folder with it is complete
+            write_text_atomic(staging / "README.md", _model_card(plan, written))
     finally:
         for reader in plan.readers:
             reader.close()

@@ -20,6 +20,8 @@ from typing import BinaryIO
 import torch
 
 from vlsafe.core.errors import InputError
+from vlsafe.core.io import write_json_atomic
+from vlsafe.models.fingerprint import WEIGHT_SUFFIXES
 from vlsafe.models.references import resolve_checkpoint
 
 logger = logging.getLogger(__name__)
@@ -40,7 +42,6 @@ DTYPES: dict[str, torch.dtype] = {
     "BOOL": torch.bool,
 }
 _CODES = {v: k for k, v in DTYPES.items()}
-_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".msgpack", ".h5", ".gguf", ".onnx")
 
 
 @dataclass(frozen=True)
@@ -62,25 +63,44 @@ class TensorInfo:
 
 
 def _read_header(file: Path) -> dict[str, TensorInfo]:
+    """The tensors a safetensors file declares; ``InputError`` naming the file when its header is not valid
+    (not JSON, entries without dtype / shape / offsets, offsets that disagree with the shape or run past the end
+    of the file)."""
+    file_size = file.stat().st_size
     with file.open("rb") as fh:
         raw = fh.read(8)
         if len(raw) != 8:
             raise InputError(f"{file} is not a safetensors file (shorter than its 8-byte header length)")
         (size,) = struct.unpack("<Q", raw)
-        if size > 100_000_000:
-            raise InputError(f"{file} is not a safetensors file (header length {size} bytes is implausible)")
-        header = json.loads(fh.read(size))
+        if size > 100_000_000 or 8 + size > file_size:
+            raise InputError(
+                f"{file} is not a safetensors file or is truncated (header length {size} bytes, file {file_size} bytes)"
+            )
+        try:
+            header = json.loads(fh.read(size))
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise InputError(f"{file} is not a safetensors file (its header is not JSON: {exc})") from None
+    if not isinstance(header, dict):
+        raise InputError(f"{file} is not a safetensors file (its header is not a JSON object)")
     out: dict[str, TensorInfo] = {}
     for name, entry in header.items():
         if name == "__metadata__":
             continue
-        if entry["dtype"] not in DTYPES:
+        try:
+            dtype_code = entry["dtype"]
+            begin, end = (int(v) for v in entry["data_offsets"])
+            shape = tuple(int(s) for s in entry["shape"])
+        except (KeyError, TypeError, ValueError):
+            raise InputError(f"{file}: the header entry of tensor {name!r} is malformed: {str(entry)[:120]}") from None
+        if dtype_code not in DTYPES:
+            raise InputError(f"tensor {name!r} in {file} has dtype {dtype_code}, which vlsafe cannot merge")
+        info = TensorInfo(file, DTYPES[dtype_code], shape, 8 + size + begin, 8 + size + end)
+        if begin < 0 or end - begin != info.numel * info.dtype.itemsize or info.end > file_size:
             raise InputError(
-                f"tensor {name!r} in {file} has dtype {entry['dtype']}, which vlsafe cannot merge"
+                f"{file} is corrupt or truncated: tensor {name!r} ({dtype_code} {list(shape)}) is declared at bytes "
+                f"{begin}..{end} of the data, but the file holds {file_size - 8 - size} data bytes"
             )
-        begin, end = entry["data_offsets"]
-        shape = tuple(int(s) for s in entry["shape"])
-        out[name] = TensorInfo(file, DTYPES[entry["dtype"]], shape, 8 + size + begin, 8 + size + end)
+        out[name] = info
     return out
 
 
@@ -335,7 +355,7 @@ class ShardedWriter:
         if len(self.files) > 1:
             weight_map = {self.entries[i][0]: self.files[s] for s, idx in enumerate(self.shards) for i in idx}
             index = {"metadata": {"total_size": self.total_bytes}, "weight_map": weight_map}
-            (self.out_dir / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
+            write_json_atomic(self.out_dir / "model.safetensors.index.json", index)
         logger.info("wrote %d tensors in %d shard(s) to %s", len(self.entries), len(self.files), self.out_dir)
 
 
@@ -347,7 +367,7 @@ def _pwrite_all(fd: int, view: memoryview, pos: int) -> None:
 
 def is_weight_file(name: str) -> bool:
     """Whether a file name is a weight file (never copied from a template checkpoint)."""
-    return name.endswith(_WEIGHT_SUFFIXES) or name in (
+    return name.endswith(WEIGHT_SUFFIXES) or name in (
         "model.safetensors.index.json",
         "pytorch_model.bin.index.json",
     )
