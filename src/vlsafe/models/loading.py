@@ -20,7 +20,7 @@ from vlsafe.models.bundle import ModelBundle
 from vlsafe.models.families import FAMILIES, Family, family_for_model_type
 from vlsafe.models.fingerprint import is_weight_file
 from vlsafe.models.processors import load_processor
-from vlsafe.models.references import resolve_reference
+from vlsafe.models.references import hub_id_error, is_hub_id, resolve_reference
 
 logger = logging.getLogger(__name__)
 
@@ -212,6 +212,8 @@ def load_model(
     try:
         config = AutoConfig.from_pretrained(name, trust_remote_code=trust_remote_code)
     except (OSError, ValueError, KeyError) as exc:
+        if is_hub_id(name) and isinstance(exc, OSError):  # not in the cache, hub unreachable or no such repo
+            raise hub_id_error(name, exc) from exc
         raise ModelLoadError(f"could not read the model config of {name!r}: {_brief(exc)}") from exc
     family = _family_of(config)
     cls = AutoModelForCausalLM if family.name == "causal_lm" else family.load_class()

@@ -13,12 +13,13 @@ import re
 from collections.abc import Callable
 from pathlib import Path
 
+from huggingface_hub import constants as hub_constants
 from huggingface_hub import snapshot_download
 
 from vlsafe.core.errors import ModelLoadError
 from vlsafe.core.registry import Registry
 
-__all__ = ["REFERENCES", "reference_scheme", "resolve_checkpoint", "resolve_reference"]
+__all__ = ["REFERENCES", "hub_id_error", "is_hub_id", "reference_scheme", "resolve_checkpoint", "resolve_reference"]
 
 #: scheme -> resolver(name) returning a local model directory
 REFERENCES: Registry[Callable[[str], str | Path]] = Registry(
@@ -56,6 +57,30 @@ def resolve_reference(name: str | Path) -> str:
     return str(REFERENCES.get(scheme)(str(name)))
 
 
+def is_hub_id(name: str | Path) -> bool:
+    """Whether ``name`` has the form of a hub id ``org/name`` and is no existing local path."""
+    text = str(name)
+    return (
+        text.count("/") == 1
+        and not text.startswith((".", "/", "~"))
+        and not text.endswith("/")
+        and not Path(text).expanduser().exists()
+    )
+
+
+def hub_id_error(ref: str, exc: BaseException) -> ModelLoadError:
+    """A one-line error for hub id ``ref`` that could not be read, saying where it was looked for and how to
+    fetch it (``exc``: the error of the lookup; only its first line is kept)."""
+    lines = str(exc).strip().splitlines()
+    reason = f"{type(exc).__name__}: {lines[0] if lines else ''}".strip()
+    offline = " with HF_HUB_OFFLINE=1" if hub_constants.HF_HUB_OFFLINE else ""
+    return ModelLoadError(
+        f"model {ref!r} is not a local directory and could not be read from the Hugging Face hub or its cache "
+        f"{hub_constants.HF_HUB_CACHE}{offline} ({reason}); fetch it where the hub is reachable with "
+        f"`hf download {ref}` (HF_HOME / HF_HUB_CACHE point at the cache to fill), or pass its local directory"
+    )
+
+
 def resolve_checkpoint(ref: str | Path) -> Path:
     """A local directory (or single ``.safetensors`` file) holding the safetensors checkpoint ``ref``.
 
@@ -72,10 +97,8 @@ def resolve_checkpoint(ref: str | Path) -> Path:
             raise ModelLoadError(f"checkpoint {ref!r} is not a local directory nor a hub id 'org/name'")
         try:
             path = Path(snapshot_download(ref, allow_patterns=list(HUB_PATTERNS)))
-        except Exception as exc:  # network, auth, missing repo
-            raise ModelLoadError(
-                f"checkpoint {ref!r}: not a local directory and hub download failed: {exc}"
-            ) from exc
+        except Exception as exc:  # network, auth, missing repo, offline without a cached snapshot
+            raise hub_id_error(ref, exc) from exc
     if path.is_file() and path.suffix == ".safetensors":
         return path
     if not path.is_dir() or not any(path.glob("*.safetensors")):
