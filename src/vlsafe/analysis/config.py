@@ -10,9 +10,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, InstanceOf
+from pydantic import BaseModel, ConfigDict, Field, InstanceOf, field_validator
 
 from vlsafe.hooks import SteeringVector
+from vlsafe.models import Variant
 
 __all__ = [
     "AnalysisOptions",
@@ -43,6 +44,7 @@ class AnalysisOptions(BaseModel):
         seed: seed of noise images, splits and probes.
         dtype: model dtype.
         trust_remote_code: allow the checkpoint's own code to run.
+        allow_pickle: also load model weights stored as pickles (``pytorch_model.bin``).
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -54,6 +56,17 @@ class AnalysisOptions(BaseModel):
     seed: int = 0
     dtype: str | None = "float32"
     trust_remote_code: bool = False
+    allow_pickle: bool = False
+
+    @field_validator("variants", "reference", check_fields=False)
+    @classmethod
+    def _known_variants(cls, value: Any) -> Any:
+        names = [value] if isinstance(value, str) else list(value or [])
+        known = [v.value for v in Variant]
+        bad = [str(n) for n in names if str(n) not in known]
+        if bad:
+            raise ValueError(f"unknown input variant(s) {', '.join(map(repr, bad))}; known: {', '.join(known)}")
+        return value
 
 
 class ShiftConfig(AnalysisOptions):

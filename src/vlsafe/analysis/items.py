@@ -8,6 +8,7 @@ from typing import Any, TypeVar
 
 from vlsafe.core.errors import InputError
 from vlsafe.core.io import iter_jsonl
+from vlsafe.core.paths import check_relative_path
 from vlsafe.evals import load_benchmark
 from vlsafe.models import InputItem
 
@@ -51,11 +52,18 @@ def load_items(
     """Load query items from a file or a benchmark.
 
     Args:
-        source: a ``.jsonl`` file (objects with ``text`` and optional ``image`` — a path relative to the
-            file's folder — and ``caption``), a ``.txt`` file (one query per line), or a benchmark name of
-            :func:`vlsafe.evals.load_benchmark` (images resolved against ``data_dir``).
-        data_dir, split, limit: passed to the benchmark loader; ``limit`` also cuts files.
+        source: a ``.jsonl`` file (objects with ``text`` and optional ``image`` -- a path relative to the
+            file's folder that stays inside it, like the benchmark loaders' image paths -- and ``caption``), a
+            ``.txt`` file (one query per line), or a benchmark name of :func:`vlsafe.evals.load_benchmark`
+            (images resolved against ``data_dir``).
+        data_dir, split, limit: passed to the benchmark loader; ``limit`` (>= 1) also cuts files.
+
+    Raises:
+        InputError: a missing or malformed file, an image path that is absolute, contains ``..`` or resolves
+            outside the file's folder, a ``limit`` below 1, or no queries.
     """
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise InputError(f"limit={limit!r} must be a whole number >= 1 (or omitted for all queries)")
     path = Path(source)
     if path.is_file():
         if path.suffix == ".jsonl":
@@ -64,8 +72,8 @@ def load_items(
                 if not isinstance(row.get("text"), str):
                     raise InputError(f"{path}:{number}: each line must be an object with a string 'text'")
                 image = row.get("image")
-                if image is not None and not Path(image).is_absolute():
-                    image = str(path.parent / image)
+                if image is not None:
+                    image = _confined_image(path, number, image)
                 items.append(InputItem(row["text"], image, row.get("caption")))
         else:
             lines = path.read_text(encoding="utf-8").splitlines()
@@ -84,3 +92,18 @@ def load_items(
     if not items:
         raise InputError(f"{str(source)!r} holds no queries")
     return items
+
+
+def _confined_image(file: Path, number: int, image: object) -> str:
+    """The path of a prompt file's image, which must lie inside the file's folder (symbolic links included)."""
+    if not isinstance(image, str):
+        raise InputError(f"{file}:{number}: 'image' must be a path string, got {type(image).__name__}")
+    try:
+        rel = check_relative_path(image)
+    except ValueError as exc:
+        raise InputError(f"{file}:{number}: {exc}") from None
+    root = file.parent.resolve()
+    resolved = (root / rel).resolve()
+    if resolved != root and root not in resolved.parents:
+        raise InputError(f"{file}:{number}: image path {image!r} resolves outside the folder {str(root)!r}")
+    return str(file.parent / rel)

@@ -3,6 +3,9 @@
 Each ``run_*`` takes its config (:mod:`vlsafe.analysis.config`) and writes to ``out_dir``: ``data.json`` +
 ``data.safetensors`` (everything the figures need), ``figures/*.png``, ``summary.md`` and a self-contained
 ``report.html``. :func:`redraw` rebuilds the figures and pages of any such folder from its data, without the model.
+The output folder's writability is checked before the model loads; every file is replaced atomically and
+``data.json`` is written last, recording the digest of ``data.safetensors``, so a folder that an interrupted
+run left is read either as the previous complete analysis or refused (see :func:`vlsafe.analysis.data_io.load_data`).
 
 Each ``run_*`` also takes its config's fields spelled out, the leading ones positionally (``run_weights(a, b,
 out_dir, resized="skip")``; ``run_directions(model, harmful, harmless, out_dir, probe_steps=100)``), where the
@@ -35,7 +38,7 @@ from vlsafe.analysis.shift import compute_shift, shift_from_data, shift_to_data
 from vlsafe.analysis.weights import WeightDiffResult, weight_diff
 from vlsafe.core.config import validate_config
 from vlsafe.core.errors import ConfigError, InputError
-from vlsafe.core.io import write_json_atomic
+from vlsafe.core.io import check_writable, write_json_atomic
 from vlsafe.core.paths import SAFETY_LAYERS_FILE, SAFETY_LAYERS_FORMAT
 from vlsafe.hooks import SteeringVector
 from vlsafe.models import ModelBundle, load_model
@@ -87,7 +90,9 @@ def _resolve(
 def _bundle(config: AnalysisOptions, bundle: ModelBundle | None) -> ModelBundle:
     if bundle is not None:
         return bundle
-    bundle = load_model(config.model, dtype=config.dtype, trust_remote_code=config.trust_remote_code)
+    bundle = load_model(
+        config.model, dtype=config.dtype, trust_remote_code=config.trust_remote_code, allow_pickle=config.allow_pickle
+    )
     bundle.model.eval()
     return bundle
 
@@ -123,8 +128,14 @@ def run_shift(
         The written paths (``summary``, ``html``, ``data``, figures).
     """
     cfg, out, bundle = _resolve(ShiftConfig, config, args, fields, ("model", "items"))
+    check_writable(out, "analysis output folder")
     model = _bundle(cfg, bundle)
     direction = SteeringVector.load(cfg.direction) if isinstance(cfg.direction, Path) else cfg.direction
+    if direction is not None:
+        try:
+            direction.validate(model)
+        except (InputError, ConfigError) as exc:
+            raise InputError(f"direction {str(cfg.direction)!r} does not fit model {cfg.model!r}: {exc}") from None
     result = compute_shift(
         model,
         _items(cfg.items, cfg),
@@ -140,8 +151,9 @@ def run_shift(
         progress=progress,
     )
     data, tensors = shift_to_data(result)
-    save_data(out, "shift", data, tensors)
-    return _finish(out, "shift", shift_page(result))
+    paths = _finish(out, "shift", shift_page(result))
+    save_data(out, "shift", data, tensors)  # last: a folder whose data.json matches its tensors is complete
+    return paths
 
 
 def run_directions(
@@ -163,6 +175,7 @@ def run_directions(
         The written paths (``summary``, ``html``, ``data``, ``directions``, figures).
     """
     cfg, out, bundle = _resolve(DirectionsConfig, config, args, fields, ("model", "harmful", "harmless"))
+    check_writable(out, "analysis output folder")
     model = _bundle(cfg, bundle)
     result = compute_directions(
         model,
@@ -193,9 +206,9 @@ def run_directions(
         sdata, stensors = shift_to_data(shift)
         data["shift"] = sdata
         tensors.update({f"shift.{k}": v for k, v in stensors.items()})
-    save_data(out, "directions", data, tensors)
     paths = _finish(out, "directions", directions_page(result, shift))
     paths["directions"] = result.steering_vector().save(out / "directions.safetensors")
+    save_data(out, "directions", data, tensors)
     return paths
 
 
@@ -218,6 +231,7 @@ def run_layers(
         each variant's activation through end layer), which training reads to choose TGA's guided layers.
     """
     cfg, out, bundle = _resolve(LayersConfig, config, args, fields, ("model", "items"))
+    check_writable(out, "analysis output folder")
     result = compute_layers(
         _bundle(cfg, bundle),
         _items(cfg.items, cfg),
@@ -229,10 +243,11 @@ def run_layers(
         progress=progress,
     )
     data, tensors = lens_to_data(result)
-    save_data(out, "layers", data, tensors)
     layers = {variant: result.safety_layers(variant) for variant in result.variants}
+    paths = _finish(out, "layers", lens_page(result))
     write_json_atomic(out / SAFETY_LAYERS_FILE, {"format": SAFETY_LAYERS_FORMAT, "layers": layers})
-    return _finish(out, "layers", lens_page(result))
+    save_data(out, "layers", data, tensors)
+    return paths
 
 
 def run_weights(
@@ -254,6 +269,7 @@ def run_weights(
         The written paths (``summary``, ``html``, ``data``, figures).
     """
     cfg, out, _ = _resolve(WeightsConfig, config, args, fields, ("checkpoint_a", "checkpoint_b"))
+    check_writable(out, "analysis output folder")
     result = weight_diff(
         cfg.checkpoint_a, cfg.checkpoint_b, names=cfg.names, resized=cfg.resized, progress=progress
     )
@@ -264,8 +280,9 @@ def run_weights(
         "meta": result.meta,
         "resized": result.resized,
     }
+    paths = _finish(out, "weights", _weights_page(result))
     save_data(out, "weights", data, {})
-    return _finish(out, "weights", _weights_page(result))
+    return paths
 
 
 def _weights_page(result: WeightDiffResult) -> Page:
@@ -291,6 +308,7 @@ def redraw(out_dir: str | Path) -> dict[str, Path]:
     """Redraw figures, ``summary.md`` and ``report.html`` of an analysis folder from its saved data."""
     out = Path(out_dir)
     data, tensors = load_data(out)
+    check_writable(out, "analysis output folder")
     kind = data.get("kind")
     if kind == "shift":
         page = shift_page(shift_from_data(data, tensors))

@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
 
 from vlsafe.core.errors import InputError
-from vlsafe.core.io import read_json
 from vlsafe.core.paths import safetensors_with_sidecar
+from vlsafe.core.tensor_files import load_tensors, save_tensors
 
 
 @dataclass
@@ -48,25 +46,27 @@ class HiddenStates:
         return torch.stack([self.states[layer] for layer in self.layers])
 
     def save(self, path: str | Path) -> Path:
-        """Write ``path`` (.safetensors) and its ``.json`` sidecar; returns the tensor file path."""
+        """Write ``path`` (.safetensors, metadata in its header) and its ``.json`` sidecar, each atomically;
+        returns the tensor file path."""
         tensor_path, meta_path = safetensors_with_sidecar(path)
-        tensor_path.parent.mkdir(parents=True, exist_ok=True)
-        tensors = {f"layer.{k}": v.detach().to("cpu").contiguous() for k, v in self.states.items()}
-        save_file(tensors, str(tensor_path), metadata={"format": "vlsafe.hidden_states"})
-        meta_path.write_text(json.dumps({"meta": self.meta, "count": self.count}, indent=2, default=str))
-        return tensor_path
+        tensors = {f"layer.{k}": v for k, v in self.states.items()}
+        side = {"meta": self.meta, "count": self.count}
+        return save_tensors(tensor_path, tensors, format="vlsafe.hidden_states", meta=side, sidecar=meta_path)
 
     @classmethod
     def load(cls, path: str | Path) -> HiddenStates:
-        """Load what ``save`` wrote."""
+        """Load what ``save`` wrote.
+
+        Raises:
+            InputError: a missing, corrupt or truncated file, or tensors not named ``layer.<index>``.
+        """
         tensor_path, meta_path = safetensors_with_sidecar(path)
-        if not tensor_path.is_file():
-            raise InputError(f"hidden-state file {str(tensor_path)!r} does not exist")
-        raw = load_file(str(tensor_path))
+        raw, side = load_tensors(tensor_path, "hidden-state", sidecar=meta_path)
+        side = side if isinstance(side, dict) else {}
         states: dict[int, torch.Tensor] = {}
         for key, value in raw.items():
-            if not key.startswith("layer."):
+            head, _, idx = key.partition(".")
+            if head != "layer" or not idx.isdigit():
                 raise InputError(f"{tensor_path}: unexpected tensor {key!r}; expected names 'layer.<index>'")
-            states[int(key.split(".", 1)[1])] = value
-        side = read_json(meta_path, "hidden-state sidecar") if meta_path.is_file() else {}
+            states[int(idx)] = value
         return cls(states=states, meta=side.get("meta", {}), count=int(side.get("count", 0)))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -10,11 +9,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
-from safetensors.torch import load_file, save_file
 
 from vlsafe.core.errors import ConfigError, InputError
-from vlsafe.core.io import read_json
 from vlsafe.core.paths import safetensors_with_sidecar
+from vlsafe.core.tensor_files import load_tensors, save_tensors
 from vlsafe.hooks.apply import steer
 
 if TYPE_CHECKING:
@@ -23,6 +21,9 @@ if TYPE_CHECKING:
     from vlsafe.models.bundle import ModelBundle
 
 Alpha = float | Sequence[float] | Mapping[int, float]
+
+#: the ``format`` in the header of a saved steering vector
+VECTOR_FORMAT = "vlsafe.steering_vector"
 
 
 @dataclass
@@ -181,33 +182,35 @@ class SteeringVector:
 
     # -- I/O -------------------------------------------------------------------------------
     def save(self, path: str | Path) -> Path:
-        """Write ``path`` (.safetensors) and a ``.json`` sidecar with the metadata."""
+        """Write ``path`` (.safetensors, with the metadata in its header) and a ``.json`` sidecar with the
+        metadata; each file is replaced atomically (see :mod:`vlsafe.core.tensor_files`)."""
         tensor_path, meta_path = safetensors_with_sidecar(path)
-        tensor_path.parent.mkdir(parents=True, exist_ok=True)
-        tensors = {
-            f"layer.{k}": v.detach().to("cpu", torch.float32).contiguous() for k, v in self.vectors.items()
-        }
-        save_file(tensors, str(tensor_path), metadata={"format": "vlsafe.steering_vector"})
-        meta_path.write_text(json.dumps(self.meta, indent=2, default=str))
-        return tensor_path
+        tensors = {f"layer.{k}": v.detach().to("cpu", torch.float32).contiguous() for k, v in self.vectors.items()}
+        return save_tensors(tensor_path, tensors, format=VECTOR_FORMAT, meta=self.meta, sidecar=meta_path)
 
     @classmethod
     def load(cls, path: str | Path) -> SteeringVector:
-        """Load what ``save`` wrote; checks names and finiteness."""
+        """Load what ``save`` wrote; checks names, shapes and finiteness.
+
+        Raises:
+            InputError: a missing, corrupt or truncated file, metadata that is not a JSON object, tensors not
+                named ``layer.<index>``, or vectors that are not finite ``[H]`` vectors of one width.
+        """
         tensor_path, meta_path = safetensors_with_sidecar(path)
-        if not tensor_path.is_file():
-            raise InputError(f"steering vector file {str(tensor_path)!r} does not exist")
-        try:
-            raw = load_file(str(tensor_path))
-        except Exception as exc:  # safetensors raises its own error types
-            raise InputError(f"{tensor_path} is not a readable safetensors file: {exc}") from exc
+        raw, meta = load_tensors(tensor_path, "steering vector", sidecar=meta_path)
+        if meta is None:
+            meta = {}
+        if not isinstance(meta, dict):
+            raise InputError(f"{tensor_path}: the metadata must be a JSON object, got {type(meta).__name__}")
         vectors: dict[int, torch.Tensor] = {}
         for key, value in raw.items():
             head, _, idx = key.partition(".")
             if head != "layer" or not idx.isdigit():
                 raise InputError(f"{tensor_path}: unexpected tensor {key!r}; expected names 'layer.<index>'")
             vectors[int(idx)] = value
-        meta = read_json(meta_path, "steering vector sidecar") if meta_path.is_file() else {}
-        vec = cls(vectors, meta)
-        vec.validate()
+        try:
+            vec = cls(vectors, meta)
+            vec.validate()
+        except (ConfigError, ValueError, IndexError) as exc:
+            raise InputError(f"{tensor_path}: {exc}") from None
         return vec
