@@ -17,7 +17,9 @@ from vlsafe.cli.cmrm import APPLY_HELP
 from vlsafe.cli.group import echo_json, progress_enabled
 from vlsafe.cli.options import ConfigFlags, KeyValue, config_from_flags, config_options
 from vlsafe.core.config import read_yaml_mapping
+from vlsafe.core.io import check_writable
 from vlsafe.evals import EvalConfig, judge_run, list_benchmarks, run_eval
+from vlsafe.evals.judging import REJUDGE, Rejudge
 from vlsafe.evals.loaders import describe, format_description
 from vlsafe.methods.cmrm import CMRMEvalConfig, CMRMSettings, run_cmrm_eval
 from vlsafe.report import write_report
@@ -76,9 +78,21 @@ def eval_cmd(ctx: click.Context, out_dir: Path, flags: ConfigFlags, cmrm_flags: 
     metavar="KEY=VALUE",
     help="Judge option (value parsed as JSON if it can be); repeatable.",
 )
-def judge_cmd(run_dir: Path, judge_name: str | None, options: tuple[tuple[str, Any], ...]) -> None:
+@click.option(
+    "--rejudge",
+    type=click.Choice(REJUDGE),
+    default="errors",
+    show_default=True,
+    help="Stored verdicts of this judge (same model, endpoint, rubric and decoding) to judge again: errors "
+    "(failed requests, unreadable answers), all, or none. Verdicts of any other judge are never reused.",
+)
+def judge_cmd(
+    run_dir: Path, judge_name: str | None, options: tuple[tuple[str, Any], ...], rejudge: Rejudge
+) -> None:
     """Re-score the stored generations in RUN_DIR with a judge, without regenerating."""
-    results = judge_run(run_dir, judge_name, judge_options=dict(options) if options else None)
+    results = judge_run(
+        run_dir, judge_name, judge_options=dict(options) if options else None, rejudge=rejudge
+    )
     echo_json(
         {"run_dir": str(run_dir), "judge": results.get("judge"), "overall": results["metrics"]["overall"]}
     )
@@ -93,6 +107,7 @@ def judge_cmd(run_dir: Path, judge_name: str | None, options: tuple[tuple[str, A
 )
 def report_cmd(run_dirs: tuple[Path, ...], out_dir: Path) -> None:
     """Write a Markdown + HTML report comparing RUN_DIRS (the first is the baseline)."""
+    check_writable(out_dir, "report folder")
     paths = write_report(list(run_dirs), out_dir)
     for key in ("markdown", "html"):
         if key in paths:

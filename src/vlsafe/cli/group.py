@@ -6,8 +6,9 @@ group; other packages add theirs through the ``vlsafe.cli`` entry-point group (t
 and ``organism``), so both reach the CLI through the same registry. Command options that are config fields are
 generated from the config models by :mod:`vlsafe.cli.options`.
 
-A ``VlsafeError`` (bad config or input, a model that does not load) and a click usage error (a bad flag value,
-a missing option) both end the command with one ``error:`` line and exit code 2.
+A ``VlsafeError`` (bad config or input, a model that does not load, an output that cannot be written), a click
+usage error (a bad flag value, a missing option) and an ``OSError`` (a disk that is full, a file that cannot be
+read or written) end the command with one ``error:`` line naming the file or value, and exit code 2.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from vlsafe import __version__
 from vlsafe.core.errors import VlsafeError
 from vlsafe.core.registry import Registry
 
-__all__ = ["COMMANDS", "echo_json", "main", "progress_enabled"]
+__all__ = ["COMMANDS", "echo_json", "main", "os_error_text", "progress_enabled"]
 
 #: command name -> click command (lazy "module:attribute" entries; entry-point group ``vlsafe.cli``)
 COMMANDS: Registry[click.Command] = Registry("command", entry_points="vlsafe.cli")
@@ -74,6 +75,16 @@ class _Group(click.Group):
             where = f" (see '{exc.ctx.command_path} --help')" if exc.ctx is not None else ""
             click.echo(f"error: {exc.format_message()}{where}", err=True)
             sys.exit(2)
+        except OSError as exc:  # a file that cannot be read or written: disk full, permissions, a vanished folder
+            click.echo(f"error: {os_error_text(exc)}", err=True)
+            sys.exit(2)
+
+
+def os_error_text(exc: OSError) -> str:
+    """One line for an ``OSError``: the reason and the file(s) it names (``No space left on device: 'x.json'``)."""
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    files = [repr(str(f)) for f in (exc.filename, exc.filename2) if f is not None]
+    return f"{reason}: {' -> '.join(files)}" if files else f"{type(exc).__name__}: {reason}"
 
 
 @click.group(cls=_Group)

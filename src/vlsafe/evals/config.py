@@ -17,6 +17,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from vlsafe.core.config import read_yaml_mapping, validate_config
+from vlsafe.core.io import write_text_atomic
 from vlsafe.evals.sample import ImageSetting
 
 __all__ = [
@@ -50,7 +51,7 @@ GENERATION_FIELDS: tuple[str, ...] = (
 )
 #: Generation fields added later: part of the fingerprint only when they differ from their defaults, so run
 #: directories written before they existed keep their fingerprint.
-OPTIONAL_GENERATION_FIELDS: dict[str, Any] = {"image_size": None, "shared_prefix": False}
+OPTIONAL_GENERATION_FIELDS: dict[str, Any] = {"image_size": None, "shared_prefix": False, "truncate_prompts": False}
 
 _DTYPES = ("float32", "fp32", "float16", "fp16", "half", "bfloat16", "bf16", "auto")
 
@@ -83,9 +84,13 @@ class GenerationOptions(BaseModel):
         top_p: nucleus-sampling share (only with ``do_sample``).
         seed: seed of sampling and of noise images.
         max_error_fraction: stop with an error once more than this share of the run's samples failed.
+        truncate_prompts: a prompt that, with ``max_new_tokens``, does not fit in the model's context is cut to
+            fit (its end is dropped; the record says so under ``warnings``) instead of failing its sample.
         dtype: model dtype (``float32``, ``bfloat16``, ``float16``, ``auto``; ``None``: default).
         device: move the model there (single process; under ``accelerate`` each rank uses its own).
         trust_remote_code: allow the checkpoint's own code to run.
+        allow_pickle: also load model weights stored as pickles (``pytorch_model.bin``); by default only
+            safetensors load.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -105,9 +110,11 @@ class GenerationOptions(BaseModel):
     top_p: float = 1.0
     seed: int = 0
     max_error_fraction: float = 0.1
+    truncate_prompts: bool = False
     dtype: str | None = None
     device: str | None = None
     trust_remote_code: bool = False
+    allow_pickle: bool = False
 
     @field_validator("limit")
     @classmethod
@@ -165,6 +172,9 @@ class EvalConfig(GenerationOptions):
     Attributes:
         benchmark: registered benchmark name (see ``vlsafe.evals.loaders.benchmark_names``).
         split: benchmark-specific subset.
+        strict: treat any fallback of the benchmark's loader as an error (typographic images rendered where the
+            published ones are missing, image files missing, ...); by default a fallback is one warning line,
+            recorded under ``data.fallbacks`` in ``results.json``.
         steer: path of a saved ``SteeringVector`` applied during generation and scoring.
         alpha: steering strength of ``steer``.
         steer_layers: layers ``steer`` is added at (``None``: every layer of the vector).
@@ -178,6 +188,7 @@ class EvalConfig(GenerationOptions):
 
     benchmark: str = Field(min_length=1)
     split: str | None = None
+    strict: bool = False
     steer: str | None = None
     alpha: float = 1.0
     steer_layers: list[int] | None = None
@@ -207,10 +218,8 @@ class EvalConfig(GenerationOptions):
         return cls.from_dict(read_yaml_mapping(path, "eval config"))
 
     def to_yaml(self, path: str | Path) -> Path:
-        """Write the resolved config (every field, defaults included)."""
-        path = Path(path)
-        path.write_text(yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False), encoding="utf-8")
-        return path
+        """Write the resolved config (every field, defaults included), atomically."""
+        return write_text_atomic(path, yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False))
 
 
 def _file_sha256(path: str) -> str | None:

@@ -20,6 +20,7 @@ from vlsafe.evals.images import apply_image_setting
 from vlsafe.evals.interventions import BatchObserver, notify_batch
 from vlsafe.evals.sample import ImageSetting, Sample
 from vlsafe.models.bundle import ModelBundle
+from vlsafe.models.context import ContextOverflowError, context_length
 from vlsafe.models.greedy import greedy_shared_prefix
 from vlsafe.models.inputs import build_inputs
 
@@ -110,6 +111,17 @@ def _eos_ids(bundle: ModelBundle) -> set[int]:
     return ids
 
 
+def check_context(bundle: ModelBundle, lengths: Sequence[int], max_new_tokens: int) -> None:
+    """Raise :class:`ContextOverflowError` for the rows whose prompt length plus ``max_new_tokens`` exceeds the
+    model's context length (no check when the model declares none)."""
+    limit = context_length(bundle.model)
+    if limit is None:
+        return
+    rows = [i for i, n in enumerate(lengths) if n + max_new_tokens > limit]
+    if rows:
+        raise ContextOverflowError(rows, [int(lengths[i]) for i in rows], limit, max_new_tokens)
+
+
 def _build(bundle: ModelBundle, items: list[Prepared], seed: int) -> Any:
     has_image = items[0].image is not None
     return build_inputs(
@@ -136,11 +148,16 @@ def generate_batch(
     ``shared_prefix`` (greedy only; the caller checks the model with
     :func:`vlsafe.models.greedy.shared_prefix_supported`), the batch is decoded by
     :func:`vlsafe.models.greedy.greedy_shared_prefix`.
+
+    Raises:
+        ContextOverflowError: a prompt, with ``max_new_tokens``, does not fit in the model's context (checked
+            before anything is generated).
     """
     t0 = time.perf_counter()
     has_image = items[0].image is not None
     notify_batch(observers, [str(p.text) for p in items], [p.image for p in items] if has_image else None)
     batch = _build(bundle, items, seed)
+    check_context(bundle, batch.masks.attention.sum(dim=1).tolist(), gen_kwargs["generation_config"].max_new_tokens)
     inputs = _to_device(batch.inputs, bundle.device)
     prompt_len = int(inputs["input_ids"].shape[1])
     model: Any = bundle.model
@@ -223,6 +240,7 @@ def score_choices(
             continue
         if value.dim() == 2 and tuple(value.shape) == (k, t):
             inputs[key] = torch.cat([value, torch.zeros((k, width), dtype=value.dtype)], dim=1)
+    check_context(bundle, [t + width], 0)
     inputs["input_ids"] = torch.cat([ids, opt_ids], dim=1)
     inputs["attention_mask"] = torch.cat([att, opt_mask], dim=1)
     extra: dict[str, Any] = {"logits_to_keep": width + 1} if _accepts(bundle.model, "logits_to_keep") else {}

@@ -4,8 +4,9 @@ Layout::
 
     RUN_DIR/
       config.yaml            the resolved EvalConfig (every field)
-      run.json               generation fingerprint + library versions (checked on resume)
+      run.json               identity of the generations (checked on resume) + library versions
       samples.jsonl          one JSON record per finished sample, appended, flushed and fsynced
+      .vlsafe.lock           while a writer runs (see vlsafe.core.locks)
       shards/rank{R}.jsonl   per-process records under ``accelerate launch`` (merged, then removed)
       judgements/{judge}.jsonl  verdicts of each judge, keyed by record id
       verdicts.jsonl         the current judge's verdicts (what ``vlsafe.report`` reads)
@@ -13,7 +14,16 @@ Layout::
 
 A crash can leave a truncated last line in a JSONL file; readers drop it and :class:`RecordWriter`
 cuts it off before appending, so the file stays one valid record per line. A malformed line anywhere
-else is an error naming the file and line.
+else is an error naming the file and line. Every other file is replaced atomically.
+
+**Identity** (``run.json``, format 2): ``fingerprint`` holds the config fields that shape generation
+(:func:`vlsafe.evals.config.generation_fingerprint`, plus the intervention's fingerprint); ``content`` holds
+digests of what the run reads: ``model`` (:mod:`vlsafe.models.fingerprint`: config, weights, processor) and
+``intervention``; each record in ``samples.jsonl`` carries its sample's ``sample_hash`` (the sample and its
+image file). A run directory that holds generations resumes only when all of these agree -- the model is
+identified by its content, not by the text of its path -- and the refusal names each differing field. A run
+directory without generations takes any config. ``files`` keeps the digests of the model files by stat key, so
+a resume does not read unchanged files again.
 """
 
 from __future__ import annotations
@@ -27,11 +37,15 @@ from typing import Any
 
 from vlsafe.core.errors import ConfigError, InputError
 from vlsafe.core.io import read_json, read_jsonl, write_json_atomic
+from vlsafe.core.locks import FolderLock
 from vlsafe.evals.config import EvalConfig, generation_fingerprint
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["RecordWriter", "RunDir", "read_records", "repair_tail"]
+__all__ = ["RUN_FORMAT", "RecordWriter", "RunDir", "read_records", "repair_tail"]
+
+#: the format of ``run.json`` written by this version (2: content fingerprints)
+RUN_FORMAT = 2
 
 
 def _last_line_start(fh: Any, end: int) -> int:
@@ -170,17 +184,67 @@ class RunDir:
             raise InputError(f"{str(self.path)!r} is not a run directory: it has no config.yaml")
         return EvalConfig.from_yaml(self.config_path)
 
-    def check_compatible(self, config: EvalConfig, extra: dict[str, Any] | None = None) -> None:
-        """Refuse ``config`` if this directory holds generations made under a different fingerprint.
+    def lock(self) -> FolderLock:
+        """The run directory's writer lock (a context manager; see :class:`vlsafe.core.locks.FolderLock`)."""
+        return FolderLock(self.path, "run directory")
 
-        ``extra`` adds fingerprint entries the config cannot hold (e.g. a Python intervention).
-        """
+    def has_generations(self) -> bool:
+        """Whether ``samples.jsonl`` or a shard holds anything."""
+        files = [self.samples_path, *(self.shard_dir.glob("rank*.jsonl") if self.shard_dir.is_dir() else [])]
+        return any(f.is_file() and f.stat().st_size > 0 for f in files)
+
+    def read_meta(self) -> dict[str, Any]:
+        """The stored ``run.json`` (``{}`` when there is none)."""
         if not self.meta_path.is_file():
-            if self.samples_path.is_file() and self.samples_path.stat().st_size > 0:
-                raise ConfigError(f"{self.path} has samples.jsonl but no run.json; refusing to mix runs")
+            return {}
+        meta = read_json(self.meta_path, "run file")
+        if not isinstance(meta, dict):
+            raise InputError(f"{self.meta_path} must hold a JSON object, got {type(meta).__name__}")
+        return meta
+
+    def known_digests(self) -> dict[str, str]:
+        """File digests by stat key that the stored ``run.json`` recorded (see :mod:`vlsafe.core.digest`)."""
+        try:
+            files = self.read_meta().get("files")
+        except InputError:
+            return {}
+        return {str(k): str(v) for k, v in files.items()} if isinstance(files, dict) else {}
+
+    def check_compatible(
+        self,
+        config: EvalConfig,
+        extra: dict[str, Any] | None = None,
+        content: dict[str, Any] | None = None,
+    ) -> None:
+        """Refuse ``config`` if this directory holds generations made under a different identity.
+
+        Args:
+            config: the new run's config (its generation fingerprint is compared).
+            extra: fingerprint entries the config cannot hold (e.g. a Python intervention).
+            content: content digests of what the run reads (``{"model": {...}, ...}``); when both the stored
+                and the new identity have them, the model is compared by content and not by its name.
+
+        Raises:
+            ConfigError: naming every differing field, old -> new.
+        """
+        if not self.has_generations():
             return
-        stored = read_json(self.meta_path, "run file").get("fingerprint", {})
+        if not self.meta_path.is_file():
+            raise ConfigError(f"{self.path} has samples.jsonl but no run.json; refusing to mix runs")
+        meta = self.read_meta()
+        stored = dict(meta.get("fingerprint", {}))
         new = {**generation_fingerprint(config), **(extra or {})}
+        stored_content = meta.get("content")
+        if content is not None and isinstance(stored_content, dict):
+            stored.pop("model", None)  # the model is identified by its content
+            new.pop("model", None)
+            stored.update(_flatten(stored_content))
+            new.update(_flatten(content))
+        elif content is not None:
+            logger.warning(
+                "run directory %s was written before content fingerprints; its model is compared by name only",
+                self.path,
+            )
         diffs = [
             f"{k}: {stored.get(k)!r} -> {new.get(k)!r}"
             for k in sorted(set(stored) | set(new))
@@ -193,13 +257,26 @@ class RunDir:
             )
 
     def write_config(
-        self, config: EvalConfig, extra: dict[str, Any] | None = None, meta: dict[str, Any] | None = None
+        self,
+        config: EvalConfig,
+        extra: dict[str, Any] | None = None,
+        meta: dict[str, Any] | None = None,
+        content: dict[str, Any] | None = None,
+        files: dict[str, str] | None = None,
     ) -> None:
-        """Write ``config.yaml`` and ``run.json`` (fingerprint, with ``extra`` entries, + ``meta``)."""
+        """Write ``config.yaml`` and ``run.json`` (fingerprint with ``extra`` entries, ``content`` digests, the
+        model ``files`` digests by stat key, + ``meta``), each atomically."""
         self.path.mkdir(parents=True, exist_ok=True)
         config.to_yaml(self.config_path)
-        meta = {"fingerprint": {**generation_fingerprint(config), **(extra or {})}, **(meta or {})}
-        write_json_atomic(self.meta_path, meta)
+        record: dict[str, Any] = {
+            "format": RUN_FORMAT,
+            "fingerprint": {**generation_fingerprint(config), **(extra or {})},
+        }
+        if content is not None:
+            record["content"] = content
+        if files:
+            record["files"] = files
+        write_json_atomic(self.meta_path, {**record, **(meta or {})})
 
     # -- records -----------------------------------------------------------------------------
     def records(self) -> list[dict[str, Any]]:
@@ -242,3 +319,15 @@ class RunDir:
             return {}
         results: dict[str, Any] = read_json(self.results_path, "results file")
         return results
+
+
+def _flatten(content: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"model": {"weights": h}}`` -> ``{"model.weights": h}``."""
+    out: dict[str, Any] = {}
+    for key, value in content.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(_flatten(value, name + "."))
+        else:
+            out[name] = value
+    return out

@@ -7,6 +7,13 @@ once), scores multiple-choice / yes-no utility samples by the log-likelihood of
 each option, appends one record per sample (flushed and fsynced after each batch), then judges the
 records and writes ``results.json``. Under ``accelerate launch`` every process takes its share of the
 pending samples, writes ``shards/rank{R}.jsonl``, and the main process merges the shards at the end.
+
+Order of work: the output folder is checked for writability, the samples and the model's identity are read,
+the run directory's lock is taken (a second writer is refused), the stored identity is compared
+(:mod:`vlsafe.evals.rundir`), the model is loaded, and only then are ``config.yaml`` and ``run.json`` written:
+a run that fails on its inputs leaves no run directory behind. A sample whose prompt, with ``max_new_tokens``,
+does not fit in the model's context fails on its own (or is cut to fit with ``truncate_prompts``); so does a
+sample whose image cannot be decoded, within ``max_error_fraction``.
 """
 
 from __future__ import annotations
@@ -27,19 +34,23 @@ from accelerate import PartialState
 from tqdm.auto import tqdm
 
 from vlsafe.core.errors import ConfigError, InputError
+from vlsafe.core.io import check_writable
 from vlsafe.data.retrieval import load_corpus, make_retriever
 from vlsafe.evals.config import EvalConfig
 from vlsafe.evals.generation import Prepared, generate_batch, needs_image, prepare, score_record
+from vlsafe.evals.identity import check_samples, model_content, sample_hashes
 from vlsafe.evals.images import image_identity, setting_text
 from vlsafe.evals.interventions import BatchObserver, intervention_fingerprint, observers_of
 from vlsafe.evals.judges import JUDGES, build_judge
 from vlsafe.evals.judging import build_results, judge_records, versions
-from vlsafe.evals.loaders import load_benchmark
+from vlsafe.evals.loaders import LoadReport, load_benchmark_report
 from vlsafe.evals.retrieval import with_retrieval
 from vlsafe.evals.rundir import RecordWriter, RunDir
 from vlsafe.evals.sample import ImageSetting, Sample
 from vlsafe.hooks import SteeringVector
 from vlsafe.models.bundle import ModelBundle
+from vlsafe.models.context import ContextOverflowError
+from vlsafe.models.fingerprint import bundle_fingerprint
 from vlsafe.models.greedy import shared_prefix_supported
 from vlsafe.models.inputs import render_user_turn
 from vlsafe.models.loading import load_model
@@ -125,12 +136,16 @@ def _generation_kwargs(bundle: ModelBundle, config: EvalConfig) -> dict[str, Any
     return {"generation_config": gc}
 
 
-def _load_samples(config: EvalConfig, samples: Sequence[Sample] | None) -> list[Sample]:
+def _load_samples(config: EvalConfig, samples: Sequence[Sample] | None) -> tuple[list[Sample], LoadReport]:
+    """The run's samples and the report of their load (files read, fallbacks; see ``EvalConfig.strict``)."""
     if samples is None:
-
-        out = load_benchmark(config.benchmark, config.data_dir, split=config.split, limit=config.limit)
+        loaded = load_benchmark_report(
+            config.benchmark, config.data_dir, split=config.split, limit=config.limit, strict=config.strict
+        )
+        out, report = loaded.samples, loaded.report
     else:
         out = list(samples)[: config.limit] if config.limit else list(samples)
+        report = LoadReport(config.benchmark, config.split, config.data_dir, config.strict)
     seen: set[str] = set()
     for s in out:
         if s.id in seen:
@@ -142,7 +157,7 @@ def _load_samples(config: EvalConfig, samples: Sequence[Sample] | None) -> list[
         raise InputError(f"benchmark {config.benchmark!r} produced no samples (data_dir={config.data_dir!r})")
     if config.retrieval_corpus is not None:
         out = _with_retrieval(out, config)
-    return out
+    return out, report
 
 
 def _with_retrieval(samples: list[Sample], config: EvalConfig) -> list[Sample]:
@@ -243,15 +258,49 @@ def _run_batch(
             )
         except InputError:  # isolate the offending sample(s)
             for p in group:
-                try:
-                    records.extend(
-                        generate_batch(
-                            bundle, [p], gen_kwargs, seed=config.seed, observers=observers, shared_prefix=shared_prefix
-                        )
-                    )
-                except InputError as exc:
-                    records.append({**p.record, "error": f"InputError: {exc}"})
+                records.append(_generate_one(bundle, p, config, gen_kwargs, observers, shared_prefix))
     return records
+
+
+def _generate_one(
+    bundle: ModelBundle,
+    p: Prepared,
+    config: EvalConfig,
+    gen_kwargs: dict[str, Any],
+    observers: list[BatchObserver],
+    shared_prefix: bool,
+) -> dict[str, Any]:
+    """One sample's record; a prompt too long for the context is cut to fit when ``truncate_prompts``."""
+    for _ in range(4):  # decoding the kept tokens may re-tokenise a little longer: cut again
+        try:
+            return generate_batch(
+                bundle, [p], gen_kwargs, seed=config.seed, observers=observers, shared_prefix=shared_prefix
+            )[0]
+        except ContextOverflowError as exc:
+            cut = _truncate(bundle, p, exc) if config.truncate_prompts else None
+            if cut is None:
+                return {**p.record, "error": f"InputError: {exc}"}
+            p = cut
+        except InputError as exc:
+            return {**p.record, "error": f"InputError: {exc}"}
+    return {**p.record, "error": "InputError: the prompt could not be cut to fit the model's context"}
+
+
+def _truncate(bundle: ModelBundle, p: Prepared, exc: ContextOverflowError) -> Prepared | None:
+    """``p`` with the end of its prompt text cut by the overflow (``None`` if nothing of the text would be left)."""
+    tok: Any = bundle.tokenizer
+    ids = tok(str(p.text), add_special_tokens=False)["input_ids"]
+    keep = len(ids) - exc.overflow()
+    if keep < 1:
+        return None
+    text = tok.decode(ids[:keep], skip_special_tokens=True)
+    note = (
+        f"prompt cut from {len(ids)} to {keep} text tokens to fit the model's context of {exc.limit} "
+        f"with max_new_tokens={exc.max_new_tokens} (truncate_prompts)"
+    )
+    record = {**p.record, "prompt": text, "warnings": [*p.record.get("warnings", []), note]}
+    logger.warning("sample %s: %s", p.sample.id, note)
+    return Prepared(p.sample, p.setting, record, text, p.image, p.render_s)
 
 
 def _shared_prefix(bundle: ModelBundle, config: EvalConfig, intervention: Any) -> bool:
@@ -277,6 +326,17 @@ def _check_model(bundle: ModelBundle, samples: list[Sample], config: EvalConfig)
         )
 
 
+def _load(config: EvalConfig, dist: _Dist) -> ModelBundle:
+    device = dist.device if dist.state is not None else config.device
+    return load_model(
+        config.model,
+        dtype=config.dtype,
+        device=device,
+        trust_remote_code=config.trust_remote_code,
+        allow_pickle=config.allow_pickle,
+    )
+
+
 def _generate(
     run: RunDir,
     dist: _Dist,
@@ -287,15 +347,12 @@ def _generate(
     bundle: ModelBundle | None,
     intervention: Any,
     progress: bool,
+    hashes: dict[str, str],
 ) -> dict[str, Any] | None:
     if not mine:
         return None
     if bundle is None:
-
-        device = dist.device if dist.state is not None else config.device
-        bundle = load_model(
-            config.model, dtype=config.dtype, device=device, trust_remote_code=config.trust_remote_code
-        )
+        bundle = _load(config, dist)
     _check_model(bundle, mine, config)
     gen_kwargs = _generation_kwargs(bundle, config)
     path = run.samples_path if dist.state is None else run.shard_path(dist.rank)
@@ -314,7 +371,10 @@ def _generate(
         for batch_no, chunk in enumerate(_batches(mine, config, bundle, shared)):
             records = _run_batch(bundle, chunk, config, gen_kwargs, batch_no, observers, shared)
             stamp = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-            writer.write_many({**r, "rank": dist.rank, "finished": stamp} for r in records)
+            writer.write_many(
+                {**r, "sample_hash": hashes.get(str(r["id"])), "rank": dist.rank, "finished": stamp}
+                for r in records
+            )
             bar.update(len(chunk))
             failed = [r for r in records if r.get("error")]
             n_err += len(failed)
@@ -345,8 +405,9 @@ def run_eval(
 
     Args:
         config: the run's config (or a dict of its fields).
-        out_dir: run directory; created, or resumed (finished ids are skipped) when it exists. A
-            config whose generation fingerprint differs from the stored one is refused.
+        out_dir: run directory; created, or resumed (finished ids are skipped) when it exists. A run whose
+            identity differs from the stored one (generation options, the model's content, the intervention, a
+            finished sample's content) is refused, as is a directory another writer holds.
         bundle: an already loaded model (default: load ``config.model``).
         intervention: applied while generating and scoring: a context manager, a zero-argument
             callable returning one, or ``(SteeringVector, alpha)``; on top of ``config.steer``.
@@ -357,46 +418,67 @@ def run_eval(
         The content of ``results.json`` (see :mod:`vlsafe.evals.judging`).
 
     Raises:
-        ConfigError: invalid config or a mismatching run directory.
+        ConfigError: invalid config, a mismatching run directory, or one in use by another writer.
         InputError: too many per-sample errors (see ``max_error_fraction``), duplicate ids, no samples.
+        ModelLoadError: the model cannot be loaded (nothing is written then).
+        OutputError: ``out_dir`` cannot be written (checked before anything is computed).
     """
     if not isinstance(config, EvalConfig):
         config = EvalConfig.from_dict(dict(config))
     run = RunDir(out_dir)
     dist = _Dist()
+    if dist.is_main:
+        check_writable(run.path, "run directory")
     extra = {"intervention": intervention_fingerprint(intervention)} if intervention is not None else {}
-    run.check_compatible(config, extra)
-    all_samples = _load_samples(config, samples)
+    all_samples, report = _load_samples(config, samples)
+    hashes = sample_hashes(all_samples, config.data_dir)
 
     JUDGES.get(config.judge)  # fail early on an unknown judge, on every rank
     judge = build_judge(config.judge, **config.judge_options) if dist.is_main else None
-    if dist.is_main:
-        run.merge_shards()  # leftovers of an interrupted multi-process run
-        run.write_config(config, extra, {"versions": versions(), "world_size": dist.world})
-    dist.wait()
-    done = {str(r["id"]): r for r in run.records()}
-    ids = {s.id for s in all_samples}
-    n_err_before = sum(1 for i, r in done.items() if i in ids and r.get("error"))
-    pending = [s for s in all_samples if s.id not in done]
-    logger.info(
-        "%d samples, %d already done, %d to run",
-        len(all_samples),
-        len(all_samples) - len(pending),
-        len(pending),
-    )
-    mine = pending[dist.rank :: dist.world]
-    generation = _generate(
-        run, dist, mine, len(all_samples), n_err_before, config, bundle, intervention, progress
-    )
-    dist.wait()
-    if dist.is_main and judge is not None:
-        run.merge_shards()
-        by_id = {str(r["id"]): r for r in run.records()}
-        missing = [s.id for s in all_samples if s.id not in by_id]
-        if missing:
-            raise InputError(f"{len(missing)} samples have no record after the run (e.g. {missing[:3]})")
-        records = judge_records(run, [by_id[s.id] for s in all_samples], judge)
-        results = build_results(run, records, judge, config.model_dump(mode="json"), generation)
-        run.write_results(results)
-    dist.wait()
+    with run.lock() if dist.is_main else contextlib.nullcontext():
+        content: dict[str, Any] | None = None
+        files: dict[str, str] = {}
+        if dist.is_main:
+            content, files = model_content(config, bundle, run.known_digests())
+            if content is None:  # a hub id is identified by the model it loads
+                bundle = _load(config, dist)
+                content = {"model": bundle_fingerprint(bundle)}
+            run.check_compatible(config, extra, content)
+            run.merge_shards()  # leftovers of an interrupted multi-process run
+            check_samples(run.path, run.records(), hashes)
+        dist.wait()
+        done = {str(r["id"]): r for r in run.records()}
+        ids = {s.id for s in all_samples}
+        n_err_before = sum(1 for i, r in done.items() if i in ids and r.get("error"))
+        pending = [s for s in all_samples if s.id not in done]
+        logger.info(
+            "%d samples, %d already done, %d to run",
+            len(all_samples),
+            len(all_samples) - len(pending),
+            len(pending),
+        )
+        mine = pending[dist.rank :: dist.world]
+        if mine and bundle is None:
+            bundle = _load(config, dist)  # before anything is written: a model that fails to load leaves no run
+        if mine and bundle is not None:
+            _check_model(bundle, mine, config)
+        if dist.is_main:
+            meta = {"versions": versions(), "world_size": dist.world}
+            run.write_config(config, extra, meta, content, files)
+        dist.wait()
+        generation = _generate(
+            run, dist, mine, len(all_samples), n_err_before, config, bundle, intervention, progress, hashes
+        )
+        dist.wait()
+        if dist.is_main and judge is not None:
+            run.merge_shards()
+            by_id = {str(r["id"]): r for r in run.records()}
+            missing = [s.id for s in all_samples if s.id not in by_id]
+            if missing:
+                raise InputError(f"{len(missing)} samples have no record after the run (e.g. {missing[:3]})")
+            records = judge_records(run, [by_id[s.id] for s in all_samples], judge)
+            data = report.to_json([_setting(s, config) for s in all_samples])
+            results = build_results(run, records, judge, config.model_dump(mode="json"), generation, data=data)
+            run.write_results(results)
+        dist.wait()
     return run.read_results()

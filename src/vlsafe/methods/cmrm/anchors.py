@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from vlsafe.core.errors import ConfigError, InputError
-from vlsafe.core.io import read_json
 from vlsafe.evals.images import apply_image_setting
 from vlsafe.evals.loaders import load_benchmark
+from vlsafe.hooks import SteeringVector
 from vlsafe.models.inputs import InputItem
 
 __all__ = [
@@ -180,14 +180,12 @@ def load_anchor_spec(
 
 
 def heldout_ids(cmrm: str | Path) -> set[str]:
-    """Ids of the held-out anchors a saved vector was calibrated on (empty for ``"sample"``/transfer)."""
+    """Ids of the held-out anchors a saved vector was calibrated on (empty for ``"sample"``/transfer).
+
+    Raises:
+        InputError: the vector file is missing, corrupt, or its metadata is not a JSON object.
+    """
     if str(cmrm) == "sample":
         return set()
-    path = Path(cmrm)
-    meta_path = (
-        path if path.suffix == ".safetensors" else path.with_name(path.name + ".safetensors")
-    ).with_suffix(".json")
-    if not meta_path.is_file():
-        return set()
-    meta = read_json(meta_path, "steering vector sidecar")
+    meta = SteeringVector.load(cmrm).meta
     return {str(i) for i in (meta.get("anchors") or {}).get("heldout_ids") or []}

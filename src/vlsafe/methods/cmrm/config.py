@@ -119,6 +119,7 @@ class CalibrateConfig(BaseModel):
         dtype: model dtype (``None``: the loader's default).
         device: move the model there.
         trust_remote_code: allow the checkpoint's own code to run.
+        allow_pickle: also load model weights stored as pickles (``pytorch_model.bin``).
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -142,3 +143,4 @@ class CalibrateConfig(BaseModel):
     dtype: str | None = None
     device: str | None = None
     trust_remote_code: bool = False
+    allow_pickle: bool = False

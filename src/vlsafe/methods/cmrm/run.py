@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from vlsafe.core.config import validate_config
+from vlsafe.core.io import check_writable
 from vlsafe.evals.loaders import load_benchmark
 from vlsafe.evals.runner import run_eval
 from vlsafe.hooks import SteeringVector
@@ -54,9 +55,14 @@ def run_calibrate(
     """
     if not isinstance(config, CalibrateConfig):
         config = validate_config(CalibrateConfig, dict(config))
+    check_writable(config.out, "vector file", kind="file")
     if bundle is None:
         bundle = load_model(
-            config.model, dtype=config.dtype, device=config.device, trust_remote_code=config.trust_remote_code
+            config.model,
+            dtype=config.dtype,
+            device=config.device,
+            trust_remote_code=config.trust_remote_code,
+            allow_pickle=config.allow_pickle,
         )
     samples, info = load_anchor_spec(
         config.anchors,
@@ -118,9 +124,14 @@ def run_cmrm_eval(
     if not isinstance(config, CMRMEvalConfig):
         config = validate_config(CMRMEvalConfig, dict(config))
     eval_config = config.eval_config()
+    check_writable(out_dir, "run directory")
     if bundle is None:
         bundle = load_model(
-            config.model, dtype=config.dtype, device=config.device, trust_remote_code=config.trust_remote_code
+            config.model,
+            dtype=config.dtype,
+            device=config.device,
+            trust_remote_code=config.trust_remote_code,
+            allow_pickle=config.allow_pickle,
         )
     intervention = CMRMIntervention(
         bundle,

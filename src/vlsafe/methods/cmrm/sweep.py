@@ -20,6 +20,7 @@ from pydantic import Field, field_validator
 
 from vlsafe.core.config import validate_config
 from vlsafe.core.errors import ConfigError
+from vlsafe.core.io import check_writable, write_bytes_atomic, write_text_atomic
 from vlsafe.evals.config import EvalConfig, GenerationOptions
 from vlsafe.evals.loaders import load_benchmark
 from vlsafe.evals.runner import run_eval
@@ -29,7 +30,7 @@ from vlsafe.methods.cmrm.intervention import CMRMIntervention
 from vlsafe.methods.cmrm.run import anchor_ids_of, load_vector
 from vlsafe.models.bundle import ModelBundle
 from vlsafe.models.loading import load_model
-from vlsafe.report.figures import line_curves, save_png
+from vlsafe.report.figures import line_curves, png_bytes
 from vlsafe.report.tables import table
 
 logger = logging.getLogger(__name__)
@@ -138,12 +139,10 @@ def _row(alpha: float, role: str, spec: str, results: dict[str, Any]) -> dict[st
 
 
 def _write_outputs(rows: list[dict[str, Any]], config: SweepConfig, out: Path) -> dict[str, str]:
-    (out / "sweep.json").write_text(
-        json.dumps({"config": config.model_dump(mode="json"), "rows": rows}, indent=2)
-    )
+    write_text_atomic(out / "sweep.json", json.dumps({"config": config.model_dump(mode="json"), "rows": rows}, indent=2))
     cols = ["alpha", "role", "benchmark", "metric", "value", "low", "high", "n", "unsafe_rate", "n_errors"]
     title = f"# CMRM α sweep: {config.cmrm_label()}\n\nmodel `{config.model}`; apply: `{config.apply.describe()}`\n\n"
-    (out / "sweep.md").write_text(title + table(rows, cols) + "\n")
+    write_text_atomic(out / "sweep.md", title + table(rows, cols) + "\n")
     alphas = sorted({r["alpha"] for r in rows})
     curves: dict[str, list[float]] = {}
     bands: dict[str, tuple[list[float], list[float]]] = {}
@@ -156,7 +155,7 @@ def _write_outputs(rows: list[dict[str, Any]], config: SweepConfig, out: Path) -
         hi = [nan if pick[a]["high"] is None else pick[a]["high"] for a in alphas]
         bands[name] = (lo, hi)
     fig = line_curves(alphas, curves, bands, title="CMRM α sweep", xlabel="α", ylabel="rate")
-    save_png(fig, out / "sweep.png")
+    write_bytes_atomic(out / "sweep.png", png_bytes(fig))
     return {
         "json": str(out / "sweep.json"),
         "markdown": str(out / "sweep.md"),
@@ -211,10 +210,14 @@ def run_sweep(
     if not isinstance(config, SweepConfig):
         config = validate_config(SweepConfig, dict(config), "sweep config")
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    check_writable(out, "sweep folder")
     if bundle is None:
         bundle = load_model(
-            config.model, dtype=config.dtype, device=config.device, trust_remote_code=config.trust_remote_code
+            config.model,
+            dtype=config.dtype,
+            device=config.device,
+            trust_remote_code=config.trust_remote_code,
+            allow_pickle=config.allow_pickle,
         )
     vector = load_vector(config.cmrm)
     exclude = anchor_ids_of(config.cmrm) if config.exclude_anchors else set()
