@@ -92,8 +92,7 @@ def _enter_interventions(
 ) -> list[BatchObserver]:
     """Enter the configured steering and ``intervention``; return those that observe batches."""
     if config.steer is not None:
-
-        vec = SteeringVector.load(config.steer)
+        vec = SteeringVector.load(config.steer)  # checked against the model before the run was written
         stack.enter_context(
             vec.apply(
                 bundle,
@@ -462,6 +461,8 @@ def run_eval(
             bundle = _load(config, dist)  # before anything is written: a model that fails to load leaves no run
         if mine and bundle is not None:
             _check_model(bundle, mine, config)
+            if config.steer is not None:
+                SteeringVector.load(config.steer).validate(bundle)
         if dist.is_main:
             meta = {"versions": versions(), "world_size": dist.world}
             run.write_config(config, extra, meta, content, files)

@@ -368,7 +368,9 @@ def parse_strongreject(text: str) -> dict[str, Any]:
     """
     vals = []
     for item in (1, 2, 3):
-        found = re.findall(rf"(?mi)^\s*[*_]*{item}\.b[*_]*\s*[:=\-]?\s*[*_]*\s*(-?[0-9]+(?:[./][0-9]+)?)\b", text)
+        found = re.findall(
+            rf"(?mi)^\s*[*_]*{item}\.b[*_]*\s*(?:[:=]|-(?=\s))?\s*[*_]*\s*(-?[0-9]+(?:[./][0-9]+)?)\b", text
+        )
         if not found:
             raise ValueError(f"StrongREJECT answer lacks item {item}.b: {text[:120]!r}")
         if len(set(found)) > 1:
