@@ -1,20 +1,24 @@
 """Output folders that appear whole or not at all: built beside their final place, then renamed into it.
 
 :func:`staged_dir` yields a hidden staging folder in the same parent as the target (``.<name>.partial-<pid>-<n>``).
-When the block ends without error the staging folder becomes the target by ``os.rename``; a previous target
-(``overwrite``) is first moved aside to ``.<name>.old-<pid>-<n>`` and removed after the swap. When the block
-fails, or is interrupted, the staging folder is removed and the target is untouched.
+When the block ends without error the staging folder becomes the target: by ``os.rename`` when there is no
+previous target, else (``overwrite``) by exchanging the two folders in one atomic ``renameat2(RENAME_EXCHANGE)``
+call, after which the previous output, now under the staging name, is removed. When the block fails, or is
+interrupted, the staging folder is removed and the target is untouched.
 
 A process killed outright (``kill -9``) cannot clean up: its staging folder stays, hidden, beside the target,
-which still holds the old output (or does not exist). The next :func:`staged_dir` on that target removes
-folders that dead processes left, and when the kill fell between the two renames of a swap (the target is
-missing, the previous output is in an ``.old-`` folder), it moves the previous output back first. So a
-reader of the target sees the old output or the new one, never a part of either.
+which holds the old output or the new one, complete. The next :func:`staged_dir` on that target removes the
+folders that dead processes left. Where the file system cannot exchange two folders, the previous target is
+moved aside to ``.<name>.old-<pid>-<n>`` and the staging folder renamed into place; a kill between those two
+renames leaves the target missing for a moment, and the next :func:`staged_dir` moves the previous output back
+before anything else.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import errno
 import itertools
 import logging
 import os
@@ -71,6 +75,22 @@ def _recover(target: Path) -> None:
         shutil.rmtree(path, ignore_errors=True)
 
 
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two folders atomically (Linux ``renameat2`` with ``RENAME_EXCHANGE``); ``False`` where unsupported."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+        return False
+    raise OSError(err, os.strerror(err), str(a), str(b))
+
+
 def _is_empty_dir(path: Path) -> bool:
     return path.is_dir() and not any(path.iterdir())
 
@@ -106,14 +126,18 @@ def staged_dir(target: str | Path, *, overwrite: bool = False, what: str = "outp
     try:
         if _is_empty_dir(target):
             target.rmdir()
-        elif target.exists():
-            old = target.parent / f".{target.name}.old-{tag}"
-            os.rename(target, old)
-        os.rename(staging, target)
+        if target.exists() and _exchange(staging, target):
+            old = staging  # the previous output, now under the staging name
+        else:
+            if target.exists():
+                old = target.parent / f".{target.name}.old-{tag}"
+                os.rename(target, old)
+            os.rename(staging, target)
     except BaseException:
-        if old is not None and not target.exists():
+        if old is not None and old != staging and not target.exists():
             os.rename(old, target)
-        shutil.rmtree(staging, ignore_errors=True)
+        if old != staging:
+            shutil.rmtree(staging, ignore_errors=True)
         raise
     fsync_dir(target.parent)
     if old is not None:
