@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from vlsafe.core.errors import InputError
-from vlsafe.core.io import iter_jsonl
+from vlsafe.core.io import iter_jsonl, read_text_file
 from vlsafe.core.paths import check_relative_path
 from vlsafe.evals import load_benchmark
 from vlsafe.models import InputItem
@@ -76,7 +76,7 @@ def load_items(
                     image = _confined_image(path, number, image)
                 items.append(InputItem(row["text"], image, row.get("caption")))
         else:
-            lines = path.read_text(encoding="utf-8").splitlines()
+            lines = read_text_file(path, "prompt file").splitlines()
             items = [InputItem(t.strip()) for t in lines if t.strip() and not t.lstrip().startswith("#")]
     else:
         if path.suffix in (".jsonl", ".txt") or "/" in str(source):

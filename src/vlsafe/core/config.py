@@ -22,6 +22,8 @@ def read_yaml_mapping(path: str | Path, what: str = "config") -> dict[str, Any]:
         data = yaml.safe_load(file.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
         raise ConfigError(f"{what} file {str(file)!r} is not valid YAML: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{what} file {str(file)!r} is not valid UTF-8 ({exc.reason} at byte {exc.start})") from None
     if not isinstance(data, dict):
         raise ConfigError(
             f"{what} file {str(file)!r} must hold a mapping of fields, got {type(data).__name__}"

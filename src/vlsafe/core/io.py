@@ -40,6 +40,7 @@ __all__ = [
     "iter_jsonl",
     "read_json",
     "read_jsonl",
+    "read_text_file",
     "write_bytes_atomic",
     "write_json_atomic",
     "write_jsonl_atomic",
@@ -143,7 +144,7 @@ def iter_json_rows(path: str | Path, what: str = "data file") -> Iterator[tuple[
     if not _is_array(file):
         yield from iter_jsonl(file, what)
         return
-    text = file.read_text(encoding="utf-8")
+    text = read_text_file(file, what)
     decoder = json.JSONDecoder()
     line, counted = 1, 0  # line number at offset ``counted``
 
@@ -187,6 +188,19 @@ def _is_array(file: Path) -> bool:
             if head:
                 return head.startswith(b"[")
     return False
+
+
+def read_text_file(path: str | Path, what: str = "text file") -> str:
+    """The UTF-8 text of ``path``.
+
+    Raises:
+        InputError: the file does not exist or is not valid UTF-8 (the message names it and the byte).
+    """
+    file = _existing(path, what)
+    try:
+        return file.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{what} {str(file)!r} is not valid UTF-8 ({exc.reason} at byte {exc.start})") from None
 
 
 def read_json(path: str | Path, what: str = "JSON file") -> Any:

@@ -21,7 +21,7 @@ import torch
 from transformers import AutoModel, AutoTokenizer
 
 from vlsafe.core.errors import ConfigError, InputError
-from vlsafe.core.io import iter_jsonl
+from vlsafe.core.io import iter_jsonl, read_text_file
 from vlsafe.core.registry import Registry
 
 #: The first user turn of TGA training and inference.
@@ -78,7 +78,8 @@ def load_corpus(path: str | Path) -> list[str]:
                 raise InputError(f"{file}:{number}: needs a non-empty 'text' (or 'caption') string")
             texts.append(text.strip())
     else:
-        texts = [line.strip() for line in file.read_text(encoding="utf-8").splitlines() if line.strip()]
+        lines = read_text_file(file, "retrieval corpus").splitlines()
+        texts = [line.strip() for line in lines if line.strip()]
     if not texts:
         raise InputError(f"retrieval corpus {file} is empty")
     return texts

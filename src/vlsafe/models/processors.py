@@ -123,7 +123,7 @@ def load_processor(family: Family, path: str, *, trust_remote_code: bool = False
         return make_processor(family, image_processor, tokenizer, chat_template=template, **kwargs)
     except ModelLoadError:
         raise
-    except (OSError, ValueError, TypeError, KeyError) as exc:
+    except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
         raise ModelLoadError(f"could not load the {family.name} processor from {path!r}: {exc}") from exc
 
 
