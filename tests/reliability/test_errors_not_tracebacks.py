@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import torch
 from PIL import Image
-from probes import cli, eval_args, fails_cleanly
+from probes import ROOT, cli, eval_args, fails_cleanly
 from safetensors.torch import load_file, save_file
 
 import vlsafe.analysis.run as analysis_run
@@ -166,6 +166,9 @@ def test_unwritable_outputs_are_refused_before_the_compute(
     config.write_text(json.dumps({"method": "linear", "models": [{"model": str(llava)}, {"model": str(llava_b)}]}))
     fails_cleanly(cli("merge", config, "--out", under), "merge output directory")
     fails_cleanly(cli("report", tmp_path, "--out", under), "report folder")
+    for kind, config in (("sft", "sft_vlguard_lora.yaml"), ("dpo", "dpo_spavl_lora.yaml"), ("tga", "tga_example.yaml")):
+        fails_cleanly(cli("train", kind, ROOT / "configs" / config, "--model", llava, "--output-dir", under),
+                      "training output folder")  # fmt: skip
     fails_cleanly(cli(*eval_args(llava, "/proc/vlsafe-run")), "cannot be written", "/proc")
 
 

@@ -9,14 +9,22 @@ can be overridden by a flag (``--model``, ``--output-dir``, ``--max-steps``, ``-
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
 
 from vlsafe.cli.group import echo_json, progress_enabled
 from vlsafe.cli.options import ConfigFlags, config_from_flags, config_options
+from vlsafe.core.io import check_writable
 from vlsafe.methods.training import DPOConfig, SFTConfig, TGAConfig, run_dpo, run_sft, run_tga
 
 _CONFIG_FILE = click.argument("config_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+
+
+def _writable(config: Any) -> Any:
+    """``config``, once its output folder is known to be writable (checked before the model loads)."""
+    check_writable(config.output_dir, "training output folder")
+    return config
 
 
 @click.group("train")
@@ -29,7 +37,7 @@ def train_group() -> None:
 @config_options(SFTConfig, required=False)
 def train_sft_cmd(config_file: Path, flags: ConfigFlags) -> None:
     """Safety SFT from CONFIG_FILE (YAML of vlsafe.methods.training.SFTConfig); resumes from its output_dir."""
-    echo_json(run_sft(config_from_flags(SFTConfig, flags, base=config_file)))
+    echo_json(run_sft(_writable(config_from_flags(SFTConfig, flags, base=config_file))))
 
 
 @train_group.command("dpo")
@@ -37,7 +45,7 @@ def train_sft_cmd(config_file: Path, flags: ConfigFlags) -> None:
 @config_options(DPOConfig, required=False)
 def train_dpo_cmd(config_file: Path, flags: ConfigFlags) -> None:
     """DPO from CONFIG_FILE (YAML of vlsafe.methods.training.DPOConfig); resumes from its output_dir."""
-    echo_json(run_dpo(config_from_flags(DPOConfig, flags, base=config_file)))
+    echo_json(run_dpo(_writable(config_from_flags(DPOConfig, flags, base=config_file))))
 
 
 @train_group.command("tga")
@@ -51,5 +59,5 @@ def train_dpo_cmd(config_file: Path, flags: ConfigFlags) -> None:
 @click.pass_context
 def train_tga_cmd(ctx: click.Context, config_file: Path, max_steps: int | None, flags: ConfigFlags) -> None:
     """TGA (text-guided alignment) from CONFIG_FILE (YAML of vlsafe.methods.training.TGAConfig); resumable."""
-    config = config_from_flags(TGAConfig, flags, base=config_file)
+    config = _writable(config_from_flags(TGAConfig, flags, base=config_file))
     echo_json(run_tga(config, max_steps=max_steps, progress=progress_enabled(ctx)))
