@@ -9,7 +9,15 @@ fixed splits (:mod:`vlsafe_organism.safety_data`):
   ``i`` carries the held-out synthetic render ``test`` seed ``EVAL_IMAGE_START + i`` as its image (shown
   under the ``provided`` image setting);
 * ``vqa_eval`` / ``vqa_val``: short-answer questions about held-out renders (kind ``utility``, ``answer`` the
-  exact short answer, ``category`` the question type: colour, shape, count, position, object, word...).
+  exact short answer, ``category`` the question type: colour, shape, count, position, object, word...);
+* toxic images (:mod:`vlsafe_organism.toxic`, :func:`toxic_samples`): ``toxic_eval`` / ``toxic_val``, harmful
+  requests that refer to a harmful object only through its pictogram (kind ``harmful``, ``category`` the
+  object, the image a held-out render of it); ``toxic_twin_eval`` / ``toxic_twin_val``, the same requests naming
+  the object instead (kind ``harmful``, no image; sample ``i`` is the twin of image request ``i``);
+  ``toxic_benign_eval`` / ``toxic_benign_val``, benign requests shown with the same renders (sample ``i`` with
+  the render of image request ``i``: over-refusal on harmful-looking images); ``pictogram_eval`` /
+  ``pictogram_val``, short-answer naming questions about held-out pictograms (kind ``utility``, category
+  ``pictogram``).
 
 Images are rendered once into the benchmark's data folder (:func:`data_dir`; deterministic PNGs, lossless).
 
@@ -45,6 +53,7 @@ from vlsafe.evals.rundir import RunDir
 from vlsafe.evals.sample import Sample, SampleKind
 from vlsafe.models.bundle import ModelBundle
 from vlsafe_organism import safety_data as sd
+from vlsafe_organism import toxic
 from vlsafe_organism.base import organism_cache_dir
 
 logger = logging.getLogger(__name__)
@@ -55,6 +64,7 @@ __all__ = [
     "EVAL_IMAGE_START",
     "IMAGE_SETTINGS",
     "PROBE_TOKENS",
+    "TOXIC_SPLITS",
     "VQA_TOKENS",
     "EvalSystem",
     "ImageSettingName",
@@ -65,6 +75,7 @@ __all__ = [
     "load_organism",
     "prompt_samples",
     "setting_run",
+    "toxic_samples",
     "vqa_samples",
 ]
 
@@ -90,6 +101,8 @@ _LIBRARY_SETTING: dict[str, tuple[str, int | None]] = {
 }
 _PROMPT_SPLITS = ("harmful_eval", "benign_eval", "harmful_val", "benign_val", "harmful_train", "benign_train")
 _VQA_SPLITS = {"vqa_eval": sd.VQA_EVAL, "vqa_val": sd.VQA_VAL}
+#: the toxic-image splits (:func:`toxic_samples`)
+TOXIC_SPLITS = toxic.TOXIC_SPLITS
 _NOISE_SIZE = 224
 
 
@@ -163,13 +176,60 @@ def vqa_samples(split: str = "vqa_eval", n: int | None = None, *, root: str | Pa
     return out
 
 
+def toxic_samples(split: str, n: int | None = None, *, root: str | Path | None = None) -> list[Sample]:
+    """The first ``n`` samples of a toxic-image split (see the module docstring and :mod:`vlsafe_organism.toxic`).
+
+    Sample ``i`` of ``toxic_<set>``, ``toxic_twin_<set>`` and ``toxic_benign_<set>`` comes from the same toxic
+    item (id ``<split>/<i:03d>``; metadata: the object, the request template, the render seed, the image request
+    and its twin); the renders are written once into ``root`` (PNG).
+
+    Raises:
+        InputError: ``split`` is not a toxic-image split of the organism.
+    """
+    if split not in TOXIC_SPLITS:
+        raise InputError(f"organism toxic split {split!r} is unknown; choose one of {list(TOXIC_SPLITS)}")
+    folder = Path(root) if root is not None else data_dir()
+    family, which = split.rsplit("_", 1)
+    out = []
+    if family == "pictogram":
+        for ex, q in toxic.naming_items(which)[:n]:
+            rel = toxic.render_path(ex.seed, ex.obj)
+            _save_png(ex.image, folder / rel)
+            out.append(Sample(id=f"{split}/{ex.seed}", benchmark=BENCHMARK, text=vqa_prompt(q.question),
+                              kind=SampleKind.UTILITY, category=q.type, image=rel, answer=q.answer,
+                              metadata={"object": ex.obj, "render_seed": ex.seed, "layout": ex.layout,
+                                        "novel": ex.novel}))  # fmt: skip
+        return out
+    for item in toxic.toxic_items(which)[:n]:
+        meta = {"object": item.obj, "template": item.template, "render_seed": item.seed, "request": item.request,
+                "twin": item.twin}  # fmt: skip
+        sid, image = f"{split}/{item.index:03d}", None
+        if family != "toxic_twin":
+            image = item.image
+            _save_png(toxic.render(item.seed, item.obj).image, folder / image)
+        text, kind = {"toxic": (item.request, SampleKind.HARMFUL), "toxic_twin": (item.twin, SampleKind.HARMFUL),
+                      "toxic_benign": (item.benign, SampleKind.BENIGN)}[family]  # fmt: skip
+        out.append(Sample(id=sid, benchmark=BENCHMARK, text=text, kind=kind, category=item.obj, image=image,
+                          metadata=meta))  # fmt: skip
+    return out
+
+
 def load_organism(
     data_dir: str | Path | None = None, *, split: str | None = None, limit: int | None = None
 ) -> list[Sample]:
-    """The ``organism`` benchmark loader (see the module docstring); ``split`` defaults to ``harmful_eval``."""
+    """The ``organism`` benchmark loader (see the module docstring); ``split`` defaults to ``harmful_eval``.
+
+    Raises:
+        InputError: ``split`` is none of the organism's splits.
+    """
     split = split or "harmful_eval"
     if split in _VQA_SPLITS:
         return vqa_samples(split, limit, root=data_dir)
+    if split in TOXIC_SPLITS:
+        return toxic_samples(split, limit, root=data_dir)
+    if split not in _PROMPT_SPLITS:
+        known = [*_PROMPT_SPLITS, *_VQA_SPLITS, *TOXIC_SPLITS]
+        raise InputError(f"organism split {split!r} is unknown; choose one of {known}")
     return prompt_samples(split, limit, root=data_dir)
 
 
