@@ -254,3 +254,17 @@ def test_keyword_judged_runs_report_non_refusal_and_fallbacks(tmp_path):
     assert cells[" ASR "].strip() == "\u2014" and cells[" non-refusal (keyword) "].startswith(" 1.000 [")
     assert "Attack success" not in md and "Non-refusal (keyword) rate per category" in md
     assert "| rendered |" in md and f"- figstep-keyword: {fallback}" in md and "**Fallback:**" in md
+
+
+def test_runs_scored_by_judges_that_differ_only_in_their_model_are_flagged(tmp_path):
+    from vlsafe.report.io import RunData
+    from vlsafe.report.writer import _runs_section
+
+    def run(name: str, key: str) -> RunData:
+        judge = {"name": "http", "version": "2", "prompt_hash": "abc", "key": key}
+        return RunData(tmp_path / name, name, {"judge": judge, "run": {"model": "m"}, "metrics": {}}, [])
+
+    same = _runs_section([run("a", "k1"), run("b", "k1")])
+    assert "different judges" not in same.text
+    differ = _runs_section([run("a", "k1"), run("b", "k2")])
+    assert "different judges" in differ.text and "key" in differ.text

@@ -15,6 +15,8 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from vlsafe.core.io import write_bytes_atomic
+
 __all__ = ["bar_with_intervals", "line_curves", "png_bytes", "save_png"]
 
 Point = Mapping[str, Any] | Sequence[float | None] | float | None
@@ -127,8 +129,7 @@ def png_bytes(fig: Figure, dpi: int = 110) -> bytes:
 
 
 def save_png(fig: Figure, path: str | Path, dpi: int = 110) -> Path:
-    """Write ``fig`` as PNG to ``path`` (parents created); returns the path."""
+    """Write ``fig`` as PNG to ``path`` (parents created; written whole or not at all); returns the path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(png_bytes(fig, dpi))
-    return path
+    return write_bytes_atomic(path, png_bytes(fig, dpi))

@@ -16,6 +16,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from vlsafe.core.io import write_bytes_atomic
 from vlsafe.report.tables import html_table, table
 
 __all__ = [
@@ -136,7 +137,7 @@ def write_figures(sections: Sequence[Section], figure_dir: str | Path) -> None:
                 name = f"{stem}_{k}{suffix}"
             fig.name = name
             if name not in written:
-                (out / name).write_bytes(fig.png)
+                write_bytes_atomic(out / name, fig.png)
                 written[name] = fig.png
 
 

@@ -7,7 +7,6 @@ vector moves them back), not safety behaviour; the model organism's demo (``vlsa
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from pathlib import Path
@@ -16,6 +15,7 @@ from typing import Any
 import torch
 from matplotlib.figure import Figure
 
+from vlsafe.core.io import write_json_atomic, write_text_atomic
 from vlsafe.hooks import SteeringVector, capture
 from vlsafe.models import build_inputs, build_tiny, inspect_model, load_model
 from vlsafe.report.figures import line_curves, save_png
@@ -103,7 +103,7 @@ def run_tour(out_dir: str | Path, *, family: str = "llava", seed: int = 0) -> di
         "vector_norms": vector.norms(),
         "seconds": round(time.perf_counter() - started, 2),
     }
-    (out / "results.json").write_text(json.dumps(results, indent=2, default=str))
+    write_json_atomic(out / "results.json", results)
     lines = [
         "# vlsafe tour (tiny random model)",
         "",
@@ -126,6 +126,6 @@ def run_tour(out_dir: str | Path, *, family: str = "llava", seed: int = 0) -> di
         f"Steering vector saved to `{vector_path.name}`; total time {results['seconds']} s.",
     ]
     report = out / "report.md"
-    report.write_text("\n".join(lines) + "\n")
+    write_text_atomic(report, "\n".join(lines) + "\n")
     results["report"] = str(report)
     return results

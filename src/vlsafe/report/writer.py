@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from vlsafe.core.errors import InputError
+from vlsafe.core.io import write_bytes_atomic, write_text_atomic
 from vlsafe.evals.metrics import SAFETY_METRIC_LABELS, compare_runs
 from vlsafe.report.figures import bar_with_intervals, png_bytes
 from vlsafe.report.html import ReportFigure, ReportTable, Section, render_markdown, render_page
@@ -77,6 +78,7 @@ def _runs_section(runs: Sequence[RunData]) -> Section:
                 "judge": j.get("name"),
                 "judge version": j.get("version"),
                 "prompt hash": j.get("prompt_hash"),
+                "judge key": j.get("key"),
                 "images": data.get("images"),
                 "records": len(run.records) or (run.metrics.get("overall") or {}).get("n_records"),
                 "directory": str(run.path),
@@ -93,10 +95,11 @@ def _runs_section(runs: Sequence[RunData]) -> Section:
             "\n\n**Fallback:** these runs did not use the benchmark as published; their numbers do not compare "
             "with published results on it:\n" + "\n".join(fallbacks)
         )
-    judges = {(row["judge"], row["judge version"], row["prompt hash"]) for row in rows}
+    judges = {(row["judge"], row["judge version"], row["prompt hash"], row["judge key"]) for row in rows}
     if len(judges) > 1:
         text += (
-            "\n\n**Warning:** the runs were scored by different judges (name, version or prompt hash differ); "
+            "\n\n**Warning:** the runs were scored by different judges (name, version, prompt hash or the judge's "
+            "key, which covers its model, endpoint and decoding options, differ); "
             "judges change safety rates by 15-30 points, so differences between these runs may come from the judge."
         )
     return Section("Runs", text, tables=[ReportTable(rows)])
@@ -251,13 +254,9 @@ def write_report(
     paths: dict[str, Path] = {}
     for sec in sections:
         for f in sec.figures:
-            p = fig_dir / f.name
-            p.write_bytes(f.png)
-            paths[Path(f.name).stem] = p
-    md = out / "report.md"
-    md.write_text(render_markdown(title, sections, figure_dir="figures"), encoding="utf-8")
-    page = out / "report.html"
-    page.write_text(render_page(title, sections, subtitle=f"{len(runs)} run(s)."), encoding="utf-8")
+            paths[Path(f.name).stem] = write_bytes_atomic(fig_dir / f.name, f.png)
+    md = write_text_atomic(out / "report.md", render_markdown(title, sections, figure_dir="figures"))
+    page = write_text_atomic(out / "report.html", render_page(title, sections, subtitle=f"{len(runs)} run(s)."))
     paths["markdown"], paths["html"] = md, page
     logger.info("wrote report to %s", out)
     return paths
