@@ -35,6 +35,9 @@ def test_rendered_fallback_is_recorded_and_strict_refuses_it(tiny_dir, tmp_path,
     results = json.loads((out / "results.json").read_text())
     assert results["data"]["fallbacks"] == [line] and results["data"]["images"] == "rendered"
     assert results["data"]["files"] == ["data/question/safebench.csv"]
+    head = (out / "config.yaml").read_text().splitlines()[:2]  # the run files say it before any result
+    assert head == ["# images: rendered", f"# fallback: {line}"]
+    assert json.loads((out / "run.json").read_text())["data"]["fallbacks"] == [line]
     res = runner.invoke(main, ["judge", str(out), "--judge", "keyword"])  # re-scoring keeps the provenance
     assert res.exit_code == 0, res.output
     assert json.loads((out / "results.json").read_text())["data"]["fallbacks"] == [line]
@@ -52,6 +55,7 @@ def test_published_tiny_images_run_without_fallback(tiny_dir, tmp_path, monkeypa
     assert res.exit_code == 0, res.output
     data = json.loads((out / "results.json").read_text())["data"]
     assert data["images"] == "published" and data["image_counts"] == {"published": 2} and data["fallbacks"] == []
+    assert (out / "config.yaml").read_text().splitlines()[0] == "# images: published"
     records = [json.loads(x) for x in (out / "samples.jsonl").read_text().splitlines()]
     assert {r["image"] for r in records} == {
         "data/images/SafeBench-Tiny/query_ForbidQI_1_1_6.png",

@@ -10,6 +10,7 @@ can change between reruns.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -217,9 +218,11 @@ class EvalConfig(GenerationOptions):
         """Load a YAML file holding one mapping of config fields."""
         return cls.from_dict(read_yaml_mapping(path, "eval config"))
 
-    def to_yaml(self, path: str | Path) -> Path:
-        """Write the resolved config (every field, defaults included), atomically."""
-        return write_text_atomic(path, yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False))
+    def to_yaml(self, path: str | Path, comments: Sequence[str] = ()) -> Path:
+        """Write the resolved config (every field, defaults included), atomically, after ``comments`` (one
+        ``# `` line each: what the run found, e.g. the benchmark loader's fallbacks)."""
+        head = "".join(f"# {' '.join(c.splitlines())}\n" for c in comments)
+        return write_text_atomic(path, head + yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False))
 
 
 def _file_sha256(path: str) -> str | None:

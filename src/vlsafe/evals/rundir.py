@@ -263,11 +263,18 @@ class RunDir:
         meta: dict[str, Any] | None = None,
         content: dict[str, Any] | None = None,
         files: dict[str, str] | None = None,
+        data: dict[str, Any] | None = None,
     ) -> None:
         """Write ``config.yaml`` and ``run.json`` (fingerprint with ``extra`` entries, ``content`` digests, the
-        model ``files`` digests by stat key, + ``meta``), each atomically."""
+        model ``files`` digests by stat key, + ``meta``), each atomically. ``data`` (the benchmark load's report)
+        goes into ``run.json`` whole, and its image provenance and fallback lines head ``config.yaml`` as
+        comments."""
         self.path.mkdir(parents=True, exist_ok=True)
-        config.to_yaml(self.config_path)
+        comments: list[str] = []
+        if data is not None:
+            comments.append(f"images: {data.get('images')}")
+            comments += [f"fallback: {line}" for line in data.get("fallbacks", [])]
+        config.to_yaml(self.config_path, comments)
         record: dict[str, Any] = {
             "format": RUN_FORMAT,
             "fingerprint": {**generation_fingerprint(config), **(extra or {})},
@@ -276,6 +283,8 @@ class RunDir:
             record["content"] = content
         if files:
             record["files"] = files
+        if data is not None:
+            record["data"] = data
         write_json_atomic(self.meta_path, {**record, **(meta or {})})
 
     # -- records -----------------------------------------------------------------------------

@@ -465,7 +465,8 @@ def run_eval(
                 SteeringVector.load(config.steer).validate(bundle)
         if dist.is_main:
             meta = {"versions": versions(), "world_size": dist.world}
-            run.write_config(config, extra, meta, content, files)
+            data = report.to_json([_setting(s, config) for s in all_samples])
+            run.write_config(config, extra, meta, content, files, data)
         dist.wait()
         generation = _generate(
             run, dist, mine, len(all_samples), n_err_before, config, bundle, intervention, progress, hashes
