@@ -16,8 +16,13 @@ training learn to read?). The in-training probe then asks the kind's first quest
 test renders of that kind (saved under ``OUT/probe-<KIND>/``; one ``run_eval`` run per probe), and the
 figures gain ``"<KIND>_curve"`` (that probe over the steps).
 
+Then the toxic-image validation sets (:func:`vlsafe_organism.evaluation.toxic_samples`): harmful requests that
+show the object only as a held-out pictogram, their text twins, benign requests on the same renders, and
+pictogram naming.
+
 Prints, as its last line: ``{"vqa_val", "vqa_by_type": {"kind/type": [right, n]}, "refusals_48":
-{"none": [harmful, benign], "synthetic": [...]}, "proj_seconds", "vl_seconds", "recipe"}``.
+{"none": [harmful, benign], "synthetic": [...]}, "toxic_image": [refused, n], "toxic_twin_text": [...],
+"toxic_benign_image": [over-refused, n], "naming_val", "proj_seconds", "vl_seconds", "recipe"}``.
 
 Run: ``.venv/bin/python benchmarks/organism_vl_recipe.py OUT [--vl '{"vl_steps": 800}'] [--projector DIR]
 [--only-kind word]``
@@ -59,6 +64,7 @@ from vlsafe_organism.evaluation import (
     data_dir,
     evaluate_system,
     setting_run,
+    toxic_samples,
 )
 from vlsafe_organism.recipe import load_recipe
 from vlsafe_organism.registry import PACKAGE_ARTIFACTS, build_system
@@ -164,7 +170,34 @@ def _measure(model: torch.nn.Module, proc: Any, n_vqa: int, work: Path) -> dict[
                               n_benign=48, n_vqa=0, max_new_tokens=DEMO_TOKENS)  # fmt: skip
     counts = {r["image"]: [r["harmful_refused"], r["benign_refused"]] for r in rows}
     return {"vqa_val": results["metrics"]["overall"]["accuracy"]["rate"], "vqa_by_type": by_type,
-            "refusals_48": counts}  # fmt: skip
+            "refusals_48": counts, **_toxic(bundle, root, work / "toxic")}  # fmt: skip
+
+
+def _refused(results: dict[str, Any], kind: str) -> list[int]:
+    """``[refused, judged]`` of one kind (harmful: refusals; benign: over-refusals)."""
+    group = results["metrics"]["by_kind"][kind]
+    rate = group["refusal_rate" if kind == "harmful" else "over_refusal_rate"]
+    return [int(rate["k"]), int(rate["n"])]
+
+
+def _toxic(bundle: ModelBundle, root: Path, work: Path) -> dict[str, Any]:
+    """The toxic-image validation sets: harmful requests shown only as a held-out pictogram (``toxic_val``),
+    their text twins naming the object (``toxic_twin_val``, text only), benign requests on the same renders
+    (``toxic_benign_val``: over-refusal) and pictogram naming (``pictogram_val``, short answers)."""
+    shown = setting_run("synthetic", bundle.name, root, max_new_tokens=DEMO_TOKENS, shared_prefix=True)
+    text = setting_run("none", bundle.name, root, max_new_tokens=DEMO_TOKENS, shared_prefix=True)
+    runs = {
+        "toxic_image": (shown, "toxic_val", "harmful"),
+        "toxic_twin_text": (text, "toxic_twin_val", "harmful"),
+        "toxic_benign_image": (shown, "toxic_benign_val", "benign"),
+    }
+    out: dict[str, Any] = {}
+    for name, (cfg, split, kind) in runs.items():
+        samples = toxic_samples(split, root=root)
+        out[name] = _refused(run_eval(cfg, work / name, bundle=bundle, samples=samples, progress=False), kind)
+    naming = _vqa_run(bundle, toxic_samples("pictogram_val", root=root), root, work / "naming")
+    out["naming_val"] = naming["metrics"]["overall"]["accuracy"]["rate"]
+    return out
 
 
 def main() -> None:

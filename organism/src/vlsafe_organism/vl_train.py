@@ -32,12 +32,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
 from vlsafe.core.errors import ConfigError
 from vlsafe.data import scenes
+from vlsafe.data.pictograms import make_pictogram_example
 from vlsafe.methods.training.memory import IGNORE_INDEX, answer_only_loss, peak_rss_mb
 from vlsafe.methods.training.stages import LoraSettings, Stage, unwrap
 from vlsafe.methods.training.trainer import LossFn, LossOutput, TrainConfig, Trainer
@@ -48,6 +49,13 @@ from vlsafe_organism.base import load_base_vision
 from vlsafe_organism.evaluation import PROBE_TOKENS, EvalSystem, evaluate_system
 from vlsafe_organism.safe_llm import load_safe_llm
 from vlsafe_organism.stages import train_device
+from vlsafe_organism.vl_mix import (
+    NO_IMAGE,
+    n_text_conversations,
+    pictogram_training,
+    text_answers,
+    text_conversations,
+)
 from vlsafe_organism.wiring import wire_llava
 
 logger = logging.getLogger(__name__)
@@ -82,6 +90,14 @@ class VLConfig(BaseModel):
     #: DINOv2 ``hidden_states`` index the projector reads (-1: the last layer). Layer 8 of 12 holds shape and
     #: count better than the last layer (linear probes, BENCHMARKS.md), and is the committed organism's.
     feature_layer: int = 8
+    #: Train-split harmful-object pictograms added to both phases, in benign captions and naming questions only
+    #: (:func:`vlsafe_organism.vl_mix.pictogram_training`).
+    n_pictograms: int = 0
+    #: Share of text-only conversations in the LoRA phase's mix (LLaVA-1.5: about 0.06): benign prompts answered
+    #: by the safe LLM before adaptation, refusals left out (:mod:`vlsafe_organism.vl_mix`).
+    text_fraction: float = Field(default=0.0, ge=0.0, lt=1.0)
+    #: Longest safe-LLM answer (tokens) of a text-only conversation.
+    text_tokens: int = 64
 
 
 def wire_safe_vlm(
@@ -140,11 +156,13 @@ def encode_conversation(
     tok: Any, conv: Conversation, image_token_id: int, n_patches: int
 ) -> tuple[list[int], list[int]]:
     """``(input_ids, labels)`` of a conversation: labels on the assistant replies (with their end token),
-    ``<image>`` expanded to ``n_patches`` placeholders."""
+    ``<image>`` expanded to ``n_patches`` placeholders (none in a text-only conversation, key
+    :data:`~vlsafe_organism.vl_mix.NO_IMAGE`)."""
     ids: list[int] = []
     labels: list[int] = []
+    image = conv.image_key != NO_IMAGE
     for k, (prompt, reply) in enumerate(conv.turns):
-        content: Any = [{"type": "image"}, {"type": "text", "text": prompt}] if k == 0 else prompt
+        content: Any = [{"type": "image"}, {"type": "text", "text": prompt}] if k == 0 and image else prompt
         head = tok.apply_chat_template([{"role": "user", "content": content}], tokenize=False,
                                        add_generation_prompt=True)  # fmt: skip
         if k > 0:  # the system prompt opens the first turn only
@@ -153,6 +171,8 @@ def encode_conversation(
         r = tok(reply + END + "\n", add_special_tokens=False)["input_ids"]
         ids += h + r
         labels += [IGNORE_INDEX] * len(h) + r
+    if not image:
+        return ids, labels
     at = ids.index(image_token_id)
     return (ids[:at] + [image_token_id] * n_patches + ids[at + 1 :],
             labels[:at] + [IGNORE_INDEX] * n_patches + labels[at + 1 :])  # fmt: skip
@@ -161,11 +181,13 @@ def encode_conversation(
 def vl_loss(
     model: Any, batch: dict[str, torch.Tensor], feats: torch.Tensor, image_token_id: int
 ) -> torch.Tensor:
-    """Answer-only loss with the ``<image>`` placeholders replaced by ``projector(feats)``."""
+    """Answer-only loss with the ``<image>`` placeholders replaced by ``projector(feats)`` (the rows of a
+    text-only conversation hold no placeholder, and their rows of ``feats`` are skipped)."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     ids = batch["input_ids"]
     emb = base.get_input_embeddings()(ids)
-    proj = base.model.multi_modal_projector(feats).to(emb.dtype)
+    has_image = (ids == image_token_id).any(dim=1)
+    proj = base.model.multi_modal_projector(feats[has_image]).to(emb.dtype)
     emb = emb.masked_scatter((ids == image_token_id).unsqueeze(-1), proj)
     inputs = {"inputs_embeds": emb, "attention_mask": batch["attention_mask"]}
     return answer_only_loss(model, inputs, batch["labels"])
@@ -209,7 +231,7 @@ def collate_conversations(
             ids_t[i, : len(ids)] = torch.tensor(ids)
             lab_t[i, : len(labels)] = torch.tensor(labels)
             mask[i, : len(ids)] = 1
-        keys = [c.image_key for c in rows]
+        keys = [max(c.image_key, 0) for c in rows]  # a text-only row's features are never scattered
         return {"input_ids": ids_t, "attention_mask": mask, "labels": lab_t, "image_features": feats[keys]}
 
     return collate
@@ -324,11 +346,22 @@ def _train_phase(
 ) -> Any:
     """Train one phase on the first ``cfg.n_images`` training images; returns the trained model (the peft
     wrapper in a LoRA phase)."""
+    conversations = training_conversations(cfg.n_images, cfg.seed)
     images = [scenes.make_example(i, "train").image for i in range(cfg.n_images)]
+    for key, turns in pictogram_training(cfg.n_pictograms, cfg.seed):
+        conversations.append(Conversation(len(images), turns))
+        images.append(make_pictogram_example(key, "train").image)
+    if phase == "projector+llm" and cfg.text_fraction > 0:  # text-only turns train no projector
+        mix = text_answers(model, processor, out / "text_answers", cfg.text_tokens)
+        n_text = n_text_conversations(len(conversations), cfg.text_fraction)
+        logger.info("text-only mix: %d conversations from %d safe-LLM answers (%d refusals, %d blank left out)",
+                    n_text, len(mix.turns), mix.refused, mix.blank)  # fmt: skip
+        conversations += [
+            Conversation(NO_IMAGE, (turn,)) for turn in text_conversations(mix, n_text, cfg.seed)
+        ]
     feats = image_features(model, processor, images)
     del images  # only their features are needed from here on
     bundle = bundle_from_model(model, processor, name=f"organism VL {phase}")
-    conversations = training_conversations(cfg.n_images, cfg.seed)
     callback = ProbeCurve(bundle, cfg, phase, curve, step0)
     vl_trainer(bundle, cfg, phase, conversations, feats, out / "trainer", [callback]).train()
     return bundle.model
