@@ -225,10 +225,10 @@ def test_run_demo_with_workers_reads_back_the_rows_the_workers_measured(tmp_path
     out = demo.run_demo(
         demo.DemoConfig(out_dir=tmp_path, settings=["none", "blank"], repairs=False, analysis=False, workers=2)
     )
-    assert handed == [["safe-llm-as-safe-llm", "vlm-as-safe-llm", "vl-as-vl"]]
-    assert evaluated == ["base weights", "safe-llm", "safe-llm", "vl"]  # measured once, by the "workers"
+    assert handed == [["safe-llm-as-safe-llm", "vlm-as-vlm", "vl-as-vl"]]
+    assert evaluated == ["base weights", "safe-llm", "vlm", "vl"]  # measured once, by the "workers"
     assert [(r["system"], r["image"]) for r in out["rows"]] == [
-        ("safe-llm", "none"), ("safe-llm", "blank"), ("vl", "none"), ("vl", "blank")]  # fmt: skip
+        ("safe-llm", "none"), ("vlm", "blank"), ("vl", "none"), ("vl", "blank")]  # fmt: skip
     assert out["workers"] == 2
     with pytest.raises(ValueError, match="workers"):
         demo.DemoConfig(workers=0)
@@ -248,8 +248,9 @@ def test_parallel_pass_starts_the_longest_jobs_first_and_keeps_the_analysis(monk
                         repaired=("vl+sft", "vl+cmrm-sample"))  # fmt: skip
     jobs = demo._plan(ctx, demo.IMAGE_SETTINGS, analysis=True)
     got = demo._run_parallel(ctx, jobs, 2, 1)
-    # by the forward passes each job needs: sample-level CMRM's extra prefills, vl's five settings, vlm's four
-    assert seen == ["vl+cmrm-sample", "vl-as-vl", "vlm-as-safe-llm", "vl+sft", "analysis", "safe-llm-as-safe-llm"]
+    # by the forward passes each job needs: vl's six settings, twin and naming questions (767), sample-level
+    # CMRM's extra prefills (3 x 244), vlm's five settings (719)
+    assert seen == ["vl-as-vl", "vl+cmrm-sample", "vlm-as-vlm", "vl+sft", "analysis", "safe-llm-as-safe-llm"]
     # a job measured before is placed by the seconds it took
     demo._rows_path(tmp_path, "vl+sft").parent.mkdir(parents=True)
     demo._rows_path(tmp_path, "vl+sft").write_text(json.dumps({"seconds": 10_000}))

@@ -23,7 +23,7 @@ def test_workers_measure_the_rows_one_process_measures(tmp_path: Path) -> None:
     one = run_demo(DemoConfig(out_dir=tmp_path / "one", workers=1, **small))
     two = run_demo(DemoConfig(out_dir=tmp_path / "two", workers=2, **small))
     assert [(r["system"], r["image"]) for r in two["rows"]] == [
-        ("safe-llm", "none"), ("safe-llm", "synthetic"), ("vl", "none"), ("vl", "synthetic")]  # fmt: skip
+        ("safe-llm", "none"), ("vlm", "synthetic"), ("vl", "none"), ("vl", "synthetic")]  # fmt: skip
     assert two["rows"] == one["rows"] and two["workers"] == 2
     assert len(list((tmp_path / "two" / "logs").glob("worker-*.log"))) == 2
     assert not (tmp_path / "one" / "logs").exists()

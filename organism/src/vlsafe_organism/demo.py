@@ -3,7 +3,11 @@
 1. **Degradation.** Load ``organism:safe-llm``, ``organism:vlm`` and ``organism:vl`` from the committed
    artefacts (the base weights are converted from the pip packages on first use) and, per image setting,
    generate the opening of the replies (``max_new_tokens`` = :data:`DEMO_TOKENS`; the keyword judge reads only
-   the opening) to held-out harmful and benign prompts; measure held-out synthetic VQA accuracy (utility).
+   the opening) to held-out harmful and benign prompts; measure held-out synthetic VQA accuracy (utility). The
+   ``toxic`` setting asks the toxic-image requests (the harmful object shown only as a held-out pictogram) and
+   benign requests on the same renders; each system also answers the same requests naming the object, text
+   only (the ``toxic-twin`` row), and the VL systems the naming questions (VQA type ``pictogram``). The rows
+   are named after the systems: ``safe-llm`` (text only), ``vlm`` (projector only), ``vl``.
 2. **Repairs.** Every repair of :mod:`vlsafe_organism.repairs.systems` (CMRM, merges, TGA, SFT, DPO, joint
    training) on the same held-out prompts with a benign synthetic image, and on harmful images (the request
    rendered as typography).
@@ -39,6 +43,7 @@ from vlsafe_organism.base import ensure_base_weights
 from vlsafe_organism.demo_analysis import analysis_sections, default_weight_pairs, weight_sections
 from vlsafe_organism.evaluation import (
     IMAGE_SETTINGS,
+    TWIN_SETTING,
     EvalSystem,
     ImageSettingName,
     eval_prompts,
@@ -48,14 +53,22 @@ from vlsafe_organism.evaluation import (
 from vlsafe_organism.registry import artifacts_dir, build_system
 from vlsafe_organism.repairs.systems import dependencies, repair_loaders
 from vlsafe_organism.report import write_report
+from vlsafe_organism.toxic import toxic_items
 
 logger = logging.getLogger(__name__)
 DEMO_TOKENS = 12
 DEFAULT_N = 48
+#: toxic-image requests of the ``toxic`` setting (all of ``toxic_eval``)
+N_TOXIC = len(toxic_items("eval"))
 #: version of the code that measures a row (part of every row's cache key in ``rows/``)
-ROWS_VERSION = "4"
+ROWS_VERSION = "5"
 #: settings of the repair rows: a benign image with the harmful request, and the request as a harmful image
 REPAIR_SETTINGS = ("synthetic", "typographic")
+#: what ``DemoConfig.repair_toxic`` adds to the repair rows (the toxic column does not fit the demo's 10-minute
+#: budget for every repair: BENCHMARKS.md)
+REPAIR_TOXIC = ("toxic",)
+#: settings of the repair rows that also ask the benign prompts
+REPAIR_BENIGN = ("synthetic", "toxic")
 #: precisions the demo evaluates in
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
@@ -125,6 +138,8 @@ class _Context:
     common: dict[str, Any]
     n_analysis: int = 32
     repaired: tuple[str, ...] = ()
+    n_toxic: int = N_TOXIC
+    repair_settings: tuple[str, ...] = REPAIR_SETTINGS
 
 
 @dataclass(frozen=True)
@@ -150,13 +165,12 @@ def _cost(ctx: _Context, job: _Job) -> float:
         seconds = json.loads(path.read_text()).get("seconds")
         if isinstance(seconds, (int, float)):
             return float(seconds)
-    prompts = len(ctx.harmful) + len(ctx.benign)
     if job.kind == "analysis":
         return 6.0 * ctx.n_analysis  # image, text and blank passes of the shift, direction and lens pages
+    vqa = (ctx.n_vqa if job.name != "safe-llm" else 0) * (1 + ("toxic" in job.settings))  # + naming questions
     if job.kind == "system":
-        replies = sum(prompts if s != "none" else prompts / 2 for s in job.settings)
-        return replies + (ctx.n_vqa if job.name != "safe-llm" else 0)
-    replies = prompts + len(ctx.harmful) + ctx.n_vqa  # synthetic (both kinds), typographic (harmful only), VQA
+        return sum(_replies(ctx, s, benign=True) for s in job.settings) + vqa
+    replies = sum(_replies(ctx, s, benign=s in REPAIR_BENIGN) for s in job.settings) + vqa
     if job.name.endswith("cmrm-sample"):
         return 3.0 * replies
     if job.name.endswith("cmrm-dataset"):
@@ -164,16 +178,26 @@ def _cost(ctx: _Context, job: _Job) -> float:
     return float(replies)
 
 
+def _replies(ctx: _Context, setting: str, *, benign: bool) -> float:
+    """Replies of one setting's run, a text-only reply counted half (it is short)."""
+    n = ctx.n_toxic if setting in ("toxic", TWIN_SETTING) else len(ctx.harmful)
+    n += (ctx.n_toxic if setting == "toxic" else len(ctx.benign)) if benign and setting != TWIN_SETTING else 0
+    return n / 2 if setting in ("none", TWIN_SETTING) else float(n)
+
+
 def _plan(ctx: _Context, settings: tuple[str, ...], analysis: bool) -> list[_Job]:
-    """The demo's jobs in report order (the repairs: ``ctx.repaired``)."""
-    plan = [("safe-llm", "safe-llm", ("none",)), ("safe-llm", "vlm", tuple(s for s in settings if s != "none")),
-            ("vl", "vl", settings)]  # fmt: skip
+    """The demo's jobs in report order (the repairs: ``ctx.repaired``). With the ``toxic`` setting every system
+    also gets the text-twin row (:data:`TWIN_SETTING`), right after its toxic-image row; the projector-only
+    ``vlm`` has no ``none`` row (its language model is the safe LLM's)."""
+    twin = (TWIN_SETTING,) if "toxic" in settings else ()
+    plan = [("safe-llm", "safe-llm", ("none", *twin)), ("vlm", "vlm", (*(s for s in settings if s != "none"), *twin)),
+            ("vl", "vl", (*settings, *twin))]  # fmt: skip
     jobs = []
     for system, builder, these in plan:
-        these = tuple(s for s in these if s in settings)
+        these = tuple(s for s in these if s in settings or s == TWIN_SETTING)
         if these:
             jobs.append(_Job("system", system, builder, these))
-    jobs += [_Job("repair", name, settings=REPAIR_SETTINGS) for name in ctx.repaired]
+    jobs += [_Job("repair", name, settings=ctx.repair_settings) for name in ctx.repaired]
     if analysis:
         jobs.append(_Job("analysis", "analysis"))
     return jobs
@@ -194,7 +218,7 @@ def _run_job(ctx: _Context, job: _Job) -> Any:
             bundle = bundle_from_model(model.to(cast), proc, name=f"organism:{job.builder}")
             return evaluate_system(EvalSystem(job.name, bundle), job.settings, runs, n_harmful=len(ctx.harmful),
                                    n_benign=len(ctx.benign), n_vqa=ctx.n_vqa, max_new_tokens=ctx.max_new_tokens,
-                                   cache_dir=ctx.cache_dir)  # fmt: skip
+                                   cache_dir=ctx.cache_dir, n_toxic=ctx.n_toxic, n_pictogram=ctx.n_vqa)  # fmt: skip
 
         key = _key(ctx.art, job.builder, {**ctx.common, "system": job.name, "builder": job.builder,
                                           "settings": job.settings})  # fmt: skip
@@ -204,8 +228,8 @@ def _run_job(ctx: _Context, job: _Job) -> Any:
         system = dict(repair_loaders(ctx.cache_dir, ctx.art, ctx.out / "work"))[job.name]()
         system.bundle.model.to(cast)
         return evaluate_system(system, job.settings, runs, n_harmful=len(ctx.harmful), n_benign=len(ctx.benign),
-                               n_vqa=ctx.n_vqa, max_new_tokens=ctx.max_new_tokens, benign_settings=("synthetic",),
-                               cache_dir=ctx.cache_dir)  # fmt: skip
+                               n_vqa=ctx.n_vqa, max_new_tokens=ctx.max_new_tokens, benign_settings=REPAIR_BENIGN,
+                               cache_dir=ctx.cache_dir, n_toxic=ctx.n_toxic, n_pictogram=ctx.n_vqa)  # fmt: skip
 
     key = _key(ctx.art, job.name, {**ctx.common, "system": job.name, "settings": job.settings})
     return _cached_rows(ctx.out, job.name, key, _measure_repair)
@@ -244,12 +268,18 @@ class DemoConfig(BaseModel):
     Attributes:
         out_dir: report directory (created).
         n_prompts: held-out harmful and benign prompts each per image setting (at most 160).
-        n_vqa: held-out synthetic VQA questions (at most 200).
+        n_vqa: held-out synthetic VQA questions (at most 200); also the number of held-out pictogram naming
+            questions asked with the ``toxic`` setting (at most the 100 of ``pictogram_eval``).
+        n_toxic: toxic-image requests of the ``toxic`` setting and its text twins (the first of ``toxic_eval``;
+            default all 54).
         cache_dir: organism cache directory (base weights); default ``$VLSAFE_CACHE/organism``.
         art_dir: artefact directory (default: the committed one).
         settings: image settings of the degradation table.
         max_new_tokens: generation length of the refusal probes (the keyword judge reads the opening).
         repairs: evaluate the repaired systems.
+        repair_toxic: also measure the repaired systems on the toxic-image requests (the ``toxic`` column, its
+            benign requests and the naming questions; no text twins). Off by default: with it the demo takes
+            longer than its 10-minute budget (BENCHMARKS.md).
         analysis: run the analysis section (shift, directions, safety layers, weight changes).
         n_analysis: prompts of the analysis section.
         dtype: precision of the evaluated systems: float32 (the precision the organism was trained and its
@@ -267,11 +297,13 @@ class DemoConfig(BaseModel):
     out_dir: Path = Path("reports/demo")
     n_prompts: int = Field(DEFAULT_N, ge=1, le=160)
     n_vqa: int = Field(100, ge=0, le=200)
+    n_toxic: int = Field(N_TOXIC, ge=1, le=N_TOXIC)
     cache_dir: Path | None = None
     art_dir: Path | None = None
     settings: list[ImageSettingName] = Field(default_factory=lambda: list(IMAGE_SETTINGS))
     max_new_tokens: int = Field(DEMO_TOKENS, ge=1)
     repairs: bool = True
+    repair_toxic: bool = False
     analysis: bool = True
     n_analysis: int = Field(32, ge=1)
     dtype: Literal["float32", "bfloat16"] = "float32"
@@ -297,12 +329,14 @@ def run_demo(config: DemoConfig | None = None) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     art = art_dir or artifacts_dir()
     harmful, benign = eval_prompts(n_harmful, n_benign)
-    common = {"v": ROWS_VERSION, "nh": n_harmful, "nb": n_benign, "nv": n_vqa, "tok": max_new_tokens}
+    common = {"v": ROWS_VERSION, "nh": n_harmful, "nb": n_benign, "nv": n_vqa, "tok": max_new_tokens,
+              "nt": config.n_toxic}
     if dtype != "float32":  # float32 rows keep the keys they had before the option existed
         common["dtype"] = dtype
     repair_names = [name for name, _ in repair_loaders(cache_dir, art, out / "work")] if repairs else []
     ctx = _Context(out, cache_dir, art, list(harmful), list(benign), n_vqa, max_new_tokens, dtype, common,
-                   n_analysis, tuple(repair_names))  # fmt: skip
+                   n_analysis, tuple(repair_names), config.n_toxic,
+                   REPAIR_SETTINGS + (REPAIR_TOXIC if config.repair_toxic else ()))  # fmt: skip
     jobs = _plan(ctx, tuple(settings), analysis)
     threads = torch.get_num_threads()
     if workers is None:

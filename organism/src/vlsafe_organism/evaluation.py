@@ -25,12 +25,17 @@ Images are rendered once into the benchmark's data folder (:func:`data_dir`; det
 library's white image at 224 px), ``noise`` (uniform RGB noise from one seeded stream, image ``i`` shown with
 harmful and benign prompt ``i``: provided images), ``synthetic`` (the sample's own render: ``provided``) and
 ``typographic`` (the request rendered FigStep-style at 448 px with the fixed FigStep prompt: the library's
-``figstep`` setting).
+``figstep`` setting) and ``toxic`` (the toxic-image requests ``toxic_<set>`` with their pictograms, and the
+benign requests ``toxic_benign_<set>`` on the same renders: ``provided``). Beside them, ``toxic-twin``
+(:data:`TWIN_SETTING`) is the text-only row of the same toxic requests naming the object (``toxic_twin_<set>``,
+harmful only).
 
 **A system's rows** (:func:`evaluate_system`) come from :func:`vlsafe.evals.run_eval`, one resumable run
 directory per image setting plus one for VQA: samples.jsonl, the keyword judge's verdicts and results.json.
 A row counts a harmful (benign) prompt as refused when the judge's verdict says so; its utility is the VQA
-run's accuracy and ``utility_by_type`` its accuracy per question type.
+run's accuracy and ``utility_by_type`` its accuracy per question type. With the ``toxic`` setting, the naming
+questions ``pictogram_<set>`` (a vision-language model) are a run of their own, ``pictogram``: their right /
+asked counts join ``utility_by_type`` as type ``pictogram`` (``utility`` stays the VQA run's accuracy).
 """
 
 from __future__ import annotations
@@ -65,6 +70,7 @@ __all__ = [
     "IMAGE_SETTINGS",
     "PROBE_TOKENS",
     "TOXIC_SPLITS",
+    "TWIN_SETTING",
     "VQA_TOKENS",
     "EvalSystem",
     "ImageSettingName",
@@ -81,8 +87,10 @@ __all__ = [
 
 BENCHMARK = "organism"
 #: an image setting of the degradation table
-ImageSettingName = Literal["none", "blank", "noise", "synthetic", "typographic"]
-IMAGE_SETTINGS: tuple[ImageSettingName, ...] = ("none", "blank", "noise", "synthetic", "typographic")
+ImageSettingName = Literal["none", "blank", "noise", "synthetic", "typographic", "toxic"]
+IMAGE_SETTINGS: tuple[ImageSettingName, ...] = ("none", "blank", "noise", "synthetic", "typographic", "toxic")
+#: the text-only row of the toxic requests: the same requests naming the object (``toxic_twin_<set>``)
+TWIN_SETTING = "toxic-twin"
 #: first ``test`` seed of the renders shown with the prompts (sample ``i`` shows seed ``EVAL_IMAGE_START + i``)
 EVAL_IMAGE_START = 30_000
 #: prompts per generation batch (length-sorted, so larger batches pad little and decode cheaper per prompt)
@@ -98,6 +106,8 @@ _LIBRARY_SETTING: dict[str, tuple[str, int | None]] = {
     "noise": ("provided", None),
     "synthetic": ("provided", None),
     "typographic": ("figstep", 448),
+    "toxic": ("provided", None),
+    TWIN_SETTING: ("none", None),
 }
 _PROMPT_SPLITS = ("harmful_eval", "benign_eval", "harmful_val", "benign_val", "harmful_train", "benign_train")
 _VQA_SPLITS = {"vqa_eval": sd.VQA_EVAL, "vqa_val": sd.VQA_VAL}
@@ -258,7 +268,7 @@ def setting_run(
 ) -> EvalConfig:  # fmt: skip
     """The :class:`vlsafe.evals.EvalConfig` of one organism image setting."""
     if setting not in _LIBRARY_SETTING:
-        raise InputError(f"image setting {setting!r} is unknown; choose one of {IMAGE_SETTINGS}")
+        raise InputError(f"image setting {setting!r} is unknown; choose one of {[*IMAGE_SETTINGS, TWIN_SETTING]}")
     library_setting, size = _LIBRARY_SETTING[setting]
     return EvalConfig(model=model_name, benchmark=BENCHMARK, data_dir=str(root), image_setting=library_setting,  # type: ignore[arg-type]
                       image_size=size, max_new_tokens=max_new_tokens, batch_size=batch_size, judge="keyword",
@@ -295,6 +305,25 @@ def _records(run_dir: Path) -> list[dict[str, Any]]:
     return list(RunDir(run_dir).records())
 
 
+def _by_type(results: dict[str, Any]) -> dict[str, list[int]]:
+    """``{question type: [right, asked]}`` of a short-answer run."""
+    return {t: [int(g["accuracy"]["k"]), int(g["accuracy"]["n"])]
+            for t, g in sorted(results["metrics"]["by_category"].items()) if g.get("accuracy")}  # fmt: skip
+
+
+def _setting_samples(
+    setting: str, harmful: list[Sample], benign: list[Sample], toxic_set: str, n_toxic: int | None, root: Path
+) -> tuple[list[Sample], list[Sample]]:
+    """The harmful and benign samples one setting shows (the prompt splits', or the toxic splits')."""
+    if setting == "toxic":
+        return toxic_samples(f"toxic_{toxic_set}", n_toxic, root=root), toxic_samples(
+            f"toxic_benign_{toxic_set}", n_toxic, root=root
+        )
+    if setting == TWIN_SETTING:
+        return toxic_samples(f"toxic_twin_{toxic_set}", n_toxic, root=root), []
+    return harmful, benign
+
+
 def evaluate_system(
     system: EvalSystem,
     settings: Sequence[str],
@@ -311,6 +340,9 @@ def evaluate_system(
     cache_dir: str | Path | None = None,
     progress: bool = False,
     image_start: int = EVAL_IMAGE_START,
+    toxic_set: Literal["eval", "val"] = "eval",
+    n_toxic: int | None = None,
+    n_pictogram: int | None = None,
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Refusal rows per image setting, VQA utility and example replies of ``system``.
 
@@ -319,6 +351,13 @@ def evaluate_system(
     all); VQA (a vision-language model and ``n_vqa`` > 0) is ``out_dir/vqa``. A system without an intervention
     decodes with a shared-prefix KV cache (``EvalConfig.shared_prefix``). Prompt ``i`` is shown with the render
     ``image_start + i``.
+
+    The ``toxic`` setting shows the first ``n_toxic`` (default all) requests of ``toxic_<toxic_set>`` with their
+    pictograms, and as its benign prompts the same number of ``toxic_benign_<toxic_set>`` on the same renders;
+    :data:`TWIN_SETTING` asks the same requests naming the object, text only (no benign prompts). With
+    ``toxic`` (and a vision-language model, ``n_pictogram`` not 0), the first ``n_pictogram`` (default all)
+    naming questions of ``pictogram_<toxic_set>`` are the run ``out_dir/pictogram``; their counts join
+    ``utility_by_type`` as type ``pictogram``.
 
     Returns:
         ``(rows, examples)``: one row per setting (``system``, ``image``, refusal rates and counts,
@@ -336,14 +375,21 @@ def evaluate_system(
         results = run_eval(cfg, out / "vqa", bundle=bundle, intervention=system.intervention, samples=vqa,
                            progress=progress)  # fmt: skip
         utility = results["metrics"]["overall"]["accuracy"]["rate"]
-        by_type = {t: [int(g["accuracy"]["k"]), int(g["accuracy"]["n"])]
-                   for t, g in sorted(results["metrics"]["by_category"].items()) if g.get("accuracy")}  # fmt: skip
-    harmful = prompt_samples(harmful_split, n_harmful, root=root, image_start=image_start)
+        by_type = _by_type(results)
+    if "toxic" in settings and n_pictogram != 0 and bundle.is_vlm:
+        cfg = setting_run("toxic", system.name, root, max_new_tokens=VQA_TOKENS, shared_prefix=shared)
+        naming = toxic_samples(f"pictogram_{toxic_set}", n_pictogram, root=root)
+        results = run_eval(cfg, out / "pictogram", bundle=bundle, intervention=system.intervention, samples=naming,
+                           progress=progress)  # fmt: skip
+        by_type = {**(by_type or {}), **_by_type(results)}
+    harmful_all = prompt_samples(harmful_split, n_harmful, root=root, image_start=image_start)
     benign_all = prompt_samples(benign_split, n_benign, root=root, image_start=image_start)
     rows, examples = [], {}
     for setting in settings:
         logger.info("evaluate: %s / %s", system.name, setting)
-        benign = benign_all if benign_settings is None or setting in benign_settings else []
+        harmful, benign = _setting_samples(setting, harmful_all, benign_all, toxic_set, n_toxic, root)
+        if benign_settings is not None and setting not in benign_settings:
+            benign = []
         samples = _with_setting([*harmful, *benign], setting, root)
         cfg = setting_run(setting, system.name, root, max_new_tokens=max_new_tokens, shared_prefix=shared)
         run_dir = out / setting

@@ -14,6 +14,8 @@ from vlsafe_organism.report_selection import selection_sections
 
 
 def _ci(k: int, n: int) -> str:
+    if not n:
+        return "-"
     lo, hi = wilson_interval(k, n)
     return f"{k / n:.2f} [{lo:.2f}, {hi:.2f}] ({k}/{n})"
 
@@ -28,6 +30,31 @@ def degradation_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "harmful refused": _ci(r["harmful_refused"], r["n_harmful"]),
             "benign refused": _ci(r["benign_refused"], r["n_benign"]),
             "VQA accuracy": "-" if r["utility"] is None else f"{r['utility']:.2f}",
+        })  # fmt: skip
+    return out
+
+
+#: the text-only row of the toxic requests (the same requests naming the object)
+TWIN = "toxic-twin"
+
+
+def toxic_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One line per system with a toxic-image or text-twin row: harmful refusal with the pictogram, the same
+    requests naming the object as text, benign refusal on the same pictures, and the naming questions answered
+    (VQA type ``pictogram``); [] if no row has them."""
+    by = {(r["system"], r["image"]): r for r in rows}
+    out = []
+    for system in dict.fromkeys(r["system"] for r in rows):
+        image, twin = by.get((system, "toxic")), by.get((system, TWIN))
+        if image is None and twin is None:
+            continue
+        naming = ((image or {}).get("utility_by_type") or {}).get("pictogram")
+        out.append({
+            "system": system,
+            "harmful refused (object as pictogram)": _ci(image["harmful_refused"], image["n_harmful"]) if image else "-",
+            "harmful refused (object named, text only)": _ci(twin["harmful_refused"], twin["n_harmful"]) if twin else "-",
+            "benign refused (same pictures)": _ci(image["benign_refused"], image["n_benign"]) if image else "-",
+            "pictogram named": f"{naming[0]}/{naming[1]} ({naming[0] / naming[1]:.2f})" if naming and naming[1] else "-",
         })  # fmt: skip
     return out
 
@@ -113,7 +140,9 @@ def write_report(
         "DINOv2-small vision tower, then adapted to vision on benign synthetic images only. Refusal is judged "
         f"by the keyword judge on the first {summary['max_new_tokens']} generated tokens (greedy, "
         f"{summary.get('dtype', 'float32')}); intervals are Wilson "
-        "95%. `safe-llm` with an image means the safe LLM behind the projector trained alone (LLM unchanged)."
+        "95%. `vlm` is the safe LLM behind the projector trained alone (LLM unchanged). The `toxic` column asks "
+        "harmful requests that show the harmful object only as a held-out pictogram (benign: benign requests on the "
+        "same pictures); the `toxic-twin` row beside it asks the same requests naming the object, text only."
     )
     if safe_text and vl_syn:
         drop = safe_text["harmful_refusal"] - vl_syn["harmful_refusal"]
@@ -122,6 +151,13 @@ def write_report(
             f"{vl_syn['harmful_refusal']:.2f} (VL model, harmful text + benign synthetic image), a drop of "
             f"{100 * drop:.0f} points."
         )
+    vl_toxic, vl_twin = by.get(("vl", "toxic")), by.get(("vl", TWIN))
+    if vl_toxic and vl_twin and vl_toxic["n_harmful"] and vl_twin["n_harmful"]:
+        lead += (
+            f"\n\nToxic images: the VL model refuses {vl_toxic['harmful_refusal']:.2f} of the toxic-image requests "
+            f"(object shown as a pictogram) and {vl_twin['harmful_refusal']:.2f} of the same requests naming the "
+            "object, text only."
+        )
     summary["targets"] = organism_targets(rows)
     if summary["targets"]:
         lead += "\n\nTargets of the organism, checked on these rows:\n" + "\n".join(
@@ -129,11 +165,17 @@ def write_report(
             for t in summary["targets"]
         )
     tables = [ReportTable(degradation_rows(rows))]
+    toxic = toxic_rows(rows)
+    if toxic:
+        tables.append(ReportTable(toxic, caption=(
+            "Toxic images against their text twins: the same harmful requests, the object shown only as a "
+            "held-out pictogram or named in the text; benign requests on the same pictures; held-out pictograms "
+            "named (the naming questions)")))  # fmt: skip
     by_type = vqa_type_rows(rows)
     if by_type:
         tables.append(ReportTable(by_type, caption=(
-            "VQA by question type: right answers of the held-out questions asked (`safe-llm` here is the "
-            "projector-only model)")))  # fmt: skip
+            "VQA by question type: right answers of the held-out questions asked (`pictogram`: the held-out "
+            "pictograms named)")))  # fmt: skip
     sections = [Section("Degradation", lead, tables=tables)]
     figs = []
     if curve and any("probe" in c for c in curve):

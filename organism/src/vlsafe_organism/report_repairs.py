@@ -8,7 +8,10 @@ Definitions (all on the held-out prompts, keyword judge):
 * **benign rise** = benign refusal of the repair - that of ``vl`` (benign synthetic image);
 * **utility change** = VQA accuracy of the repair - that of ``vl``;
 * **harmful image refused** = harmful refusal with the request rendered as an image (``typographic``), the
-  defence success rate on harmful images.
+  defence success rate on harmful images;
+* **toxic image refused** / **benign on toxic images** (only when the repairs were measured on the ``toxic``
+  setting: ``DemoConfig.repair_toxic``) = harmful refusal of the toxic-image requests (the object shown only as
+  a pictogram), and benign refusal on the same pictures; ``vl``'s in brackets.
 """
 
 from __future__ import annotations
@@ -64,6 +67,7 @@ def repair_metrics(rows: list[dict[str, Any]], repair_rows: list[dict[str, Any]]
     safe = _get(rows, "safe-llm", "none")
     vl = _get(rows, "vl", "synthetic")
     vl_img = _get(rows, "vl", "typographic")
+    vl_toxic = _get(rows, "vl", "toxic")
     if safe is None or vl is None:
         return []
     gap = safe["harmful_refusal"] - vl["harmful_refusal"]
@@ -71,6 +75,7 @@ def repair_metrics(rows: list[dict[str, Any]], repair_rows: list[dict[str, Any]]
     for system in dict.fromkeys(r["system"] for r in repair_rows):
         syn = _get(repair_rows, system, "synthetic")
         img = _get(repair_rows, system, "typographic")
+        tox = _get(repair_rows, system, "toxic")
         if syn is None:
             continue
         m: dict[str, Any] = {
@@ -90,6 +95,11 @@ def repair_metrics(rows: list[dict[str, Any]], repair_rows: list[dict[str, Any]]
             "vl_image_dsr": vl_img["harmful_refusal"] if vl_img else None,
             "safe_text": safe["harmful_refusal"],
         }
+        if tox is not None:
+            m.update(toxic=tox["harmful_refusal"], toxic_k=tox["harmful_refused"], n_toxic=tox["n_harmful"],
+                     toxic_benign=tox["benign_refusal"],
+                     vl_toxic=vl_toxic["harmful_refusal"] if vl_toxic else None,
+                     vl_toxic_benign=vl_toxic["benign_refusal"] if vl_toxic else None)  # fmt: skip
         check = next((c for prefix, c in TARGETS.items() if system.startswith(prefix)), None)
         if check is not None:
             met, rule = check(m)
@@ -103,8 +113,13 @@ def _pct(x: float | None) -> str:
     return "-" if x is None else f"{x:.2f}"
 
 
+def _toxic(m: dict[str, Any], key: str) -> str:
+    return f"{_pct(m[key])} ({_pct(m['vl_' + key])})" if "toxic" in m else "-"
+
+
 def _table(metrics: list[dict[str, Any]]) -> list[dict[str, Any]]:
     out = []
+    toxic = any("toxic" in m for m in metrics)
     for m in metrics:
         out.append({
             "system": m["system"],
@@ -114,6 +129,8 @@ def _table(metrics: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "benign refused": f"{m['benign']:.2f} ({m['benign_rise']:+.2f})",
             "VQA": f"{_pct(m['utility'])} ({m['utility_change']:+.2f})",
             "harmful image refused": _pct(m["image_dsr"]),
+            **({"toxic image refused (vl)": _toxic(m, "toxic"),
+                "benign on toxic images (vl)": _toxic(m, "toxic_benign")} if toxic else {}),
             "target": ("met" if m["target_met"] else "missed") if "target_met" in m else "-",
         })  # fmt: skip
     return out
@@ -157,6 +174,11 @@ def repairs_section(
         "benign + image (over-refusal)": [rate_point(vl["benign_refused"], vl["n_benign"])]
         + [rate_point(m["benign_k"], m["n_benign"]) for m in metrics],
     }
+    vl_toxic = _get(rows, "vl", "toxic")
+    if any("toxic" in m for m in metrics):
+        series["toxic image (pictogram)"] = [
+            rate_point(vl_toxic["harmful_refused"], vl_toxic["n_harmful"]) if vl_toxic else None
+        ] + [rate_point(m["toxic_k"], m["n_toxic"]) if "toxic" in m else None for m in metrics]
     fig = figures.bar_with_intervals(labels, series, title="Repairs on the organism", ylabel="refusal rate")
     figures.save_png(fig, figdir / "repairs.png")
     sections[0].figures.append(
