@@ -219,7 +219,8 @@ def main() -> None:
     t0 = time.time()
     if args.projector is not None:
         for f in args.projector.iterdir():
-            shutil.copy(f, out / "vlm" / f.name)
+            if f.is_file():  # the stage's files; its trainer/ folder is not needed
+                shutil.copy(f, out / "vlm" / f.name)
     elif not (out / "vlm" / "vlm_projector.safetensors").exists():
         vl_train.train_projector(out / "vlm", None, safe, cfg)
     t1 = time.time()
