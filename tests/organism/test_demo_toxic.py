@@ -191,3 +191,23 @@ def test_repairs_gain_the_toxic_column_only_when_asked(tmp_path: Path, monkeypat
         ("0.80 (0.20)", "0.40 (0.10)"), ("-", "-")]  # fmt: skip
     sections, _ = repairs_section(tmp_path, rows, [r for r in repairs if r["image"] != "toxic"])
     assert "toxic image refused (vl)" not in sections[0].tables[0].rows[0]
+
+
+def test_refusal_figure_puts_the_twin_right_after_the_toxic_column(tmp_path: Path, monkeypatch) -> None:
+    from vlsafe.report import figures
+    from vlsafe_organism import report
+
+    drawn: list[tuple[list[str], dict[str, Any]]] = []
+
+    def bars(labels: list[str], series: dict[str, Any], **kw: Any) -> Any:
+        drawn.append((list(labels), series))
+        return figures.bar_with_intervals(labels, series, **kw)
+
+    monkeypatch.setattr(report, "figures", SimpleNamespace(bar_with_intervals=bars, save_png=figures.save_png))
+    rows = [_row("safe-llm", "none", 9, 1), _row("safe-llm", TWIN_SETTING, 8, 0, nb=0),
+            _row("vlm", "synthetic", 2, 1), _row("vlm", "toxic", 2, 1), _row("vl", "typographic", 0, 0)]  # fmt: skip
+    summary: dict[str, Any] = {"max_new_tokens": 12, "seconds": 1.0, "peak_rss_mb": 1.0, "examples": {}}
+    report.write_report(tmp_path, rows, [], summary, art_dir=tmp_path)
+    labels, series = drawn[0]
+    assert labels == ["none", "synthetic", "typographic", "toxic", TWIN_SETTING]
+    assert series["safe-llm"][1] is None and series["safe-llm"][4][0] == pytest.approx(0.8)

@@ -36,6 +36,8 @@ def degradation_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 #: the text-only row of the toxic requests (the same requests naming the object)
 TWIN = "toxic-twin"
+#: order of the image settings on the figure's x axis (the toxic column's text twin right after it)
+_ORDER = ("none", "blank", "noise", "synthetic", "typographic", "toxic", TWIN)
 
 
 def toxic_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -190,7 +192,8 @@ def write_report(
             "counts projector-only steps first, then projector + LLM steps.",
             figures=figs,
         ))  # fmt: skip
-    labels = sorted({r["image"] for r in rows}, key=lambda s: [r["image"] for r in rows].index(s))
+    seen = list(dict.fromkeys(r["image"] for r in rows))
+    labels = sorted(seen, key=lambda s: (_ORDER.index(s) if s in _ORDER else len(_ORDER), seen.index(s)))
     series = {}
     for system in dict.fromkeys(r["system"] for r in rows):
         pts: list[Any] = []
