@@ -10,10 +10,16 @@ from typing import Any
 
 import pytest
 import torch
+import yaml
+from click.testing import CliRunner
 
+from vlsafe.cli import main
 from vlsafe.core.errors import InputError
-from vlsafe_organism import demo, evaluation, toxic
+from vlsafe.report import figures
+from vlsafe_organism import cli, demo, evaluation, report, toxic
 from vlsafe_organism.evaluation import TWIN_SETTING, EvalSystem
+from vlsafe_organism.report import toxic_rows, vqa_type_rows, write_report
+from vlsafe_organism.report_repairs import repair_metrics, repairs_section
 
 
 def _jsonl(path: Path) -> list[dict[str, Any]]:
@@ -46,7 +52,7 @@ def test_toxic_and_twin_rows_come_from_the_toxic_splits(tiny_bundle, tmp_path: P
     twin = _jsonl(runs / TWIN_SETTING / "samples.jsonl")
     assert sorted(r["id"] for r in twin) == [f"toxic_twin_eval/{i:03d}" for i in range(3)]
     assert {r["kind"] for r in twin} == {"harmful"}
-    assert __import__("yaml").safe_load((runs / TWIN_SETTING / "config.yaml").read_text())["image_setting"] == "none"
+    assert yaml.safe_load((runs / TWIN_SETTING / "config.yaml").read_text())["image_setting"] == "none"
     assert [p for p, _ in examples[f"x/{TWIN_SETTING}"]] == [it.twin for it in items]
     assert [p for p, _ in examples["x/toxic"]] == [it.request for it in items]
     # refusal counts are the judge's verdicts on the toxic splits' samples
@@ -134,8 +140,6 @@ def test_run_demo_rows_are_named_vlm_and_carry_the_toxic_column(tmp_path: Path, 
 
 
 def test_report_puts_each_toxic_row_beside_its_text_twin(tmp_path: Path) -> None:
-    from vlsafe_organism.report import toxic_rows, vqa_type_rows, write_report
-
     rows = [_row("safe-llm", "none", 9, 1), _row("safe-llm", TWIN_SETTING, 8, 0, nb=0),
             _row("vlm", "toxic", 2, 1), _row("vlm", TWIN_SETTING, 7, 0, nb=0),
             _row("vl", "synthetic", 1, 0), _row("vl", "toxic", 3, 2), _row("vl", TWIN_SETTING, 5, 0, nb=0)]  # fmt: skip
@@ -163,8 +167,6 @@ def test_report_puts_each_toxic_row_beside_its_text_twin(tmp_path: Path) -> None
 
 
 def test_repairs_gain_the_toxic_column_only_when_asked(tmp_path: Path, monkeypatch) -> None:
-    from vlsafe_organism.report_repairs import repair_metrics, repairs_section
-
     monkeypatch.setattr(demo, "repair_loaders", lambda *a: [("vl+sft", None)])
     seen: list[tuple[str, tuple[str, ...], Any]] = []
 
@@ -194,9 +196,6 @@ def test_repairs_gain_the_toxic_column_only_when_asked(tmp_path: Path, monkeypat
 
 
 def test_refusal_figure_puts_the_twin_right_after_the_toxic_column(tmp_path: Path, monkeypatch) -> None:
-    from vlsafe.report import figures
-    from vlsafe_organism import report
-
     drawn: list[tuple[list[str], dict[str, Any]]] = []
 
     def bars(labels: list[str], series: dict[str, Any], **kw: Any) -> Any:
@@ -211,3 +210,15 @@ def test_refusal_figure_puts_the_twin_right_after_the_toxic_column(tmp_path: Pat
     labels, series = drawn[0]
     assert labels == ["none", "synthetic", "typographic", "toxic", TWIN_SETTING]
     assert series["safe-llm"][1] is None and series["safe-llm"][4][0] == pytest.approx(0.8)
+
+
+def test_demo_command_passes_the_toxic_options(tmp_path: Path, monkeypatch) -> None:
+    got: list[demo.DemoConfig] = []
+    monkeypatch.setattr(cli, "run_demo", lambda config: got.append(config) or {"seconds": 0.0})
+    result = CliRunner().invoke(cli.demo_cmd, ["--out", str(tmp_path), "--n-toxic", "6", "--repair-toxic"])
+    assert result.exit_code == 0, result.output
+    assert (got[0].n_toxic, got[0].repair_toxic, got[0].out_dir) == (6, True, tmp_path)
+    CliRunner().invoke(cli.demo_cmd, ["--out", str(tmp_path)])
+    assert (got[1].n_toxic, got[1].repair_toxic) == (54, False)
+    bad = CliRunner().invoke(main, ["demo", "--n-toxic", "55"])
+    assert bad.exit_code == 2 and "n_toxic" in bad.output and "less than or equal to 54" in bad.output

@@ -14,7 +14,7 @@ from vlsafe_organism.demo import DemoConfig, run_demo
 @click.command("demo")
 @config_options(
     DemoConfig,
-    include=("out_dir", "n_prompts", "cache_dir", "repairs", "analysis", "dtype", "workers"),
+    include=("out_dir", "n_prompts", "n_toxic", "cache_dir", "repairs", "repair_toxic", "analysis", "dtype", "workers"),
     rename={"out_dir": "--out", "n_prompts": "--n", "cache_dir": "--cache"},
 )
 def demo_cmd(flags: ConfigFlags) -> None:
