@@ -10,7 +10,8 @@
    are named after the systems: ``safe-llm`` (text only), ``vlm`` (projector only), ``vl``.
 2. **Repairs.** Every repair of :mod:`vlsafe_organism.repairs.systems` (CMRM, merges, TGA, SFT, DPO, joint
    training) on the same held-out prompts with a benign synthetic image, and on harmful images (the request
-   rendered as typography).
+   rendered as typography); with ``repair_toxic``, also on the toxic column (off by default: it does not fit
+   the demo's 10-minute budget, BENCHMARKS.md).
 3. **Analysis.** Representation shift, refusal direction, safety layers and per-layer weight changes
    (:mod:`vlsafe_organism.demo_analysis`).
 4. Write ``results.json``, ``report.md``, ``report.html`` (self-contained) and the figures.
