@@ -1,4 +1,5 @@
-"""TGA on tiny offline models: spans for every family, guide-loss gradients, training, prompt identity, CLI."""
+"""TGA on tiny offline models: spans for every family, guide-loss gradients, the engine's TGA loss against the
+plain loss function (oracle), training through the engine for every family, prompt identity, CLI."""
 
 from __future__ import annotations
 
@@ -16,12 +17,14 @@ from vlsafe.evals.retrieval import build_retrieval_inputs
 from vlsafe.methods.training import (
     TGALoss,
     TGARecord,
+    TGATrainer,
     TrainConfig,
     Trainer,
     apply_stage,
     encode_tga_batch,
     language_model,
     projector_params,
+    tga_loss_terms,
 )
 from vlsafe.models import VLM_FAMILIES, build_inputs, load_model
 from vlsafe.models.bundle import ModelBundle
@@ -163,6 +166,50 @@ def test_guide_loss_decreases_in_training(
     guide = [h["guide"] for h in result.history]
     assert guide[-1] < guide[0] - 0.05
     assert result.history[-1]["cos_ic"] > result.history[0]["cos_ic"]
+
+
+@pytest.mark.parametrize("family", VLM_FAMILIES)
+def test_engine_tga_loss_equals_the_loss_function(
+    family: str, tiny_dir: Callable[[str], Path], records: list[TGARecord]
+) -> None:
+    """The engine's compute_loss (forward passes of the wrapped model, logits at supervised positions only) gives
+    the loss, components and gradients of TGALoss (decoder and lm_head called directly, chunked CE)."""
+    bundle = _fresh(tiny_dir, family)
+    bundle.model = apply_stage(bundle.model, "projector_lora")
+    batch = encode_tga_batch(bundle, records)
+    loss = TGALoss(bundle, [0, 1], weight=0.7, schedule="linear", max_steps=4, ce_weight=0.9)
+    bundle.model.train()
+    params = [p for p in bundle.model.parameters() if p.requires_grad]
+    old = loss(bundle.model, batch, 1)
+    old_grads = torch.autograd.grad(old.loss, params, allow_unused=True)
+    new, metrics = tga_loss_terms(loss, bundle.model, batch, 1)
+    new_grads = torch.autograd.grad(new, params, allow_unused=True)
+    assert float(new.detach()) == pytest.approx(float(old.loss.detach()), rel=1e-5, abs=1e-6)
+    for key in ("ce", "guide", "lambda", "cos_ic", "cos_rc"):
+        assert metrics[key] == pytest.approx(old.metrics[key], rel=1e-5, abs=1e-6), key
+    assert metrics["lambda"] == pytest.approx(0.7 * 0.75)
+    assert any(g is not None and float(g.abs().sum()) > 0 for g in new_grads)
+    for a, b in zip(old_grads, new_grads, strict=True):
+        assert (a is None) == (b is None)
+        if a is not None:
+            torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("family", VLM_FAMILIES)
+def test_tga_trains_through_the_engine_for_every_family(
+    family: str, tiny_dir: Callable[[str], Path], records: list[TGARecord], tmp_path: Path
+) -> None:
+    bundle = _fresh(tiny_dir, family)
+    cfg = TrainConfig(output_dir=tmp_path, stage="projector", max_steps=4, batch_size=2, lr=2e-2,
+                      progress=False, save_final=False)  # fmt: skip
+    tga = TGALoss(bundle, [0, 1], weight=1.0, schedule="constant", max_steps=cfg.max_steps)
+    trainer = Trainer(bundle, cfg, None, records, lambda rows: encode_tga_batch(bundle, rows),
+                      engine_class=TGATrainer, engine_kwargs={"tga": tga})  # fmt: skip
+    assert isinstance(trainer.engine, TGATrainer)
+    result = trainer.train()
+    losses = [h["loss"] for h in result.history]
+    assert len(losses) == 4 and losses[-1] < losses[0]
+    assert all(k in result.history[0] for k in ("ce", "guide", "cos_ic", "cos_rc", "lambda", "lr", "grad_norm"))
 
 
 @pytest.mark.parametrize("family", ["llava", "smolvlm"])

@@ -11,7 +11,9 @@ Example config (``vlsafe train tga CONFIG.yaml``)::
       - {stage: projector, lr: 1.0e-3, max_steps: 200, batch_size: 4}
       - {stage: projector_lora, lr: 2.0e-4, max_steps: 200, batch_size: 4, lora: {rank: 16}}
 
-Each stage trains in ``output_dir/stage<i>-<stage>`` (resumable: rerunning continues where it stopped);
+Each stage trains in ``output_dir/stage<i>-<stage>`` with :class:`~vlsafe.methods.training.tga_loss.TGATrainer`
+(a ``transformers.Trainer``; launch with ``accelerate launch`` for DDP / FSDP / DeepSpeed) and is resumable:
+rerunning continues where it stopped, and refuses a stage whose settings changed;
 the final model (LoRA merged) is written to ``output_dir/model`` and loads with :func:`vlsafe.models.load_model`.
 """
 
@@ -29,7 +31,7 @@ from vlsafe.core.errors import ConfigError
 from vlsafe.data.retrieval import Retriever, load_corpus, make_retriever
 from vlsafe.methods.training.checkpoint import save_trained_model
 from vlsafe.methods.training.data import TGARecord, encode_tga_batch, read_tga_records
-from vlsafe.methods.training.tga_loss import TGALoss, layers_from_analysis, middle_third
+from vlsafe.methods.training.tga_loss import TGALoss, TGATrainer, layers_from_analysis, middle_third
 from vlsafe.methods.training.trainer import TrainConfig, Trainer
 from vlsafe.models import load_model
 from vlsafe.models.bundle import ModelBundle
@@ -164,7 +166,8 @@ def train_tga(
             max_steps=stage_cfg.max_steps,
             ce_weight=config.guide.ce_weight,
         )
-        trainer = Trainer(bundle, stage_cfg, loss, records, lambda rows: encode_tga_batch(bundle, rows))
+        trainer = Trainer(bundle, stage_cfg, None, records, lambda rows: encode_tga_batch(bundle, rows),
+                          engine_class=TGATrainer, engine_kwargs={"tga": loss})  # fmt: skip
         result = trainer.train()
         last = result.history[-1] if result.history else {}
         summary["stages"].append(
