@@ -1,7 +1,10 @@
-"""TRL's ``SFTTrainer`` and ``DPOTrainer`` on vlsafe's batches (see :mod:`vlsafe.methods.training.trl_data`).
+"""TRL's ``SFTTrainer`` and ``DPOTrainer`` on vlsafe's batches (see :mod:`vlsafe.methods.training.trl_data`)
+and vlsafe's training engine (:class:`~vlsafe.methods.training.engine.EngineMixin`: seeded data order,
+warm-up schedule, whole-or-absent safetensors checkpoints, resume checks, ``log.jsonl``, vlsafe callbacks).
 
 The subclasses keep TRL's losses and only adapt the batch layout: a batch is a list of modality groups, and
-the loss of the batch is the exact combination of TRL's loss on each group.
+the loss of the batch is the exact combination of TRL's loss on each group. TRL's per-batch metrics
+(``rewards/margins``, ``logps/chosen``, ``mean_token_accuracy``...) go to ``log.jsonl`` under TRL's names.
 
 * :class:`SafetySFTTrainer`: TRL's fused-head negative log-likelihood of each group, divided by the reply
   tokens of the *whole* micro-batch (``num_items_in_batch``), summed over groups: the token mean over the
@@ -23,6 +26,7 @@ import torch
 from trl import DPOTrainer, SFTTrainer
 
 from vlsafe.methods.training.encoding import IGNORE_INDEX
+from vlsafe.methods.training.engine import EngineMixin
 
 __all__ = ["SafetyDPOTrainer", "SafetySFTTrainer", "model_group"]
 
@@ -32,11 +36,34 @@ def model_group(group: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in group.items() if k != "rows"}
 
 
-class SafetySFTTrainer(SFTTrainer):
-    """``trl.SFTTrainer`` whose loss is the token mean of the reply tokens over all modality groups."""
+class _TRLMetrics:
+    """Hands the metrics TRL appended during one ``compute_loss`` to the engine's per-step log."""
+
+    _metrics: Any  # TRL's {"train" | "eval": {name: [values]}}
+    model: Any
+
+    def _metric_marks(self) -> dict[str, int]:
+        mode = "train" if self.model.training else "eval"
+        return {k: len(v) for k, v in self._metrics[mode].items()}
+
+    def _record_new_metrics(self, marks: dict[str, int]) -> None:
+        if not self.model.training or not hasattr(self, "record_metrics"):
+            return
+        new: dict[str, float] = {}
+        for key, values in self._metrics["train"].items():
+            added = values[marks.get(key, 0) :]
+            if added and key != "num_tokens":
+                new[key] = float(sum(added) / len(added))
+        self.record_metrics(new)  # type: ignore[attr-defined]
+
+
+class SafetySFTTrainer(_TRLMetrics, EngineMixin, SFTTrainer):
+    """``trl.SFTTrainer`` (with vlsafe's engine) whose loss is the token mean of the reply tokens over all
+    modality groups. Construct with ``vlsafe_config=`` and ``args=trainer_args(config, args_class=trl.SFTConfig,
+    ...)`` (see :func:`vlsafe.methods.training.sft.sft_trainer`)."""
 
     #: compute_loss returns the micro-batch's token mean; ``Trainer`` divides it by the accumulation steps.
-    loss_is_scaled_for_ga = False  # type: ignore[assignment]  # TRL types it None
+    loss_is_scaled_for_ga: bool | None = False  # type: ignore[assignment]  # TRL types it None
 
     def _send_telemetry(self) -> None:  # vlsafe trains offline and reports nothing
         return None
@@ -46,16 +73,21 @@ class SafetySFTTrainer(SFTTrainer):
     ) -> Any:
         groups = inputs["groups"]
         total = sum(int((g["labels"][:, 1:] != IGNORE_INDEX).sum()) for g in groups)
+        marks = self._metric_marks()
         loss: torch.Tensor | None = None
         for group in groups:
             part = super().compute_loss(model, model_group(group), num_items_in_batch=total)
             loss = part if loss is None else loss + part
         assert loss is not None
+        self._record_new_metrics(marks)
         return (loss, None) if return_outputs else loss
 
 
-class SafetyDPOTrainer(DPOTrainer):
-    """``trl.DPOTrainer`` over the modality groups of vlsafe's preference batches."""
+class SafetyDPOTrainer(_TRLMetrics, EngineMixin, DPOTrainer):
+    """``trl.DPOTrainer`` (with vlsafe's engine) over the modality groups of vlsafe's preference batches.
+    Construct as :class:`SafetySFTTrainer` with TRL's ``DPOConfig`` (see :func:`vlsafe.methods.training.dpo.dpo_trainer`)."""
+
+    loss_is_scaled_for_ga: bool | None = False  # type: ignore[assignment]  # a mean over pairs per micro-batch
 
     def _send_telemetry(self) -> None:
         return None
@@ -70,6 +102,7 @@ class SafetyDPOTrainer(DPOTrainer):
         pairs = [len(g["rows"]) for g in groups]
         chosen = [int(g["completion_mask"][:n, 1:].sum()) for g, n in zip(groups, pairs, strict=True)]
         weights = list(self.loss_weights)
+        marks = self._metric_marks()
         loss: torch.Tensor | None = None
         try:
             for group, n, c in zip(groups, pairs, chosen, strict=True):
@@ -82,6 +115,7 @@ class SafetyDPOTrainer(DPOTrainer):
         finally:
             self.loss_weights = weights
         assert loss is not None
+        self._record_new_metrics(marks)
         return (loss, None) if return_outputs else loss
 
     def compute_ref_log_probs(self, model: Any, inputs: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
