@@ -27,7 +27,8 @@ What vlsafe keeps, in :class:`EngineMixin` (a mixin for any ``transformers.Train
   :class:`~vlsafe.core.errors.ConfigError` naming the first differing field (``max_steps`` and the
   bookkeeping fields in :data:`RESUME_FREE_FIELDS` may change).
 * per-step metrics: ``output_dir/log.jsonl`` gets one JSON line per optimizer step (``step``, ``loss``, the
-  loss components a ``compute_loss`` reports with :meth:`EngineMixin.record_metrics`, ``grad_norm``, ``lr``);
+  loss components a ``compute_loss`` reports with :meth:`EngineMixin.record_metrics`, each the mean over the
+  micro-batches and processes, ``grad_norm``, ``lr``);
   each line also goes to ``Trainer.log`` (so every ``TrainerCallback.on_log`` sees it), and a tqdm bar shows it.
 * vlsafe callbacks: objects with ``on_step(step, metrics)`` (returning ``True`` stops training after that
   step; the final checkpoint is still written), ``on_train_begin(step)``, ``on_train_end(step)``, or plain
@@ -267,7 +268,8 @@ def trainer_args(
         "seed": config.seed,
         "save_strategy": "no",  # the engine decides when to save (save_every, save_final)
         "save_total_limit": config.keep_checkpoints,
-        "use_cpu": config.use_cpu,
+        # bf16 on a machine without an accelerator trains on the CPU (transformers asks for use_cpu there)
+        "use_cpu": config.use_cpu or (config.mixed_precision == "bf16" and not _has_accelerator()),
         "disable_tqdm": True,  # the engine's own bar
         "logging_strategy": "no",  # the engine logs every step itself
         "logging_nan_inf_filter": False,
@@ -284,6 +286,11 @@ def trainer_args(
         return args_class(**kwargs)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"transformers refused the training arguments: {exc}") from None
+
+
+def _has_accelerator() -> bool:
+    return bool(torch.cuda.is_available() or (hasattr(torch, "xpu") and torch.xpu.is_available())
+                or torch.backends.mps.is_available())  # fmt: skip
 
 
 class SeededSampler(Sampler[int]):
@@ -485,10 +492,14 @@ class EngineMixin:
 
     # -- per-step bookkeeping --------------------------------------------------------------------------------
     def _step_metrics(self, tr_loss: torch.Tensor, learning_rate: float | None) -> dict[str, float]:
-        loss = float(tr_loss.detach())
+        keys = sorted(k for k in self._sums if k != "loss")
+        values = torch.stack([tr_loss.detach().float().reshape(()).cpu(),
+                              *(torch.tensor(self._sums[k], dtype=torch.float32) for k in keys)])  # fmt: skip
         tr_loss -= tr_loss  # transformers keeps it on the device; the engine reads it every step
-        metrics: dict[str, float] = {"step": float(self.state.global_step), "loss": loss}
-        metrics.update({k: v for k, v in self._sums.items() if k != "loss"})
+        if self.args.world_size > 1:  # the mean over processes (each averaged its share of the batch)
+            values = self.accelerator.reduce(values.to(self.args.device), reduction="mean").cpu()
+        metrics: dict[str, float] = {"step": float(self.state.global_step), "loss": float(values[0])}
+        metrics.update({k: float(v) for k, v in zip(keys, values[1:].tolist(), strict=True)})
         if self.vlsafe_config.max_grad_norm is not None and self._grad_norm is not None:
             metrics["grad_norm"] = self._grad_norm
         lr = learning_rate if learning_rate is not None else float(self.lr_scheduler.get_last_lr()[0])
