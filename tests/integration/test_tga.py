@@ -23,9 +23,12 @@ from vlsafe.methods.training import (
     apply_stage,
     encode_tga_batch,
     language_model,
+    load_tga_config,
     projector_params,
+    save_trained_model,
     tga_loss_terms,
 )
+from vlsafe.methods.training.tga import rebuild_trained_model
 from vlsafe.models import VLM_FAMILIES, build_inputs, load_model
 from vlsafe.models.bundle import ModelBundle
 
@@ -282,6 +285,21 @@ def test_cli_train_tga_two_stages_exports_a_loadable_model(
     bad.write_text(json.dumps({**cfg, "guide": {"schedule": "cosine"}}))
     res3 = CliRunner().invoke(main, ["train", "tga", str(bad)])
     assert res3.exit_code == 2 and "guide.schedule" in res3.output
+    # a rerun under other settings is refused in one line, the run's files untouched
+    saved = (tmp_path / "run" / "tga_config.json").read_text()
+    for changed, name in (({**cfg, "guide": {**cfg["guide"], "weight": 0.9}}, "guide.weight=0.9"),
+                          ({**cfg, "stages": [{**cfg["stages"][0], "lr": 5e-3}, cfg["stages"][1]]}, "lr=0.005")):  # fmt: skip
+        path.write_text(json.dumps(changed))
+        res4 = CliRunner().invoke(main, ["-q", "train", "tga", str(path)])
+        assert res4.exit_code == 2 and name in res4.output and "cannot resume" in res4.output, res4.output
+        assert "Traceback" not in res4.output
+    assert (tmp_path / "run" / "tga_config.json").read_text() == saved
+    # the export a sharded launch rebuilds from the checkpoints equals the in-memory one
+    rebuilt = rebuild_trained_model(load_tga_config(tmp_path / "run" / "tga_config.json"))
+    merged = save_trained_model(rebuilt, tmp_path / "rebuilt")
+    again = load_model(str(merged), dtype="float32").model.state_dict()
+    for key, value in trained.model.state_dict().items():
+        torch.testing.assert_close(again[key], value, rtol=0, atol=1e-6)
 
 
 def test_embedding_retriever_from_a_local_encoder(tiny_dir: Callable[[str], Path]) -> None:

@@ -44,7 +44,9 @@ from vlsafe.methods.training.engine import (
     SeededSampler,
     check_resume_config,
     clean_partial_checkpoints,
+    config_difference,
     lr_lambda,
+    resume_checkpoint,
     trainer_args,
 )
 from vlsafe.methods.training.losses import DPOLossOutput, dpo_loss, sequence_logps
@@ -73,8 +75,10 @@ from vlsafe.methods.training.tga import (
     RetrievalConfig,
     TGAConfig,
     attach_retrieved,
+    check_tga_resume,
     guided_layers,
     load_tga_config,
+    rebuild_trained_model,
     run_tga,
     train_tga,
 )
@@ -103,6 +107,8 @@ __all__ = [
     "RESUME_FREE_FIELDS",
     "check_resume_config",
     "clean_partial_checkpoints",
+    "config_difference",
+    "resume_checkpoint",
     "lr_lambda",
     "trainer_args",
     "CUDA_OVERHEAD_GIB",
@@ -146,6 +152,8 @@ __all__ = [
     "RetrievalConfig",
     "TGAConfig",
     "attach_retrieved",
+    "check_tga_resume",
+    "rebuild_trained_model",
     "guided_layers",
     "load_tga_config",
     "run_tga",

@@ -93,6 +93,8 @@ __all__ = [
     "TrainResult",
     "check_resume_config",
     "clean_partial_checkpoints",
+    "config_difference",
+    "resume_checkpoint",
     "lr_lambda",
     "trainer_args",
 ]
@@ -339,6 +341,17 @@ def _flat(prefix: str, value: Any) -> dict[str, Any]:
     return {prefix: value}
 
 
+def config_difference(old: Mapping[str, Any], new: Mapping[str, Any], ignore: frozenset[str] = frozenset()) -> str | None:
+    """The first field (dotted path, sorted order) whose value differs between two config dumps, as
+    ``"key: old -> new"`` text, or ``None``; top-level fields in ``ignore`` are skipped."""
+    a = _flat("", {k: v for k, v in dict(old).items() if k not in ignore})
+    b = _flat("", {k: v for k, v in dict(new).items() if k not in ignore})
+    for key in sorted(set(a) | set(b)):
+        if a.get(key) != b.get(key):
+            return f"it was trained with {key}={a.get(key)!r}, this config has {key}={b.get(key)!r}"
+    return None
+
+
 def check_resume_config(saved: Mapping[str, Any], config: TrainConfig, where: str | Path) -> None:
     """Refuse to resume a run written under other settings.
 
@@ -352,14 +365,30 @@ def check_resume_config(saved: Mapping[str, Any], config: TrainConfig, where: st
             ``resume_free_fields``) differs; the one-line message names the first such field and both values.
     """
     free = RESUME_FREE_FIELDS | type(config).resume_free_fields
-    new = _flat("", {k: v for k, v in config.model_dump(mode="json").items() if k not in free})
-    old = _flat("", {k: v for k, v in dict(saved).items() if k not in free})
-    for key in sorted(set(new) | set(old)):
-        if new.get(key) != old.get(key):
-            raise ConfigError(
-                f"cannot resume {where}: it was trained with {key}={old.get(key)!r}, this config has "
-                f"{key}={new.get(key)!r}; give another output_dir, or resume: never to start over"
-            )
+    diff = config_difference(saved, config.model_dump(mode="json"), free)
+    if diff is not None:
+        raise ConfigError(
+            f"cannot resume {where}: {diff}; give another output_dir, or resume: never to start over"
+        )
+
+
+def resume_checkpoint(config: TrainConfig) -> Path | None:
+    """The checkpoint a run of ``config`` would continue from (``None``: it starts at step 0), checked with
+    :func:`check_resume_config`; ``checkpoint-*.partial`` folders are never chosen. Reads only.
+
+    Raises:
+        ConfigError: the checkpoint was written under other settings, or not by this engine.
+        InputError: an explicit ``resume`` path is not a complete checkpoint.
+    """
+    if config.resume == "never":
+        return None
+    target = latest_checkpoint(config.output_dir) if config.resume == "auto" else Path(config.resume)
+    if target is None:
+        return None
+    if not (target / STATE_FILE).is_file():
+        raise InputError(f"{target} is not a complete checkpoint (no {STATE_FILE})")
+    check_resume_config(_checkpoint_config(target), config, target)
+    return target
 
 
 def clean_partial_checkpoints(output_dir: str | Path) -> list[Path]:
@@ -651,19 +680,10 @@ class EngineMixin:
     def resume_target(self) -> Path | None:
         """The checkpoint this run continues from (``None``: start at step 0), after removing partial checkpoints
         (main process) and checking that the checkpoint's config matches (:func:`check_resume_config`)."""
-        cfg = self.vlsafe_config
         if self.is_main:
             clean_partial_checkpoints(self.output_dir)
         self.accelerator.wait_for_everyone()
-        if cfg.resume == "never":
-            return None
-        target = latest_checkpoint(self.output_dir) if cfg.resume == "auto" else Path(cfg.resume)
-        if target is None:
-            return None
-        if not (target / STATE_FILE).is_file():
-            raise InputError(f"{target} is not a complete checkpoint (no {STATE_FILE})")
-        check_resume_config(_checkpoint_config(target), cfg, target)
-        return target
+        return resume_checkpoint(self.vlsafe_config)
 
     def run(self) -> TrainResult:
         """Resume or start (:meth:`resume_target`), train to ``max_steps`` (or a callback's stop), and return the
