@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 from collections.abc import Callable
@@ -16,6 +17,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+import torch.distributed as dist
 from PIL import Image
 from safetensors.torch import load_file
 
@@ -315,3 +317,32 @@ def test_two_processes_equal_one_process_with_the_same_global_batch(
         torch.testing.assert_close(two[key], weights[key], rtol=1e-4, atol=1e-5)
     logged = [json.loads(line) for line in (tmp_path / "two" / "log.jsonl").read_text().splitlines()]
     assert [r["loss"] for r in logged] == pytest.approx([h["loss"] for h in history], rel=1e-4)
+
+
+def test_a_loss_function_that_bypasses_ddp_is_refused(tmp_path: Path) -> None:
+    """Under DDP only a forward pass of the wrapper averages gradients: a loss function that calls a submodule
+    is refused instead of training each process on its own gradients."""
+    toy = _Toy()
+    bundle = ModelBundle(model=toy, tokenizer=None, processor=None, family="causal_lm", layers=toy.model.layers)
+
+    def bypass(model: Any, batch: torch.Tensor, step: int) -> LossOutput:
+        return LossOutput(model.module(batch).pow(2).mean())
+
+    def through(model: Any, batch: torch.Tensor, step: int) -> LossOutput:
+        return LossOutput(model(batch).pow(2).mean())
+
+    cfg = TrainConfig(output_dir=tmp_path, stage="llm", max_steps=1, batch_size=1, progress=False)
+    batch = torch.ones(1, 2)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
+    try:
+        wrapped = torch.nn.parallel.DistributedDataParallel(toy)
+        engine = Trainer(bundle, cfg, bypass, [batch[0]], torch.stack).engine
+        with pytest.raises(ConfigError, match="did not call the model it was given"):
+            engine.compute_loss(wrapped, batch)
+        engine.loss_fn = through
+        assert float(engine.compute_loss(wrapped, batch)) == 0.0  # the toy's weights start at zero
+    finally:
+        dist.destroy_process_group()

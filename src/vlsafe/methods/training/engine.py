@@ -751,7 +751,8 @@ class LossFnTrainer(EngineMixin, HFTrainer):
     """The engine around a vlsafe loss function ``(model, batch, step) -> LossOutput``.
 
     ``model`` is the model as transformers wrapped it (DDP, FSDP, DeepSpeed engine or the model itself): a loss
-    function must call it (not a submodule) for its forward pass, so that the backend synchronises gradients.
+    function must call it (not a submodule) for its forward pass, so that the backend synchronises gradients;
+    under DDP a loss function that does not is refused (:class:`~vlsafe.core.errors.ConfigError`).
     ``step`` is the 0-based optimizer step.
     """
 
@@ -761,7 +762,21 @@ class LossFnTrainer(EngineMixin, HFTrainer):
 
     def compute_loss(self, model: Any, inputs: Any, return_outputs: bool = False,
                      num_items_in_batch: Any = None) -> Any:  # fmt: skip
-        out = self.loss_fn(model, inputs, int(self.state.global_step))
+        called: list[bool] = []
+        handle = None
+        if isinstance(model, torch.nn.parallel.DistributedDataParallel):
+            handle = model.register_forward_pre_hook(lambda *_: called.append(True))
+        try:
+            out = self.loss_fn(model, inputs, int(self.state.global_step))
+        finally:
+            if handle is not None:
+                handle.remove()
+        if handle is not None and not called:
+            raise ConfigError(
+                f"the loss function {getattr(self.loss_fn, '__name__', type(self.loss_fn).__name__)} did not call "
+                "the model it was given (it called a part of it): under DDP its gradients would not be averaged "
+                "across processes; call model(...) for the forward pass"
+            )
         self.record_metrics({"loss": float(out.loss.detach()), **out.metrics})
         return (out.loss, None) if return_outputs else out.loss
 
