@@ -89,6 +89,7 @@ from vlsafe.methods.training.tga_loss import (
     layer_outputs,
     masked_mean,
     middle_third,
+    supervised_ce,
     tga_loss_terms,
 )
 from vlsafe.methods.training.trainer import LossFn, LossOutput, TrainConfig, Trainer, TrainResult
@@ -144,6 +145,7 @@ __all__ = [
     "TGALoss",
     "TGATrainer",
     "tga_loss_terms",
+    "supervised_ce",
     "guide_terms",
     "layer_outputs",
     "masked_mean",

@@ -203,6 +203,28 @@ def _caption_states_wrapped(tga: TGALoss, model: Any, batch: TGABatch) -> dict[i
     return {j: masked_mean(store[j], batch.caption_mask) for j in tga.layers}
 
 
+def supervised_ce(model: Any, inputs: dict[str, Any], labels: torch.Tensor) -> torch.Tensor:
+    """Mean next-token cross-entropy over the supervised positions (``labels != -100``), from one forward pass
+    of ``model`` itself (any wrapper) with the logits of those positions only (``logits_to_keep``), in float32.
+
+    The value of :func:`~vlsafe.methods.training.memory.answer_only_loss`, without calling the decoder and
+    ``lm_head`` directly.
+
+    Raises:
+        InputError: no supervised position.
+    """
+    targets = labels[:, 1:]
+    keep = targets != IGNORE_INDEX
+    count = int(keep.sum())
+    if count == 0:
+        raise InputError("no supervised position in the batch (all labels are -100)")
+    positions = keep.any(dim=0).nonzero().squeeze(1)
+    logits = model(**inputs, use_cache=False, logits_to_keep=positions).logits.float()
+    chosen = targets[:, positions].reshape(-1).to(logits.device)
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), chosen, ignore_index=IGNORE_INDEX,
+                           reduction="sum") / count  # fmt: skip
+
+
 def tga_loss_terms(
     tga: TGALoss, model: Any, batch: TGABatch, step: int
 ) -> tuple[torch.Tensor, dict[str, float]]:
@@ -219,18 +241,8 @@ def tga_loss_terms(
         raise InputError("every TGA training row needs image tokens; a row has none")
     captions = _caption_states_wrapped(tga, model, batch)
     lam = tga.lam(step)
-    targets = batch.labels[:, 1:]
-    keep = targets != IGNORE_INDEX
-    count = int(keep.sum())
-    if count == 0:
-        raise InputError("no supervised position in the batch (all labels are -100)")
-    positions = keep.any(dim=0).nonzero().squeeze(1)
     with layer_outputs(tga.bundle.layers, tga.layers) as store:
-        out = model(**batch.inputs, use_cache=False, logits_to_keep=positions)
-    logits = out.logits.float()
-    chosen = targets[:, positions]
-    ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), chosen.reshape(-1).to(logits.device),
-                         ignore_index=IGNORE_INDEX, reduction="sum") / count  # fmt: skip
+        ce = supervised_ce(model, batch.inputs, batch.labels)
     has_r = batch.retrieved_mask.any(dim=1)
     guide = ce.new_zeros(())
     cos_ic, cos_rc = [], []
