@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import subprocess
+import sys
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -102,8 +105,9 @@ def _rows(n: int) -> list[dict[str, int]]:
 def test_trl_sft_and_dpo_equal_the_oracles_and_train(
     tiny_dir: Callable[[str], Path], tmp_path: Path, family: str
 ) -> None:
-    """On every family, with image and text rows in one batch: TRL's SFT loss is sft_loss and TRL's DPO loss
-    (+ sft term, LoRA reference) is DPOObjective on the same batch and weights; a few TRL steps lower both."""
+    """On every family, with image and text rows in one batch (one forward pass): TRL's SFT loss is sft_loss and
+    TRL's DPO loss (+ sft term, LoRA reference) is DPOObjective (both per modality) on the same batch and weights;
+    a few TRL steps lower both."""
     bundle = load_model(tiny_dir(family), dtype="float32")
     records = _mixed(load_vlguard(FIX / "vlguard" / "train.json")[:4], bundle.is_vlm)
     cfg = _config(SFTConfig, tmp_path, "vlguard", FIX / "vlguard" / "train.json", stage="llm", lr=1e-3,
@@ -111,7 +115,8 @@ def test_trl_sft_and_dpo_equal_the_oracles_and_train(
     trainer = sft_trainer(cfg, bundle, records)
     assert isinstance(trainer, SFTTrainer) and isinstance(trainer, EngineMixin)
     batch = trainer.data_collator(_rows(4))
-    assert len(batch["groups"]) == (2 if bundle.is_vlm else 1)
+    if bundle.is_vlm:  # one batch, rows in order
+        assert (batch["input_ids"] == bundle.image_token_id).any(1).tolist() == [True, False, True, False]
     with torch.no_grad():
         trl_before = float(trainer.compute_loss(trainer.model, batch))
         oracle = float(sft_loss(trainer.model, sft_collate(bundle, records, cfg.max_length)).loss)
@@ -129,6 +134,8 @@ def test_trl_sft_and_dpo_equal_the_oracles_and_train(
     trainer = dpo_trainer(dcfg, bundle, pairs)
     assert isinstance(trainer, DPOTrainer)
     batch = trainer.data_collator(_rows(3))
+    if bundle.is_vlm:  # the chosen rows, then the rejected rows
+        assert (batch["input_ids"] == bundle.image_token_id).any(1).tolist() == [True, False, True] * 2
     objective = DPOObjective(dcfg)
     with torch.no_grad():
         trl_before = float(trainer.compute_loss(trainer.model, batch))
@@ -279,3 +286,33 @@ def test_dpo_run_full_precomputed_reference_and_cli(tiny_dir: Callable[[str], Pa
         bad.exit_code == 2 and "invalid SFTConfig: sft_weight: Extra inputs are not permitted" in bad.output
     )
     run_dpo(cfg, max_steps=2)  # already finished: resumes at step 2 and only re-exports
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["sft", "dpo"])
+def test_two_process_launch_with_image_and_text_rows(
+    tiny_dir: Callable[[str], Path], tmp_path: Path, kind: str
+) -> None:
+    """``accelerate launch`` with configs/accelerate/cpu2.yaml (DDP, 2 CPU processes on gloo): batches that mix
+    image and text rows train (one forward pass per micro-batch), DPO's precomputed reference is shared."""
+    root = Path(__file__).resolve().parents[2]
+    fmt = "vlguard" if kind == "sft" else "spavl"
+    data = FIX / fmt / "train.json"
+    cfg = tmp_path / f"{kind}.yaml"
+    stage = (
+        "stage: llm_lora\nlora: {rank: 4, alpha: 8.0}\n" if kind == "sft" else "stage: llm\nsft_weight: 0.3\n"
+    )
+    cfg.write_text(
+        f"model: {tiny_dir('llava')}\noutput_dir: {tmp_path / 'run'}\n{stage}max_steps: 2\nbatch_size: 2\n"
+        f"use_cpu: true\nprogress: false\ndata:\n  - {{format: {fmt}, path: {data}}}\n"
+        f"  - {{format: {fmt}, path: {data}, text_only: true}}\n"
+    )
+    launcher = Path(sys.executable).parent / "accelerate"
+    cmd = [str(launcher), "launch", "--config_file", str(root / "configs" / "accelerate" / "cpu2.yaml"),
+           "-m", "vlsafe", "-q", "train", kind, str(cfg)]  # fmt: skip
+    env = dict(os.environ, OMP_NUM_THREADS="1", ACCELERATE_USE_CPU="1", PYTHONPATH=str(root / "src"))
+    res = subprocess.run(cmd, env=env, cwd=root, capture_output=True, timeout=600)
+    assert res.returncode == 0, res.stderr.decode()[-3000:]
+    log = [json.loads(x) for x in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert [row["step"] for row in log] == [1.0, 2.0] and all(math.isfinite(row["loss"]) for row in log)
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["steps"] == 2

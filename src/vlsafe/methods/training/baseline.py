@@ -16,6 +16,7 @@ Output directory of a run::
     probe/                 the probe's data and per-step evaluation runs
     adapter/               peft adapter (LoRA stages): adapter_model.safetensors + adapter_config.json
     model/                 the merged model + processor/tokenizer (when ``merge`` is true): load_model() it
+    pairs/                 DPO with ``reference: precompute``: the pairs table and TRL's cached reference log-probs
     summary.json           steps, final metrics, paths
 """
 

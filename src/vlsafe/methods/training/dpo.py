@@ -9,7 +9,8 @@ The reference model is the starting model:
   adapters (``ref``; for fresh adapters that is the base model) - no second model in memory; the exported
   adapter is the trained one only;
 * ``reference: precompute`` (default otherwise): TRL computes the reference log-probabilities of every pair
-  once, before the first step (``precompute_ref_log_probs``).
+  once, before the first step (``precompute_ref_log_probs``), and caches them in ``output_dir/pairs`` beside
+  the table of pairs.
 
 The loss is TRL's: ``loss_type`` ``sigmoid`` (DPO), ``ipo`` (IPO on length-averaged log-probabilities) or
 ``robust`` (robust DPO with ``label_smoothing``); ``sft_weight`` adds TRL's ``sft`` term, the chosen replies'
@@ -46,7 +47,7 @@ from vlsafe.methods.training.engine import trainer_args
 from vlsafe.methods.training.losses import dpo_loss, sequence_logps
 from vlsafe.methods.training.mixing import load_sources
 from vlsafe.methods.training.trainer import LossOutput
-from vlsafe.methods.training.trl_data import DPOCollator, preference_dataset
+from vlsafe.methods.training.trl_data import DPOCollator, on_disk, preference_dataset
 from vlsafe.methods.training.trl_trainers import SafetyDPOTrainer
 from vlsafe.models.bundle import ModelBundle
 
@@ -219,13 +220,16 @@ def dpo_trainer(
         disable_dropout=False,  # the model trains as configured (LoRA dropout included)
         max_length=None,  # the collator cuts replies at config.max_length
     )
+    dataset = preference_dataset(records)
+    if reference == "precompute":  # TRL caches the reference log-probs beside the table, for every process
+        dataset = on_disk(dataset, Path(config.output_dir) / "pairs")
     hf_callbacks = [cb for cb in callbacks if isinstance(cb, TrainerCallback)]
     own = [cb for cb in callbacks if not isinstance(cb, TrainerCallback)]
     return SafetyDPOTrainer(
         model=model,
         args=args,
         data_collator=DPOCollator(bundle, records, config.max_length),
-        train_dataset=preference_dataset(records),
+        train_dataset=dataset,
         processing_class=bundle.processor if bundle.processor is not None else bundle.tokenizer,
         callbacks=hf_callbacks,
         vlsafe_config=config,
