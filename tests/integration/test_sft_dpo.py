@@ -25,13 +25,14 @@ from pydantic import ValidationError
 from trl import DPOTrainer, SFTTrainer
 
 from vlsafe.cli import main
-from vlsafe.core.errors import ConfigError
+from vlsafe.core.errors import ConfigError, InputError
 from vlsafe.data.vl_safety import load_spavl, load_vlguard
 from vlsafe.methods.training.dpo import DPOConfig, DPOObjective, dpo_collate, dpo_trainer, run_dpo
 from vlsafe.methods.training.encoding import IGNORE_INDEX, GroupedBatch, encode_batch, reply_suffix
 from vlsafe.methods.training.engine import EngineMixin
 from vlsafe.methods.training.losses import sequence_logps
 from vlsafe.methods.training.sft import SFTConfig, run_sft, sft_collate, sft_loss, sft_trainer
+from vlsafe.methods.training.trl_data import merge_rows
 from vlsafe.models import ModelBundle, load_model
 from vlsafe.models.tiny import TINY_FAMILIES
 
@@ -316,3 +317,25 @@ def test_two_process_launch_with_image_and_text_rows(
     log = [json.loads(x) for x in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     assert [row["step"] for row in log] == [1.0, 2.0] and all(math.isfinite(row["loss"]) for row in log)
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["steps"] == 2
+
+
+def test_merge_rows_places_rows_pads_and_refuses_bad_parts() -> None:
+    image = {"input_ids": torch.tensor([[5, 9, 9, 7]]), "attention_mask": torch.ones(1, 4, dtype=torch.long),
+             "token_type_ids": torch.tensor([[0, 1, 1, 0]]), "labels": torch.tensor([[-100, -100, -100, 7]]),
+             "pixel_values": torch.ones(1, 2, 3)}  # fmt: skip
+    text = {"input_ids": torch.tensor([[4, 6], [3, 8]]), "attention_mask": torch.ones(2, 2, dtype=torch.long),
+            "labels": torch.tensor([[-100, 6], [-100, 8]])}  # fmt: skip
+    out = merge_rows([([1], image), ([0, 2], text)], 3, pad_id=0, per_row_images=False)
+    assert out["input_ids"].tolist() == [[4, 6, 0, 0], [5, 9, 9, 7], [3, 8, 0, 0]]
+    assert out["attention_mask"].tolist() == [[1, 1, 0, 0], [1, 1, 1, 1], [1, 1, 0, 0]]
+    assert out["labels"].tolist() == [[-100, 6, -100, -100], [-100, -100, -100, 7], [-100, 8, -100, -100]]
+    assert out["token_type_ids"].tolist() == [[0, 0, 0, 0], [0, 1, 1, 0], [0, 0, 0, 0]]
+    assert torch.equal(out["pixel_values"], image["pixel_values"])  # one entry per image, as it was
+    per_row = merge_rows([([1], image), ([0, 2], text)], 3, pad_id=0, per_row_images=True)
+    assert per_row["pixel_values"].shape == (3, 2, 3) and per_row["pixel_values"].sum(
+        dim=(1, 2)
+    ).tolist() == [0, 6, 0]
+    with pytest.raises(InputError, match=r"do not cover 0..3 once"):
+        merge_rows([([1], image), ([0, 2], text)], 4, pad_id=0, per_row_images=False)
+    with pytest.raises(InputError, match=r"image tensors \(pixel_values\) in two parts"):
+        merge_rows([([0], image), ([1], dict(image))], 2, pad_id=0, per_row_images=False)
