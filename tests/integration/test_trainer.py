@@ -343,6 +343,6 @@ def test_a_loss_function_that_bypasses_ddp_is_refused(tmp_path: Path) -> None:
         with pytest.raises(ConfigError, match="did not call the model it was given"):
             engine.compute_loss(wrapped, batch)
         engine.loss_fn = through
-        assert float(engine.compute_loss(wrapped, batch)) == 0.0  # the toy's weights start at zero
+        assert float(engine.compute_loss(wrapped, batch).detach()) == 0.0  # the toy's weights start at zero
     finally:
         dist.destroy_process_group()
