@@ -27,6 +27,7 @@ from trl import DPOTrainer, SFTTrainer
 from vlsafe.cli import main
 from vlsafe.core.errors import ConfigError, InputError
 from vlsafe.data.vl_safety import load_spavl, load_vlguard
+from vlsafe.methods.training.baseline import run_baseline
 from vlsafe.methods.training.dpo import DPOConfig, DPOObjective, dpo_collate, dpo_trainer, run_dpo
 from vlsafe.methods.training.encoding import IGNORE_INDEX, GroupedBatch, encode_batch, reply_suffix
 from vlsafe.methods.training.engine import EngineMixin
@@ -225,7 +226,7 @@ def test_sft_run_lora_export_merge_resume_probe(tiny_dir: Callable[[str], Path],
         "n_overrefusal": 1,
         "n_utility": 1,
         "max_new_tokens": 3,
-        "at_start": False,
+        "at_start": True,
     }
     cfg = {"model": str(src), "output_dir": str(tmp_path / "run"), "batch_size": 2, "lr": 5e-3, "max_steps": 2,
            "data": [{"format": "vlguard", "path": str(FIX / "vlguard" / "train.json")}], "progress": False,
@@ -238,14 +239,14 @@ def test_sft_run_lora_export_merge_resume_probe(tiny_dir: Callable[[str], Path],
     log = [json.loads(x) for x in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     assert [row["step"] for row in log] == [1.0, 2.0, 3.0, 4.0]
     curve = [json.loads(x) for x in Path(summary["curve"]).read_text().splitlines()]
-    assert [row["step"] for row in curve] == [2, 4]
-    assert curve[0]["n"] == {
+    assert [row["step"] for row in curve] == [0, 2, 4]  # the untrained model once, then every 2 steps
+    assert curve[1]["n"] == {
         "harmful_refusal_text": 1,
         "harmful_refusal_image": 1,
         "over_refusal": 1,
         "utility": 1,
     }
-    assert "loss" in curve[0]["train"]
+    assert "loss" in curve[1]["train"]
     assert (Path(summary["adapter"]) / "adapter_model.safetensors").is_file()
     assert not list((tmp_path / "run").rglob("*.bin")) and not list((tmp_path / "run").rglob("*.pt"))
     base = load_model(src, dtype="float32")
@@ -339,3 +340,21 @@ def test_merge_rows_places_rows_pads_and_refuses_bad_parts() -> None:
         merge_rows([([1], image), ([0, 2], text)], 4, pad_id=0, per_row_images=False)
     with pytest.raises(InputError, match=r"image tensors \(pixel_values\) in two parts"):
         merge_rows([([0], image), ([1], dict(image))], 2, pad_id=0, per_row_images=False)
+
+
+def test_run_baseline_trains_a_vlsafe_loss_function(tiny_dir: Callable[[str], Path], tmp_path: Path) -> None:
+    """The generic path (any loss function on vlsafe's Trainer) keeps working: sft_loss on VLGuard records."""
+    bundle = load_model(tiny_dir("llava"), dtype="float32")
+    records = load_vlguard(FIX / "vlguard" / "train.json")
+    cfg = _config(SFTConfig, tmp_path, "vlguard", FIX / "vlguard" / "train.json", stage="llm", lr=1e-3,
+                  batch_size=len(records), max_steps=2, merge=False)  # fmt: skip
+    with torch.no_grad():
+        start = float(sft_loss(bundle.model, sft_collate(bundle, records, cfg.max_length)).loss)
+    summary = run_baseline(
+        cfg, records, lambda rows: sft_collate(bundle, rows, cfg.max_length), sft_loss, bundle
+    )
+    log = [json.loads(x) for x in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert (
+        summary["steps"] == 2 and log[0]["loss"] == pytest.approx(start, abs=1e-5) and log[1]["loss"] < start
+    )
+    assert (tmp_path / "run" / "config.yaml").is_file() and "model" not in summary  # merge off, full stage

@@ -209,7 +209,5 @@ def run_baseline(
     record_config(config, trainer)
     if before_train is not None:
         before_train(trainer)
-    if parts.tracker is not None:
-        parts.tracker.start()
     result: TrainResult = trainer.train()
     return finish_run(config, bundle, parts, result, len(dataset))

@@ -253,8 +253,6 @@ def run_dpo(
     parts = start_run(config, bundle)
     trainer = dpo_trainer(config, bundle, records, parts.callbacks)
     record_config(config, trainer)
-    if parts.tracker is not None:
-        parts.tracker.start()
     result = trainer.run()
     model: Any = bundle.model
     if hasattr(model, "peft_config") and "ref" in model.peft_config:

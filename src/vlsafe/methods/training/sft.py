@@ -152,7 +152,5 @@ def run_sft(
     parts = start_run(config, bundle)
     trainer = sft_trainer(config, bundle, records, parts.callbacks)
     record_config(config, trainer)
-    if parts.tracker is not None:
-        parts.tracker.start()
     result = trainer.run()
     return finish_run(config, bundle, parts, result, len(records))
