@@ -1,4 +1,5 @@
-"""TGA on tiny offline models: spans for every family, guide-loss gradients, training, prompt identity, CLI."""
+"""TGA on tiny offline models: spans for every family, guide-loss gradients, the engine's TGA loss against the
+plain loss function (oracle), training through the engine for every family, prompt identity, CLI."""
 
 from __future__ import annotations
 
@@ -16,13 +17,18 @@ from vlsafe.evals.retrieval import build_retrieval_inputs
 from vlsafe.methods.training import (
     TGALoss,
     TGARecord,
+    TGATrainer,
     TrainConfig,
     Trainer,
     apply_stage,
     encode_tga_batch,
     language_model,
+    load_tga_config,
     projector_params,
+    save_trained_model,
+    tga_loss_terms,
 )
+from vlsafe.methods.training.tga import rebuild_trained_model
 from vlsafe.models import VLM_FAMILIES, build_inputs, load_model
 from vlsafe.models.bundle import ModelBundle
 
@@ -165,6 +171,50 @@ def test_guide_loss_decreases_in_training(
     assert result.history[-1]["cos_ic"] > result.history[0]["cos_ic"]
 
 
+@pytest.mark.parametrize("family", VLM_FAMILIES)
+def test_engine_tga_loss_equals_the_loss_function(
+    family: str, tiny_dir: Callable[[str], Path], records: list[TGARecord]
+) -> None:
+    """The engine's compute_loss (forward passes of the wrapped model, logits at supervised positions only) gives
+    the loss, components and gradients of TGALoss (decoder and lm_head called directly, chunked CE)."""
+    bundle = _fresh(tiny_dir, family)
+    bundle.model = apply_stage(bundle.model, "projector_lora")
+    batch = encode_tga_batch(bundle, records)
+    loss = TGALoss(bundle, [0, 1], weight=0.7, schedule="linear", max_steps=4, ce_weight=0.9)
+    bundle.model.train()
+    params = [p for p in bundle.model.parameters() if p.requires_grad]
+    old = loss(bundle.model, batch, 1)
+    old_grads = torch.autograd.grad(old.loss, params, allow_unused=True)
+    new, metrics = tga_loss_terms(loss, bundle.model, batch, 1)
+    new_grads = torch.autograd.grad(new, params, allow_unused=True)
+    assert float(new.detach()) == pytest.approx(float(old.loss.detach()), rel=1e-5, abs=1e-6)
+    for key in ("ce", "guide", "lambda", "cos_ic", "cos_rc"):
+        assert metrics[key] == pytest.approx(old.metrics[key], rel=1e-5, abs=1e-6), key
+    assert metrics["lambda"] == pytest.approx(0.7 * 0.75)
+    assert any(g is not None and float(g.abs().sum()) > 0 for g in new_grads)
+    for a, b in zip(old_grads, new_grads, strict=True):
+        assert (a is None) == (b is None)
+        if a is not None:
+            torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("family", VLM_FAMILIES)
+def test_tga_trains_through_the_engine_for_every_family(
+    family: str, tiny_dir: Callable[[str], Path], records: list[TGARecord], tmp_path: Path
+) -> None:
+    bundle = _fresh(tiny_dir, family)
+    cfg = TrainConfig(output_dir=tmp_path, stage="projector", max_steps=4, batch_size=2, lr=2e-2,
+                      progress=False, save_final=False)  # fmt: skip
+    tga = TGALoss(bundle, [0, 1], weight=1.0, schedule="constant", max_steps=cfg.max_steps)
+    trainer = Trainer(bundle, cfg, None, records, lambda rows: encode_tga_batch(bundle, rows),
+                      engine_class=TGATrainer, engine_kwargs={"tga": tga})  # fmt: skip
+    assert isinstance(trainer.engine, TGATrainer)
+    result = trainer.train()
+    losses = [h["loss"] for h in result.history]
+    assert len(losses) == 4 and losses[-1] < losses[0]
+    assert all(k in result.history[0] for k in ("ce", "guide", "cos_ic", "cos_rc", "lambda", "lr", "grad_norm"))
+
+
 @pytest.mark.parametrize("family", ["llava", "smolvlm"])
 def test_retrieval_prompt_identical_at_train_and_inference(
     family: str, tiny_bundle: Callable[[str], ModelBundle], records: list[TGARecord]
@@ -235,6 +285,21 @@ def test_cli_train_tga_two_stages_exports_a_loadable_model(
     bad.write_text(json.dumps({**cfg, "guide": {"schedule": "cosine"}}))
     res3 = CliRunner().invoke(main, ["train", "tga", str(bad)])
     assert res3.exit_code == 2 and "guide.schedule" in res3.output
+    # a rerun under other settings is refused in one line, the run's files untouched
+    saved = (tmp_path / "run" / "tga_config.json").read_text()
+    for changed, name in (({**cfg, "guide": {**cfg["guide"], "weight": 0.9}}, "guide.weight=0.9"),
+                          ({**cfg, "stages": [{**cfg["stages"][0], "lr": 5e-3}, cfg["stages"][1]]}, "lr=0.005")):  # fmt: skip
+        path.write_text(json.dumps(changed))
+        res4 = CliRunner().invoke(main, ["-q", "train", "tga", str(path)])
+        assert res4.exit_code == 2 and name in res4.output and "cannot resume" in res4.output, res4.output
+        assert "Traceback" not in res4.output
+    assert (tmp_path / "run" / "tga_config.json").read_text() == saved
+    # the export a sharded launch rebuilds from the checkpoints equals the in-memory one
+    rebuilt = rebuild_trained_model(load_tga_config(tmp_path / "run" / "tga_config.json"))
+    merged = save_trained_model(rebuilt, tmp_path / "rebuilt")
+    again = load_model(str(merged), dtype="float32").model.state_dict()
+    for key, value in trained.model.state_dict().items():
+        torch.testing.assert_close(again[key], value, rtol=0, atol=1e-6)
 
 
 def test_embedding_retriever_from_a_local_encoder(tiny_dir: Callable[[str], Path]) -> None:

@@ -1,27 +1,43 @@
-"""The shared Trainer on tiny models: exact resume, stages, callbacks, accumulation, checkpoint pruning."""
+"""The shared Trainer (on transformers.Trainer) on tiny models: exact resume, stages, callbacks, accumulation,
+checkpoint pruning, the TrainingArguments mapping, the safety probe as a TrainerCallback, and a two-process
+(gloo) run that equals one process with the same global batch."""
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
+import socket
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 import torch
+import torch.distributed as dist
 from PIL import Image
+from safetensors.torch import load_file
 
+from vlsafe.core.config import validate_config
 from vlsafe.core.errors import ConfigError
 from vlsafe.methods.training import (
     LossOutput,
+    ProbeSettings,
+    SafetyTracker,
     TGALoss,
     TGARecord,
+    TGATrainer,
     TrainConfig,
     Trainer,
     apply_stage,
     encode_tga_batch,
     language_model,
     projector_params,
+    trainable_state,
+    trainer_args,
 )
 from vlsafe.models import VLM_FAMILIES, load_model
 from vlsafe.models.bundle import ModelBundle
@@ -231,3 +247,102 @@ def test_train_end_hook_runs_after_a_stop_and_the_final_checkpoint(tmp_path: Pat
     resumed = _Recorder()
     _toy_trainer(tmp_path, [resumed], max_steps=3)[0].train()
     assert resumed.events == [("begin", 2), ("step", 3), ("end", 3)]
+
+
+def test_train_config_maps_to_training_arguments_and_passes_upstream_names(tmp_path: Path) -> None:
+    cfg = TrainConfig.model_validate(
+        {"output_dir": tmp_path, "max_steps": 7, "batch_size": 3, "grad_accum": 2, "lr": 3e-4, "weight_decay": 0.1,
+         "max_grad_norm": None, "mixed_precision": "bf16", "gradient_checkpointing": True, "seed": 11,
+         "keep_checkpoints": 4, "use_cpu": True, "trainer": {"optim": "sgd", "dataloader_num_workers": 0, "adam_beta2": 0.95}}
+    )  # fmt: skip
+    args = trainer_args(cfg)
+    assert (args.output_dir, args.max_steps, args.per_device_train_batch_size, args.gradient_accumulation_steps) == (
+        str(tmp_path), 7, 3, 2)  # fmt: skip
+    assert (args.learning_rate, args.weight_decay, args.max_grad_norm, args.bf16, args.seed) == (3e-4, 0.1, 0.0, True, 11)
+    assert args.activation_checkpointing and args.activation_checkpointing_kwargs == {"use_reentrant": False}
+    assert (args.optim, args.adam_beta2, args.save_total_limit, args.remove_unused_columns) == ("sgd", 0.95, 4, False)
+    with pytest.raises(ConfigError, match=r"trainer\.learning_rat\b.*not an argument of transformers"):
+        validate_config(TrainConfig, {"output_dir": "x", "trainer": {"learning_rat": 1}}, what="cfg")
+    with pytest.raises(ConfigError, match=r"trainer\.learning_rate is set from vlsafe's field 'lr'"):
+        validate_config(TrainConfig, {"output_dir": "x", "trainer": {"learning_rate": 1}}, what="cfg")
+    with pytest.raises(ConfigError, match="optim"):
+        trainer_args(TrainConfig(output_dir=tmp_path, trainer={"optim": "no-such-optimizer"}))
+
+
+def test_safety_tracker_is_a_trainer_callback(tmp_path: Path) -> None:
+    bundle = ModelBundle(model=_Toy(), tokenizer=None, processor=None, family="causal_lm", layers=None)
+    tracker = SafetyTracker(bundle, ProbeSettings(every=2), tmp_path / "curve.jsonl", tmp_path / "probe")
+    probed: list[tuple[int, float | None]] = []
+    tracker.probe = lambda step, metrics=None: probed.append(  # type: ignore[method-assign]
+        (step, None if metrics is None else metrics["loss"]))  # fmt: skip
+    data = [torch.tensor([1.0, 0.0]), torch.tensor([0.0, 2.0])]
+
+    def loss_fn(model: torch.nn.Module, batch: torch.Tensor, step: int) -> LossOutput:
+        return LossOutput((model(batch) - 1.0).pow(2).mean())
+
+    cfg = TrainConfig(output_dir=tmp_path, stage="llm", max_steps=5, batch_size=1, lr=0.1, progress=False)
+    result = Trainer(bundle, cfg, loss_fn, data, torch.stack, callbacks=[tracker]).train()
+    assert probed == [(0, None), (2, result.history[1]["loss"]), (4, result.history[3]["loss"])]
+
+
+def test_two_processes_equal_one_process_with_the_same_global_batch(
+    tiny_dir: Callable[[str], Path], records: list[TGARecord], tmp_path: Path
+) -> None:
+    """TGA on a tiny LLaVA: 2 CPU processes (torchrun, gloo; DDP through accelerate) x 1 record per step give the
+    weights of 1 process x 2 records (the same records per step; gradients averaged by DDP)."""
+    config: dict[str, Any] = {"stage": "projector_lora", "lora": {"rank": 4}, "max_steps": 2, "lr": 1e-2,
+                              "progress": False, "use_cpu": True, "save_final": False}  # fmt: skip
+    spec = {"kind": "tga", "model_dir": str(tiny_dir("llava")), "records": [r.model_dump() for r in records],
+            "config": {**config, "output_dir": str(tmp_path / "two"), "batch_size": 1}}  # fmt: skip
+    (tmp_path / "spec.json").write_text(json.dumps(spec))
+    worker = Path(__file__).resolve().parents[1] / "reliability" / "train_worker.py"
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           str(worker), str(tmp_path / "spec.json")], env=env, capture_output=True, text=True,
+                          timeout=240)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    two = load_file(str(tmp_path / "two" / "final.safetensors"))
+    bundle = load_model(tiny_dir("llava"), dtype="float32")
+    one_cfg = TrainConfig.model_validate({**config, "output_dir": tmp_path / "one", "batch_size": 2})
+    tga = TGALoss(bundle, [0, 1], weight=0.5, schedule="linear", max_steps=2)
+    one = Trainer(bundle, one_cfg, None, records, lambda rows: encode_tga_batch(bundle, rows),
+                  engine_class=TGATrainer, engine_kwargs={"tga": tga})  # fmt: skip
+    history = one.train().history
+    weights = trainable_state(one.model)
+    assert two.keys() == weights.keys()
+    base = trainable_state(apply_stage(load_model(tiny_dir("llava"), dtype="float32").model, "projector_lora",
+                                       one_cfg.lora))  # fmt: skip
+    assert any(not torch.equal(weights[k], base[k]) for k in weights)  # training moved the weights
+    for key in weights:
+        torch.testing.assert_close(two[key], weights[key], rtol=1e-4, atol=1e-5)
+    logged = [json.loads(line) for line in (tmp_path / "two" / "log.jsonl").read_text().splitlines()]
+    assert [r["loss"] for r in logged] == pytest.approx([h["loss"] for h in history], rel=1e-4)
+
+
+def test_a_loss_function_that_bypasses_ddp_is_refused(tmp_path: Path) -> None:
+    """Under DDP only a forward pass of the wrapper averages gradients: a loss function that calls a submodule
+    is refused instead of training each process on its own gradients."""
+    toy = _Toy()
+    bundle = ModelBundle(model=toy, tokenizer=None, processor=None, family="causal_lm", layers=toy.model.layers)
+
+    def bypass(model: Any, batch: torch.Tensor, step: int) -> LossOutput:
+        return LossOutput(model.module(batch).pow(2).mean())
+
+    def through(model: Any, batch: torch.Tensor, step: int) -> LossOutput:
+        return LossOutput(model(batch).pow(2).mean())
+
+    cfg = TrainConfig(output_dir=tmp_path, stage="llm", max_steps=1, batch_size=1, progress=False)
+    batch = torch.ones(1, 2)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
+    try:
+        wrapped = torch.nn.parallel.DistributedDataParallel(toy)
+        engine = Trainer(bundle, cfg, bypass, [batch[0]], torch.stack).engine
+        with pytest.raises(ConfigError, match="did not call the model it was given"):
+            engine.compute_loss(wrapped, batch)
+        engine.loss_fn = through
+        assert float(engine.compute_loss(wrapped, batch).detach()) == 0.0  # the toy's weights start at zero
+    finally:
+        dist.destroy_process_group()

@@ -3,7 +3,8 @@
 It mirrors the organism's plain VL adaptation (:mod:`vlsafe_organism.vl_train`): the same safe LLM wired
 with DINOv2 at the same image size, the same benign synthetic training images and questions, the same two
 stages (projector, then projector + LoRA r16 on the LLM) with the same step counts and learning rates, but
-trained through :class:`vlsafe.methods.training.Trainer` with the TGA loss and retrieval prompts. Differences: one
+trained through the library's TGA engine (:class:`vlsafe.methods.training.TGATrainer`, on ``transformers.Trainer``)
+with the TGA loss and retrieval prompts. Differences: one
 question per record (the plain recipe packs an image's questions into one multi-turn chat) and the vision
 tower runs every step (frozen) instead of caching its features.
 """

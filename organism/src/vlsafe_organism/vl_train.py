@@ -10,7 +10,8 @@ once; the training step replaces the ``<image>`` placeholders by the projected f
 * ``vlm`` stage: phase ``projector``, the projector only (the LLM is the safe LLM, unchanged);
 * ``vl`` stage: phase ``projector+llm``, projector + LoRA on the LLM's linear layers (embeddings frozen).
 
-Each phase trains in :class:`vlsafe.methods.training.Trainer` (:func:`vl_trainer`): AdamW (no weight decay)
+Each phase trains in :class:`vlsafe.methods.training.Trainer` (:func:`vl_trainer`; the library's engine on
+``transformers.Trainer``): AdamW (no weight decay)
 at the phase's learning rate after a linear warm-up over :data:`WARMUP_STEPS` steps, gradient norm clipped at
 1.0, the answer-only loss :func:`vl_loss`. The batches are the Trainer's: each epoch a permutation of the
 training conversations seeded by :attr:`VLConfig.seed` (the same order in both phases), cut into consecutive

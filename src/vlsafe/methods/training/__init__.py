@@ -1,8 +1,11 @@
-"""vlsafe.methods.training: a shared resumable trainer, TGA (text-guided alignment) with retrieval, and the
-safety SFT / DPO baselines.
+"""vlsafe.methods.training: a training engine on ``transformers.Trainer``, TGA (text-guided alignment) with
+retrieval, and the safety SFT / DPO baselines.
 
-Trainer plumbing (shared): :class:`TrainConfig`, :class:`Trainer`, :class:`LossOutput`, stages
-(:func:`apply_stage`) and safetensors checkpoints. TGA: :class:`TGAConfig`, :func:`run_tga`,
+Engine (shared; :mod:`vlsafe.methods.training.engine`): :class:`TrainConfig` and its mapping to
+``TrainingArguments`` (:func:`trainer_args`), :class:`EngineMixin` (seeded data order, warm-up schedule,
+whole-or-absent safetensors checkpoints, resume checks, per-step log, vlsafe callbacks) for any
+``transformers.Trainer`` subclass, :class:`Trainer` (the front end: stage, engine, ``train()``),
+:class:`LossOutput`, stages (:func:`apply_stage`) and memory planning (:func:`plan_memory`). TGA: :class:`TGAConfig`, :func:`run_tga`,
 :class:`TGALoss`, retrieval (:func:`retrieval_prompt`, :class:`BM25Retriever`) and inference with retrieval
 (:func:`generate_with_retrieval`). Baselines: :class:`SFTConfig` / :func:`run_sft`, :class:`DPOConfig` /
 :func:`run_dpo`.
@@ -34,7 +37,27 @@ from vlsafe.methods.training.encoding import (
     modality_groups,
     reply_suffix,
 )
+from vlsafe.methods.training.engine import (
+    RESUME_FREE_FIELDS,
+    EngineMixin,
+    LossFnTrainer,
+    SeededSampler,
+    check_resume_config,
+    clean_partial_checkpoints,
+    config_difference,
+    lr_lambda,
+    resume_checkpoint,
+    trainer_args,
+)
 from vlsafe.methods.training.losses import DPOLossOutput, dpo_loss, sequence_logps
+from vlsafe.methods.training.memory_plan import (
+    CUDA_OVERHEAD_GIB,
+    FIT_FRACTION,
+    ModelShape,
+    estimate_training_memory,
+    model_shape,
+    plan_memory,
+)
 from vlsafe.methods.training.mixing import DataSource, MixSettings, load_source, mix_records
 from vlsafe.methods.training.sft import SFTConfig, run_sft, sft_collate, sft_loss, sft_records
 from vlsafe.methods.training.stages import (
@@ -52,12 +75,23 @@ from vlsafe.methods.training.tga import (
     RetrievalConfig,
     TGAConfig,
     attach_retrieved,
+    check_tga_resume,
     guided_layers,
     load_tga_config,
+    rebuild_trained_model,
     run_tga,
     train_tga,
 )
-from vlsafe.methods.training.tga_loss import TGALoss, guide_terms, layer_outputs, masked_mean, middle_third
+from vlsafe.methods.training.tga_loss import (
+    TGALoss,
+    TGATrainer,
+    guide_terms,
+    layer_outputs,
+    masked_mean,
+    middle_third,
+    supervised_ce,
+    tga_loss_terms,
+)
 from vlsafe.methods.training.trainer import LossFn, LossOutput, TrainConfig, Trainer, TrainResult
 from vlsafe.methods.training.vl_safety_gen import (
     COMPLIANCE_OPENERS,
@@ -67,7 +101,23 @@ from vlsafe.methods.training.vl_safety_gen import (
 )
 
 __all__ = [
-    # trainer plumbing
+    # engine
+    "EngineMixin",
+    "LossFnTrainer",
+    "SeededSampler",
+    "RESUME_FREE_FIELDS",
+    "check_resume_config",
+    "clean_partial_checkpoints",
+    "config_difference",
+    "resume_checkpoint",
+    "lr_lambda",
+    "trainer_args",
+    "CUDA_OVERHEAD_GIB",
+    "FIT_FRACTION",
+    "ModelShape",
+    "estimate_training_memory",
+    "model_shape",
+    "plan_memory",
     "TrainConfig",
     "Trainer",
     "TrainResult",
@@ -93,6 +143,9 @@ __all__ = [
     "encode_tga_batch",
     "read_tga_records",
     "TGALoss",
+    "TGATrainer",
+    "tga_loss_terms",
+    "supervised_ce",
     "guide_terms",
     "layer_outputs",
     "masked_mean",
@@ -101,6 +154,8 @@ __all__ = [
     "RetrievalConfig",
     "TGAConfig",
     "attach_retrieved",
+    "check_tga_resume",
+    "rebuild_trained_model",
     "guided_layers",
     "load_tga_config",
     "run_tga",

@@ -1,6 +1,7 @@
 """A safety-tracking callback for every vlsafe trainer (VL adaptation, SFT, DPO, TGA).
 
-Every ``every`` optimizer steps :class:`SafetyTracker` runs a small fixed probe with the evaluation harness
+:class:`SafetyTracker` is a ``transformers.TrainerCallback``: pass it in ``callbacks=`` of the engine (or any
+``transformers`` / TRL trainer). Every ``every`` optimizer steps (on the engine's per-step log) it runs a small fixed probe with the evaluation harness
 (:func:`vlsafe.evals.run_eval`, keyword judge by default) on the model being trained and appends one line
 to a curve file (JSON lines)::
 
@@ -29,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
+from transformers import TrainerCallback
 
 from vlsafe.core.errors import InputError
 from vlsafe.core.io import read_jsonl, write_jsonl_atomic
@@ -189,8 +191,12 @@ def curve_figure(
     return line_curves(x, curves, title=title, xlabel="optimizer step", ylabel="rate")
 
 
-class SafetyTracker:
+class SafetyTracker(TrainerCallback):
     """Trainer callback: probe safety every ``settings.every`` steps and append to ``curve_path``.
+
+    As a ``transformers.TrainerCallback`` it probes the untrained model at ``on_train_begin`` (:meth:`start`)
+    and after every ``every``-th optimizer step when that step's training log arrives (``on_log``, with the
+    step's metrics in the curve row's ``train``); :meth:`on_step` is the same hook for a hand-written loop.
 
     Args:
         bundle: the model being trained (the trainer may swap ``bundle.model`` for a peft wrapper; the
@@ -221,10 +227,22 @@ class SafetyTracker:
         return None
 
     def on_step(self, step: int, metrics: dict[str, float]) -> bool:
-        """The trainer hook; never asks to stop."""
+        """The hook of a hand-written loop; never asks to stop."""
         if step % self.settings.every == 0:
             self.probe(step, metrics)
         return False
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        """transformers' hook: :meth:`start`."""
+        self.start()
+
+    def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None,
+               **kwargs: Any) -> None:  # fmt: skip
+        """transformers' hook: probe after every ``every``-th step, on that step's training log."""
+        logs = logs or {}
+        step = int(state.global_step)
+        if "loss" in logs and "train_runtime" not in logs and step > 0 and step % self.settings.every == 0:
+            self.probe(step, {k: float(v) for k, v in logs.items() if isinstance(v, (int, float))})
 
     def probe(self, step: int, train_metrics: dict[str, float] | None = None) -> dict[str, Any]:
         """Run the probe now and append its row to the curve; returns the row."""

@@ -39,7 +39,8 @@ def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
     return {name: p.detach().cpu().contiguous() for name, p in model.named_parameters() if p.requires_grad}
 
 
-def _optimizer_split(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+def optimizer_split(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """An optimizer's state as safetensors-ready tensors (``state.<index>.<key>``) and JSON-ready rest."""
     state = optimizer.state_dict()
     tensors: dict[str, torch.Tensor] = {}
     plain: dict[str, dict[str, Any]] = {}
@@ -52,7 +53,8 @@ def _optimizer_split(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.
     return tensors, {"param_groups": state["param_groups"], "plain_state": plain}
 
 
-def _optimizer_join(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> dict[str, Any]:
+def optimizer_join(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> dict[str, Any]:
+    """The optimizer ``state_dict`` that :func:`optimizer_split` took apart."""
     state: dict[int, dict[str, Any]] = {}
     for name, value in tensors.items():
         _, index, key = name.split(".", 2)
@@ -62,7 +64,8 @@ def _optimizer_join(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> d
     return {"state": state, "param_groups": meta["param_groups"]}
 
 
-def _rng_tensors() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+def rng_tensors() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """This process's torch (CPU, CUDA), numpy and Python RNG states: tensors and JSON-ready rest."""
     tensors = {"torch_cpu": torch.get_rng_state()}
     if torch.cuda.is_available():
         for i, s in enumerate(torch.cuda.get_rng_state_all()):
@@ -77,7 +80,8 @@ def _rng_tensors() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     return tensors, meta
 
 
-def _restore_rng(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+def set_rng(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+    """Set the RNG states :func:`rng_tensors` took."""
     torch.set_rng_state(tensors["torch_cpu"])
     cuda = [tensors[k] for k in sorted(k for k in tensors if k.startswith("torch_cuda_"))]
     if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
@@ -112,7 +116,7 @@ def save_checkpoint(
     save_file(trainable_state(model), str(out / TRAINABLE_FILE))
     state: dict[str, Any] = {"step": int(step), "extra": extra or {}}
     if optimizer is not None:
-        tensors, meta = _optimizer_split(optimizer)
+        tensors, meta = optimizer_split(optimizer)
         save_file(tensors, str(out / OPTIMIZER_FILE))
         state["optimizer"] = meta
     if scheduler is not None:
@@ -120,7 +124,7 @@ def save_checkpoint(
         if "lr_lambdas" in sched:  # functions are rebuilt from the config; LambdaLR stores None for them
             sched["lr_lambdas"] = [None] * len(sched["lr_lambdas"])
         state["scheduler"] = sched
-    rng, rng_meta = _rng_tensors()
+    rng, rng_meta = rng_tensors()
     save_file(rng, str(out / RNG_FILE))
     state["rng"] = rng_meta
     # written last: its presence marks a complete checkpoint
@@ -186,11 +190,11 @@ def load_checkpoint(
     load_trainable(model, root)
     if optimizer is not None and "optimizer" in state:
         tensors = load_file(str(root / OPTIMIZER_FILE))
-        optimizer.load_state_dict(_optimizer_join(tensors, state["optimizer"]))
+        optimizer.load_state_dict(optimizer_join(tensors, state["optimizer"]))
     if scheduler is not None and "scheduler" in state:
         scheduler.load_state_dict(state["scheduler"])
     if restore_rng:
-        _restore_rng(load_file(str(root / RNG_FILE)), state["rng"])
+        set_rng(load_file(str(root / RNG_FILE)), state["rng"])
     return state
 
 

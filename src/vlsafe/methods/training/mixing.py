@@ -2,7 +2,8 @@
 into VL-adaptation data at a fixed ratio.
 
 A :class:`DataSource` names one data set in a config: a published format on disk (``vlguard``, ``spavl``,
-``llava``) or the organism's generated data (``synthetic_vl``: benign VQA on synthetic images). With
+``llava``) or the organism's generated data (``synthetic_vl``: benign VQA on synthetic images). The records
+become TRL's training tables through :mod:`vlsafe.methods.training.trl_data`. With
 ``ratio = r``, :func:`mix_records` keeps every VL-adaptation record and draws (seeded; cycling when the
 safety set is smaller) as many safety records as make them a share ``r`` of the result.
 """
@@ -71,10 +72,7 @@ class MixSettings(BaseModel):
 
 def load_source(source: DataSource) -> list[Any]:
     """The records of one source (``SFTRecord`` or ``PreferenceRecord``)."""
-
-
     if source.format == "synthetic_vl":
-
         records: list[Any] = synthetic_vl_records(int(source.n_images or 0), seed=source.seed)
     else:
         loader: Any = {"vlguard": vd.load_vlguard, "spavl": vd.load_spavl, "llava": vd.load_llava}[

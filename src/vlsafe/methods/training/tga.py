@@ -11,7 +11,9 @@ Example config (``vlsafe train tga CONFIG.yaml``)::
       - {stage: projector, lr: 1.0e-3, max_steps: 200, batch_size: 4}
       - {stage: projector_lora, lr: 2.0e-4, max_steps: 200, batch_size: 4, lora: {rank: 16}}
 
-Each stage trains in ``output_dir/stage<i>-<stage>`` (resumable: rerunning continues where it stopped);
+Each stage trains in ``output_dir/stage<i>-<stage>`` with :class:`~vlsafe.methods.training.tga_loss.TGATrainer`
+(a ``transformers.Trainer``; launch with ``accelerate launch`` for DDP / FSDP / DeepSpeed) and is resumable:
+rerunning continues where it stopped, and refuses a stage whose settings changed;
 the final model (LoRA merged) is written to ``output_dir/model`` and loads with :func:`vlsafe.models.load_model`.
 """
 
@@ -19,17 +21,20 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from vlsafe.core.config import read_yaml_mapping, validate_config
-from vlsafe.core.errors import ConfigError
+from vlsafe.core.errors import ConfigError, InputError
 from vlsafe.data.retrieval import Retriever, load_corpus, make_retriever
-from vlsafe.methods.training.checkpoint import save_trained_model
+from vlsafe.methods.training.checkpoint import latest_checkpoint, load_trainable, save_trained_model
 from vlsafe.methods.training.data import TGARecord, encode_tga_batch, read_tga_records
-from vlsafe.methods.training.tga_loss import TGALoss, layers_from_analysis, middle_third
+from vlsafe.methods.training.engine import config_difference, resume_checkpoint
+from vlsafe.methods.training.stages import apply_stage
+from vlsafe.methods.training.tga_loss import TGALoss, TGATrainer, layers_from_analysis, middle_third
 from vlsafe.methods.training.trainer import TrainConfig, Trainer
 from vlsafe.models import load_model
 from vlsafe.models.bundle import ModelBundle
@@ -153,7 +158,7 @@ def train_tga(
     """Run every stage of ``config`` on ``bundle`` (modified in place) with the TGA loss; returns a summary."""
     layers = guided_layers(config.guide, bundle)
     logger.info("TGA guided layers: %s", layers)
-    summary: dict[str, Any] = {"guided_layers": layers, "stages": []}
+    summary: dict[str, Any] = {"guided_layers": layers, "stages": [], "sharded": False}
     for stage_cfg in config.stage_configs():
         stage_cfg.progress = progress and stage_cfg.progress
         loss = TGALoss(
@@ -164,8 +169,10 @@ def train_tga(
             max_steps=stage_cfg.max_steps,
             ce_weight=config.guide.ce_weight,
         )
-        trainer = Trainer(bundle, stage_cfg, loss, records, lambda rows: encode_tga_batch(bundle, rows))
+        trainer = Trainer(bundle, stage_cfg, None, records, lambda rows: encode_tga_batch(bundle, rows),
+                          engine_class=TGATrainer, engine_kwargs={"tga": loss})  # fmt: skip
         result = trainer.train()
+        summary["sharded"] = bool(trainer.engine.is_fsdp_enabled or trainer.engine.is_deepspeed_enabled)
         last = result.history[-1] if result.history else {}
         summary["stages"].append(
             {
@@ -176,6 +183,53 @@ def train_tga(
             }
         )
     return summary
+
+
+#: TGAConfig fields that may change when a run is resumed (the stages are checked one by one by the engine).
+_TGA_RESUME_FREE = frozenset({"output_dir", "export", "stages"})
+
+
+def _is_main_process() -> bool:
+    """Rank 0 of a launch (``RANK``, as torchrun, accelerate and deepspeed set it), or a single process."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def check_tga_resume(config: TGAConfig) -> None:
+    """Refuse to continue a TGA run in ``config.output_dir`` under other settings: the run's saved
+    ``tga_config.json`` (model, data, dtype, retrieval, guide) and every stage with a checkpoint
+    (:func:`~vlsafe.methods.training.engine.resume_checkpoint`).
+
+    Raises:
+        ConfigError: one line naming the first differing field.
+    """
+    stages = config.stage_configs()
+    started = any(resume_checkpoint(stage) is not None for stage in stages)
+    saved = config.output_dir / "tga_config.json"
+    if started and saved.is_file():
+        old = json.loads(saved.read_text(encoding="utf-8"))
+        new = json.loads(config.model_dump_json())
+        diff = config_difference(old, new, _TGA_RESUME_FREE)
+        if diff is not None:
+            raise ConfigError(f"cannot resume the TGA run in {config.output_dir}: {diff}; "
+                              "give another output_dir to start over")  # fmt: skip
+
+
+def rebuild_trained_model(config: TGAConfig) -> ModelBundle:
+    """The trained model rebuilt on the CPU from the stages' newest checkpoints: the base model, then per stage
+    its parameter selection (LoRA wrappers included) and its checkpoint's ``trainable.safetensors``. The export
+    path of sharded launches (FSDP, DeepSpeed), where no process holds the whole trained model.
+
+    Raises:
+        InputError: a stage has no checkpoint (``save_final`` off).
+    """
+    bundle = load_model(config.model, dtype=config.dtype, trust_remote_code=config.trust_remote_code)
+    for stage in config.stage_configs():
+        bundle.model = apply_stage(bundle.model, stage.stage, stage.lora)
+        ckpt = latest_checkpoint(stage.output_dir)
+        if ckpt is None:
+            raise InputError(f"{stage.output_dir} has no checkpoint to export the trained model from")
+        load_trainable(bundle.model, ckpt)
+    return bundle
 
 
 def run_tga(
@@ -189,7 +243,12 @@ def run_tga(
     """Load the model and data of ``config``, retrieve, train all stages, export; returns the summary
     (also written to ``output_dir/tga_summary.json``).
 
-    ``output_dir``, ``model`` and ``max_steps`` (every stage) override the config.
+    ``output_dir``, ``model`` and ``max_steps`` (every stage) override the config. In a launch of several
+    processes (``accelerate launch``) every process trains and the main process writes the files; after a sharded
+    launch (FSDP, DeepSpeed) the export is rebuilt from the checkpoints (:func:`rebuild_trained_model`).
+
+    Raises:
+        ConfigError: a bad config, or an output_dir holding a run of other settings (:func:`check_tga_resume`).
     """
 
     cfg = config if isinstance(config, TGAConfig) else load_tga_config(config)
@@ -202,17 +261,23 @@ def run_tga(
         updates["stages"] = [{**s, "max_steps": max_steps} for s in cfg.stages]
     if updates:
         cfg = TGAConfig.model_validate({**cfg.model_dump(), **updates})
-    cfg.output_dir.mkdir(parents=True, exist_ok=True)
-    (cfg.output_dir / "tga_config.json").write_text(cfg.model_dump_json(indent=1))
+    check_tga_resume(cfg)
+    main = _is_main_process()
     records = read_tga_records(cfg.data)
     records = attach_retrieved(records, build_retriever(cfg.retrieval), cfg.retrieval.query,
                                cfg.retrieval.exclude_self)  # fmt: skip
-    with (cfg.output_dir / "train_records.jsonl").open("w", encoding="utf-8") as fh:
-        for rec in records:
-            fh.write(rec.model_dump_json() + "\n")
+    if main:
+        cfg.output_dir.mkdir(parents=True, exist_ok=True)
+        (cfg.output_dir / "tga_config.json").write_text(cfg.model_dump_json(indent=1))
+        with (cfg.output_dir / "train_records.jsonl").open("w", encoding="utf-8") as fh:
+            for rec in records:
+                fh.write(rec.model_dump_json() + "\n")
     bundle = load_model(cfg.model, dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code)
     summary = train_tga(bundle, records, cfg, progress=progress)
+    if not main:
+        return summary
     if cfg.export:
-        summary["model_dir"] = str(save_trained_model(bundle, cfg.output_dir / "model"))
+        source = rebuild_trained_model(cfg) if summary["sharded"] else bundle
+        summary["model_dir"] = str(save_trained_model(source, cfg.output_dir / "model"))
     (cfg.output_dir / "tga_summary.json").write_text(json.dumps(summary, indent=1, default=str))
     return summary

@@ -8,6 +8,12 @@ retrieved text drop the softplus term). ``λ(step)`` is constant or ``λ · (1 �
 
 Hidden states come from forward hooks on the decoder layers that keep the autograd graph (no detach), and
 the hooks are removed before backward, so activation checkpointing's recomputation never sees them.
+
+:class:`TGATrainer` is the engine (a ``transformers.Trainer`` with :class:`~vlsafe.methods.training.engine.EngineMixin`)
+whose ``compute_loss`` is :func:`tga_loss_terms`: both forward passes go through the model as transformers wrapped
+it (DDP, FSDP, DeepSpeed), the caption pass under ``torch.no_grad()``, and the cross-entropy's logits are computed
+at the supervised positions only (``logits_to_keep``). :class:`TGALoss` computes the same loss as a plain loss
+function on the unwrapped model (the decoder and ``lm_head`` called directly).
 """
 
 from __future__ import annotations
@@ -20,14 +26,15 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 from torch import nn
+from transformers import Trainer as HFTrainer
 
 from vlsafe.core.errors import ConfigError, InputError
 from vlsafe.core.io import read_json
 from vlsafe.core.paths import SAFETY_LAYERS_FILE, SAFETY_LAYERS_FORMAT
 from vlsafe.methods.training.data import TGABatch
-from vlsafe.methods.training.memory import answer_only_loss
+from vlsafe.methods.training.engine import EngineMixin, LossOutput
+from vlsafe.methods.training.memory import IGNORE_INDEX, answer_only_loss
 from vlsafe.methods.training.stages import unwrap
-from vlsafe.methods.training.trainer import LossOutput
 from vlsafe.models.bundle import ModelBundle
 
 
@@ -92,9 +99,13 @@ def layers_from_analysis(path: str | Path, variant: str = "text") -> list[int]:
     ``safety_layers.json`` (the activation layer through the end layer)."""
     file = Path(path) / SAFETY_LAYERS_FILE
     if not file.is_file():
-        raise ConfigError(f"{str(path)!r} has no {SAFETY_LAYERS_FILE}: give a folder written by `vlsafe analyze layers`")
+        raise ConfigError(
+            f"{str(path)!r} has no {SAFETY_LAYERS_FILE}: give a folder written by `vlsafe analyze layers`"
+        )
     data = read_json(file, "safety layers")
-    layers = data.get("layers") if isinstance(data, dict) and data.get("format") == SAFETY_LAYERS_FORMAT else None
+    layers = (
+        data.get("layers") if isinstance(data, dict) and data.get("format") == SAFETY_LAYERS_FORMAT else None
+    )
     if not isinstance(layers, dict):
         raise ConfigError(f"{file} is not a {SAFETY_LAYERS_FORMAT} file")
     if variant not in layers:
@@ -179,3 +190,94 @@ class TGALoss:
             "cos_rc": sum(cos_rc) / len(cos_rc),
         }
         return LossOutput(loss, metrics)
+
+
+def _caption_states_wrapped(tga: TGALoss, model: Any, batch: TGABatch) -> dict[int, torch.Tensor]:
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), layer_outputs(tga.bundle.layers, tga.layers) as store:
+            model(**batch.caption_inputs, use_cache=False, logits_to_keep=1)
+    finally:
+        model.train(was_training)
+    return {j: masked_mean(store[j], batch.caption_mask) for j in tga.layers}
+
+
+def supervised_ce(model: Any, inputs: dict[str, Any], labels: torch.Tensor) -> torch.Tensor:
+    """Mean next-token cross-entropy over the supervised positions (``labels != -100``), from one forward pass
+    of ``model`` itself (any wrapper) with the logits of those positions only (``logits_to_keep``), in float32.
+
+    The value of :func:`~vlsafe.methods.training.memory.answer_only_loss`, without calling the decoder and
+    ``lm_head`` directly.
+
+    Raises:
+        InputError: no supervised position.
+    """
+    targets = labels[:, 1:]
+    keep = targets != IGNORE_INDEX
+    count = int(keep.sum())
+    if count == 0:
+        raise InputError("no supervised position in the batch (all labels are -100)")
+    positions = keep.any(dim=0).nonzero().squeeze(1)
+    logits = model(**inputs, use_cache=False, logits_to_keep=positions).logits.float()
+    chosen = targets[:, positions].reshape(-1).to(logits.device)
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), chosen, ignore_index=IGNORE_INDEX,
+                           reduction="sum") / count  # fmt: skip
+
+
+def tga_loss_terms(
+    tga: TGALoss, model: Any, batch: TGABatch, step: int
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """The TGA loss of ``batch`` at optimizer step ``step`` through ``model`` as the backend wrapped it.
+
+    The same loss as ``tga(model, batch, step)`` (:class:`TGALoss`), computed with forward passes of ``model``
+    itself: the captions under ``torch.no_grad()`` in eval mode, then the full prompt + answer with the logits
+    of the supervised positions only (``logits_to_keep``), in float32.
+
+    Returns:
+        The loss and its components (``ce``, ``guide``, ``lambda``, ``cos_ic``, ``cos_rc``).
+    """
+    if not bool(batch.image_mask.any(dim=1).all()):
+        raise InputError("every TGA training row needs image tokens; a row has none")
+    captions = _caption_states_wrapped(tga, model, batch)
+    lam = tga.lam(step)
+    with layer_outputs(tga.bundle.layers, tga.layers) as store:
+        ce = supervised_ce(model, batch.inputs, batch.labels)
+    has_r = batch.retrieved_mask.any(dim=1)
+    guide = ce.new_zeros(())
+    cos_ic, cos_rc = [], []
+    for j in tga.layers:
+        h = store[j]
+        term, ic, rc = guide_terms(
+            masked_mean(h, batch.image_mask), captions[j], masked_mean(h, batch.retrieved_mask), has_r
+        )
+        guide = guide + term
+        cos_ic.append(float(ic))
+        cos_rc.append(float(rc))
+    loss = tga.ce_weight * ce + lam * guide
+    metrics = {
+        "ce": float(ce.detach()),
+        "guide": float(guide.detach()),
+        "lambda": lam,
+        "cos_ic": sum(cos_ic) / len(cos_ic),
+        "cos_rc": sum(cos_rc) / len(cos_rc),
+    }
+    return loss, metrics
+
+
+class TGATrainer(EngineMixin, HFTrainer):
+    """The TGA engine: a ``transformers.Trainer`` whose ``compute_loss`` is :func:`tga_loss_terms`.
+
+    Keyword args (besides :class:`~vlsafe.methods.training.engine.EngineMixin`'s and ``transformers.Trainer``'s):
+        tga: the :class:`TGALoss` holding the guided layers, ``λ`` and its schedule, and the CE weight.
+    """
+
+    def __init__(self, *args: Any, tga: TGALoss, **kwargs: Any) -> None:
+        self.tga = tga
+        super().__init__(*args, **kwargs)
+
+    def compute_loss(self, model: Any, inputs: Any, return_outputs: bool = False,
+                     num_items_in_batch: Any = None) -> Any:  # fmt: skip
+        loss, metrics = tga_loss_terms(self.tga, model, inputs, int(self.state.global_step))
+        self.record_metrics({"loss": float(loss.detach()), **metrics})
+        return (loss, None) if return_outputs else loss
