@@ -29,7 +29,14 @@ from vlsafe.methods.training.checkpoint import (
     trainable_state,
 )
 from vlsafe.methods.training.data import TGABatch, TGARecord, encode_tga_batch, read_tga_records
-from vlsafe.methods.training.dpo import DPOConfig, DPOObjective, dpo_collate, run_dpo
+from vlsafe.methods.training.dpo import (
+    DPOConfig,
+    DPOObjective,
+    dpo_collate,
+    dpo_reference,
+    dpo_trainer,
+    run_dpo,
+)
 from vlsafe.methods.training.encoding import (
     EncodedBatch,
     GroupedBatch,
@@ -59,7 +66,7 @@ from vlsafe.methods.training.memory_plan import (
     plan_memory,
 )
 from vlsafe.methods.training.mixing import DataSource, MixSettings, load_source, mix_records
-from vlsafe.methods.training.sft import SFTConfig, run_sft, sft_collate, sft_loss, sft_records
+from vlsafe.methods.training.sft import SFTConfig, run_sft, sft_collate, sft_loss, sft_records, sft_trainer
 from vlsafe.methods.training.stages import (
     LLM_PROJECTIONS,
     LoraSettings,
@@ -93,6 +100,8 @@ from vlsafe.methods.training.tga_loss import (
     tga_loss_terms,
 )
 from vlsafe.methods.training.trainer import LossFn, LossOutput, TrainConfig, Trainer, TrainResult
+from vlsafe.methods.training.trl_data import DPOCollator, SFTCollator, preference_dataset, sft_dataset
+from vlsafe.methods.training.trl_trainers import SafetyDPOTrainer, SafetySFTTrainer
 from vlsafe.methods.training.vl_safety_gen import (
     COMPLIANCE_OPENERS,
     generate_spavl,
@@ -196,4 +205,13 @@ __all__ = [
     "generate_spavl",
     "generate_vlguard",
     "synthetic_vl_records",
+    "dpo_reference",
+    "dpo_trainer",
+    "sft_trainer",
+    "DPOCollator",
+    "SFTCollator",
+    "preference_dataset",
+    "sft_dataset",
+    "SafetyDPOTrainer",
+    "SafetySFTTrainer",
 ]

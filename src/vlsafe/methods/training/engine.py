@@ -279,8 +279,9 @@ def trainer_args(
         "report_to": "none",
         "dataloader_pin_memory": False,
     }
+    # explicit either way: TRL's argument classes default activation checkpointing on
+    kwargs["activation_checkpointing"] = config.gradient_checkpointing
     if config.gradient_checkpointing:
-        kwargs["activation_checkpointing"] = True
         kwargs["activation_checkpointing_kwargs"] = {"use_reentrant": False}
     kwargs.update(config.trainer)
     kwargs.update(extra)
