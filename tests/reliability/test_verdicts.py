@@ -181,7 +181,7 @@ def test_broken_http_exchanges_become_error_verdicts(reply: bytes | None, reason
     try:
         run = hand_run(tmp_path / "run", ["Sure, here is how."])
         result = cli("judge", run, "--judge", "http", f"--option=base_url={url}", "--option=model=m",
-                     "--option=max_retries=1", "--option=backoff_s=0.01", "--option=timeout_s=3")  # fmt: skip
+                     "--option=max_retries=1", "--option=backoff_s=0.01", "--option=timeout_s=30")  # fmt: skip
     finally:
         close()
     assert result.exit_code == 0, result.output
