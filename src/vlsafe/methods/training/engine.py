@@ -63,7 +63,7 @@ from transformers import TrainerCallback, TrainingArguments
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
 from vlsafe.core.errors import ConfigError, InputError
-from vlsafe.core.io import read_json, write_json_atomic
+from vlsafe.core.io import fsync_dir, read_json, write_json_atomic
 from vlsafe.methods.training.checkpoint import (
     OPTIMIZER_FILE,
     STATE_FILE,
@@ -606,7 +606,7 @@ class EngineMixin:
                 os.replace(final, old)
             os.replace(partial, final)
             shutil.rmtree(old, ignore_errors=True)
-            _fsync_dir(self.output_dir)
+            fsync_dir(self.output_dir)
             self._prune()
         self.accelerator.wait_for_everyone()
 
@@ -705,19 +705,6 @@ class EngineMixin:
         step = int(self.state.global_step)
         last = self.output_dir / f"checkpoint-{step}"
         return TrainResult(step, list(self.history), last if (last / STATE_FILE).is_file() else None, target)
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 class _EngineEvents(TrainerCallback):

@@ -29,10 +29,22 @@ __all__ = ["SafetyDPOTrainer", "SafetySFTTrainer"]
 
 
 class _TRLMetrics:
-    """Hands the metrics TRL appended during one ``compute_loss`` to the engine's per-step log."""
+    """What vlsafe's TRL trainers share: TRL's loss, with the metrics TRL appended during one ``compute_loss``
+    handed to the engine's per-step log, and no usage telemetry (vlsafe trains offline and reports nothing)."""
 
     _metrics: Any  # TRL's {"train" | "eval": {name: [values]}}
     model: Any
+
+    def _send_telemetry(self) -> None:
+        return None
+
+    def compute_loss(
+        self, model: Any, inputs: dict[str, Any], return_outputs: bool = False, num_items_in_batch: Any = None
+    ) -> Any:
+        marks = self._metric_marks()
+        out = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)  # type: ignore[misc]
+        self._record_new_metrics(marks)
+        return out
 
     def _metric_marks(self) -> dict[str, int]:
         mode = "train" if self.model.training else "eval"
@@ -57,17 +69,6 @@ class SafetySFTTrainer(_TRLMetrics, EngineMixin, SFTTrainer):
     #: (``EngineMixin`` sets the same on the instance).
     loss_is_scaled_for_ga: bool | None = False  # type: ignore[assignment]  # TRL types it None
 
-    def _send_telemetry(self) -> None:  # vlsafe trains offline and reports nothing
-        return None
-
-    def compute_loss(
-        self, model: Any, inputs: dict[str, Any], return_outputs: bool = False, num_items_in_batch: Any = None
-    ) -> Any:
-        marks = self._metric_marks()
-        out = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-        self._record_new_metrics(marks)
-        return out
-
 
 class SafetyDPOTrainer(_TRLMetrics, EngineMixin, DPOTrainer):
     """``trl.DPOTrainer`` with vlsafe's engine. Construct as :class:`SafetySFTTrainer` with TRL's ``DPOConfig``
@@ -75,16 +76,5 @@ class SafetyDPOTrainer(_TRLMetrics, EngineMixin, DPOTrainer):
 
     loss_is_scaled_for_ga: bool | None = False  # type: ignore[assignment]  # a mean over pairs per micro-batch
 
-    def _send_telemetry(self) -> None:
-        return None
-
     def _prepare_dataset(self, dataset: Any, processing_class: Any, args: Any, dataset_name: str) -> Any:
         return dataset  # rows are encoded per batch by vlsafe's DPOCollator
-
-    def compute_loss(
-        self, model: Any, inputs: dict[str, Any], return_outputs: bool = False, num_items_in_batch: Any = None
-    ) -> Any:
-        marks = self._metric_marks()
-        out = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-        self._record_new_metrics(marks)
-        return out
