@@ -29,7 +29,7 @@ from PIL import Image, ImageDraw
 from vlsafe.core.errors import InputError
 from vlsafe.data import draw as d
 from vlsafe.data.scenes import ANSWER_POOLS as SCENE_POOLS
-from vlsafe.data.scenes import IMAGE_SIZE, POSITIONS, QA, SPLITS, SyntheticExample
+from vlsafe.data.scenes import IMAGE_SIZE, POSITIONS, QA, SPLITS, SyntheticExample, with_choices
 
 __all__ = [
     "ANSWER_POOLS", "BACKGROUNDS", "COMPANIONS", "HELDOUT_COLOURS", "HELDOUT_COMPANIONS", "KIND", "LAYOUTS",
@@ -433,13 +433,6 @@ def question_texts() -> set[str]:
     return out
 
 
-def _with_choices(rng: random.Random, qa: QA, n_choices: int) -> QA:
-    pool = [a for a in ANSWER_POOLS[qa.type] if a != qa.answer]
-    options = [qa.answer, *rng.sample(pool, min(n_choices - 1, len(pool)))]
-    rng.shuffle(options)
-    return QA(qa.question, qa.answer, qa.type, tuple(options))
-
-
 def make_pictogram_example(
     seed: int, split: str = "train", obj: str | None = None, *, layout: str | None = None, n_choices: int = 4
 ) -> PictogramExample:
@@ -507,7 +500,7 @@ def make_pictogram_example(
         caption = f"{subject} {_where(place)}"
     else:
         caption = f"{subject} to the {place} of {_a(companion if companion_colour is None else f'{companion_colour} {companion}')}"
-    qa = [_with_choices(rng, q, n_choices) for q in _qa(spec, place, colour, companion, absent)]
+    qa = [with_choices(rng, q, n_choices, ANSWER_POOLS) for q in _qa(spec, place, colour, companion, absent)]
     novel = (obj, colour) in HELDOUT_COLOURS or (obj, companion) in HELDOUT_COMPANIONS
     return PictogramExample(
         seed=seed, split=split, kind=KIND, image=image, caption=caption, qa=qa, novel=novel, obj=obj,

@@ -222,8 +222,11 @@ _RENDERERS: dict[str, Callable[..., tuple[str, list[QA]]]] = {
 }
 
 
-def _with_choices(rng: random.Random, qa: QA, n_choices: int) -> QA:
-    pool = [a for a in ANSWER_POOLS[qa.type] if a != qa.answer]
+def with_choices(
+    rng: random.Random, qa: QA, n_choices: int, pools: dict[str, tuple[str, ...]] = ANSWER_POOLS
+) -> QA:
+    """``qa`` with ``n_choices`` shuffled options: its answer and distractors drawn from ``pools[qa.type]``."""
+    pool = [a for a in pools[qa.type] if a != qa.answer]
     options = [qa.answer, *rng.sample(pool, min(n_choices - 1, len(pool)))]
     rng.shuffle(options)
     return QA(qa.question, qa.answer, qa.type, tuple(options))
@@ -261,7 +264,7 @@ def make_example(
         caption, qa = _scene(rng, split, draw, image)
     else:
         caption, qa = _RENDERERS[kind](rng, split, draw)
-    qa = [_with_choices(rng, q, n_choices) for q in qa]
+    qa = [with_choices(rng, q, n_choices) for q in qa]
     novel = any(f"{c} {s}" in caption for c, s in HELDOUT_PAIRS)
     return SyntheticExample(
         seed=seed, split=split, kind=kind, image=image, caption=caption, qa=qa, novel=novel
