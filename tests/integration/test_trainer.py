@@ -346,3 +346,29 @@ def test_a_loss_function_that_bypasses_ddp_is_refused(tmp_path: Path) -> None:
         assert float(engine.compute_loss(wrapped, batch).detach()) == 0.0  # the toy's weights start at zero
     finally:
         dist.destroy_process_group()
+
+
+def test_projector_lr_moves_the_projector_at_its_own_rate(
+    tiny_dir: Callable[[str], Path], records: list[TGARecord], tmp_path: Path
+) -> None:
+    def moved(out: Path, **overrides: object) -> tuple[float, float]:
+        trainer = _trainer(tiny_dir, records, out, save_every=0, save_final=False, max_steps=2, **overrides)
+        model = trainer.bundle.model
+        before = {n: p.detach().clone() for n, p in projector_params(model)}
+        trainer.train()
+        after = dict(projector_params(trainer.bundle.model))
+        proj = max((after[n].detach() - before[n]).abs().max().item() for n in before)
+        lora_b = max(p.abs().max().item() for n, p in trainer.bundle.model.named_parameters() if "lora_B" in n)
+        return proj, lora_b  # lora_B starts at zero: its size is how far the LLM's adapters moved
+
+    proj, lora = moved(tmp_path / "own", projector_lr=1e-12)
+    assert proj < 1e-9 and lora > 1e-4  # Adam moves each weight by about its rate per step
+    proj, lora = moved(tmp_path / "shared")
+    assert proj > 1e-4 and lora > 1e-4
+
+
+def test_projector_lr_needs_a_stage_that_trains_the_projector_beside_the_llm(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="projector_lr=0.001 needs a stage"):
+        TrainConfig.model_validate({"output_dir": tmp_path, "stage": "llm_lora", "projector_lr": 1e-3})
+    with pytest.raises(ValueError, match="projector_lr"):
+        TrainConfig.model_validate({"output_dir": tmp_path, "stage": "projector", "projector_lr": 1e-3})

@@ -37,7 +37,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 #: VL recipe fields used by the ``vl`` stage only: changing them keeps the cached ``vlm`` stage.
-LORA_PHASE_FIELDS = {"vl_steps", "vl_lr", "rank", "alpha"}
+LORA_PHASE_FIELDS = {"vl_steps", "vl_lr", "vl_projector_lr", "rank", "alpha", "text_fraction", "text_tokens"}
 CODE_VERSION = "1"
 
 

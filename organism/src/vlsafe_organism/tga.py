@@ -81,7 +81,7 @@ def organism_tga_config(
         "stages": [
             {**common, "stage": "projector", "max_steps": vl.proj_steps, "lr": vl.proj_lr},
             {**common, "stage": "projector_lora", "max_steps": vl.vl_steps, "lr": vl.vl_lr,
-             "lora": {"rank": vl.rank, "alpha": vl.alpha}},
+             "projector_lr": vl.vl_projector_lr, "lora": {"rank": vl.rank, "alpha": vl.alpha}},
         ],
     }  # fmt: skip
     raw.update(overrides)

@@ -83,6 +83,9 @@ class VLConfig(BaseModel):
     proj_lr: float = 2e-3
     vl_steps: int = 500
     vl_lr: float = 5e-4
+    #: Projector rate of the LoRA phase (LLaVA's ``mm_projector_lr``); unset: ``vl_lr``. A low ``vl_lr`` spares
+    #: the LLM, and a projector rate of its own keeps the projector learning at the pace of its first phase.
+    vl_projector_lr: float | None = Field(default=None, gt=0)
     rank: int = 16
     alpha: int = 32
     probe_every: int = 100
@@ -264,6 +267,7 @@ def vl_train_config(cfg: VLConfig, phase: str, output_dir: Path) -> TrainConfig:
             "max_steps": cfg.vl_steps if lora else cfg.proj_steps,
             "batch_size": cfg.batch_size,
             "lr": cfg.vl_lr if lora else cfg.proj_lr,
+            "projector_lr": cfg.vl_projector_lr if lora else None,
             "weight_decay": 0.0,
             "warmup_steps": WARMUP_STEPS,
             "schedule": "constant",

@@ -54,7 +54,7 @@ from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from safetensors.torch import load_file, save_file
 from torch.utils.data import Sampler
 from tqdm import tqdm
@@ -76,7 +76,7 @@ from vlsafe.methods.training.checkpoint import (
     set_rng,
     trainable_state,
 )
-from vlsafe.methods.training.stages import LoraSettings, Stage
+from vlsafe.methods.training.stages import LoraSettings, Stage, projector_params
 
 logger = logging.getLogger(__name__)
 
@@ -170,6 +170,12 @@ class TrainConfig(BaseModel):
     batch_size: int = Field(4, gt=0, description="records per micro-batch per process")
     grad_accum: int = Field(1, gt=0, description="micro-batches per optimizer step")
     lr: float = Field(1e-4, gt=0)
+    projector_lr: float | None = Field(
+        None,
+        gt=0,
+        description="learning rate of the vision-language projector when the stage trains it with the LLM "
+        "(LLaVA's mm_projector_lr); unset: lr",
+    )
     weight_decay: float = Field(0.0, ge=0)
     warmup_steps: int = Field(0, ge=0)
     schedule: Literal["constant", "linear", "cosine"] = "constant"
@@ -187,6 +193,15 @@ class TrainConfig(BaseModel):
     trainer: dict[str, Any] = Field(
         default_factory=dict, description="further transformers.TrainingArguments, by their upstream names"
     )
+
+    @model_validator(mode="after")
+    def _projector_lr_needs_projector(self) -> TrainConfig:
+        if self.projector_lr is not None and not self.stage.startswith("projector_"):
+            raise ValueError(
+                f"projector_lr={self.projector_lr} needs a stage that trains the projector beside the LLM "
+                f"(projector_llm, projector_lora), not {self.stage!r}; the projector stage trains at lr"
+            )
+        return self
 
     @field_validator("trainer")
     @classmethod
@@ -506,7 +521,26 @@ class EngineMixin:
             return int(super().floating_point_ops(inputs))  # type: ignore[misc]
         return 0
 
-    # -- schedule -------------------------------------------------------------------------------------------
+    # -- optimizer and schedule ---------------------------------------------------------------------------
+    def create_optimizer(self, model: Any = None) -> Any:
+        """The upstream optimizer; with ``projector_lr`` set, the projector's parameters move to groups of
+        their own at that rate (the schedule scales every group alike)."""
+        fresh = self.optimizer is None
+        optimizer = super().create_optimizer(model)  # type: ignore[misc]
+        rate = self.vlsafe_config.projector_lr
+        if fresh and rate is not None:
+            ids = {id(p) for _, p in projector_params(self.model if model is None else model)}
+            moved = []
+            for group in list(optimizer.param_groups):
+                mine = [p for p in group["params"] if id(p) in ids]
+                if mine:
+                    group["params"] = [p for p in group["params"] if id(p) not in ids]
+                    moved.append({**{k: v for k, v in group.items() if k != "params"}, "params": mine, "lr": rate})
+            optimizer.param_groups[:] = [g for g in optimizer.param_groups if g["params"]]
+            for group in moved:
+                optimizer.add_param_group(group)
+        return optimizer
+
     def create_scheduler(self, num_training_steps: int, optimizer: Any = None) -> Any:
         if self.lr_scheduler is None:
             self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(
