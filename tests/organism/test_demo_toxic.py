@@ -14,7 +14,7 @@ import yaml
 from click.testing import CliRunner
 
 from vlsafe.cli import main
-from vlsafe.core.errors import InputError
+from vlsafe.core.errors import ConfigError, InputError
 from vlsafe.report import figures
 from vlsafe_organism import cli, demo, evaluation, report, toxic
 from vlsafe_organism.evaluation import TWIN_SETTING, EvalSystem
@@ -137,6 +137,38 @@ def test_run_demo_rows_are_named_vlm_and_carry_the_toxic_column(tmp_path: Path, 
     assert "`safe-llm` with an image" not in md
     with pytest.raises(ValueError, match="n_toxic"):
         demo.DemoConfig(n_toxic=55)
+
+
+def test_full_demo_adds_the_second_vl_system_and_needs_its_artefacts(tmp_path: Path, monkeypatch) -> None:
+    ctx = demo._Context(tmp_path, None, Path("."), ["h"] * 4, ["b"] * 4, 10, 1, "float32", {}, full=True)
+    jobs = demo._plan(ctx, ("none", "toxic"), analysis=False)
+    assert [(j.name, j.builder, j.settings) for j in jobs][-2:] == [
+        ("vl", "vl", ("none", "toxic", TWIN_SETTING)), ("vl-full", "vl-full", ("none", "toxic", TWIN_SETTING))]  # fmt: skip
+    from vlsafe_organism.artifacts import write_artifact
+
+    art = tmp_path / "art"
+    write_artifact(art, "vl_lora.safetensors", {"x": torch.zeros(1)})
+    with pytest.raises(ConfigError, match="vl-full, whose artefacts are not in"):
+        demo.run_demo(demo.DemoConfig(out_dir=tmp_path / "out", art_dir=art, full=True, workers=1))
+    assert not (tmp_path / "out" / "rows").exists()  # refused before anything was measured
+    # with them, vl-full's rows follow vl's (its builder named vl-full)
+    write_artifact(art, "vl_full_lora.safetensors", {"x": torch.zeros(1)})
+    (art / "splits.json").write_text("{}")
+    built: list[str] = []
+
+    def fake_build(name: str, *args: Any) -> Any:
+        built.append(name)
+        return torch.nn.Linear(2, 2), object()
+
+    monkeypatch.setattr(demo, "dependencies", lambda system: ((), ()))
+    monkeypatch.setattr(demo, "build_system", fake_build)
+    monkeypatch.setattr(demo, "bundle_from_model", lambda model, proc, name: SimpleNamespace(model=model))
+    monkeypatch.setattr(demo, "evaluate_system", lambda system, settings, *a, **k: (
+        [_row(system.name, s, 1, 0) for s in settings], {}))  # fmt: skip
+    out = demo.run_demo(demo.DemoConfig(out_dir=tmp_path / "out", art_dir=art, full=True, workers=1,
+                                        settings=["none"], repairs=False, analysis=False))  # fmt: skip
+    assert built == ["safe-llm", "vl", "vl-full"]
+    assert [(r["system"], r["image"]) for r in out["rows"]][-1] == ("vl-full", "none")
 
 
 def test_report_puts_each_toxic_row_beside_its_text_twin(tmp_path: Path) -> None:

@@ -109,6 +109,24 @@ def test_build_passes_the_recipe_to_the_stages_and_their_fingerprints(
     assert [len(v) for v in seen.values()] == [1, 2, 3] and seen["vlm"][-1].proj_steps == 5
     with pytest.raises(ConfigError, match="vl_stepz"):
         build.build(build.BuildConfig(stage="vl", cache_dir=cache, recipe={"vl": {"vl_stepz": 1}}))
+    # vl-full: a second LoRA phase (recipe vl_full:) from the same projector stage
+    full = {"vl": {"proj_steps": 5}, "vl_full": {"vl_lr": 7e-4}}
+    build.build(build.BuildConfig(stage="vl-full", cache_dir=cache, out_dir=tmp_path / "art", recipe=full))
+    assert [len(v) for v in seen.values()] == [1, 2, 4]
+    assert (seen["vl"][-1].vl_lr, seen["vl"][-1].proj_steps, seen["vl"][-1].text_fraction) == (7e-4, 5, 0.0)
+    build.build(build.BuildConfig(stage="vl-full", cache_dir=cache, out_dir=tmp_path / "art", recipe=full))
+    assert [len(v) for v in seen.values()] == [1, 2, 4]  # both LoRA phases cached
+    safe = build.StageResult("safe-llm", tmp_path, False, {"fingerprint_hash": "x"})
+    with pytest.raises(ConfigError, match="must share vl's projector phase"):
+        build.build_vl(cache, safe, VLConfig(), VLConfig(proj_steps=3))
+
+
+def test_vl_full_recipe_changes_only_the_lora_phase() -> None:
+    vl = VLConfig(vl_lr=1e-4, vl_projector_lr=2e-3, text_fraction=0.06, n_pictograms=600)
+    full = OrganismRecipe().vl_full.apply(vl)
+    assert (full.vl_lr, full.vl_projector_lr, full.text_fraction, full.n_pictograms) == (5e-4, None, 0.0, 600)
+    with pytest.raises(ConfigError, match="proj_steps"):
+        load_recipe({"vl_full": {"proj_steps": 3}})  # only LoRA-phase fields differ between vl and vl-full
 
 
 def test_tga_config_follows_the_vl_recipe(tmp_path: Path) -> None:

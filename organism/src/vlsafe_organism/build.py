@@ -10,6 +10,7 @@ The recipe of every stage is one config (:mod:`vlsafe_organism.recipe`, ``--reci
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -76,11 +77,16 @@ def build_safe_llm(
     return answers, safe
 
 
+def _train_lora_phase(out: Path, cache_dir: str | Path | None, safe: Path, vlm: Path, cfg: VLConfig) -> dict[str, Any]:
+    return train_vl(out, cache_dir, safe, vlm, cfg)
+
+
 def build_vl(
-    cache_dir: str | Path | None, safe: StageResult, cfg: VLConfig | None = None
-) -> tuple[StageResult, StageResult]:
+    cache_dir: str | Path | None, safe: StageResult, cfg: VLConfig | None = None, full: VLConfig | None = None
+) -> list[StageResult]:
     """Stages ``vlm`` (projector only) and ``vl`` (projector + LLM LoRA), recipe ``cfg`` (default
-    :class:`VLConfig`)."""
+    :class:`VLConfig`), and with ``full`` (a recipe with the same projector phase) stage ``vl-full``: a second
+    LoRA phase from the same ``vlm``."""
 
     cfg = cfg or VLConfig()
     root = stage_root(cache_dir)
@@ -90,11 +96,25 @@ def build_vl(
                       "safe": safe.record["fingerprint_hash"]},
         lambda out: train_projector(out, cache_dir, safe.path, cfg),
     )  # fmt: skip
-    vl = run_stage(
-        "vl", root, {**src, "config": cfg.model_dump(), "vlm": vlm.record["fingerprint_hash"]},
-        lambda out: train_vl(out, cache_dir, safe.path, vlm.path, cfg),
-    )  # fmt: skip
-    return vlm, vl
+    results = [vlm]
+    for name, recipe in (("vl", cfg), ("vl-full", full)):
+        if recipe is None:
+            continue
+        if recipe.model_dump(exclude=LORA_PHASE_FIELDS) != cfg.model_dump(exclude=LORA_PHASE_FIELDS):
+            raise ConfigError(f"stage {name} must share vl's projector phase; only {sorted(LORA_PHASE_FIELDS)} may differ")
+        train = functools.partial(_train_lora_phase, cache_dir=cache_dir, safe=safe.path, vlm=vlm.path, cfg=recipe)
+        fingerprint = {**src, "config": recipe.model_dump(), "vlm": vlm.record["fingerprint_hash"]}
+        results.append(run_stage(name, root, fingerprint, train))
+    return results
+
+
+#: artefact files of each VL stage: the stage writes ``vl_projector`` / ``vl_lora``, exported under these names
+VL_STAGE_FILES = {
+    "vlm": {"vlm_projector.safetensors": "vlm_projector.safetensors"},
+    "vl": {"vl_projector.safetensors": "vl_projector.safetensors", "vl_lora.safetensors": "vl_lora.safetensors"},
+    "vl-full": {"vl_full_projector.safetensors": "vl_projector.safetensors",
+                "vl_full_lora.safetensors": "vl_lora.safetensors"},
+}  # fmt: skip
 
 
 def export(results: list[StageResult], out_dir: Path) -> Path:
@@ -107,15 +127,15 @@ def export(results: list[StageResult], out_dir: Path) -> Path:
         log = json.loads((r.path / "train_log.json").read_text())
         write_artifact(out_dir, "safe_lora.safetensors", load_file(str(r.path / "safe_lora.safetensors")),
                        {"scale": log["scale"], "best_step": log["best_step"], "stage": r.record})  # fmt: skip
-    for stage, files in (("vlm", ("vlm_projector.safetensors",)),
-                         ("vl", ("vl_projector.safetensors", "vl_lora.safetensors"))):  # fmt: skip
+    for stage, files in VL_STAGE_FILES.items():
         if stage in by_name:
             r = by_name[stage]
             meta = json.loads((r.path / "meta.json").read_text())
-            for f in files:
-                write_artifact(out_dir, f, load_file(str(r.path / f)), {**meta, "stage": r.record})
+            for name, f in files.items():
+                write_artifact(out_dir, name, load_file(str(r.path / f)), {**meta, "stage": r.record})
             if (r.path / "curve.json").is_file():
-                (out_dir / f"{stage}_curve.json").write_text((r.path / "curve.json").read_text())
+                curve = f"{stage.replace('-', '_')}_curve.json"
+                (out_dir / curve).write_text((r.path / "curve.json").read_text())
     return out_dir
 
 
@@ -123,7 +143,8 @@ class BuildConfig(BaseModel):
     """What ``vlsafe organism build`` builds.
 
     Attributes:
-        stage: the last stage built: safe-llm, vlm, vl, repairs or all (= repairs).
+        stage: the last stage built: safe-llm, vlm, vl, vl-full (the second VL system, recipe ``vl_full:``),
+            repairs or all (= repairs).
         device: where the stages train: cpu (the reference) or cuda (recipe iteration only).
         cache_dir: organism cache directory (base weights and stage outputs).
         out_dir: artefact directory; default <cache>/artifacts (pass organism/src/vlsafe_organism/artifacts to update
@@ -134,7 +155,7 @@ class BuildConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    stage: Literal["safe-llm", "vlm", "vl", "repairs", "all"] = "all"
+    stage: Literal["safe-llm", "vlm", "vl", "vl-full", "repairs", "all"] = "all"
     device: Literal["cpu", "cuda"] = "cpu"
     cache_dir: Path | None = None
     out_dir: Path | None = None
@@ -160,8 +181,9 @@ def build(config: BuildConfig | None = None) -> dict[str, Any]:
     start = time.time()
     answers, safe = build_safe_llm(cache_dir, plan.safe_llm)
     results = [answers, safe]
-    if stage in ("vlm", "vl", "repairs", "all"):
-        results += list(build_vl(cache_dir, safe, plan.vl))
+    if stage in ("vlm", "vl", "vl-full", "repairs", "all"):
+        full = plan.vl_full.apply(plan.vl) if stage in ("vl-full", "repairs", "all") else None
+        results += build_vl(cache_dir, safe, plan.vl, full)
         if stage == "vlm":
             results = results[:3]
     out = Path(out_dir) if out_dir is not None else organism_cache_dir(cache_dir) / "artifacts"

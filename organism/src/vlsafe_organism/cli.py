@@ -14,8 +14,9 @@ from vlsafe_organism.demo import DemoConfig, run_demo
 @click.command("demo")
 @config_options(
     DemoConfig,
-    include=("out_dir", "n_prompts", "n_toxic", "cache_dir", "repairs", "repair_toxic", "analysis", "dtype", "workers"),
-    rename={"out_dir": "--out", "n_prompts": "--n", "cache_dir": "--cache"},
+    include=("out_dir", "n_prompts", "n_toxic", "cache_dir", "art_dir", "repairs", "repair_toxic", "full", "analysis",
+             "dtype", "workers"),
+    rename={"out_dir": "--out", "n_prompts": "--n", "cache_dir": "--cache", "art_dir": "--artifacts"},
 )
 def demo_cmd(flags: ConfigFlags) -> None:
     """Show the safety degradation on the model organism, its repairs and analysis; write a report to --out.

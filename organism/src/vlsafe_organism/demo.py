@@ -36,6 +36,7 @@ from typing import Any, Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
+from vlsafe.core.errors import ConfigError
 from vlsafe.core.workers import peak_rss_children_mb, run_in_workers, split_threads
 from vlsafe.methods.training.memory import peak_rss_mb
 from vlsafe.models import bundle_from_model
@@ -141,6 +142,7 @@ class _Context:
     repaired: tuple[str, ...] = ()
     n_toxic: int = N_TOXIC
     repair_settings: tuple[str, ...] = REPAIR_SETTINGS
+    full: bool = False
 
 
 @dataclass(frozen=True)
@@ -189,10 +191,13 @@ def _replies(ctx: _Context, setting: str, *, benign: bool) -> float:
 def _plan(ctx: _Context, settings: tuple[str, ...], analysis: bool) -> list[_Job]:
     """The demo's jobs in report order (the repairs: ``ctx.repaired``). With the ``toxic`` setting every system
     also gets the text-twin row (:data:`TWIN_SETTING`), right after its toxic-image row; the projector-only
-    ``vlm`` has no ``none`` row (its language model is the safe LLM's)."""
+    ``vlm`` has no ``none`` row (its language model is the safe LLM's). With ``ctx.full`` the second VL
+    system ``vl-full`` follows ``vl``."""
     twin = (TWIN_SETTING,) if "toxic" in settings else ()
     plan = [("safe-llm", "safe-llm", ("none", *twin)), ("vlm", "vlm", (*(s for s in settings if s != "none"), *twin)),
             ("vl", "vl", (*settings, *twin))]  # fmt: skip
+    if ctx.full:
+        plan.append(("vl-full", "vl-full", (*settings, *twin)))
     jobs = []
     for system, builder, these in plan:
         these = tuple(s for s in these if s in settings or s == TWIN_SETTING)
@@ -278,6 +283,9 @@ class DemoConfig(BaseModel):
         settings: image settings of the degradation table.
         max_new_tokens: generation length of the refusal probes (the keyword judge reads the opening).
         repairs: evaluate the repaired systems.
+        full: also show the second VL system, ``vl-full`` (paper 2's regime: its text-only refusal erodes with
+            its image refusal), in the degradation table; it needs the ``vl-full`` artefacts. Off by default:
+            its rows do not fit the demo's 10-minute budget (BENCHMARKS.md).
         repair_toxic: also measure the repaired systems on the toxic-image requests (the ``toxic`` column, its
             benign requests and the naming questions; no text twins). Off by default: with it the demo takes
             longer than its 10-minute budget (BENCHMARKS.md).
@@ -305,6 +313,7 @@ class DemoConfig(BaseModel):
     max_new_tokens: int = Field(DEMO_TOKENS, ge=1)
     repairs: bool = True
     repair_toxic: bool = False
+    full: bool = False
     analysis: bool = True
     n_analysis: int = Field(32, ge=1)
     dtype: Literal["float32", "bfloat16"] = "float32"
@@ -329,6 +338,11 @@ def run_demo(config: DemoConfig | None = None) -> dict[str, Any]:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     art = art_dir or artifacts_dir()
+    if config.full and "vl_full_lora.safetensors" not in read_manifest(art):
+        raise ConfigError(
+            f"full=True shows the system vl-full, whose artefacts are not in {art}; build them with "
+            "`vlsafe organism build --stage vl-full --out DIR` and pass DIR as the artefact directory (--artifacts)"
+        )
     harmful, benign = eval_prompts(n_harmful, n_benign)
     common = {"v": ROWS_VERSION, "nh": n_harmful, "nb": n_benign, "nv": n_vqa, "tok": max_new_tokens,
               "nt": config.n_toxic}
@@ -337,7 +351,7 @@ def run_demo(config: DemoConfig | None = None) -> dict[str, Any]:
     repair_names = [name for name, _ in repair_loaders(cache_dir, art, out / "work")] if repairs else []
     ctx = _Context(out, cache_dir, art, list(harmful), list(benign), n_vqa, max_new_tokens, dtype, common,
                    n_analysis, tuple(repair_names), config.n_toxic,
-                   REPAIR_SETTINGS + (REPAIR_TOXIC if config.repair_toxic else ()))  # fmt: skip
+                   REPAIR_SETTINGS + (REPAIR_TOXIC if config.repair_toxic else ()), config.full)  # fmt: skip
     jobs = _plan(ctx, tuple(settings), analysis)
     threads = torch.get_num_threads()
     if workers is None:

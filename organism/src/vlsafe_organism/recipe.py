@@ -27,7 +27,23 @@ from vlsafe_organism.artifacts import read_manifest
 from vlsafe_organism.safe_llm import SafeLLMConfig
 from vlsafe_organism.vl_train import VLConfig
 
-__all__ = ["OrganismRecipe", "load_recipe", "recipe_of_artifacts"]
+__all__ = ["OrganismRecipe", "VLFullConfig", "load_recipe", "recipe_of_artifacts"]
+
+
+class VLFullConfig(BaseModel):
+    """The LoRA phase of the second VL system, ``vl-full``: the first organism's adaptation (every weight of
+    the LoRA at the projector's pace, no text-only conversations), trained from the same projector-only stage
+    as ``vl``. Its text-only refusal erodes with its image refusal (paper 2's regime); every field not here
+    is ``vl``'s."""
+
+    model_config = ConfigDict(extra="forbid")
+    vl_lr: float = Field(default=5e-4, gt=0)
+    vl_projector_lr: float | None = Field(default=None, gt=0)
+    text_fraction: float = Field(default=0.0, ge=0.0, lt=1.0)
+
+    def apply(self, vl: VLConfig) -> VLConfig:
+        """``vl`` with this LoRA phase."""
+        return vl.model_copy(update=self.model_dump())
 
 
 class OrganismRecipe(BaseModel):
@@ -36,6 +52,7 @@ class OrganismRecipe(BaseModel):
     model_config = ConfigDict(extra="forbid")
     safe_llm: SafeLLMConfig = Field(default_factory=SafeLLMConfig)
     vl: VLConfig = Field(default_factory=VLConfig)
+    vl_full: VLFullConfig = Field(default_factory=VLFullConfig)
 
 
 def load_recipe(source: OrganismRecipe | str | Path | dict[str, Any] | None = None) -> OrganismRecipe:

@@ -2,7 +2,9 @@
 committed artefacts (sha256-verified), materialised once as a regular HF directory and loaded like any model.
 
 Systems: ``safe-llm`` (causal LM), ``vlm`` (LLaVA: safe LLM + projector-only VL training), ``vl`` (LLaVA:
-projector + LLM LoRA VL training), and the trained repairs ``vl+tga``, ``vl+sft``, ``vl+dpo``, ``vl+joint``
+projector + LLM LoRA VL training, recipe ``vl:``), ``vl-full`` (the same projector stage, then the LoRA phase
+of recipe ``vl_full:``, where text-only refusal erodes with image refusal: paper 2's regime; built when the
+artefacts hold it), and the trained repairs ``vl+tga``, ``vl+sft``, ``vl+dpo``, ``vl+joint``
 (:mod:`vlsafe_organism.repairs.trained`: a start system plus a committed weight delta). More systems can be
 added with ``SYSTEMS.register("vl+name", builder)``; a builder takes ``(cache_dir, art_dir)`` and returns
 ``(model, processor_or_tokenizer)``. ``organism:base-llm`` resolves to the converted pip base LLM (before any
@@ -39,6 +41,7 @@ DEPENDS: dict[str, tuple[str, ...]] = {
     "safe-llm": ("safe_lora.safetensors",),
     "vlm": ("safe_lora.safetensors", "vlm_projector.safetensors"),
     "vl": ("safe_lora.safetensors", "vl_projector.safetensors", "vl_lora.safetensors"),
+    "vl-full": ("safe_lora.safetensors", "vl_full_projector.safetensors", "vl_full_lora.safetensors"),
 }
 
 
@@ -67,9 +70,9 @@ def _vlm(cache_dir: Path | None, art: Path, projector: str) -> tuple[Any, Any]:
     )
 
 
-def _vl(cache_dir: Path | None, art: Path) -> tuple[Any, Any]:
-    model, processor = _vlm(cache_dir, art, "vl_projector.safetensors")
-    tensors, meta = load_artifact(art, "vl_lora.safetensors")
+def _vl(cache_dir: Path | None, art: Path, prefix: str = "vl") -> tuple[Any, Any]:
+    model, processor = _vlm(cache_dir, art, f"{prefix}_projector.safetensors")
+    tensors, meta = load_artifact(art, f"{prefix}_lora.safetensors")
     merge_lora(model, tensors, float(meta["scale"]))
     return model, processor
 
@@ -77,6 +80,7 @@ def _vl(cache_dir: Path | None, art: Path) -> tuple[Any, Any]:
 SYSTEMS.register("safe-llm", _safe_llm)
 SYSTEMS.register("vlm", lambda c, a: _vlm(c, a, "vlm_projector.safetensors"))
 SYSTEMS.register("vl", _vl)
+SYSTEMS.register("vl-full", lambda c, a: _vl(c, a, "vl_full"))
 
 
 def _trained(cache_dir: Path | None, art: Path, name: str) -> tuple[Any, Any]:
