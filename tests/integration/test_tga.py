@@ -31,6 +31,7 @@ from vlsafe.methods.training import (
 from vlsafe.methods.training.tga import rebuild_trained_model
 from vlsafe.models import VLM_FAMILIES, build_inputs, load_model
 from vlsafe.models.bundle import ModelBundle
+from vlsafe.models.inputs import IMAGE_SLOT
 
 
 def _image(path: Path, seed: int) -> str:
@@ -64,12 +65,13 @@ def _fresh(tiny_dir: Callable[[str], Path], family: str) -> ModelBundle:
     return load_model(tiny_dir(family), dtype="float32")
 
 
+@pytest.mark.parametrize("order", ["text_first", "image_first"])
 @pytest.mark.parametrize("family", VLM_FAMILIES)
 def test_spans_for_every_family(
-    family: str, tiny_bundle: Callable[[str], ModelBundle], records: list[TGARecord]
+    family: str, order: str, tiny_bundle: Callable[[str], ModelBundle], records: list[TGARecord]
 ) -> None:
     bundle = tiny_bundle(family)
-    batch = encode_tga_batch(bundle, records)
+    batch = encode_tga_batch(bundle, records, order=order)
     ids = batch.inputs["input_ids"]
     decode = bundle.tokenizer.decode
     for row, rec in enumerate(records):
@@ -88,12 +90,17 @@ def test_spans_for_every_family(
         n_img = int(batch.image_mask[row].sum())
         alone = build_inputs(bundle, [{"text": "x", "image": rec.image}], "image").masks.image.sum()
         assert n_img > 0 and n_img == int(alone)  # as many image tokens as the plain prompt of that image
-        # the three spans are disjoint and image tokens precede the retrieved text
+        # the three spans are disjoint; the retrieved text precedes the image (text_first) or follows it
         assert not (batch.image_mask[row] & batch.retrieved_mask[row]).any()
         assert not (batch.image_mask[row] & (batch.labels[row] != -100)).any()
         if rec.retrieved is not None:
-            last_img = int(batch.image_mask[row].nonzero().max())
-            assert last_img < int(batch.retrieved_mask[row].nonzero().min())
+            img = batch.image_mask[row].nonzero()
+            ret = batch.retrieved_mask[row].nonzero()
+            if order == "image_first":
+                assert int(img.max()) < int(ret.min())
+            else:
+                assert int(ret.max()) < int(img.min())
+                assert decode(ids[row][int(ret.max()) + 1 : int(img.min())]).startswith(".")  # then the image
 
 
 @pytest.mark.parametrize("family", ["llava", "qwen2_vl"])
@@ -228,8 +235,9 @@ def test_retrieval_prompt_identical_at_train_and_inference(
         retrieved=[r.retrieved for r in records],
     )
     assert infer.prompts == batch.prompts
+    image = "<image>\n" if family == "llava" else "<image>"  # the template's placeholder, after the text
     assert (
-        "Retrieved Text: knives are sharp tools for cutting food. What is on the table?" in infer.prompts[0]
+        f"Retrieved Text: knives are sharp tools for cutting food. {image}What is on the table?" in infer.prompts[0]
     )
     for row in range(len(records)):
         train_ids = batch.inputs["input_ids"][row][batch.inputs["attention_mask"][row].bool()]
@@ -330,7 +338,9 @@ def test_generation_and_eval_samples_use_the_retrieval_prompt(
     assert len(replies) == 1 and isinstance(replies[0], str)
     sample = Sample(id="1", benchmark="x", text="Where is the knife?", kind=SampleKind.HARMFUL)
     (out,) = with_retrieval([sample], retriever)
-    assert out.text == "Retrieved Text: a sharp knife for cutting bread. Where is the knife?"
+    assert out.text == f"Retrieved Text: a sharp knife for cutting bread. {IMAGE_SLOT}Where is the knife?"
+    (first,) = with_retrieval([sample], retriever, order="image_first")
+    assert first.text == "Retrieved Text: a sharp knife for cutting bread. Where is the knife?"
     assert (
         out.metadata["retrieved"] == "a sharp knife for cutting bread"
         and sample.text == "Where is the knife?"

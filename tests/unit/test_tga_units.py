@@ -28,13 +28,16 @@ from vlsafe.methods.training import (
 from vlsafe.methods.training.checkpoint import latest_checkpoint
 from vlsafe.methods.training.tga import attach_retrieved, load_tga_config
 from vlsafe.methods.training.trainer import TrainConfig, _lr_lambda
+from vlsafe.models.inputs import IMAGE_SLOT
 
 
 def test_retrieval_prompt_format_and_spans() -> None:
-    text, (rs, re_), (is_, ie) = retrieval_spans("  What is this? ", "A knife on a table.")
-    assert text == "Retrieved Text: A knife on a table. What is this?"
-    assert text[rs:re_] == "A knife on a table"
-    assert text[is_:ie] == "What is this?"
+    for order, shown in (("image_first", ""), ("text_first", IMAGE_SLOT)):
+        text, (rs, re_), (is_, ie) = retrieval_spans("  What is this? ", "A knife on a table.", order)
+        assert text == f"Retrieved Text: A knife on a table. {shown}What is this?"
+        assert text[rs:re_] == "A knife on a table"
+        assert text[is_:ie] == "What is this?"
+    assert retrieval_prompt("What?", "r") == f"Retrieved Text: r. {IMAGE_SLOT}What?"  # the default: released
     assert retrieval_prompt("Hi", None) == "Hi"
     assert retrieval_prompt("Hi", "   ") == "Hi"
     assert retrieval_spans("Hi", None)[1] == (0, 0)

@@ -76,8 +76,12 @@ def organism_tga_config(
         "model": str(base_vlm),
         "data": data,
         "output_dir": Path(out_dir),
-        "retrieval": RetrievalConfig.model_validate({"corpus": corpus, "query": "caption"}).model_dump(),
-        "guide": GuideConfig.model_validate({}).model_dump(),
+        # the library's former defaults, kept explicitly: image before the retrieved text, own caption excluded,
+        # the paper's loss with a linearly decaying weight
+        "retrieval": RetrievalConfig.model_validate(
+            {"corpus": corpus, "query": "caption", "exclude_self": True, "order": "image_first"}
+        ).model_dump(),
+        "guide": GuideConfig.model_validate({"form": "paper", "schedule": "linear"}).model_dump(),
         "stages": [
             {**common, "stage": "projector", "max_steps": vl.proj_steps, "lr": vl.proj_lr},
             {**common, "stage": "projector_lora", "max_steps": vl.vl_steps, "lr": vl.vl_lr,

@@ -183,8 +183,13 @@ class EvalConfig(GenerationOptions):
         steer_prefill_only: steer the prompt only, not the generated tokens.
         steer_norm_scale: scale ``alpha`` per position by the hidden state's norm.
         retrieval_corpus: TGA inference: a corpus (``.txt``/``.jsonl``) whose best match for each prompt is
-            put in it as ``"Retrieved Text: ..."``.
-        retriever: how ``retrieval_corpus`` is searched (``bm25`` or another registered retriever).
+            put in it as ``"Retrieved Text: ..."`` (the prompt format of TGA training).
+        retriever: how ``retrieval_corpus`` is searched: ``bm25``, ``embedding`` (a local text encoder,
+            ``retrieval_model``) or ``clip`` (a CLIP / SigLIP dual encoder, ``retrieval_model``, queried with the
+            image each sample is shown, by text where none).
+        retrieval_model: the encoder of ``embedding`` / ``clip`` (hub id or local folder).
+        retrieval_order: ``text_first`` (the retrieved text before the image, as released) or ``image_first``;
+            the order the TGA model was trained with.
     """
 
     benchmark: str = Field(min_length=1)
@@ -198,6 +203,8 @@ class EvalConfig(GenerationOptions):
     steer_norm_scale: bool = False
     retrieval_corpus: str | None = None
     retriever: str = "bm25"
+    retrieval_model: str | None = None
+    retrieval_order: Literal["text_first", "image_first"] = "text_first"
 
     @model_validator(mode="after")
     def _steering(self) -> EvalConfig:
@@ -205,6 +212,8 @@ class EvalConfig(GenerationOptions):
         steer_opts = steer_opts or self.steer_prefill_only or self.steer_norm_scale
         if self.steer is None and (self.alpha != 1.0 or steer_opts):
             raise ValueError("alpha and steer_* options need a steering vector: set steer to its path")
+        if self.retriever in ("embedding", "clip") and self.retrieval_corpus and not self.retrieval_model:
+            raise ValueError(f"retriever {self.retriever!r} needs retrieval_model (the encoder's id or folder)")
         return self
 
     # -- I/O ---------------------------------------------------------------------------------
@@ -243,4 +252,7 @@ def generation_fingerprint(config: EvalConfig) -> dict[str, Any]:
     if config.retrieval_corpus is not None:  # likewise the corpus's content
         digest = _file_sha256(config.retrieval_corpus)
         out["retrieval_corpus"] = f"sha256:{digest}" if digest else config.retrieval_corpus
+        out["retrieval_order"] = config.retrieval_order  # the prompt's layout
+        if config.retrieval_model is not None:
+            out["retrieval_model"] = config.retrieval_model
     return out

@@ -35,11 +35,11 @@ from tqdm.auto import tqdm
 
 from vlsafe.core.errors import ConfigError, InputError
 from vlsafe.core.io import check_writable
-from vlsafe.data.retrieval import load_corpus, make_retriever
+from vlsafe.data.retrieval import ImageRetriever, load_corpus, make_retriever, retrieval_cache_dir
 from vlsafe.evals.config import EvalConfig
 from vlsafe.evals.generation import Prepared, generate_batch, needs_image, prepare, score_record
 from vlsafe.evals.identity import check_samples, model_content, sample_hashes
-from vlsafe.evals.images import image_identity, setting_text
+from vlsafe.evals.images import apply_image_setting, image_identity, setting_text
 from vlsafe.evals.interventions import BatchObserver, intervention_fingerprint, observers_of
 from vlsafe.evals.judges import JUDGES, build_judge
 from vlsafe.evals.judging import build_results, judge_records, versions
@@ -160,16 +160,34 @@ def _load_samples(config: EvalConfig, samples: Sequence[Sample] | None) -> tuple
 
 
 def _with_retrieval(samples: list[Sample], config: EvalConfig) -> list[Sample]:
-    """TGA inference: put "Retrieved Text: {retrieved}. {instruction}" in each prompt (as in training).
+    """TGA inference: the retrieval prompt of TGA training in each sample (``config.retrieval_order``),
+    retrieved by the image each sample is shown when the retriever retrieves by image (``clip``).
 
     The judged request stays the original one (``metadata["request"]``), so verdicts are comparable
-    with runs without retrieval.
+    with runs without retrieval. A sample whose image cannot be rendered is queried by text (its record
+    reports the image error later).
     """
 
     assert config.retrieval_corpus is not None
-    retriever = make_retriever(config.retriever, load_corpus(config.retrieval_corpus))
+    options: dict[str, Any] = {}
+    if config.retriever == "embedding":
+        options["model_path"] = config.retrieval_model
+    elif config.retriever == "clip":
+        options.update(model=config.retrieval_model, cache_dir=retrieval_cache_dir())
+    retriever = make_retriever(config.retriever, load_corpus(config.retrieval_corpus), **options)
     originals = {s.id: s.request for s in samples}
-    out = with_retrieval(samples, retriever)
+    images: list[Any] | None = None
+    if isinstance(retriever, ImageRetriever):
+        images = []
+        for s in samples:
+            try:
+                image = apply_image_setting(s, _setting(s, config), data_dir=config.data_dir,
+                                            size=config.image_size, seed=config.seed)[1]  # fmt: skip
+            except (InputError, ValueError, OSError):
+                image = None
+            images.append(image)
+    query = "image" if images is not None else "text"
+    out = with_retrieval(samples, retriever, query=query, order=config.retrieval_order, images=images)
     return [s.model_copy(update={"metadata": {**s.metadata, "request": originals[s.id]}}) for s in out]
 
 

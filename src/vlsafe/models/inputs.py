@@ -2,7 +2,9 @@
 
 Prompt layout: one user turn rendered with the model's own chat template; for image variants the user
 content is ``[image, text]`` (image first). The text part is the query, or for the caption variant
-``CAPTION_FORMAT.format(caption=..., query=...)`` (``"Image description: {caption}\\n{query}"``).
+``CAPTION_FORMAT.format(caption=..., query=...)`` (``"Image description: {caption}\\n{query}"``). A query that
+holds :data:`IMAGE_SLOT` once shows the image there instead (the text before the slot, the template's image
+placeholder, the text after it; :func:`user_turn_layout`); text variants drop the slot.
 
 Masks come from token ids and character offsets, never from fixed positions:
 
@@ -34,6 +36,9 @@ CAPTION_FORMAT = "Image description: {caption}\n{query}"
 
 #: Placeholder rendered in place of the user text to locate it in a chat template's output.
 USER_TEXT_SENTINEL = "\ue000vlsafe-user-text\ue001"
+
+#: Written in a query, shows the image at that point of the user text (image variants; text variants drop it).
+IMAGE_SLOT = "<vlsafe:image>"
 
 
 @dataclass
@@ -128,6 +133,87 @@ def render_user_turn(bundle: ModelBundle, with_image: bool, add_generation_promp
     return before, after
 
 
+@dataclass(frozen=True)
+class RenderedPrompt:
+    """A rendered prompt and where the user text's pieces lie in it.
+
+    Attributes:
+        text: the prompt.
+        pieces: ``(user_start, user_end, prompt_start)`` per piece of the user text (one, or two around
+            :data:`IMAGE_SLOT`), in user-text and prompt characters.
+    """
+
+    text: str
+    pieces: tuple[tuple[int, int, int], ...]
+
+    @property
+    def spans(self) -> list[tuple[int, int]]:
+        """The ``[start, end)`` prompt characters of each user-text piece."""
+        return [(ps, ps + ue - us) for us, ue, ps in self.pieces]
+
+    def span(self, start: int, end: int) -> tuple[int, int]:
+        """The prompt characters of the user-text characters ``[start, end)`` (within one piece)."""
+        if start == end:
+            return (0, 0)
+        for us, ue, ps in self.pieces:
+            if us <= start and end <= ue:
+                return (ps + start - us, ps + end - us)
+        raise InputError(f"user-text span ({start}, {end}) crosses the image")
+
+
+@dataclass(frozen=True)
+class UserTurnLayout:
+    """One user turn of a chat template: ``before`` + user text + ``after``; for image turns ``before`` is
+    ``head + image + tail`` (the template's image placeholder between the parts the text-only turn shares)."""
+
+    before: str
+    after: str
+    head: str = ""
+    image: str = ""
+    tail: str = ""
+
+    def render(self, text: str) -> RenderedPrompt:
+        """The prompt of user text ``text``; an :data:`IMAGE_SLOT` in it moves the image there (image turns) or
+        is dropped (text turns).
+
+        Raises:
+            InputError: more than one :data:`IMAGE_SLOT`.
+        """
+        count = text.count(IMAGE_SLOT)
+        if count > 1:
+            raise InputError(f"the query holds {IMAGE_SLOT!r} {count} times; at most once")
+        if count == 0:
+            return RenderedPrompt(self.before + text + self.after, ((0, len(text), len(self.before)),))
+        first, second = text.split(IMAGE_SLOT)
+        resume = len(first) + len(IMAGE_SLOT)
+        if not self.image:
+            prompt = self.before + first + second + self.after
+            return RenderedPrompt(prompt, ((0, len(first), len(self.before)),
+                                           (resume, len(text), len(self.before) + len(first))))  # fmt: skip
+        lead = self.head + first + self.image + self.tail
+        pieces = ((0, len(first), len(self.head)), (resume, len(text), len(lead)))
+        return RenderedPrompt(lead + second + self.after, pieces)
+
+
+def user_turn_layout(bundle: ModelBundle, with_image: bool, add_generation_prompt: bool) -> UserTurnLayout:
+    """The :class:`UserTurnLayout` of ``bundle``'s template (:func:`render_user_turn`, with and without image).
+
+    Raises:
+        InputError: the template does not place the user text exactly once.
+    """
+    before, after = render_user_turn(bundle, with_image, add_generation_prompt)
+    if not with_image:
+        return UserTurnLayout(before, after)
+    plain, _ = render_user_turn(bundle, False, add_generation_prompt)
+    n = 0
+    while n < min(len(before), len(plain)) and before[n] == plain[n]:
+        n += 1
+    m = 0
+    while m < min(len(before), len(plain)) - n and before[-1 - m] == plain[-1 - m]:
+        m += 1
+    return UserTurnLayout(before, after, before[:n], before[n : len(before) - m], before[len(before) - m :])
+
+
 def text_span_mask(
     offsets: torch.Tensor,
     attention: torch.Tensor,
@@ -153,6 +239,21 @@ def text_span_mask(
         lo, hi = start + shift, end + shift
         o_start, o_end = offsets[row, :, 0], offsets[row, :, 1]
         mask[row] = (attention[row] > 0) & (o_end > o_start) & (o_start < hi) & (o_end > lo)
+    return mask
+
+
+def pieces_mask(
+    offsets: torch.Tensor,
+    attention: torch.Tensor,
+    spans: list[list[tuple[int, int]]],
+    replacements: list[list[dict[str, Any]]] | None,
+) -> torch.Tensor:
+    """:func:`text_span_mask` of several spans per row (their union; empty spans mark nothing)."""
+    mask = torch.zeros_like(attention, dtype=torch.bool)
+    for k in range(max(len(row) for row in spans)):
+        part = [row[k] if k < len(row) else (0, 0) for row in spans]
+        empty = torch.tensor([s == e for s, e in part], dtype=torch.bool)
+        mask |= text_span_mask(offsets, attention, part, replacements) & ~empty.unsqueeze(1)
     return mask
 
 
@@ -209,14 +310,14 @@ def build_inputs(
         )
     tokenizer = bundle.tokenizer
     tokenizer.padding_side = "left"
-    before, after = render_user_turn(bundle, variant.has_image, add_generation_prompt)
+    layout = user_turn_layout(bundle, variant.has_image, add_generation_prompt)
     prompts, spans = [], []
     for i, row in enumerate(rows):
-        text = _user_text(row, variant, i)
-        prompts.append(before + text + after)
-        spans.append((len(before), len(before) + len(text)))
+        rendered = layout.render(_user_text(row, variant, i))
+        prompts.append(rendered.text)
+        spans.append(rendered.spans)
     bos = getattr(tokenizer, "bos_token", None)
-    add_special = not (bos and before.startswith(bos))
+    add_special = not (bos and layout.before.startswith(bos))
     text_kwargs = {"padding": True, "return_tensors": "pt", "return_offsets_mapping": True}
     if variant.has_image:
         pil = [
@@ -254,7 +355,7 @@ def build_inputs(
     masks = PositionMasks(
         attention=attention.bool(),
         image=image_mask,
-        text=text_span_mask(offsets, attention, spans, replacements),
+        text=pieces_mask(offsets, attention, spans, replacements),
         last=last_token_mask(attention),
     )
     return BatchInputs(inputs=data, masks=masks, variant=variant, prompts=prompts)

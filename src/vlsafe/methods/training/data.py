@@ -5,9 +5,11 @@ One JSON object per line::
     {"image": "imgs/1.png", "instruction": "What is shown?", "answer": "A red square.",
      "caption": "a red square on a white background", "retrieved": "optional related text", "id": "optional"}
 
-Relative image paths are resolved against the JSONL file's folder. :func:`encode_tga_batch` renders the
-first user turn with :func:`vlsafe.data.retrieval.retrieval_prompt` (the same function inference uses),
-appends the answer and the template's end-of-turn text, and derives every span from character offsets
+Relative image paths are resolved against the JSONL file's folder. :func:`encode_tga_batch` writes the
+first user turn with :func:`vlsafe.data.retrieval.retrieval_spans` (the same function inference uses; the retrieved
+text before the image with ``order="text_first"``, as released) and renders it with the input builder's
+:func:`vlsafe.models.inputs.user_turn_layout`, appends the answer and the template's end-of-turn text, and derives
+every span from character offsets
 (as :func:`vlsafe.models.build_inputs` does): the image tokens (``input_ids == image_token_id``), the
 retrieved-text tokens, and the answer tokens (the labels). The caption is encoded alone (text variant).
 """
@@ -31,7 +33,13 @@ from vlsafe.methods.training.memory import IGNORE_INDEX
 from vlsafe.models.bundle import ModelBundle
 from vlsafe.models.families import get_family
 from vlsafe.models.images import make_variant_image
-from vlsafe.models.inputs import USER_TEXT_SENTINEL, build_inputs, render_user_turn, text_span_mask
+from vlsafe.models.inputs import (
+    USER_TEXT_SENTINEL,
+    build_inputs,
+    render_user_turn,
+    text_span_mask,
+    user_turn_layout,
+)
 from vlsafe.models.inputs_types import Variant
 
 _ANSWER_SENTINEL = "\ue002vlsafe-answer\ue003"
@@ -147,7 +155,10 @@ def _span_mask(offsets: torch.Tensor, attention: torch.Tensor, spans: list[tuple
 
 
 def encode_tga_batch(
-    bundle: ModelBundle, records: Sequence[TGARecord], retrieved: Sequence[str | None] | None = None
+    bundle: ModelBundle,
+    records: Sequence[TGARecord],
+    retrieved: Sequence[str | None] | None = None,
+    order: str = "text_first",
 ) -> TGABatch:
     """Encode records into a :class:`TGABatch` (see the module docstring).
 
@@ -155,6 +166,7 @@ def encode_tga_batch(
         bundle: a VLM.
         records: the examples (each needs an image).
         retrieved: retrieved text per record, overriding ``record.retrieved``.
+        order: ``text_first`` (retrieved text, image, instruction) or ``image_first``.
     """
     if not bundle.is_vlm:
         raise InputError(f"TGA needs a vision-language model; {bundle.name!r} is {bundle.family}")
@@ -163,16 +175,18 @@ def encode_tga_batch(
         raise InputError(f"{len(retrieved)} retrieved texts for {len(records)} records")
     tokenizer = bundle.tokenizer
     tokenizer.padding_side = "left"
-    before, after = render_user_turn(bundle, True, True)
+    layout = user_turn_layout(bundle, True, True)
+    before = layout.before
     suffix = answer_suffix(bundle)
     texts, r_spans, a_spans, prompts = [], [], [], []
     for rec, ret in zip(records, retrieved, strict=True):
-        user, (rs, re_), _ = retrieval_spans(rec.instruction, ret)
-        prompt = before + user + after
+        user, (rs, re_), _ = retrieval_spans(rec.instruction, ret, order)
+        rendered = layout.render(user)
+        prompt = rendered.text
         full = prompt + rec.answer.strip() + suffix
         prompts.append(prompt)
         texts.append(full)
-        r_spans.append((len(before) + rs, len(before) + re_))
+        r_spans.append(rendered.span(rs, re_))
         a_spans.append((len(prompt), len(full)))
     images = [
         make_variant_image(bundle, rec.image, Variant.IMAGE, seed=0, index=i) for i, rec in enumerate(records)

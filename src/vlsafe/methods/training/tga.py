@@ -5,11 +5,20 @@ Example config (``vlsafe train tga CONFIG.yaml``)::
     model: runs/base-vlm                 # HF id or local directory
     data: data/tga_train.jsonl           # see vlsafe.methods.training.data
     output_dir: runs/tga
-    retrieval: {corpus: data/captions.txt, kind: bm25, query: instruction}
-    guide: {layers: null, analysis: runs/analysis-layers, weight: 1.0, schedule: linear}
+    retrieval: {corpus: data/captions.txt, kind: clip, model_path: openai/clip-vit-base-patch32}
+    guide: {layers: null, analysis: runs/analysis-layers, form: paper, weight: 1.0}
     stages:
       - {stage: projector, lr: 1.0e-3, max_steps: 200, batch_size: 4}
       - {stage: projector_lora, lr: 2.0e-4, max_steps: 200, batch_size: 4, lora: {rank: 16}}
+
+Retrieval (:func:`attach_retrieved`) fills each record's missing ``retrieved`` text: by the record's image with
+``kind: clip`` (image-to-text, as the paper; or any :class:`~vlsafe.data.retrieval.ImageRetriever` passed to
+:func:`run_tga`), by its instruction or caption with ``bm25`` / ``embedding``. A retrieved text identical to the
+record's caption is cut to its first half (the released rule; ``exclude_self`` skips it instead). The prompt is
+``"Retrieved Text: {r}. <image>\\n{q}"`` (``order: text_first``, as released) or image first; evaluate the model with
+the same retrieval (``vlsafe eval --retrieval-corpus ... --retriever ... --retrieval-order ...``).
+The TGA loss (``guide.form``: ``paper``, ``released``, ``released-no-grad``; see
+:mod:`vlsafe.methods.training.tga_loss`) trains every stage, projector-only and LLM stages alike.
 
 Each stage trains in ``output_dir/stage<i>-<stage>`` with :class:`~vlsafe.methods.training.tga_loss.TGATrainer`
 (a ``transformers.Trainer``; launch with ``accelerate launch`` for DDP / FSDP / DeepSpeed) and is resumable:
@@ -25,11 +34,18 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from vlsafe.core.config import read_yaml_mapping, validate_config
 from vlsafe.core.errors import ConfigError, InputError
-from vlsafe.data.retrieval import Retriever, load_corpus, make_retriever
+from vlsafe.data.retrieval import (
+    ImageRetriever,
+    Retriever,
+    halve_own_caption,
+    load_corpus,
+    make_retriever,
+    retrieval_cache_dir,
+)
 from vlsafe.methods.training.checkpoint import latest_checkpoint, load_trainable, save_trained_model
 from vlsafe.methods.training.data import TGARecord, encode_tga_batch, read_tga_records
 from vlsafe.methods.training.engine import config_difference, resume_checkpoint
@@ -43,24 +59,51 @@ logger = logging.getLogger(__name__)
 
 
 class RetrievalConfig(BaseModel):
-    """Where retrieved texts come from for records that do not carry one."""
+    """Where retrieved texts come from for records that do not carry one, and where the image goes."""
 
     model_config = ConfigDict(extra="forbid")
     corpus: Path | None = None
-    kind: Literal["bm25", "embedding"] = "bm25"
-    model_path: Path | None = Field(None, description="local encoder directory for kind=embedding")
-    query: Literal["instruction", "caption"] = "instruction"
-    exclude_self: bool = Field(True, description="never retrieve the record's own caption")
+    kind: Literal["bm25", "embedding", "clip"] = "bm25"
+    model_path: Path | None = Field(
+        None, description="encoder: a local folder (embedding) or a CLIP / SigLIP id or folder (clip)"
+    )
+    query: Literal["instruction", "caption", "image"] | None = Field(
+        None, description="what is searched with (default: image for clip, else instruction)"
+    )
+    exclude_self: bool = Field(
+        False, description="never retrieve the record's own caption (default: cut it to its first half)"
+    )
+    order: Literal["text_first", "image_first"] = Field(
+        "text_first", description="retrieved text before the image (as released) or after it"
+    )
+
+    @model_validator(mode="after")
+    def _query_fits_kind(self) -> RetrievalConfig:
+        if self.query == "image" and self.kind != "clip":
+            raise ValueError(f"query 'image' needs kind 'clip' (kind is {self.kind!r})")
+        if self.corpus is not None and self.kind in ("embedding", "clip") and self.model_path is None:
+            raise ValueError(f"kind {self.kind!r} needs model_path (the encoder)")
+        return self
+
+    @property
+    def query_by(self) -> str:
+        """The query in use: ``query``, else ``image`` for ``clip`` and ``instruction`` otherwise."""
+        return self.query or ("image" if self.kind == "clip" else "instruction")
 
 
 class GuideConfig(BaseModel):
-    """The guide loss: guided layers, ``λ`` and its schedule."""
+    """The guide loss: its form, guided layers, ``λ`` and its schedule."""
 
     model_config = ConfigDict(extra="forbid")
+    form: Literal["paper", "released", "released-no-grad"] = Field(
+        "paper", description="paper (−cos + softplus), released (exp terms, with gradient), released-no-grad"
+    )
     layers: list[int] | None = None
     analysis: Path | None = Field(None, description="a 'vlsafe analyze layers' folder (safety layers)")
     weight: float = Field(1.0, ge=0)
-    schedule: Literal["constant", "linear"] = "linear"
+    schedule: Literal["constant", "linear"] | None = Field(
+        None, description="λ schedule (default: linear for paper, constant for the released forms)"
+    )
     ce_weight: float = Field(1.0, ge=0)
 
 
@@ -113,32 +156,53 @@ def load_tga_config(path: str | Path) -> TGAConfig:
 
 
 def build_retriever(config: RetrievalConfig) -> Retriever | None:
-    """The configured retriever, or ``None`` without a corpus."""
+    """The configured retriever, or ``None`` without a corpus (``clip`` caches its corpus embeddings in
+    :func:`~vlsafe.data.retrieval.retrieval_cache_dir`)."""
     if config.corpus is None:
         return None
     options: dict[str, Any] = {}
     if config.kind == "embedding":
-        if config.model_path is None:
-            raise ConfigError(
-                "retrieval.kind 'embedding' needs retrieval.model_path (a local encoder folder)"
-            )
         options["model_path"] = config.model_path
+    elif config.kind == "clip":
+        options.update(model=str(config.model_path), cache_dir=retrieval_cache_dir())
     return make_retriever(config.kind, load_corpus(config.corpus), **options)
 
 
 def attach_retrieved(
     records: list[TGARecord],
-    retriever: Retriever | None,
+    retriever: Any,
     query: str = "instruction",
-    exclude_self: bool = True,
+    exclude_self: bool = False,
 ) -> list[TGARecord]:
-    """Copies of ``records`` whose missing ``retrieved`` is filled by ``retriever`` (top-1)."""
+    """Copies of ``records`` whose missing ``retrieved`` is filled by ``retriever`` (top-1), queried with the
+    record's ``instruction``, ``caption`` or ``image`` (a retriever with ``retrieve_image``:
+    :class:`~vlsafe.data.retrieval.ImageRetriever`). A retrieved text identical to the record's caption is cut to
+    its first half (:func:`~vlsafe.data.retrieval.halve_own_caption`, the released rule), or with ``exclude_self``
+    never retrieved.
+
+    Raises:
+        ConfigError: ``image`` with a retriever that does not retrieve by image, or an unknown query.
+        InputError: ``image`` for a record without an image.
+    """
+    if query not in ("instruction", "caption", "image"):
+        raise ConfigError(f"retrieval query {query!r} is unknown; it must be one of instruction, caption, image")
+    if query == "image" and retriever is not None and not isinstance(retriever, ImageRetriever):
+        raise ConfigError(f"retrieval query 'image' needs a retriever that retrieves by image; "
+                          f"{type(retriever).__name__} does not")  # fmt: skip
     out = []
-    for rec in records:
+    for i, rec in enumerate(records):
+        exclude = rec.caption if exclude_self else None
         if rec.retrieved is None and retriever is not None:
-            text = rec.instruction if query == "instruction" else rec.caption
-            hits = retriever.retrieve(text, k=1, exclude=rec.caption if exclude_self else None)
+            if query == "image":
+                if rec.image is None:
+                    raise InputError(f"record {rec.id or i} has no image to retrieve by")
+                hits = retriever.retrieve_image(rec.image, k=1, exclude=exclude)
+            else:
+                hits = retriever.retrieve(rec.instruction if query == "instruction" else rec.caption, k=1,
+                                          exclude=exclude)  # fmt: skip
             rec = rec.model_copy(update={"retrieved": hits[0] if hits else None})
+        if not exclude_self and rec.retrieved is not None:
+            rec = rec.model_copy(update={"retrieved": halve_own_caption(rec.retrieved, rec.caption)})
         out.append(rec)
     return out
 
@@ -159,6 +223,11 @@ def train_tga(
     layers = guided_layers(config.guide, bundle)
     logger.info("TGA guided layers: %s", layers)
     summary: dict[str, Any] = {"guided_layers": layers, "stages": [], "sharded": False}
+    order = config.retrieval.order
+
+    def encode(rows: list[TGARecord]) -> Any:
+        return encode_tga_batch(bundle, rows, order=order)
+
     for stage_cfg in config.stage_configs():
         stage_cfg.progress = progress and stage_cfg.progress
         loss = TGALoss(
@@ -168,8 +237,9 @@ def train_tga(
             schedule=config.guide.schedule,
             max_steps=stage_cfg.max_steps,
             ce_weight=config.guide.ce_weight,
+            form=config.guide.form,
         )
-        trainer = Trainer(bundle, stage_cfg, None, records, lambda rows: encode_tga_batch(bundle, rows),
+        trainer = Trainer(bundle, stage_cfg, None, records, encode,
                           engine_class=TGATrainer, engine_kwargs={"tga": loss})  # fmt: skip
         result = trainer.train()
         summary["sharded"] = bool(trainer.engine.is_fsdp_enabled or trainer.engine.is_deepspeed_enabled)
@@ -239,9 +309,14 @@ def run_tga(
     max_steps: int | None = None,
     model: str | None = None,
     progress: bool = True,
+    retriever: Any = None,
 ) -> dict[str, Any]:
     """Load the model and data of ``config``, retrieve, train all stages, export; returns the summary
     (also written to ``output_dir/tga_summary.json``).
+
+    ``retriever`` (a :class:`~vlsafe.data.retrieval.Retriever` or
+    :class:`~vlsafe.data.retrieval.ImageRetriever`, e.g. an :class:`~vlsafe.data.retrieval.EmbeddingIndex` over
+    the training images' features) replaces the one ``config.retrieval`` describes.
 
     ``output_dir``, ``model`` and ``max_steps`` (every stage) override the config. In a launch of several
     processes (``accelerate launch``) every process trains and the main process writes the files; after a sharded
@@ -264,8 +339,10 @@ def run_tga(
     check_tga_resume(cfg)
     main = _is_main_process()
     records = read_tga_records(cfg.data)
-    records = attach_retrieved(records, build_retriever(cfg.retrieval), cfg.retrieval.query,
-                               cfg.retrieval.exclude_self)  # fmt: skip
+    found = retriever if retriever is not None else build_retriever(cfg.retrieval)
+    query = cfg.retrieval.query_by if retriever is None or cfg.retrieval.query else (
+        "image" if isinstance(retriever, ImageRetriever) else "instruction")  # fmt: skip
+    records = attach_retrieved(records, found, query, cfg.retrieval.exclude_self)
     if main:
         cfg.output_dir.mkdir(parents=True, exist_ok=True)
         (cfg.output_dir / "tga_config.json").write_text(cfg.model_dump_json(indent=1))

@@ -1,10 +1,22 @@
-"""The TGA loss: answer cross-entropy plus the text-guided alignment term, with gradient.
+"""The TGA loss: answer cross-entropy plus the text-guided alignment term, in three named forms.
 
-``L = CE + λ(step) · Σ_j [ −cos(I_j, C_j) + softplus(cos(R_j, C_j) − cos(I_j, C_j)) ]`` where, at each
-guided decoder layer ``j`` (output of the layer), ``I_j`` is the mean hidden state over the image-token span,
-``R_j`` the mean over the retrieved-text span and ``C_j`` the mean over the caption tokens of the caption
-alone, run through the current model under ``no_grad``. The bracket is averaged over the batch (rows without
-retrieved text drop the softplus term). ``λ(step)`` is constant or ``λ · (1 − step / max_steps)``.
+At each guided decoder layer ``j`` (output of the layer), ``I_j`` is the mean hidden state over the image-token
+span, ``R_j`` the mean over the retrieved-text span and ``C_j`` the mean over the caption tokens of the caption
+alone, run through the current model in eval mode under ``no_grad`` (as released). With ``t`` the training
+progress ``step / max_steps`` in ``[0, 1]`` and ``λ`` the guide weight, the forms (:data:`GUIDE_FORMS`) are:
+
+* ``paper`` (the paper's equation): ``L = CE + λ(step) · Σ_j mean_b[ −cos(I_j, C_j) + softplus(cos(R_j, C_j) −
+  cos(I_j, C_j)) ]``, with ``λ(step)`` constant or ``λ · (1 − t)`` (the default schedule of this form).
+* ``released`` (the released code's terms, with gradient): ``L = CE + λ · (1/|L|) Σ_j mean_b[ 0.25 (1 − t)
+  exp(−cos(I_j, C_j)) + 0.1 (1 − t)² exp(cos(R_j, C_j) − cos(I_j, C_j)) ]``; the ``(1 − t)`` factors are its
+  schedule, so ``λ`` is constant by default.
+* ``released-no-grad`` (what the released code trains: its ``math.exp`` returns a Python float, so the guide
+  terms reach the loss as a constant): the value of ``released``, with the guide terms detached, so the gradient
+  is the cross-entropy's of the retrieval prompts alone.
+
+Rows without retrieved text drop the ranking term (softplus / second exp). The released code guides hidden
+states 10–18 of a 32-layer LLM (``hidden_states[k]`` is the output of decoder layer ``k − 1``): decoder layers
+9–17 here.
 
 Hidden states come from forward hooks on the decoder layers that keep the autograd graph (no detach), and
 the hooks are removed before backward, so activation checkpointing's recomputation never sees them.
@@ -88,6 +100,42 @@ def guide_terms(
     return term, cos_ic.detach().mean(), (cos_rc.detach() * has_retrieved).sum() / n_r
 
 
+def released_guide_terms(
+    image: torch.Tensor,
+    caption: torch.Tensor,
+    retrieved: torch.Tensor,
+    has_retrieved: torch.Tensor,
+    progress: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The released code's bracket of one layer, averaged over the batch, and the mean cos(I, C), cos(R, C):
+    ``mean_b[0.25 (1 − t) exp(−cos(I, C)) + 0.1 (1 − t)² exp(cos(R, C) − cos(I, C))]`` (``t`` = ``progress``),
+    with gradient (the released ``math.exp`` had none: see :data:`GUIDE_FORMS`)."""
+    dtype = torch.promote_types(image.dtype, torch.float32)
+    image, caption, retrieved = image.to(dtype), caption.to(dtype), retrieved.to(dtype)
+    cos_ic = F.cosine_similarity(image, caption, dim=-1)
+    cos_rc = F.cosine_similarity(retrieved, caption, dim=-1)
+    rest = 1.0 - progress
+    align = 0.25 * rest * torch.exp(-cos_ic)
+    rank = 0.1 * rest**2 * torch.exp(cos_rc - cos_ic) * has_retrieved.to(dtype)
+    n_r = has_retrieved.float().sum().clamp(min=1.0)
+    return (align + rank).mean(), cos_ic.detach().mean(), (cos_rc.detach() * has_retrieved).sum() / n_r
+
+
+#: The named forms of the guide loss (see the module docstring); ``paper`` is the default.
+GUIDE_FORMS = ("paper", "released", "released-no-grad")
+
+
+def check_form(form: str) -> str:
+    """``form`` when it is one of :data:`GUIDE_FORMS`.
+
+    Raises:
+        ConfigError: another value (named, with the known forms).
+    """
+    if form not in GUIDE_FORMS:
+        raise ConfigError(f"guide form {form!r} is unknown; it must be one of {', '.join(GUIDE_FORMS)}")
+    return form
+
+
 def middle_third(num_layers: int) -> list[int]:
     """Layers ``[n // 3, 2n // 3)`` (at least one layer)."""
     lo, hi = num_layers // 3, max(num_layers // 3 + 1, (2 * num_layers) // 3)
@@ -122,9 +170,14 @@ class TGALoss:
         bundle: the model (its decoder layers are hooked).
         layers: guided layer indices (validated against the model).
         weight: ``λ``.
-        schedule: ``constant`` or ``linear`` (``λ · (1 − step / max_steps)``).
-        max_steps: steps of the stage, for the linear schedule.
+        schedule: ``constant``, ``linear`` (``λ · (1 − step / max_steps)``) or ``None``: the form's own
+            (``linear`` for ``paper``; ``constant`` for the released forms, whose terms carry ``(1 − t)``).
+        max_steps: steps of the stage, for the linear schedule and the released forms' progress ``t``.
         ce_weight: weight of the cross-entropy (0 gives the guide loss alone, for tests/ablations).
+        form: ``paper``, ``released`` or ``released-no-grad`` (:data:`GUIDE_FORMS`).
+
+    Raises:
+        ConfigError: no layer, an unknown schedule or form.
     """
 
     def __init__(
@@ -132,22 +185,30 @@ class TGALoss:
         bundle: ModelBundle,
         layers: Sequence[int],
         weight: float = 1.0,
-        schedule: Literal["constant", "linear"] = "constant",
+        schedule: Literal["constant", "linear"] | None = "constant",
         max_steps: int = 1,
         ce_weight: float = 1.0,
+        form: str = "paper",
     ) -> None:
         if not layers:
             raise ConfigError("TGA needs at least one guided layer")
+        self.form = check_form(form)
+        if schedule is None:
+            schedule = "linear" if form == "paper" else "constant"
+        if schedule not in ("constant", "linear"):
+            raise ConfigError(f"unknown guide schedule {schedule!r}; known: constant, linear")
         self.bundle = bundle
         self.layers = sorted({bundle.check_layer(j) for j in layers})
         self.weight, self.schedule, self.max_steps, self.ce_weight = weight, schedule, max_steps, ce_weight
-        if schedule not in ("constant", "linear"):
-            raise ConfigError(f"unknown guide schedule {schedule!r}; known: constant, linear")
+
+    def progress(self, step: int) -> float:
+        """Training progress ``t = step / max_steps`` in ``[0, 1]``."""
+        return min(1.0, max(0.0, step / max(1, self.max_steps)))
 
     def lam(self, step: int) -> float:
         """``λ`` at optimizer step ``step``."""
         if self.schedule == "linear":
-            return self.weight * max(0.0, 1.0 - step / max(1, self.max_steps))
+            return self.weight * (1.0 - self.progress(step))
         return self.weight
 
     @torch.no_grad()
@@ -163,24 +224,35 @@ class TGALoss:
             decoder.train(was_training)
         return {j: masked_mean(store[j], batch.caption_mask) for j in self.layers}
 
-    def __call__(self, model: Any, batch: TGABatch, step: int) -> LossOutput:
-        if not bool(batch.image_mask.any(dim=1).all()):
-            raise InputError("every TGA training row needs image tokens; a row has none")
-        captions = self.caption_states(model, batch)
-        lam = self.lam(step)
-        with layer_outputs(self.bundle.layers, self.layers) as store:
-            ce = answer_only_loss(model, batch.inputs, batch.labels)
+    def combine(
+        self,
+        ce: torch.Tensor,
+        store: dict[int, torch.Tensor],
+        captions: dict[int, torch.Tensor],
+        batch: TGABatch,
+        step: int,
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        """The loss of this form from the cross-entropy, the guided layers' hidden states of the prompt + answer
+        pass (``store``) and the caption states; returns it and its components."""
         has_r = batch.retrieved_mask.any(dim=1)
-        guide = ce.new_zeros(())
+        guide = ce.new_zeros((), dtype=torch.promote_types(ce.dtype, torch.float32))
         cos_ic, cos_rc = [], []
+        t = self.progress(step)
         for j in self.layers:
             h = store[j]
-            term, ic, rc = guide_terms(
-                masked_mean(h, batch.image_mask), captions[j], masked_mean(h, batch.retrieved_mask), has_r
-            )
+            spans = (masked_mean(h, batch.image_mask), captions[j], masked_mean(h, batch.retrieved_mask), has_r)
+            if self.form == "paper":
+                term, ic, rc = guide_terms(*spans)
+            else:
+                term, ic, rc = released_guide_terms(*spans, progress=t)
             guide = guide + term
             cos_ic.append(float(ic))
             cos_rc.append(float(rc))
+        if self.form != "paper":
+            guide = guide / len(self.layers)
+        if self.form == "released-no-grad":
+            guide = guide.detach()  # the released math.exp: a float, no gradient
+        lam = self.lam(step)
         loss = self.ce_weight * ce + lam * guide
         metrics = {
             "ce": float(ce.detach()),
@@ -189,6 +261,15 @@ class TGALoss:
             "cos_ic": sum(cos_ic) / len(cos_ic),
             "cos_rc": sum(cos_rc) / len(cos_rc),
         }
+        return loss, metrics
+
+    def __call__(self, model: Any, batch: TGABatch, step: int) -> LossOutput:
+        if not bool(batch.image_mask.any(dim=1).all()):
+            raise InputError("every TGA training row needs image tokens; a row has none")
+        captions = self.caption_states(model, batch)
+        with layer_outputs(self.bundle.layers, self.layers) as store:
+            ce = answer_only_loss(model, batch.inputs, batch.labels)
+        loss, metrics = self.combine(ce, store, captions, batch, step)
         return LossOutput(loss, metrics)
 
 
@@ -240,29 +321,9 @@ def tga_loss_terms(
     if not bool(batch.image_mask.any(dim=1).all()):
         raise InputError("every TGA training row needs image tokens; a row has none")
     captions = _caption_states_wrapped(tga, model, batch)
-    lam = tga.lam(step)
     with layer_outputs(tga.bundle.layers, tga.layers) as store:
         ce = supervised_ce(model, batch.inputs, batch.labels)
-    has_r = batch.retrieved_mask.any(dim=1)
-    guide = ce.new_zeros(())
-    cos_ic, cos_rc = [], []
-    for j in tga.layers:
-        h = store[j]
-        term, ic, rc = guide_terms(
-            masked_mean(h, batch.image_mask), captions[j], masked_mean(h, batch.retrieved_mask), has_r
-        )
-        guide = guide + term
-        cos_ic.append(float(ic))
-        cos_rc.append(float(rc))
-    loss = tga.ce_weight * ce + lam * guide
-    metrics = {
-        "ce": float(ce.detach()),
-        "guide": float(guide.detach()),
-        "lambda": lam,
-        "cos_ic": sum(cos_ic) / len(cos_ic),
-        "cos_rc": sum(cos_rc) / len(cos_rc),
-    }
-    return loss, metrics
+    return tga.combine(ce, store, captions, batch, step)
 
 
 class TGATrainer(EngineMixin, HFTrainer):
