@@ -375,8 +375,6 @@ class CLIPRetriever(EmbeddingIndex):
             raise InputError("the retrieval corpus is empty")
         try:
             self.encoder = AutoModel.from_pretrained(str(model), use_safetensors=True).eval()
-            self.tokenizer = AutoTokenizer.from_pretrained(str(model))
-            self.image_processor = AutoImageProcessor.from_pretrained(str(model))
         except (OSError, ValueError) as exc:
             raise ConfigError(f"retrieval model {str(model)!r} cannot be loaded: {exc}") from None
         if not (hasattr(self.encoder, "get_text_features") and hasattr(self.encoder, "get_image_features")):
@@ -384,6 +382,11 @@ class CLIPRetriever(EmbeddingIndex):
                 f"retrieval model {str(model)!r} ({type(self.encoder).__name__}) is not a dual encoder "
                 "(get_text_features / get_image_features): give a CLIP or SigLIP model"
             )
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(str(model))
+            self.image_processor = AutoImageProcessor.from_pretrained(str(model))
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"retrieval model {str(model)!r} has no usable tokenizer / image processor: {exc}") from None
         self.batch_size = batch_size
         self.fingerprint = corpus_fingerprint(model, corpus)
         self.cache_file = None if cache_dir is None else Path(cache_dir) / f"clip-corpus-{self.fingerprint}.safetensors"

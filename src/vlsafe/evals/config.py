@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from vlsafe.core.config import read_yaml_mapping, validate_config
 from vlsafe.core.io import write_text_atomic
+from vlsafe.data.retrieval import RETRIEVAL_ORDERS
 from vlsafe.evals.sample import ImageSetting
 
 __all__ = [
@@ -205,6 +206,13 @@ class EvalConfig(GenerationOptions):
     retriever: str = "bm25"
     retrieval_model: str | None = None
     retrieval_order: Literal["text_first", "image_first"] = "text_first"
+
+    @field_validator("retrieval_order", mode="before")
+    @classmethod
+    def _known_order(cls, value: Any) -> Any:
+        if value not in RETRIEVAL_ORDERS:
+            raise ValueError(f"{value!r} is unknown; it must be one of {', '.join(RETRIEVAL_ORDERS)}")
+        return value
 
     @model_validator(mode="after")
     def _steering(self) -> EvalConfig:

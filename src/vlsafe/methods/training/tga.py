@@ -39,6 +39,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from vlsafe.core.config import read_yaml_mapping, validate_config
 from vlsafe.core.errors import ConfigError, InputError
 from vlsafe.data.retrieval import (
+    RETRIEVAL_ORDERS,
     ImageRetriever,
     Retriever,
     halve_own_caption,
@@ -50,7 +51,13 @@ from vlsafe.methods.training.checkpoint import latest_checkpoint, load_trainable
 from vlsafe.methods.training.data import TGARecord, encode_tga_batch, read_tga_records
 from vlsafe.methods.training.engine import config_difference, resume_checkpoint
 from vlsafe.methods.training.stages import apply_stage
-from vlsafe.methods.training.tga_loss import TGALoss, TGATrainer, layers_from_analysis, middle_third
+from vlsafe.methods.training.tga_loss import (
+    GUIDE_FORMS,
+    TGALoss,
+    TGATrainer,
+    layers_from_analysis,
+    middle_third,
+)
 from vlsafe.methods.training.trainer import TrainConfig, Trainer
 from vlsafe.models import load_model
 from vlsafe.models.bundle import ModelBundle
@@ -77,6 +84,13 @@ class RetrievalConfig(BaseModel):
         "text_first", description="retrieved text before the image (as released) or after it"
     )
 
+    @field_validator("order", mode="before")
+    @classmethod
+    def _known_order(cls, value: Any) -> Any:
+        if value not in RETRIEVAL_ORDERS:
+            raise ValueError(f"{value!r} is unknown; it must be one of {', '.join(RETRIEVAL_ORDERS)}")
+        return value
+
     @model_validator(mode="after")
     def _query_fits_kind(self) -> RetrievalConfig:
         if self.query == "image" and self.kind != "clip":
@@ -96,15 +110,23 @@ class GuideConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     form: Literal["paper", "released", "released-no-grad"] = Field(
-        "paper", description="paper (−cos + softplus), released (exp terms, with gradient), released-no-grad"
+        "paper", description="the loss: paper (−cos + softplus), released (its exp terms, with gradient) or "
+        "released-no-grad (CE with retrieval prompts, as the released code trains)"
     )
     layers: list[int] | None = None
     analysis: Path | None = Field(None, description="a 'vlsafe analyze layers' folder (safety layers)")
     weight: float = Field(1.0, ge=0)
     schedule: Literal["constant", "linear"] | None = Field(
-        None, description="λ schedule (default: linear for paper, constant for the released forms)"
+        None, description="schedule of λ (default: linear for paper, constant for the released forms)"
     )
     ce_weight: float = Field(1.0, ge=0)
+
+    @field_validator("form", mode="before")
+    @classmethod
+    def _known_form(cls, value: Any) -> Any:
+        if value not in GUIDE_FORMS:
+            raise ValueError(f"{value!r} is unknown; it must be one of {', '.join(GUIDE_FORMS)}")
+        return value
 
 
 class TGAConfig(BaseModel):
