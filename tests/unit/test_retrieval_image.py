@@ -25,6 +25,7 @@ from vlsafe.evals.retrieval import with_retrieval
 from vlsafe.evals.sample import Sample, SampleKind
 from vlsafe.methods.training import TGARecord
 from vlsafe.methods.training.tga import TGAConfig, attach_retrieved
+from vlsafe.models.inputs import IMAGE_SLOT, UserTurnLayout
 
 
 def _planted(n: int = 6, dim: int = 8, seed: int = 0) -> tuple[np.ndarray, list[str]]:
@@ -144,3 +145,23 @@ def test_bad_orders_and_forms_name_the_value_and_the_rule(tmp_path: Path) -> Non
     cfg = validate_config(TGAConfig, {**base, "retrieval": {"corpus": "c.txt", "kind": "clip", "model_path": "m"}})
     assert cfg.retrieval.query_by == "image" and cfg.retrieval.order == "text_first"
     assert cfg.guide.form == "paper" and not cfg.retrieval.exclude_self
+
+
+def test_user_turn_layout_places_the_image_at_the_slot() -> None:
+    image = UserTurnLayout("USER: <image>\n", " ASSISTANT:", "USER: ", "<image>\n", "")
+    text = UserTurnLayout("USER: ", " ASSISTANT:")
+    user, (rs, re_), (qs, qe) = retrieval_spans("What is it?", "a knife")
+    shown = image.render(user)
+    assert shown.text == "USER: Retrieved Text: a knife. <image>\nWhat is it? ASSISTANT:"  # the released prompt
+    assert shown.text[slice(*shown.span(rs, re_))] == "a knife"
+    assert shown.text[slice(*shown.span(qs, qe))] == "What is it?"
+    assert [shown.text[a:b] for a, b in shown.spans] == ["Retrieved Text: a knife. ", "What is it?"]
+    plain = text.render(user)
+    assert plain.text == "USER: Retrieved Text: a knife. What is it? ASSISTANT:"  # no image: the slot is dropped
+    assert plain.text[slice(*plain.span(qs, qe))] == "What is it?"
+    first = image.render(retrieval_spans("What is it?", "a knife", "image_first")[0])
+    assert first.text == "USER: <image>\nRetrieved Text: a knife. What is it? ASSISTANT:"
+    with pytest.raises(InputError, match="crosses the image"):
+        shown.span(rs, qe)
+    with pytest.raises(InputError, match="at most once"):
+        image.render(f"{IMAGE_SLOT}a{IMAGE_SLOT}")

@@ -52,7 +52,7 @@ from vlsafe.models.bundle import ModelBundle
 from vlsafe.models.context import ContextOverflowError
 from vlsafe.models.fingerprint import bundle_fingerprint
 from vlsafe.models.greedy import shared_prefix_supported
-from vlsafe.models.inputs import render_user_turn
+from vlsafe.models.inputs import user_turn_layout
 from vlsafe.models.loading import load_model
 
 logger = logging.getLogger(__name__)
@@ -199,7 +199,7 @@ def _prompt_lengths(bundle: ModelBundle, samples: list[Sample], config: EvalConf
     """Token length of each sample's chat prompt as the model is shown it (image placeholder unexpanded)."""
     if not samples:
         return []
-    turns = {flag: render_user_turn(bundle, flag, True) for flag in {needs_image(_setting(s, config)) for s in samples}}
+    turns = {flag: user_turn_layout(bundle, flag, True) for flag in {needs_image(_setting(s, config)) for s in samples}}
     texts = []
     for s in samples:
         setting = _setting(s, config)
@@ -207,8 +207,10 @@ def _prompt_lengths(bundle: ModelBundle, samples: list[Sample], config: EvalConf
             shown = setting_text(s, setting).strip()
         except InputError:  # rendered as the sample's error record later
             shown = ""
-        before, after = turns[needs_image(setting)]
-        texts.append(before + shown + after)
+        try:
+            texts.append(turns[needs_image(setting)].render(shown).text)
+        except InputError:  # an image slot given twice: the sample's error record later
+            texts.append(shown)
     return [len(ids) for ids in bundle.tokenizer(texts, add_special_tokens=False)["input_ids"]]
 
 
