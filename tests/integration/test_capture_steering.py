@@ -243,3 +243,23 @@ def test_steering_errors(tiny_bundle):
         with SteeringVector({0: torch.zeros(h)}).apply(bundle, norm_scale=True):
             pass
     assert _hooks(bundle) == 0
+
+
+def test_prefill_only_leaves_decode_steps_of_an_unpadded_batch_alone(tiny_bundle):
+    """``generate`` passes no attention mask for one row without padding: decode steps are told from the
+    prefill by the KV cache's length, not by the mask."""
+    bundle = tiny_bundle("causal_lm")
+    batch = build_inputs(bundle, QUERIES[:1], variant="text")
+    inputs = {k: v for k, v in batch.inputs.items() if k != "attention_mask"}
+    torch.manual_seed(3)
+    v = SteeringVector({0: 5 * torch.randn(bundle.hidden_size)})
+
+    def scores(**apply: object) -> list[torch.Tensor]:
+        with v.apply(bundle, **apply), torch.no_grad():  # type: ignore[arg-type]
+            out = bundle.model.generate(**inputs, max_new_tokens=3, do_sample=False, output_scores=True,
+                                        return_dict_in_generate=True)  # fmt: skip
+        return list(out.scores)
+
+    every, prefill = scores(alpha=1.0), scores(alpha=1.0, prefill_only=True)
+    assert torch.allclose(prefill[0], every[0], atol=1e-5)
+    assert not torch.allclose(prefill[1], every[1], atol=1e-3)

@@ -40,17 +40,22 @@ class CallContext:
     """Tracks the attention mask of the current top-level model call.
 
     A forward pre-hook on the outer model records the 2-D ``attention_mask`` it was called with
-    (``generate`` passes the growing mask at every decode step). Layer hooks use it to leave pad
-    positions alone and to tell prefill (hidden length == mask length) from decode steps.
+    (``generate`` passes the growing mask at every decode step) and how many positions its KV cache already
+    holds. Layer hooks use them to leave pad positions alone and to tell prefill from decode steps: a call
+    whose cache is non-empty is a decode step; without a cache object, hidden length == mask length is a
+    prefill. (``generate`` passes no mask for an unpadded batch, so the mask alone cannot tell.)
     """
 
     def __init__(self) -> None:
         self.attention_mask: torch.Tensor | None = None
+        self.cached: int | None = None
         self.calls = 0
 
     def pre_hook(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         mask = kwargs.get("attention_mask")
         self.attention_mask = mask if isinstance(mask, torch.Tensor) and mask.dim() == 2 else None
+        cache = kwargs.get("cache", kwargs.get("past_key_values"))  # transformers 5 names it ``cache``
+        self.cached = int(cache.get_seq_length()) if hasattr(cache, "get_seq_length") else None
         self.calls += 1
 
     def token_mask(self, hidden: torch.Tensor) -> torch.Tensor | None:
@@ -65,6 +70,8 @@ class CallContext:
 
     def is_prefill(self, hidden: torch.Tensor) -> bool:
         """True when ``hidden`` spans the whole sequence of the current call (no KV cache used)."""
+        if self.cached is not None:
+            return self.cached == 0
         mask = self.attention_mask
         if mask is None:
             return True
