@@ -192,13 +192,13 @@ class SweepConfig(CMRMSettings, GenerationOptions):
 
     Every evaluation option (judge, generation length, batch size, dtype, ...) is a field of
     :class:`~vlsafe.evals.config.GenerationOptions` and CMRM's own are those of
-    :class:`~vlsafe.methods.cmrm.CMRMSettings` (its ``preset`` fills what is left unset); ``apply.alpha`` is
-    replaced by each α in turn.
+    :class:`~vlsafe.methods.cmrm.CMRMSettings` (its ``preset`` fills what is left unset, ``alphas`` included: the
+    paper preset's grid is 0 to 1 in steps of 0.1); ``apply.alpha`` is replaced by each α in turn.
 
     Attributes:
         cmrm: the dataset-level vector (a file or a ``SteeringVector``), ``sample``, or unset (then
             ``calibration`` gives the dataset-level vectors).
-        alphas: the strengths evaluated (default: the preset's grid, 0 to 1 in steps of 0.1).
+        alphas: the strengths evaluated.
         axes: the other choices swept (see :class:`SweepAxes`).
         calibration: anchors to calibrate the dataset-level vectors on (see :class:`SweepCalibration`).
         safety: benchmarks ``NAME[:split]`` whose refusal rate is measured (harmful requests).
