@@ -27,13 +27,14 @@ from contextlib import contextmanager
 from typing import Any, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, ValidationInfo, field_validator, model_validator
 
 from vlsafe.core.config import comma_items
 from vlsafe.core.errors import ConfigError
 from vlsafe.hooks import SteeringVector
 from vlsafe.hooks.vector import Alpha
 from vlsafe.methods.cmrm.calibrate import check_compatible
+from vlsafe.methods.cmrm.presets import named_choice
 from vlsafe.methods.cmrm.steering import SteerHooks
 from vlsafe.models.bundle import ModelBundle
 
@@ -119,6 +120,11 @@ class ApplyOptions(BaseModel):
             raise ValueError(f"prefill_only and when={data['when']!r} disagree: give when only")
         data["when"] = legacy
         return data
+
+    @field_validator("positions", "when", mode="before")
+    @classmethod
+    def _choices(cls, v: Any, info: ValidationInfo) -> Any:
+        return named_choice(cls, v, info)
 
     @field_validator("layers", mode="before")
     @classmethod

@@ -14,14 +14,23 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, InstanceOf, field_serializer, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    InstanceOf,
+    ValidationInfo,
+    field_serializer,
+    field_validator,
+    model_validator,
+)
 
 from vlsafe.evals.config import EvalConfig
 from vlsafe.evals.sample import ImageSetting
 from vlsafe.hooks import SteeringVector
 from vlsafe.methods.cmrm.apply import ApplyOptions
 from vlsafe.methods.cmrm.intervention import vector_hash
-from vlsafe.methods.cmrm.presets import PresetName, fill_preset
+from vlsafe.methods.cmrm.presets import PresetName, fill_preset, named_choice
 
 __all__ = ["CMRMEvalConfig", "CMRMSettings", "CalibrateConfig", "VectorRef"]
 
@@ -62,6 +71,11 @@ class CMRMSettings(BaseModel):
         return fill_preset(
             data, {"corrupt": "corrupt", "vector_positions": "vector_positions"}, apply_key="apply"
         )
+
+    @field_validator("corrupt", "vector_positions", mode="before")
+    @classmethod
+    def _choices(cls, v: Any, info: ValidationInfo) -> Any:
+        return named_choice(cls, v, info)
 
     @field_serializer("cmrm")
     def _vector_text(self, value: Any) -> str | None:
@@ -173,3 +187,8 @@ class CalibrateConfig(BaseModel):
     @classmethod
     def _preset(cls, data: Any) -> Any:
         return fill_preset(data, {"corrupt": "corrupt", "positions": "vector_positions", "reduce": "reduce"})
+
+    @field_validator("level", "reduce", "corrupt", "positions", mode="before")
+    @classmethod
+    def _choices(cls, v: Any, info: ValidationInfo) -> Any:
+        return named_choice(cls, v, info)

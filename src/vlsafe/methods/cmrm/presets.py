@@ -36,13 +36,13 @@ The ``band`` preset is vlsafe's own earlier default (the anchor's own image, the
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import Any, Literal, get_args, get_origin
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationInfo
 
 from vlsafe.core.errors import ConfigError
 
-__all__ = ["PRESETS", "PRESET_NAMES", "PresetName", "fill_preset", "preset_alphas"]
+__all__ = ["PRESETS", "PRESET_NAMES", "PresetName", "fill_preset", "named_choice", "preset_alphas"]
 
 PresetName = Literal["paper", "band"]
 PRESET_NAMES = ("paper", "band")
@@ -113,3 +113,17 @@ def fill_preset(
                 apply.setdefault(key, value)
             out[apply_key] = apply
     return out
+
+
+def named_choice(model: type[BaseModel], value: Any, info: ValidationInfo) -> Any:
+    """A ``before`` field validator for ``Literal`` fields whose error names the value given and the allowed ones
+    (pydantic's own names only the allowed ones)."""
+    name = info.field_name or "value"
+    annotation = model.model_fields[name].annotation
+    allowed: list[Any] = []
+    for member in (annotation, *get_args(annotation)):
+        if get_origin(member) is Literal:
+            allowed.extend(get_args(member))
+    if allowed and value is not None and value not in allowed:
+        raise ValueError(f"{name}={value!r} is not one of {', '.join(map(str, allowed))}")
+    return value

@@ -24,9 +24,9 @@ import json
 import logging
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from vlsafe.core.config import validate_config
 from vlsafe.core.errors import ConfigError
@@ -130,6 +130,19 @@ class SweepAxes(BaseModel):
     layers: list[str] | None = None
     positions: list[Literal["all", "last", "text"]] | None = None
     when: list[Literal["prefill", "every"]] | None = None
+
+    @field_validator("level", "corrupt", "positions", "when", mode="before")
+    @classmethod
+    def _choices(cls, v: Any, info: ValidationInfo) -> Any:
+        if isinstance(v, (list, tuple)):
+            annotation = cls.model_fields[str(info.field_name)].annotation
+            allowed = [a for member in get_args(annotation) for item in get_args(member) for a in get_args(item)]
+            bad = [x for x in v if x not in allowed]
+            if bad:
+                raise ValueError(
+                    f"the {info.field_name} axis value {bad[0]!r} is not one of {', '.join(map(str, allowed))}"
+                )
+        return v
 
     @field_validator("level", "corrupt", "layers", "positions", "when")
     @classmethod
