@@ -11,7 +11,9 @@ the positions of :data:`STEER_POSITIONS`:
   positions alone.
 
 ``when`` (:data:`WHEN`): ``prefill`` steers the prompt pass only; ``every`` also each decoded token (there every
-mode steers the new token).
+mode steers the new token). A call is a decode step when the model is called with a non-empty KV cache and one
+new position (``generate`` passes no attention mask for an unpadded batch, so the mask's length cannot tell);
+any other call is part of the prompt.
 """
 
 from __future__ import annotations
@@ -77,6 +79,7 @@ class SteerHooks:
         self.prepared: SteeringVector | None = None  # what steer_hooks prepared (the vector actually added)
         self._steers: dict[int, LayerSteer] = {}
         self._ctx = CallContext()
+        self._decoding = False
         self._registration: Any = None
 
     def set_vector(self, vector: SteeringVector | None) -> None:
@@ -104,7 +107,7 @@ class SteerHooks:
                 op,
                 self._ctx,
                 mode,
-                self.when == "prefill",
+                False,  # when: decided per call by the hook (see the module docstring)
                 norms[layer] if self.norm_scale else None,
             )
 
@@ -123,21 +126,34 @@ class SteerHooks:
         if mask.shape[0] != b or mask.shape[1] > t:
             raise InputError(
                 f"the text-span mask has shape {tuple(mask.shape)} but the prompt is {(b, t)}: set the mask "
-                "of the batch being steered"
+                "of the batch being steered (a prompt split over several calls, as shared-prefix decoding "
+                "does, cannot be steered at positions 'text')"
             )
         if mask.shape[1] < t:  # answer options appended after the prompt: not part of the text span
             mask = torch.cat([mask, mask.new_zeros((b, t - mask.shape[1]))], dim=1)
         return mask.to(hidden.device)
+
+    def _pre_call(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        embeds = kwargs.get("inputs_embeds")
+        width = ids.shape[1] if ids is not None else (embeds.shape[1] if embeds is not None else 0)
+        cache: Any = kwargs.get("cache", kwargs.get("past_key_values"))
+        seen = int(cache.get_seq_length()) if hasattr(cache, "get_seq_length") else 0
+        self._decoding = seen > 0 and width == 1
 
     def _hook(self, layer: int):  # noqa: ANN202 - forward hook closure
         def hook(module: nn.Module, args: Any, output: Any) -> Any:
             steer = self._steers.get(layer)
             if self.busy or steer is None:
                 return None
-            if self.positions == "text":
-                hidden = hidden_from_output(output)
-                prefill = self._ctx.is_prefill(hidden)
-                steer.positions = self._text_positions(hidden) if prefill else "all"
+            if self._decoding:
+                if self.when == "prefill":
+                    return None
+                steer.positions = "all"  # the new token, whatever the prompt's positions were
+            elif self.positions == "text":
+                steer.positions = self._text_positions(hidden_from_output(output))
+            elif self.positions == "last":
+                steer.positions = "last"
             return steer(module, args, output)
 
         return hook
@@ -145,7 +161,10 @@ class SteerHooks:
     def __enter__(self) -> SteerHooks:
         if self._registration is not None:
             raise ConfigError("these CMRM hooks are already registered")
-        handles = [outer_pre_hook(self.bundle.model, self._ctx)]
+        handles = [
+            outer_pre_hook(self.bundle.model, self._ctx),
+            self.bundle.model.register_forward_pre_hook(self._pre_call, with_kwargs=True),
+        ]
         for layer in self.layers:
             # prepend: run before observers, so recorders and output_hidden_states see the steered state
             handles.append(self.bundle.layers[layer].register_forward_hook(self._hook(layer), prepend=True))
