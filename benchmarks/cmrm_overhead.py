@@ -25,7 +25,7 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).parent))
 from _common import emit, environment, interleaved, median  # noqa: E402
 
-from vlsafe.methods.cmrm import SampleLevelCMRM, calibrate, cmrm_steer, middle_band  # noqa: E402
+from vlsafe.methods.cmrm import SampleLevelCMRM, calibrate, cmrm_steer  # noqa: E402
 from vlsafe.models import build_inputs, build_tiny, load_model  # noqa: E402
 from vlsafe.models.bundle import ModelBundle  # noqa: E402
 
@@ -128,7 +128,7 @@ def main() -> None:
             "sample_tokens_per_s": round(tokens / median(times["sample"]), 1),
             "batch": args.batch,
             "new_tokens": args.new_tokens,
-            "layers_steered": len(middle_band(bundle.num_layers)),
+            "layers_steered": len(vector.layers),
             "model": bundle.name,
             "times_s": {k: [round(t, 2) for t in v] for k, v in times.items()},
             **environment(),

@@ -54,7 +54,7 @@ def _generate(bundle, batch) -> torch.Tensor:
 def test_cmrm_on_family(tiny_bundle, family):
     bundle = tiny_bundle(family)
     layers = list(range(bundle.num_layers))
-    vec = calibrate(bundle, _anchors(), progress=False)
+    vec = calibrate(bundle, _anchors(), corrupt="image", progress=False)
     assert vec.layers == layers and vec.meta["n_anchors"] == 3 and vec.meta["num_layers"] == bundle.num_layers
     assert all(n > 0 for n in vec.meta["hidden_norms"].values())
 
@@ -84,7 +84,7 @@ def test_cmrm_on_family(tiny_bundle, family):
         assert d1 < d_half < d0 < d_neg, (layer, d0, d_half, d1, d_neg)
 
         # Sample level with the input's own image: alpha = 1 reproduces the text-only state exactly.
-        with SampleLevelCMRM(bundle, 1.0, layers=[layer], delta=False) as cm:
+        with SampleLevelCMRM(bundle, 1.0, layers=[layer], corrupt="image") as cm:
             cm.prepare(QUERIES, _images())
             got = _last_states(bundle, image, [layer], None)[layer]
         scale = float(target[layer].abs().max())
@@ -218,7 +218,7 @@ def test_bad_inputs(tiny_bundle):
     with pytest.raises(ConfigError, match="must be called inside"):
         SampleLevelCMRM(bundle).generate(QUERIES, images=_images())
     # corrupt="image" without an image falls back to seeded noise, and says so.
-    vec = calibrate(bundle, ["no image here"], progress=False)
+    vec = calibrate(bundle, ["no image here"], corrupt="image", progress=False)
     assert vec.meta["n_substituted_noise"] == 1
     lm = tiny_bundle("causal_lm")
     with pytest.raises(InputError, match="vision-language"):

@@ -53,7 +53,8 @@ def test_cmrm_cli_calibrate_eval_sweep(tiny_dir, tmp_path, monkeypatch):
     assert summary["n_anchors"] == 3 and summary["n_benign"] == 2 and summary["layers"] == [0, 1]
     meta = json.loads(vec.with_suffix(".json").read_text())
     held = set(meta["anchors"]["heldout_ids"])
-    assert len(held) == 1 and meta["anchors"]["mode"] == "heldout" and meta["corrupt"] == "image"
+    assert len(held) == 1 and meta["anchors"]["mode"] == "heldout" and meta["corrupt"] == "blank"
+    assert meta["preset"] == "paper"  # the default preset: blank img′
 
     base = ["-q", "eval", "--model", model, "--benchmark", "siuo", "--data-dir", str(data)]
     base += ["--max-new-tokens", "3", "--batch-size", "2"]

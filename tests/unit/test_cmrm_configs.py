@@ -96,7 +96,7 @@ def test_calibrate_config_defaults_and_rules() -> None:
     assert (config.mode, config.fraction, config.corrupt, config.layers, config.benign_setting.value) == (
         "heldout",
         0.2,
-        "image",
+        "blank",
         None,
         "noise",
     )

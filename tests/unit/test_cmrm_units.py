@@ -73,7 +73,8 @@ def test_prepare_vector_deltas_inside_the_band():
 
 def test_apply_options():
     assert ApplyOptions(layers="3,5").layers == [3, 5]
-    assert ApplyOptions().layers == "middle" and ApplyOptions().delta is True
+    assert ApplyOptions().layers == "all" and ApplyOptions().delta is False  # the paper preset
+    assert (ApplyOptions().positions, ApplyOptions().when) == ("all", "every")
     with pytest.raises(ValueError, match="comma-separated"):
         ApplyOptions(layers="top")
     with pytest.raises(ValueError, match="extra"):
@@ -122,4 +123,4 @@ def test_sweep_config():
         SweepConfig(model="m", cmrm="sample").benchmarks()
     with pytest.raises(ValueError, match="alphas is empty"):
         SweepConfig(model="m", cmrm="sample", alphas=[])
-    assert json.loads(cfg.model_dump_json())["apply"]["layers"] == "middle"
+    assert json.loads(cfg.model_dump_json())["apply"]["layers"] == "all"

@@ -1,8 +1,10 @@
 """The ``cmrm`` command group: calibrate CMRM vectors, sweep their strength.
 
 ``calibrate`` takes the :class:`~vlsafe.methods.cmrm.CalibrateConfig` fields as flags; ``sweep`` the
-:class:`~vlsafe.methods.cmrm.SweepConfig` fields (the evaluation options, CMRM's settings and the application
-options of ``apply`` without a prefix: ``--layers``, ``--delta``, ...) and a ``--config`` YAML file under them.
+:class:`~vlsafe.methods.cmrm.SweepConfig` fields (the evaluation options, CMRM's settings, the application
+options of ``apply`` without a prefix: ``--layers``, ``--delta``, ..., the swept axes as ``--sweep-*`` and the
+calibration anchors as ``--calibrate-*``) and a ``--config`` YAML file under them. Both default to the ``paper``
+preset (``--preset``).
 """
 
 from __future__ import annotations
@@ -17,11 +19,12 @@ from vlsafe.methods.cmrm import CalibrateConfig, SweepConfig, run_calibrate, run
 
 #: Help of the :class:`~vlsafe.methods.cmrm.ApplyOptions` fields (their model documents them only in its module).
 APPLY_HELP = {
-    "apply.layers": "Steered layers: middle (the band [L/4, L/2)), all, or comma-separated indices.",
-    "apply.delta": "Add per-layer deltas v_l - v_(l-1) inside the steered layers, so the shifts do not add up.",
+    "apply.layers": "Steered layers: all (paper), middle (the band [L/4, L/2)), or comma-separated indices.",
+    "apply.delta": "Add per-layer increments v_l - v_(l-1) inside the steered layers, so the shifts do not add up.",
     "apply.norm_scale": "Scale alpha per position by the hidden-state norm over its mean at calibration.",
-    "apply.positions": "Steered positions: all tokens, or the last one.",
-    "apply.prefill_only": "Steer the prompt only, not the generated tokens.",
+    "apply.positions": "Steered positions: all tokens (paper preset), the last one of each call, or the query's text "
+    "span.",
+    "apply.when": "every: the prompt and each decoded token (paper preset); prefill: the prompt only.",
 }
 
 
@@ -40,13 +43,21 @@ def cmrm_calibrate_cmd(ctx: click.Context, flags: ConfigFlags) -> None:
 
 @cmrm_group.command("sweep")
 @config_options(
-    SweepConfig, config_file=True, flatten={"apply": ""}, exclude=("apply.alpha",), help=APPLY_HELP
+    SweepConfig,
+    config_file=True,
+    flatten={"apply": "", "axes": "sweep", "calibration": "calibrate"},
+    exclude=("apply.alpha",),
+    help={
+        **APPLY_HELP,
+        "cmrm": "The dataset-level vector file, or 'sample'; leave it out to calibrate vectors on --calibrate-anchors.",
+    },
 )
 @click.option(
     "--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path), help="Sweep folder."
 )
 @click.pass_context
 def cmrm_sweep_cmd(ctx: click.Context, out_dir: Path, flags: ConfigFlags) -> None:
-    """Evaluate CMRM at each alpha on safety, over-refusal and utility benchmarks; table + figure in --out."""
+    """Evaluate CMRM at each alpha (and each point of the --sweep-* axes) on safety, over-refusal and utility
+    benchmarks; table + figure in --out."""
     result = run_sweep(config_from_flags(SweepConfig, flags), out_dir, progress=progress_enabled(ctx))
     echo_json({"paths": result["paths"], "rows": len(result["rows"])})

@@ -64,16 +64,22 @@ __all__ = [
 SYSTEM_NAMES = {"dataset": "vl+cmrm-dataset", "sample": "vl+cmrm-sample"}
 
 #: Dataset-level grid: (application options, alphas). Each option set's alphas go gentlest first.
+#: The committed selection was measured with the anchor's own image as img′ (``corrupt="image"``), named here
+#: explicitly since the library's default became the paper's blank image.
 DATASET_GRID: list[tuple[dict[str, Any], list[float]]] = [
-    ({"layers": "middle", "delta": True}, [0.25, 0.4, 0.5, 1.0, 1.5]),
-    ({"layers": "all", "delta": True}, [0.5]),
-    ({"layers": [10], "positions": "last"}, [1.0, 2.0]),
-    ({"layers": [10], "positions": "all"}, [1.0]),
+    ({"layers": "middle", "delta": True, "corrupt": "image"}, [0.25, 0.4, 0.5, 1.0, 1.5]),
+    ({"layers": "all", "delta": True, "corrupt": "image"}, [0.5]),
+    ({"layers": [10], "positions": "last", "corrupt": "image"}, [1.0, 2.0]),
+    ({"layers": [10], "positions": "all", "corrupt": "image"}, [1.0]),
 ]
 #: Sample-level grid (two extra prefill passes per batch make each point dearer).
 SAMPLE_GRID: list[tuple[dict[str, Any], list[float]]] = [
-    ({"layers": "middle", "delta": True}, [0.25]),
+    ({"layers": "middle", "delta": True, "corrupt": "image"}, [0.25]),
 ]
+#: Values a curve label leaves out besides the choice's defaults: those of the committed selection (its img′ was
+#: the anchor's own image), so its labels stay as recorded.
+_LABEL_BASE = {"norm_scale": False, "positions": "all", "prefill_only": False, "corrupt": "image",
+               "vector_positions": "last", "reduce": "mean"}  # fmt: skip
 #: Validation sizes of the sweep (harmful and benign prompts each, VQA questions): smaller than
 #: ``val_point``'s defaults because a point costs ~2 minutes of one loaded CPU core at these sizes.
 VAL_PROMPTS = 20
@@ -87,7 +93,8 @@ class CMRMChoice(BaseModel):
 
     ``corrupt`` / ``vector_positions`` / ``reduce`` describe how the vector is computed (at calibration for
     ``level="dataset"``, per input for ``level="sample"``; ``reduce`` is dataset-level only); the rest are the
-    application options of :class:`vlsafe.methods.cmrm.ApplyOptions`.
+    application options of :class:`vlsafe.methods.cmrm.ApplyOptions`. ``corrupt`` defaults to the library's
+    default img′ (blank); the organism's grids name the one they were measured with.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -99,7 +106,7 @@ class CMRMChoice(BaseModel):
     norm_scale: bool = False
     positions: Literal["all", "last"] = "all"
     prefill_only: bool = False
-    corrupt: Literal["image", "blank", "noise", "mean"] = "image"
+    corrupt: Literal["image", "blank", "noise", "mean"] = "blank"
     vector_positions: Literal["last", "text_mean"] = "last"
     reduce: Literal["mean", "pca"] = "mean"
 
@@ -110,9 +117,9 @@ class CMRMChoice(BaseModel):
     def options_label(self) -> str:
         """Short label of everything but alpha (one curve of the figure)."""
         d = self.model_dump(exclude={"alpha", "level"})
-        default = CMRMChoice(level=self.level, alpha=0.0).model_dump(exclude={"alpha", "level"})
         parts = [f"layers={self.layers}", "delta" if self.delta else "no-delta"]
-        parts += [f"{k}={v}" for k, v in d.items() if k not in ("layers", "delta") and v != default[k]]
+        default = CMRMChoice(level=self.level, alpha=0.0).model_dump(exclude={"alpha", "level"})
+        parts += [f"{k}={v}" for k, v in d.items() if k not in ("layers", "delta") and v not in (default[k], _LABEL_BASE[k])]
         return f"{self.level}: " + " ".join(parts)
 
     def apply_options(self) -> dict[str, Any]:

@@ -5,9 +5,12 @@ Sign convention (tested): ``v_l = h_l(text only) - h_l(query + corrupted image)`
 text-only state; at ``alpha = 1`` with the input's own image as the corruption, a single steered layer
 reproduces the text-only state at the calibration position exactly.
 
-Corruptions (the image the anchor is shown with): ``image`` (the anchor's own image; a seeded noise
-image where it has none), ``blank`` (white), ``noise`` (Gaussian noise seeded by the query text, so
-a query gets the same noise whatever batch it is in) or ``mean`` (the image's mean colour).
+Corruptions (img′, the image the anchor is shown with): ``blank`` (white; the default: the paper measures the
+shift against a *meaningless* image, and of blank and noise the ``paper`` preset names blank), ``noise``
+(Gaussian noise seeded by the query text, so a query gets the same noise whatever batch it is in), ``image``
+(the anchor's own image, a seeded noise image where it has none; vlsafe's option) or ``mean`` (the image's mean
+colour; vlsafe's option). The paper writes the shift as ``Δ = h(x, img′) - h(x)``; the vector stored here is
+``v = -Δ``, so that adding ``alpha * v`` with ``alpha > 0`` moves toward text-only states.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from vlsafe.core.errors import ConfigError, InputError
 from vlsafe.hooks import SteeringVector, resolve_layers
 from vlsafe.hooks.forward import forward_states
 from vlsafe.methods.cmrm.anchors import anchor_items, anchors_hash
+from vlsafe.methods.cmrm.steering import check_choice
 from vlsafe.models.bundle import ModelBundle
 from vlsafe.models.images import make_variant_image
 from vlsafe.models.inputs import InputItem, build_inputs
@@ -56,11 +60,6 @@ SIGN_CONVENTION = (
 )
 
 
-def _check_choice(name: str, value: str, allowed: Sequence[str]) -> None:
-    if value not in allowed:
-        raise ConfigError(f"{name}={value!r} is not one of {', '.join(allowed)}")
-
-
 def _text_seed(text: str, seed: int) -> int:
     return int.from_bytes(hashlib.sha256(f"{seed}\x00{text}".encode()).digest()[:8], "big")
 
@@ -69,7 +68,7 @@ def corrupted_images(
     bundle: ModelBundle, items: Sequence[InputItem], corrupt: str, seed: int = 0
 ) -> list[Any]:
     """The image each item is shown with under ``corrupt`` (see the module docstring)."""
-    _check_choice("corrupt", corrupt, CORRUPTIONS)
+    check_choice("corrupt", corrupt, CORRUPTIONS)
     out = []
     for i, it in enumerate(items):
         kind = corrupt
@@ -102,7 +101,7 @@ def variant_differences(
     bundle: ModelBundle,
     items: Sequence[InputItem],
     *,
-    corrupt: str = "image",
+    corrupt: str = "blank",
     positions: str = "last",
     layers: Sequence[int] | None = None,
     seed: int = 0,
@@ -113,7 +112,7 @@ def variant_differences(
         ``(diffs, norms)``: per layer, ``[B, H]`` text-only minus corrupted-image states (float32, CPU)
         and ``[B]`` norms of the corrupted-image states.
     """
-    _check_choice("positions", positions, POSITIONS)
+    check_choice("positions", positions, POSITIONS)
     if not bundle.is_vlm:
         raise InputError(
             f"CMRM needs a vision-language model; {bundle.name!r} ({bundle.family}) takes no images"
@@ -170,7 +169,7 @@ def calibrate(
     *,
     level: str = "dataset",
     reduce: str = "mean",
-    corrupt: str = "image",
+    corrupt: str = "blank",
     positions: str = "last",
     layers: Sequence[int] | None = None,
     batch_size: int = 8,
@@ -188,8 +187,8 @@ def calibrate(
             anchor, ``[N, H]``; what sample-level CMRM computes on the fly for each input).
         reduce: ``"mean"`` of the differences, or ``"pca"`` (first principal component, sign chosen to
             agree with the mean, scaled to the mean's projection). Which one the paper used is open.
-        corrupt: the image the multimodal pass sees: ``image`` (own image, noise where none), ``blank``,
-            ``noise``, ``mean``.
+        corrupt: the image the multimodal pass sees: ``blank`` (default, the ``paper`` preset), ``noise``,
+            ``image`` (own image, noise where none), ``mean``.
         positions: ``"last"`` prompt token or ``"text_mean"`` (mean over the query's tokens).
         layers: layers to calibrate (default: all; choose which to steer when applying).
         batch_size: anchors per forward pass.
@@ -203,7 +202,7 @@ def calibrate(
         norm of the corrupted-image states per layer (``hidden_norms``, for ``norm_scale``).
     """
     for name, value, allowed in (("level", level, LEVELS), ("reduce", reduce, REDUCES)):
-        _check_choice(name, value, allowed)
+        check_choice(name, value, allowed)
     if batch_size < 1:
         raise ConfigError(f"batch_size={batch_size} must be >= 1")
     items, ids = anchor_items(anchors, data_dir=data_dir, seed=seed)

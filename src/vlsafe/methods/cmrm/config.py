@@ -4,6 +4,9 @@
 :class:`~vlsafe.evals.EvalConfig` with those settings (``vlsafe eval --cmrm``); :class:`CalibrateConfig` is one
 calibration (``vlsafe cmrm calibrate``). :class:`~vlsafe.methods.cmrm.SweepConfig` combines the settings with the
 evaluation options of :class:`~vlsafe.evals.config.GenerationOptions`.
+
+Each has a ``preset`` (default ``paper``; see :mod:`vlsafe.methods.cmrm.presets` for where each of its choices comes
+from) that fills every CMRM option left unset; options given explicitly win.
 """
 
 from __future__ import annotations
@@ -11,13 +14,23 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, InstanceOf, field_serializer, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    InstanceOf,
+    ValidationInfo,
+    field_serializer,
+    field_validator,
+    model_validator,
+)
 
 from vlsafe.evals.config import EvalConfig
 from vlsafe.evals.sample import ImageSetting
 from vlsafe.hooks import SteeringVector
 from vlsafe.methods.cmrm.apply import ApplyOptions
 from vlsafe.methods.cmrm.intervention import vector_hash
+from vlsafe.methods.cmrm.presets import PresetName, fill_preset, named_choice
 
 __all__ = ["CMRMEvalConfig", "CMRMSettings", "CalibrateConfig", "VectorRef"]
 
@@ -31,28 +44,48 @@ class CMRMSettings(BaseModel):
     Attributes:
         cmrm: a vector file from ``vlsafe cmrm calibrate``, ``sample`` (per-input vectors computed on the
             fly), or (from Python) a ``SteeringVector``.
+        preset: the named set of choices that fills the options left unset: ``paper`` (the paper's method:
+            blank img′, every layer, all positions, prompt and decoded tokens) or ``band`` (vlsafe's earlier
+            default: own image, middle band with per-layer increments).
         apply: how the vector is applied (see :class:`~vlsafe.methods.cmrm.ApplyOptions`).
-        corrupt: sample level: the image of the corrupted pass (``image``: the input's own).
-        vector_positions: sample level: where the per-input vector is measured (``last`` prompt token or
-            the mean over the query's tokens).
+        corrupt: img′, the image of the corrupted pass (sample level; a sweep that calibrates its own vectors
+            also calibrates with it): ``blank`` (paper preset; the paper's meaningless image), ``noise``,
+            ``image`` (the input's own; vlsafe's option) or ``mean`` (vlsafe's).
+        vector_positions: sample level: where the per-input vector is measured (``last`` prompt token, as the
+            paper preset reads the paper, or the mean over the query's tokens, vlsafe's option).
         exclude_anchors: leave the vector's held-out calibration anchors out of the evaluated samples.
     """
 
     model_config = ConfigDict(extra="forbid")
 
     cmrm: VectorRef
+    preset: PresetName = "paper"
     apply: ApplyOptions = Field(default_factory=ApplyOptions)
-    corrupt: Literal["image", "blank", "noise", "mean"] = "image"
+    corrupt: Literal["blank", "noise", "image", "mean"] = "blank"
     vector_positions: Literal["last", "text_mean"] = "last"
     exclude_anchors: bool = True
 
+    @model_validator(mode="before")
+    @classmethod
+    def _preset(cls, data: Any) -> Any:
+        return fill_preset(
+            data, {"corrupt": "corrupt", "vector_positions": "vector_positions"}, apply_key="apply"
+        )
+
+    @field_validator("corrupt", "vector_positions", mode="before")
+    @classmethod
+    def _choices(cls, v: Any, info: ValidationInfo) -> Any:
+        return named_choice(cls, v, info)
+
     @field_serializer("cmrm")
-    def _vector_text(self, value: Any) -> str:
+    def _vector_text(self, value: Any) -> str | None:
+        if value is None:
+            return None
         return f"vector:{vector_hash(value)}" if isinstance(value, SteeringVector) else str(value)
 
     def cmrm_label(self) -> str:
         """The vector as text: its path, ``sample``, or ``vector:<hash>`` for one in memory."""
-        return self._vector_text(self.cmrm)
+        return str(self._vector_text(self.cmrm))
 
 
 class CMRMEvalConfig(CMRMSettings, EvalConfig):
@@ -101,6 +134,8 @@ class CalibrateConfig(BaseModel):
         model: HF id or local directory of the vision-language model.
         anchors: anchor benchmark ``NAME[:split]`` (a registered loader, see ``vlsafe benchmarks``).
         out: the vector file (``.safetensors``; its metadata is written beside it as ``.json``).
+        preset: the named set of choices that fills the options left unset (``paper``: blank img′, mean over
+            the anchors, last prompt position; ``band``: the anchor's own image).
         data_dir: the anchor benchmark's data folder.
         mode: ``heldout`` (calibrate on ``fraction`` of the benchmark; evaluations leave those samples out)
             or ``transfer`` (all of it: calibrate on one benchmark, evaluate on another).
@@ -108,11 +143,13 @@ class CalibrateConfig(BaseModel):
         benign: benign image-query pairs added to the anchors (``None``: as many as the anchors).
         benign_setting: image setting of the benign pairs.
         limit: load only the first ``limit`` benchmark samples.
-        level: ``dataset`` (one vector per layer) or ``sample`` (one row per anchor).
-        reduce: how the differences are reduced: ``mean`` or ``pca`` (first principal component).
-        corrupt: the image of the multimodal pass: ``image`` (the anchor's own), ``blank``, ``noise`` or
-            ``mean`` (its mean colour).
-        positions: where states are read: the ``last`` prompt token or the mean over the query's tokens.
+        level: ``dataset`` (one vector per layer) or ``sample`` (one row per anchor); both are the paper's.
+        reduce: how the differences are reduced: ``mean`` (the paper) or ``pca`` (first principal component;
+            vlsafe's option).
+        corrupt: img′, the image of the multimodal pass: ``blank`` (paper preset: the paper's meaningless
+            image), ``noise``, ``image`` (the anchor's own; vlsafe's option) or ``mean`` (its mean colour).
+        positions: where states are read: the ``last`` prompt token (the paper preset's reading) or the mean
+            over the query's tokens (``text_mean``; vlsafe's option).
         layers: layers to calibrate (``None``: all; choose the steered ones when applying).
         batch_size: anchors per forward pass.
         seed: seed of the held-out split and of noise images.
@@ -133,9 +170,10 @@ class CalibrateConfig(BaseModel):
     benign: int | None = Field(None, ge=0)
     benign_setting: ImageSetting = ImageSetting.NOISE
     limit: int | None = Field(None, ge=1)
+    preset: PresetName = "paper"
     level: Literal["dataset", "sample"] = "dataset"
     reduce: Literal["mean", "pca"] = "mean"
-    corrupt: Literal["image", "blank", "noise", "mean"] = "image"
+    corrupt: Literal["blank", "noise", "image", "mean"] = "blank"
     positions: Literal["last", "text_mean"] = "last"
     layers: list[int] | None = None
     batch_size: int = Field(8, ge=1)
@@ -144,3 +182,13 @@ class CalibrateConfig(BaseModel):
     device: str | None = None
     trust_remote_code: bool = False
     allow_pickle: bool = False
+
+    @model_validator(mode="before")
+    @classmethod
+    def _preset(cls, data: Any) -> Any:
+        return fill_preset(data, {"corrupt": "corrupt", "positions": "vector_positions", "reduce": "reduce"})
+
+    @field_validator("level", "reduce", "corrupt", "positions", mode="before")
+    @classmethod
+    def _choices(cls, v: Any, info: ValidationInfo) -> Any:
+        return named_choice(cls, v, info)

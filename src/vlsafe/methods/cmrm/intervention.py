@@ -3,8 +3,9 @@
 Dataset level (a vector file or ``SteeringVector``) or sample level (``"sample"``). Its
 ``fingerprint`` holds the vector's content hash and every application option, so a run directory
 resumed with another alpha, layer choice or vector is refused instead of silently mixing generations;
-at sample level it forwards the runner's ``before_batch`` announcements (see
-:mod:`vlsafe.evals.interventions`) to :class:`SampleLevelCMRM`.
+it listens to the runner's ``before_batch`` announcements (see :mod:`vlsafe.evals.interventions`): at sample
+level to compute each batch's vectors (:class:`SampleLevelCMRM`), and with positions ``text`` to take each batch's
+text-span mask.
 """
 
 from __future__ import annotations
@@ -16,10 +17,12 @@ from typing import Any
 
 from vlsafe.core.errors import ConfigError
 from vlsafe.hooks import SteeringVector
-from vlsafe.methods.cmrm.apply import ApplyOptions, cmrm_steer
+from vlsafe.methods.cmrm.apply import ApplyOptions, steer_hooks
 from vlsafe.methods.cmrm.calibrate import check_compatible
 from vlsafe.methods.cmrm.sample import SampleLevelCMRM
+from vlsafe.methods.cmrm.steering import SteerHooks
 from vlsafe.models.bundle import ModelBundle
+from vlsafe.models.inputs import build_inputs
 
 __all__ = ["CMRMIntervention", "vector_hash"]
 
@@ -40,7 +43,8 @@ class CMRMIntervention:
         bundle: the model the runner will use (pass the same bundle to ``run_eval``).
         cmrm: ``"sample"`` for sample-level CMRM, else a vector path or ``SteeringVector``.
         options: :class:`ApplyOptions` (or a dict of its fields).
-        corrupt: sample level only: the image of the corrupted pass (``image``, ``blank``, ``noise``, ``mean``).
+        corrupt: sample level only: the image of the corrupted pass (``blank``, the default, ``noise``,
+            ``image``, ``mean``).
         vector_positions: sample level only: ``last`` or ``text_mean``.
     """
 
@@ -50,7 +54,7 @@ class CMRMIntervention:
         cmrm: str | Path | SteeringVector,
         options: ApplyOptions | dict[str, Any] | None = None,
         *,
-        corrupt: str = "image",
+        corrupt: str = "blank",
         vector_positions: str = "last",
     ) -> None:
         self.bundle = bundle
@@ -71,6 +75,7 @@ class CMRMIntervention:
         self.fingerprint = f"CMRM[{source};{self.options.describe()}]"
         self._stack: ExitStack | None = None
         self.sampler: SampleLevelCMRM | None = None
+        self._steering: SteerHooks | None = None
 
     def __enter__(self) -> CMRMIntervention:
         if self._stack is not None:
@@ -86,7 +91,7 @@ class CMRMIntervention:
                     delta=o.delta,
                     norm_scale=o.norm_scale,
                     positions=o.positions,
-                    prefill_only=o.prefill_only,
+                    when=o.when,
                     corrupt=self.corrupt,
                     vector_positions=self.vector_positions,
                     auto=True,
@@ -94,18 +99,17 @@ class CMRMIntervention:
                 stack.enter_context(self.sampler)
             else:
                 assert self.vector is not None
-                stack.enter_context(
-                    cmrm_steer(
-                        self.bundle,
-                        self.vector,
-                        o.alpha,
-                        layers=o.layers,
-                        delta=o.delta,
-                        norm_scale=o.norm_scale,
-                        positions=o.positions,
-                        prefill_only=o.prefill_only,
-                    )
+                self._steering = steer_hooks(
+                    self.bundle,
+                    self.vector,
+                    o.alpha,
+                    layers=o.layers,
+                    delta=o.delta,
+                    norm_scale=o.norm_scale,
+                    positions=o.positions,
+                    when=o.when,
                 )
+                stack.enter_context(self._steering)
         except BaseException:
             stack.close()
             raise
@@ -113,9 +117,16 @@ class CMRMIntervention:
         return self
 
     def before_batch(self, texts: Any, images: Any) -> None:
-        """Runner protocol: compute sample-level vectors for the batch about to be generated."""
-        if self.sampler is not None and self._stack is not None:
+        """Runner protocol: compute sample-level vectors for the batch about to be generated; with positions
+        ``text`` at dataset level, take the batch's text-span mask."""
+        if self._stack is None:
+            return
+        if self.sampler is not None:
             self.sampler.before_batch(texts, images)
+        elif self._steering is not None and self.options.positions == "text":
+            variant = "text" if images is None else "image"
+            batch = build_inputs(self.bundle, list(texts), variant=variant, images=images)
+            self._steering.set_text_mask(batch.masks.text)
 
     def __exit__(self, *exc: object) -> None:
         stack, self._stack = self._stack, None

@@ -88,6 +88,7 @@ def run_calibrate(
         anchor_info=info,
         progress=progress,
     )
+    vec.meta["preset"] = config.preset
     path = vec.save(config.out)
     return {
         "vector": str(path),
@@ -95,6 +96,8 @@ def run_calibrate(
         "n_anchors": vec.meta["n_anchors"],
         "n_benign": info["n_benign"],
         "mode": config.mode,
+        "preset": config.preset,
+        "corrupt": config.corrupt,
         "anchors_hash": vec.meta["anchors_hash"],
         "vector_norms": vec.meta["vector_norms"],
     }

@@ -6,7 +6,7 @@ corrupted image) give ``v_l = h_l(text) - h_l(corrupted)`` per row (``[B, H]``);
 
 Two ways to use it::
 
-    with SampleLevelCMRM(bundle, alpha=1.0) as cmrm:
+    with SampleLevelCMRM(bundle, alpha=1.0) as cmrm:                   # the paper preset's options
         out = cmrm.generate(queries, images=images, max_new_tokens=64)   # explicit
 
     with SampleLevelCMRM(bundle, alpha=1.0, auto=True) as cmrm:        # e.g. as a run_eval intervention
@@ -24,16 +24,13 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-from torch import nn
 
 from vlsafe.core.errors import ConfigError, InputError
 from vlsafe.hooks import SteeringVector
-from vlsafe.hooks.apply import LayerSteer
-from vlsafe.hooks.operators import OPERATORS
-from vlsafe.hooks.plumbing import CallContext, outer_pre_hook, registered
 from vlsafe.hooks.vector import Alpha
 from vlsafe.methods.cmrm.apply import LayerSpec, resolve_steer_layers
-from vlsafe.methods.cmrm.calibrate import POSITIONS, _check_choice, variant_differences
+from vlsafe.methods.cmrm.calibrate import CORRUPTIONS, POSITIONS, variant_differences
+from vlsafe.methods.cmrm.steering import SteerHooks, check_choice
 from vlsafe.models.bundle import ModelBundle
 from vlsafe.models.inputs import InputItem, as_input_items, build_inputs
 
@@ -46,14 +43,15 @@ class SampleLevelCMRM:
     Args:
         bundle: a vision-language model.
         alpha: strength (scalar, per steered layer in order, or ``{layer: alpha}``).
-        layers: steered layers: ``"middle"`` (default band), ``"all"``, an index or a list.
-        delta: add per-layer increments ``v_l - v_{l-1}`` inside the steered layers.
+        layers: steered layers: ``"all"`` (default, the paper), ``"middle"`` (vlsafe's band), an index or a list.
+        delta: add per-layer increments ``v_l - v_{l-1}`` inside the steered layers (vlsafe's option).
         norm_scale: scale alpha by ``||h|| / mean ||h||`` of the batch's corrupted-image pass.
-        positions: ``"all"`` tokens or ``"last"`` of each call.
-        prefill_only: steer only the prompt pass.
-        corrupt: the image of the second pass (``image``: the input's own image; ``blank``, ``noise``,
-            ``mean``). With ``image`` and ``alpha = 1`` at one layer, the steered state at the
-            calibration position equals the text-only state there.
+        positions: ``"all"`` tokens, ``"last"`` of each call, or the query's ``"text"`` span.
+        when: ``"every"`` (prompt and decoded tokens) or ``"prefill"`` (prompt only).
+        prefill_only: the earlier spelling of ``when="prefill"`` (``True``) / ``"every"`` (``False``).
+        corrupt: the image of the second pass: ``blank`` (default, the paper's meaningless image), ``noise``,
+            ``image`` (the input's own image) or ``mean``. With ``image`` and ``alpha = 1`` at one layer, the
+            steered state at the calibration position equals the text-only state there.
         vector_positions: where the difference is measured: ``"last"`` or ``"text_mean"``.
         auto: compute vectors in ``before_batch`` for each announced batch (see the module docstring).
         seed: seed of noise images.
@@ -64,12 +62,13 @@ class SampleLevelCMRM:
         bundle: ModelBundle,
         alpha: Alpha = 1.0,
         *,
-        layers: LayerSpec | Sequence[int] | None = "middle",
-        delta: bool = True,
+        layers: LayerSpec | Sequence[int] | None = "all",
+        delta: bool = False,
         norm_scale: bool = False,
         positions: str = "all",
-        prefill_only: bool = False,
-        corrupt: str = "image",
+        when: str | None = None,
+        prefill_only: bool | None = None,
+        corrupt: str = "blank",
         vector_positions: str = "last",
         auto: bool = False,
         seed: int = 0,
@@ -78,35 +77,35 @@ class SampleLevelCMRM:
             raise InputError(
                 f"sample-level CMRM needs a vision-language model; {bundle.name!r} takes no images"
             )
-        _check_choice("vector_positions", vector_positions, POSITIONS)
-        if positions not in ("all", "last"):
-            raise ConfigError(f"positions={positions!r} is not one of all, last")
+        check_choice("vector_positions", vector_positions, POSITIONS)
+        check_choice("corrupt", corrupt, CORRUPTIONS)
+        legacy = None if prefill_only is None else ("prefill" if prefill_only else "every")
+        if when is not None and legacy is not None and when != legacy:
+            raise ConfigError(f"prefill_only={prefill_only} and when={when!r} disagree: give when only")
+        when = when or legacy or "every"
         self.bundle = bundle
         self.layers = resolve_steer_layers(layers, bundle.num_layers, range(bundle.num_layers))
         self.alpha = alpha
-        self._alphas = SteeringVector({i: torch.zeros(1) for i in self.layers}).alphas(alpha)
         self.delta = delta
         self.norm_scale = norm_scale
         self.positions = positions
-        self.prefill_only = prefill_only
+        self.when = when
         self.corrupt = corrupt
         self.vector_positions = vector_positions
         self.auto = auto
         self.seed = seed
         self.vector: SteeringVector | None = None
         self.n_computed = 0
-        self._busy = False
         self._active = False
-        self._hooks: dict[int, LayerSteer] = {}
-        self._ctx = CallContext()
-        self._handles: list[Any] = []
-        self._registration: Any = None
+        self._hooks = SteerHooks(
+            bundle, self.layers, alpha, positions=positions, when=when, norm_scale=norm_scale
+        )
 
     # -- vectors ---------------------------------------------------------------------------
     def compute(self, items: Sequence[Any], images: Sequence[Any] | None = None) -> SteeringVector:
         """Per-row vectors ``[B, H]`` for these inputs (two batched prefill passes, never steered)."""
         rows = as_input_items(items, images, None)
-        self._busy = True
+        self._hooks.busy = True
         try:
             diffs, norms = variant_differences(
                 self.bundle,
@@ -117,7 +116,7 @@ class SampleLevelCMRM:
                 seed=self.seed,
             )
         finally:
-            self._busy = False
+            self._hooks.busy = False
         meta = {
             "method": "cmrm",
             "level": "sample",
@@ -131,7 +130,11 @@ class SampleLevelCMRM:
         return SteeringVector(diffs, meta)
 
     def prepare(self, items: Sequence[Any], images: Sequence[Any] | None = None) -> SteeringVector:
-        """Compute the vectors for the next batch (same rows, same order) and steer with them."""
+        """Compute the vectors for the next batch (same rows, same order) and steer with them (with positions
+        ``text``, also that batch's text-span mask)."""
+        if self.positions == "text":
+            batch = build_inputs(self.bundle, items, variant="image", images=images, seed=self.seed)
+            self._hooks.set_text_mask(batch.masks.text)
         self.set_vector(self.compute(items, images))
         assert self.vector is not None
         return self.vector
@@ -139,28 +142,15 @@ class SampleLevelCMRM:
     def set_vector(self, vector: SteeringVector | None) -> None:
         """Steer the following calls with ``vector`` (per-row ``[B, H]`` or shared ``[H]``); None: stop."""
         self.vector = vector
-        self._hooks = {}
         if vector is None:
+            self._hooks.set_vector(None)
             return
         applied = vector.subset(self.layers)
-        applied = applied.layer_deltas() if self.delta else applied
-        norms = {int(k): float(v) for k, v in (vector.meta.get("hidden_norms") or {}).items()}
-        if self.norm_scale and any(layer not in norms for layer in self.layers):
-            raise ConfigError(
-                "norm_scale=True needs meta['hidden_norms'] for every steered layer of the vector"
-            )
-        op = OPERATORS.get("add")
-        for layer in self.layers:
-            ref = norms[layer] if self.norm_scale else None
-            self._hooks[layer] = LayerSteer(
-                applied.vectors[layer],
-                self._alphas[layer],
-                op,
-                self._ctx,
-                self.positions,
-                self.prefill_only,
-                ref,
-            )
+        self._hooks.set_vector(applied.layer_deltas() if self.delta else applied)
+
+    def set_text_mask(self, mask: torch.Tensor | None) -> None:
+        """Positions ``text``: the ``[B, T]`` text-span mask of the next batch (``prepare`` sets it itself)."""
+        self._hooks.set_text_mask(mask)
 
     def generate(
         self, items: Sequence[Any], images: Sequence[Any] | None = None, **gen_kwargs: Any
@@ -169,22 +159,14 @@ class SampleLevelCMRM:
         if not self._active:
             raise ConfigError("SampleLevelCMRM.generate must be called inside its `with` block")
         batch = build_inputs(self.bundle, items, variant="image", images=images, seed=self.seed)
-        self.prepare(items, images)
+        if self.positions == "text":
+            self._hooks.set_text_mask(batch.masks.text)
+        self.set_vector(self.compute(items, images))
         inputs = batch.to(self.bundle.device).inputs
         model: Any = self.bundle.model
         with torch.inference_mode():
             out = model.generate(**inputs, **gen_kwargs)
         return out[:, inputs["input_ids"].shape[1] :]
-
-    # -- hooks -----------------------------------------------------------------------------
-    def _layer_hook(self, layer: int):  # noqa: ANN202 - forward hook closure
-        def hook(module: nn.Module, args: Any, output: Any) -> Any:
-            if self._busy:
-                return None
-            steer = self._hooks.get(layer)
-            return None if steer is None else steer(module, args, output)
-
-        return hook
 
     def before_batch(self, texts: Sequence[str], images: Sequence[Any] | None) -> None:
         """Batch-observer protocol: with ``auto``, compute vectors for the batch about to be generated.
@@ -205,20 +187,13 @@ class SampleLevelCMRM:
     def __enter__(self) -> SampleLevelCMRM:
         if self._active:
             raise ConfigError("this SampleLevelCMRM context is already open")
-        model = self.bundle.model
-        self._handles = [outer_pre_hook(model, self._ctx)]
-        for layer in self.layers:
-            self._handles.append(
-                self.bundle.layers[layer].register_forward_hook(self._layer_hook(layer), prepend=True)
-            )
-        self._registration = registered(self._handles)
-        self._registration.__enter__()
+        self._hooks.__enter__()
         self._active = True
         return self
 
     def __exit__(self, *exc: object) -> None:
         self._active = False
         try:
-            self._registration.__exit__(None, None, None)
+            self._hooks.__exit__(None, None, None)
         finally:
-            self.set_vector(None)
+            self.vector = None
