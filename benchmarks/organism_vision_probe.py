@@ -6,7 +6,9 @@ trains small classifiers directly on the frozen DINOv2 patch features, exactly a
 its projector (last layer, CLS dropped, ``size`` px), one classifier per (example kind, question index),
 on ``train``-split renders, and tests them on ``test``-split renders. ``--layer`` reads another DINOv2 layer
 (``hidden_states`` index) to compare with the organism's choice. ``--kind`` renders only examples of one
-kind (e.g. ``word``), to see how a question type's accuracy grows with the number of training renders.
+kind (e.g. ``word``), to see how a question type's accuracy grows with the number of training renders;
+``--kind pictogram`` renders the harmful-object pictograms instead and trains one classifier of the object's
+name (the naming questions' answer; key ``pictogram/0/pictogram``).
 
 * ``flat``: one linear layer on the flattened ``[patches x 384]`` tokens;
 * ``mlp``: a per-patch 384 -> 64 GELU map (a small projector) followed by a linear read-out.
@@ -28,14 +30,20 @@ import json
 
 import torch
 
+from vlsafe.data.pictograms import make_pictogram_example
+from vlsafe.data.scenes import make_example
+
+PICTOGRAM = "pictogram"
+
 
 @torch.no_grad()
 def _features(
     vision, processor, split: str, n: int, layer: int = -1, kind: str | None = None
 ) -> tuple[list, torch.Tensor]:
-    from vlsafe.data.scenes import make_example
-
-    examples = [make_example(i, split, kind) for i in range(n)]
+    if kind == PICTOGRAM:
+        examples = [make_pictogram_example(i, split) for i in range(n)]
+    else:
+        examples = [make_example(i, split, kind) for i in range(n)]
     out = []
     for i in range(0, n, 50):
         pix = processor([e.image for e in examples[i : i + 50]], return_tensors="pt")["pixel_values"]
@@ -46,6 +54,9 @@ def _features(
 def _by_question(examples: list, feats: torch.Tensor) -> dict[tuple[str, int, str], list]:
     rows: dict[tuple[str, int, str], list] = collections.defaultdict(list)
     for ex, x in zip(examples, feats, strict=True):
+        if getattr(ex, "obj", None) is not None:  # a pictogram: its name, whatever the layout's questions
+            rows[(PICTOGRAM, 0, PICTOGRAM)].append((x, ex.obj))
+            continue
         for qi, qa in enumerate(ex.qa):
             rows[(ex.kind, qi, qa.type)].append((x, qa.answer))
     return rows
