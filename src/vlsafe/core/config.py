@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -42,6 +43,14 @@ def validate_config(cls: type[M], data: dict[str, Any], what: str | None = None)
         return cls.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(f"invalid {what or cls.__name__}: {validation_problems(exc)}") from None
+
+
+def one_of(value: Any, allowed: Sequence[str]) -> Any:
+    """``value`` when it is one of ``allowed`` (for pydantic validators: otherwise a ValueError naming the value
+    and the allowed ones)."""
+    if value not in allowed:
+        raise ValueError(f"{value!r} is unknown; it must be one of {', '.join(allowed)}")
+    return value
 
 
 def comma_items(text: str) -> list[str]:

@@ -17,7 +17,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from vlsafe.core.config import read_yaml_mapping, validate_config
+from vlsafe.core.config import one_of, read_yaml_mapping, validate_config
 from vlsafe.core.io import write_text_atomic
 from vlsafe.data.retrieval import RETRIEVAL_ORDERS
 from vlsafe.evals.sample import ImageSetting
@@ -210,9 +210,7 @@ class EvalConfig(GenerationOptions):
     @field_validator("retrieval_order", mode="before")
     @classmethod
     def _known_order(cls, value: Any) -> Any:
-        if value not in RETRIEVAL_ORDERS:
-            raise ValueError(f"{value!r} is unknown; it must be one of {', '.join(RETRIEVAL_ORDERS)}")
-        return value
+        return one_of(value, RETRIEVAL_ORDERS)
 
     @model_validator(mode="after")
     def _steering(self) -> EvalConfig:

@@ -36,7 +36,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from vlsafe.core.config import read_yaml_mapping, validate_config
+from vlsafe.core.config import one_of, read_yaml_mapping, validate_config
 from vlsafe.core.errors import ConfigError, InputError
 from vlsafe.data.retrieval import (
     RETRIEVAL_ORDERS,
@@ -87,9 +87,7 @@ class RetrievalConfig(BaseModel):
     @field_validator("order", mode="before")
     @classmethod
     def _known_order(cls, value: Any) -> Any:
-        if value not in RETRIEVAL_ORDERS:
-            raise ValueError(f"{value!r} is unknown; it must be one of {', '.join(RETRIEVAL_ORDERS)}")
-        return value
+        return one_of(value, RETRIEVAL_ORDERS)
 
     @model_validator(mode="after")
     def _query_fits_kind(self) -> RetrievalConfig:
@@ -124,9 +122,7 @@ class GuideConfig(BaseModel):
     @field_validator("form", mode="before")
     @classmethod
     def _known_form(cls, value: Any) -> Any:
-        if value not in GUIDE_FORMS:
-            raise ValueError(f"{value!r} is unknown; it must be one of {', '.join(GUIDE_FORMS)}")
-        return value
+        return one_of(value, GUIDE_FORMS)
 
 
 class TGAConfig(BaseModel):
