@@ -54,7 +54,7 @@ class CallContext:
     def pre_hook(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         mask = kwargs.get("attention_mask")
         self.attention_mask = mask if isinstance(mask, torch.Tensor) and mask.dim() == 2 else None
-        cache = kwargs.get("cache", kwargs.get("past_key_values"))  # transformers 5 names it ``cache``
+        cache: Any = kwargs.get("cache", kwargs.get("past_key_values"))  # transformers 5 names it ``cache``
         self.cached = int(cache.get_seq_length()) if hasattr(cache, "get_seq_length") else None
         self.calls += 1
 
