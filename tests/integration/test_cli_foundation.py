@@ -149,7 +149,7 @@ def test_readme_cli_tour_commands_parse_into_valid_configs(monkeypatch):
     assert len(calls) == len(commands)
     cmrm = by_name["run_cmrm_eval"]
     assert (cmrm.cmrm, cmrm.apply.alpha, cmrm.image_setting.value) == ("vec.safetensors", 1.0, "noise")
-    assert by_name["run_calibrate"].corrupt == "noise"
+    assert by_name["run_calibrate"].corrupt == "blank"  # the paper preset's img′ (the README names none)
     sweep = by_name["run_sweep"]
     assert (sweep.safety, sweep.over_refusal, sweep.max_new_tokens) == (
         ["strongreject"],
