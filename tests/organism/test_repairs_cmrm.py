@@ -32,6 +32,14 @@ def test_choose_feasible_highest_harmful():
     assert got["name"] == "c" and got["within_limits"] is True
 
 
+def test_choose_skips_points_whose_refusal_was_not_measured():
+    broken = {"name": "blank", "harmful_refusal": 0.0, "benign_refusal": None, "utility": 0.0}  # unreadable replies
+    fine = {"name": "a", "harmful_refusal": 0.2, "benign_refusal": 0.1, "utility": 0.5}
+    assert select.choose([broken, fine], REF)["name"] == "a"
+    with pytest.raises(ValueError, match="no candidate setting has measured refusal rates"):
+        select.choose([broken], REF)
+
+
 def test_choose_ties_keep_first_and_limits_are_inclusive():
     pts = [_pt("a", 0.6, 0.15, 0.15), _pt("b", 0.6, 0.05, 0.2)]  # a sits exactly on both limits
     assert select.choose(pts, REF)["name"] == "a"

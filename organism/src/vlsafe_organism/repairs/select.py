@@ -7,7 +7,9 @@ same for every repair (:func:`choose`): among the candidates whose benign refusa
 ``max_benign_rise`` over the unrepaired VL model and whose VQA accuracy drops at most ``max_utility_drop``,
 the one with the highest harmful refusal (ties: the earlier candidate, i.e. the gentler setting when the grid
 is ordered that way). When no candidate meets both limits, the one with the best
-``harmful - benign rise - utility drop`` is chosen and marked ``within_limits = False``.
+``harmful - benign rise - utility drop`` is chosen and marked ``within_limits = False``. A candidate whose
+harmful or benign refusal could not be measured (no reply the judge could read, e.g. a setting that breaks the
+text into blanks) is never chosen.
 """
 
 from __future__ import annotations
@@ -57,10 +59,13 @@ def choose(
         max_utility_drop: Largest allowed drop of VQA accuracy.
 
     Raises:
-        ValueError: No candidates.
+        ValueError: No candidates, or none with measured refusal rates.
     """
     if not points:
         raise ValueError("no candidate settings to choose from")
+    points = [p for p in points if p["harmful_refusal"] is not None and p["benign_refusal"] is not None]
+    if not points:
+        raise ValueError("no candidate setting has measured refusal rates (the judge could read none of its replies)")
 
     def rise(p: dict[str, Any]) -> float:
         return float(p["benign_refusal"]) - float(reference["benign_refusal"])
