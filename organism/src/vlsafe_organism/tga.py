@@ -12,20 +12,61 @@ tower runs every step (frozen) instead of caching its features.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import torch
+from PIL import Image
+
+from vlsafe.data.retrieval import EmbeddingIndex
 from vlsafe.data.scenes import make_example, vqa_prompt
 from vlsafe.methods.training.tga import GuideConfig, RetrievalConfig, TGAConfig, run_tga
 from vlsafe_organism.base import load_base_vision
 from vlsafe_organism.recipe import OrganismRecipe
 from vlsafe_organism.registry import build_system
 from vlsafe_organism.vl_train import VLConfig
-from vlsafe_organism.wiring import save_vlm, wire_llava
+from vlsafe_organism.wiring import make_image_processor, save_vlm, wire_llava
 
 if TYPE_CHECKING:
     from vlsafe_organism.recipe import OrganismRecipe
     from vlsafe_organism.vl_train import VLConfig
+
+
+def pooled_vision_embedder(vision: Any, processor: Any, feature_layer: int) -> Callable[[list[Any]], torch.Tensor]:
+    """``images -> [n, d]``: the frozen vision tower's patch states at ``hidden_states[feature_layer]`` (the
+    layer the organism's projector reads), CLS dropped, averaged over the patches. Images are PIL images or
+    paths."""
+
+    @torch.no_grad()
+    def embed(images: list[Any]) -> torch.Tensor:
+        pil = [Image.open(x).convert("RGB") if isinstance(x, (str, Path)) else x.convert("RGB") for x in images]
+        out = []
+        for i in range(0, len(pil), 32):
+            pix = processor(pil[i : i + 32], return_tensors="pt")["pixel_values"]
+            states = vision(pix, output_hidden_states=True).hidden_states[feature_layer][:, 1:]
+            out.append(states.mean(1))
+        return torch.cat(out)
+
+    return embed
+
+
+def vision_retriever(
+    images: Sequence[Any],
+    captions: Sequence[str],
+    embed: Callable[[list[Any]], torch.Tensor] | None = None,
+    *,
+    size: int = 84,
+    feature_layer: int = 8,
+    cache_dir: str | Path | None = None,
+) -> EmbeddingIndex:
+    """The organism's image-to-text retriever (TGA retrieves "the texts related to the input vision"): the
+    training images nearest to a query image by the frozen vision tower's pooled features
+    (:func:`pooled_vision_embedder`; default: the organism's DINOv2 at ``size`` px and ``feature_layer``) return
+    their captions. The same retriever serves training and evaluation."""
+    if embed is None:
+        embed = pooled_vision_embedder(load_base_vision(cache_dir).eval(), make_image_processor(size), feature_layer)
+    return EmbeddingIndex(embed(list(images)), captions, embed_image=embed)
 
 
 def write_organism_tga_data(out_dir: str | Path, n_images: int = 400, seed: int = 0) -> tuple[Path, Path]:
