@@ -42,8 +42,9 @@ class CallContext:
     A forward pre-hook on the outer model records the 2-D ``attention_mask`` it was called with
     (``generate`` passes the growing mask at every decode step) and how many positions its KV cache already
     holds. Layer hooks use them to leave pad positions alone and to tell prefill from decode steps: a call
-    whose cache is non-empty is a decode step; without a cache object, hidden length == mask length is a
-    prefill. (``generate`` passes no mask for an unpadded batch, so the mask alone cannot tell.)
+    with a non-empty cache and one new position is a decode step (a longer call on a cache continues the
+    prompt); without a cache object, hidden length == mask length is a prefill. (``generate`` passes no mask
+    for an unpadded batch, so the mask alone cannot tell.)
     """
 
     def __init__(self) -> None:
@@ -71,7 +72,7 @@ class CallContext:
     def is_prefill(self, hidden: torch.Tensor) -> bool:
         """True when ``hidden`` spans the whole sequence of the current call (no KV cache used)."""
         if self.cached is not None:
-            return self.cached == 0
+            return self.cached == 0 or hidden.shape[1] > 1
         mask = self.attention_mask
         if mask is None:
             return True

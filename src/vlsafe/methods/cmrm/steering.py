@@ -12,8 +12,7 @@ the positions of :data:`STEER_POSITIONS`:
 
 ``when`` (:data:`WHEN`): ``prefill`` steers the prompt pass only; ``every`` also each decoded token (there every
 mode steers the new token). A call is a decode step when the model is called with a non-empty KV cache and one
-new position (``generate`` passes no attention mask for an unpadded batch, so the mask's length cannot tell);
-any other call is part of the prompt.
+new position (:meth:`vlsafe.hooks.plumbing.CallContext.is_prefill`); any other call is part of the prompt.
 """
 
 from __future__ import annotations
@@ -79,7 +78,6 @@ class SteerHooks:
         self.prepared: SteeringVector | None = None  # what steer_hooks prepared (the vector actually added)
         self._steers: dict[int, LayerSteer] = {}
         self._ctx = CallContext()
-        self._decoding = False
         self._registration: Any = None
 
     def set_vector(self, vector: SteeringVector | None) -> None:
@@ -133,20 +131,12 @@ class SteerHooks:
             mask = torch.cat([mask, mask.new_zeros((b, t - mask.shape[1]))], dim=1)
         return mask.to(hidden.device)
 
-    def _pre_call(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-        ids = kwargs.get("input_ids", args[0] if args else None)
-        embeds = kwargs.get("inputs_embeds")
-        width = ids.shape[1] if ids is not None else (embeds.shape[1] if embeds is not None else 0)
-        cache: Any = kwargs.get("cache", kwargs.get("past_key_values"))
-        seen = int(cache.get_seq_length()) if hasattr(cache, "get_seq_length") else 0
-        self._decoding = seen > 0 and width == 1
-
     def _hook(self, layer: int):  # noqa: ANN202 - forward hook closure
         def hook(module: nn.Module, args: Any, output: Any) -> Any:
             steer = self._steers.get(layer)
             if self.busy or steer is None:
                 return None
-            if self._decoding:
+            if not self._ctx.is_prefill(hidden_from_output(output)):
                 if self.when == "prefill":
                     return None
                 steer.positions = "all"  # the new token, whatever the prompt's positions were
@@ -163,7 +153,6 @@ class SteerHooks:
             raise ConfigError("these CMRM hooks are already registered")
         handles = [
             outer_pre_hook(self.bundle.model, self._ctx),
-            self.bundle.model.register_forward_pre_hook(self._pre_call, with_kwargs=True),
         ]
         for layer in self.layers:
             # prepend: run before observers, so recorders and output_hidden_states see the steered state
