@@ -207,3 +207,32 @@ def test_control_offset_before_the_last_layer_accumulates_under_every_layer_stee
     assert _close(every[0], target[0])
     miss = float((every[1] - target[1]).norm(dim=-1).mean())
     assert miss > 0.5 * float(planted.offset.norm()), miss
+
+
+@pytest.mark.parametrize("family", ["llava", "qwen2_vl"])
+def test_own_image_control_function_passes_on_a_real_wiring_and_fails_on_a_wrong_one(tiny_bundle, family, monkeypatch):
+    from vlsafe.methods.cmrm import controls
+
+    bundle = tiny_bundle(family)
+    results = controls.own_image_control(bundle, QUERIES, _images())
+    assert [r.layer for r in results] == [0, bundle.num_layers // 2, bundle.num_layers - 1]
+    assert all(r.ok and r.image_shift > 1e-3 and r.residual <= 1e-4 * max(1.0, r.scale) for r in results)
+    assert results[0].as_dict()["layer"] == 0
+
+    class HalfWay(SampleLevelCMRM):  # a wiring that moves only half of the way: the control must catch it
+        def __init__(self, bundle, alpha, **kw):
+            super().__init__(bundle, alpha / 2, **kw)
+
+    monkeypatch.setattr(controls, "SampleLevelCMRM", HalfWay)
+    assert not any(r.ok for r in controls.own_image_control(bundle, QUERIES, _images()))
+
+
+def test_own_image_control_refuses_bad_inputs(tiny_bundle):
+    from vlsafe.core.errors import InputError
+    from vlsafe.methods.cmrm import own_image_control
+
+    bundle = tiny_bundle("llava")
+    with pytest.raises(InputError, match="one image per query"):
+        own_image_control(bundle, QUERIES, _images()[:2])
+    with pytest.raises(InputError, match=r"layers \[99\]"):
+        own_image_control(bundle, QUERIES, _images(), layers=[0, 99])

@@ -147,6 +147,25 @@ def test_repair_metrics_and_targets() -> None:
     assert "target" not in by["vl+sft"] and by["vl+sft"]["image_dsr"] is None
 
 
+def test_cmrm_rows_are_read_against_their_start_and_its_ceiling() -> None:
+    """A ``vlm+`` row is measured against ``vlm`` (its gap and ceiling: the safe LLM's text refusal, since vlm's
+    language model is the safe LLM's); a ``vl+cmrm`` row against ``vl``, whose own text-only state refuses far
+    less than the safe LLM: CMRM's premise is absent there and its target is not applicable."""
+    rows, repairs = _rows()
+    rows += [_row("vl", "none", 3, 0, None), _row("vlm", "synthetic", 2, 0, 0.1), _row("vlm", "typographic", 0, 0, 0.1)]
+    repairs += [_row("vlm+cmrm-sample", "synthetic", 8, 1, 0.1), _row("vlm+cmrm-sample", "typographic", 4, 0, 0.1)]
+    by = {m["system"]: m for m in repair_metrics(rows, repairs)}
+    vlm = by["vlm+cmrm-sample"]
+    assert vlm["start"] == "vlm" and vlm["ceiling"] == pytest.approx(0.9)
+    assert vlm["gap"] == pytest.approx(6 / 7) == vlm["ceiling_gap"]
+    assert vlm["benign_rise"] == pytest.approx(0.1) and vlm["vl_image_dsr"] == pytest.approx(0.0)
+    assert vlm["target_met"] is True
+    vl = by["vl+cmrm-dataset"]
+    assert vl["ceiling"] == pytest.approx(0.3) and vl["ceiling_gap"] == pytest.approx(7 / 2)
+    assert vl["target_met"] is None and "premise is absent" in vl["target"]
+    assert by["vl+tga"]["ceiling"] == pytest.approx(0.3)
+
+
 def test_report_has_a_repairs_section(tmp_path: Path) -> None:
     from vlsafe_organism.report import write_report
 

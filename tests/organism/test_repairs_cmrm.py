@@ -112,7 +112,7 @@ def _fake_sweep(calls: list, dirs: list):
         assert (config.safety, config.over_refusal, config.utility) == (
             ["organism:harmful_val"], ["organism:benign_val"], ["organism:vqa_val"])  # fmt: skip
         assert config.image_setting.value == "provided" and config.role_max_new_tokens == {"utility": 6}
-        assert config.role_limit == {"safety": 20, "over_refusal": 20, "utility": 32}
+        assert config.role_limit == {"safety": 40, "over_refusal": 40, "utility": 48}
         dirs.append(Path(out_dir))
         rows = []
         for a in config.alphas:
@@ -136,7 +136,7 @@ def test_select_sweeps_each_option_set_with_the_library_and_chooses(tiny_bundle,
     monkeypatch.setattr(rc, "run_sweep", _fake_sweep(calls, dirs))
     out = tmp_path / "sel.json"
     kw = {"dataset_grid": GRID_D, "sample_grid": GRID_S, "bundle": bundle, "anchors": _tiny_anchors(),
-          "work_dir": tmp_path / "work"}  # fmt: skip
+          "work_dir": tmp_path / "work", "prune": False}  # fmt: skip
     data = rc.select_cmrm(out, figure=tmp_path / "sel.png", **kw)
     assert calls == [("vl", 0.0)] + [("vl+cmrm-dataset", a) for a in (0.5, 1.0, 1.5, 1.0)] + [
         ("vl+cmrm-sample", a) for a in (0.5, 2.0)
@@ -160,6 +160,93 @@ def test_select_sweeps_each_option_set_with_the_library_and_chooses(tiny_bundle,
     calls.clear()
     rc.select_cmrm(out, **{**kw, "anchors": _tiny_anchors()[:3]})
     assert calls[0] == ("vl", 0.0) and not set(dirs[6:8]) & set(dirs[:3])
+
+
+def _resuming_sweep(calls: list, metrics):
+    """The library sweep with ``metrics(config, alpha) -> (harmful, benign, utility)``; like the real one it
+    re-reads the alphas an output folder already holds, so only new alphas are recorded in ``calls``."""
+    held: dict[Path, set] = {}
+
+    def fake(config, out_dir, *, bundle=None, progress=True) -> dict:
+        seen = held.setdefault(Path(out_dir), set())
+        rows = []
+        for a in config.alphas:
+            if a not in seen:
+                calls.append((config.apply.layers, config.apply.positions, a))
+                seen.add(a)
+            for role, value in zip(("safety", "over_refusal", "utility"), metrics(config, a), strict=True):
+                rows.append({"alpha": a, "role": role, "value": value, "n": 40})
+        return {"rows": rows}
+
+    return fake
+
+
+def test_select_prunes_broken_curves_and_refines_promising_ones(tiny_bundle, tmp_path: Path, monkeypatch):
+    """The paper grid's rule: coarse alphas gentlest first, a curve stops at its first broken point, a curve
+    with a promising point gets the paper's 0.1 steps below its first broken alpha, and 1.5 / 2.0 when its
+    best point is at 1.0."""
+
+    def metrics(config, a):
+        layers = config.apply.layers
+        if layers == [0]:  # never better than no CMRM, never broken: measured at the coarse alphas only
+            return 0.2, 0.05, 0.2
+        if layers == "middle":  # promising and best at alpha 1.0: refined beyond 1.0
+            return min(1.0, 0.2 + 0.3 * a), 0.05, 0.2
+        if a >= 0.8 - 1e-9:  # breaks from 0.8: no refusal, no VQA
+            return 0.0, 0.0, 0.0
+        return 0.2 + 0.3 * a, 0.05 + 0.1 * a, 0.2 - 0.03 * a
+
+    calls: list = []
+    monkeypatch.setattr(select, "val_point", _fake_val_point([]))
+    monkeypatch.setattr(rc, "run_sweep", _resuming_sweep(calls, metrics))
+    grid = [({"layers": "all", "delta": True}, [0.1, 0.5, 1.0]), ({"layers": [0], "delta": False}, [1.0, 0.1, 0.5]),
+            ({"layers": "middle", "delta": True}, [0.1, 0.5, 1.0])]  # fmt: skip
+    data = rc.select_cmrm(tmp_path / "sel.json", dataset_grid=grid, sample_grid=[], bundle=tiny_bundle("llava"),
+                          anchors=_tiny_anchors(), work_dir=tmp_path / "work")  # fmt: skip
+    by: dict = {}
+    for layers, _, a in calls:
+        by.setdefault(str(layers), []).append(a)
+    assert by["all"] == [0.1, 0.5, 1.0, 0.2, 0.3, 0.4, 0.6, 0.7, 0.8]  # 0.9 lies above the broken 0.8
+    assert by["[0]"] == [0.1, 0.5, 1.0]
+    assert by["middle"] == [0.1, 0.5, 1.0, 0.2, 0.3, 0.4, 0.6, 0.7, 0.8, 0.9, 1.5, 2.0]
+    assert len(data["dataset"]["points"]) == 9 + 3 + 12 and data["sample"]["chosen"] is None
+    chosen = data["dataset"]["chosen"]
+    assert (chosen["choice"]["layers"], chosen["choice"]["alpha"]) == ("middle", 2.0) and chosen["within_limits"]
+    ref = data["reference"]
+    assert rc.broken({"harmful_refusal": None, "benign_refusal": 0.0, "utility": 0.2}, ref)
+    assert not rc.broken({"harmful_refusal": 0.2, "benign_refusal": 0.0, "utility": 0.0}, {**ref, "utility": 0.0})
+    assert not rc.promising({"harmful_refusal": 0.9, "benign_refusal": 0.2, "utility": 0.2}, ref)  # benign +0.15
+    # a rerun measures nothing new
+    calls.clear()
+    again = rc.select_cmrm(tmp_path / "sel.json", dataset_grid=grid, sample_grid=[], bundle=tiny_bundle("llava"),
+                           anchors=_tiny_anchors(), work_dir=tmp_path / "work")  # fmt: skip
+    assert calls == [] and again["dataset"]["chosen"]["key"] == chosen["key"]
+
+
+def test_paper_grids_move_one_axis_at_a_time_from_the_two_forms():
+    grid = [options for options, _ in rc.PAPER_DATASET_GRID]
+    assert grid[0] == rc.PAPER_BASE and rc.LAST_BASE in grid
+    assert len(grid) == len({json.dumps(o, sort_keys=True) for o in grid}) == 18
+    for options in grid:  # each option set differs from one of the two forms on a single axis
+        moved = [sum(options.get(k) != base.get(k) for k in ("corrupt", "positions", "prefill_only"))
+                 + (options["layers"] != base["layers"] or options["delta"] != base["delta"])
+                 for base in (rc.PAPER_BASE, rc.LAST_BASE)]  # fmt: skip
+        assert min(moved) <= 1
+    assert all(alphas == rc.COARSE_ALPHAS for _, alphas in rc.PAPER_DATASET_GRID)
+    assert {o["positions"] for o in grid} == {"all", "last", "text"}
+    assert [o for o, _ in rc.PAPER_SAMPLE_GRID][0] == rc.PAPER_BASE and len(rc.PAPER_SAMPLE_GRID) == 5
+    for options, _ in rc.PAPER_DATASET_GRID:  # every option set is a valid choice
+        rc.CMRMChoice(level="dataset", alpha=0.1, **options)
+
+
+def test_cmrm_systems_are_named_after_the_system_of_the_selection(tiny_bundle):
+    bundle = tiny_bundle("llava")
+    selection = {"system": "vlm", "sample": _selection(1.0, [])["sample"]}
+    (system,) = rc.cmrm_systems(selection, bundle=bundle, levels=("sample",))
+    assert system.name == "vlm+cmrm-sample"
+    assert rc.system_names("vl") == {"dataset": "vl+cmrm-dataset", "sample": "vl+cmrm-sample"}
+    with pytest.raises(ValueError, match="vl-full"):
+        rc.system_names("vl-full")
 
 
 def test_select_runs_the_real_sweep_on_the_organism_benchmark(tiny_bundle, tmp_path: Path):
@@ -296,3 +383,29 @@ def test_dataset_system_calibrates_only_its_steered_layers_and_steers_as_the_ful
     got, out = _greedy(bundle, system, images)
     want, want_out = _greedy(bundle, reference, images)
     assert torch.equal(got, want) and torch.equal(out, want_out)
+
+
+def test_each_cmrm_selection_file_gives_its_systems_rows_and_report_section(tmp_path: Path):
+    from vlsafe_organism.artifacts import MANIFEST
+    from vlsafe_organism.registry import DEPENDS
+    from vlsafe_organism.repairs.systems import dependencies, repair_loaders
+    from vlsafe_organism.report_selection import selection_sections
+
+    def point(alpha: float, harmful: float) -> dict:
+        choice = rc.CMRMChoice(level="sample", alpha=alpha, **rc.LAST_BASE)
+        return {"key": choice.key(), "label": choice.options_label(), "choice": choice.model_dump(),
+                "harmful_refusal": harmful, "benign_refusal": 0.0, "utility": 0.0}  # fmt: skip
+
+    reference = {"harmful_refusal": 0.1, "benign_refusal": 0.0, "utility": 0.0}
+    vlm = {"system": "vlm", "reference": reference, "val": {"n_prompts": 40, "n_vqa": 48}, "anchors": {"n": 64},
+           "prune": True, "dataset": {"points": [], "chosen": None},
+           "sample": {"points": [point(0.1, 0.3), point(0.5, 0.6)], "chosen": point(0.5, 0.6)}}  # fmt: skip
+    (tmp_path / rc.SELECTION_FILES["vlm"]).write_text(json.dumps(vlm))
+    (tmp_path / MANIFEST).write_text("{}")
+    names = [name for name, _ in repair_loaders(None, tmp_path, tmp_path / "work")]
+    assert names == ["vlm+cmrm-dataset", "vlm+cmrm-sample"]  # no vl selection, no trained repairs here
+    assert dependencies("vlm+cmrm-sample") == (DEPENDS["vlm"], ("cmrm_vlm_selection.json",))
+    assert dependencies("vl+cmrm-dataset") == (DEPENDS["vl"], ("cmrm_selection.json",))
+    (section,) = selection_sections(tmp_path / "fig", tmp_path)
+    assert "`vlm`" in section.title and "organism:vlm" in section.text and "Pruned by measurement" in section.text
+    assert (tmp_path / "fig" / "cmrm_vlm_selection.png").read_bytes()[:4] == b"\x89PNG"

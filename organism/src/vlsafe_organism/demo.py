@@ -13,7 +13,8 @@
    rendered as typography); with ``repair_toxic``, also on the toxic column (off by default: it does not fit
    the demo's 10-minute budget, BENCHMARKS.md).
 3. **Analysis.** Representation shift, refusal direction, safety layers and per-layer weight changes
-   (:mod:`vlsafe_organism.demo_analysis`).
+   (:mod:`vlsafe_organism.demo_analysis`); with CMRM rows, CMRM's own-image positive control on ``vlm`` and
+   ``vl`` (:mod:`vlsafe_organism.demo_controls`).
 4. Write ``results.json``, ``report.md``, ``report.html`` (self-contained) and the figures.
 
 Each system's rows are saved to ``rows/<system>.json`` as soon as they are measured, keyed by everything they
@@ -43,6 +44,7 @@ from vlsafe.models import bundle_from_model
 from vlsafe_organism.artifacts import read_manifest
 from vlsafe_organism.base import ensure_base_weights
 from vlsafe_organism.demo_analysis import analysis_sections, default_weight_pairs, weight_sections
+from vlsafe_organism.demo_controls import cmrm_control_section
 from vlsafe_organism.evaluation import (
     IMAGE_SETTINGS,
     TWIN_SETTING,
@@ -426,6 +428,13 @@ def _analysis(
         headline.update(numbers)
     except Exception:
         logger.exception("demo: the weight-change section failed and is left out")
+    if any("+cmrm" in name for name in repaired):
+        try:
+            section, numbers = cmrm_control_section(cache_dir, art)
+            sections.append(section)
+            headline.update(numbers)
+        except Exception:
+            logger.exception("demo: the CMRM control section failed and is left out")
     return sections, headline
 
 

@@ -1,5 +1,6 @@
 """The demo report's "how the repair settings were chosen" sections, drawn from the committed selection files
-(``cmrm_selection.json``, ``merge_selection.json``): every validation point, the chosen one, and a figure."""
+(``cmrm_selection.json`` and ``cmrm_vlm_selection.json``, ``merge_selection.json``): every validation point, the
+chosen one, and a figure."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from typing import Any
 
 from vlsafe.report import figures
 from vlsafe.report.html import ReportFigure, ReportTable, Section
-from vlsafe_organism.repairs.cmrm import plot_selection
+from vlsafe_organism.repairs.cmrm import BEYOND_ALPHAS, COARSE_ALPHAS, SELECTION_FILES, plot_selection
 from vlsafe_organism.repairs.merge import selection_figure
 
 __all__ = ["selection_sections"]
@@ -45,9 +46,23 @@ def _dead(data: dict[str, Any]) -> str:
     )
 
 
+_PRUNE = (
+    "The grid moves one axis at a time (img′: blank, noise, the anchor's own image; layers: all, all with "
+    "per-layer increments, the middle band with increments, layer 10; positions: last, the query's text span, "
+    "all; prefill only or every decoded token) from two starting forms: the paper's (blank img′, every layer, "
+    "every position, every token) and the last-position form (own image, every layer with increments, last "
+    "position, every token). Pruned by measurement: each option set is measured at alpha {coarse} gentlest first "
+    "and stops at its first broken point (harmful refusal no higher than without CMRM while VQA falls by more "
+    "than the selection allows: the replies are no longer answers); every option set with a point at least 10 "
+    "points above the unsteered harmful refusal, benign refusal within the limit, is then measured at the "
+    "paper's steps 0.1 ... 1.0 (and {beyond} when its best point is at 1.0), up to its first broken alpha. "
+)
+
+
 def _cmrm(figdir: Path, data: dict[str, Any]) -> Section:
     ref = data["reference"]
-    rows = [{"level": "-", "options": "organism:vl, no CMRM", "alpha": "-", "harmful": _f(ref["harmful_refusal"]),
+    system = str(data.get("system", "vl"))
+    rows = [{"level": "-", "options": f"organism:{system}, no CMRM", "alpha": "-", "harmful": _f(ref["harmful_refusal"]),
              "benign": _f(ref["benign_refusal"]), "VQA": _f(ref["utility"]), "chosen": ""}]  # fmt: skip
     notes = []
     for level in ("dataset", "sample"):
@@ -63,17 +78,22 @@ def _cmrm(figdir: Path, data: dict[str, Any]) -> Section:
                 + _improves(chosen, ref)
             )
     val = data.get("val", {})
+    grid = _PRUNE.format(coarse=COARSE_ALPHAS, beyond=BEYOND_ALPHAS) if data.get("prune") else ""
     text = (
-        f"Validation split: {val.get('n_prompts', '?')} harmful + {val.get('n_prompts', '?')} benign prompts with a "
-        f"held-out synthetic image and {val.get('n_vqa', '?')} VQA questions; vectors calibrated on "
-        f"{data.get('anchors', {}).get('n', '?')} training anchors (text-only minus the anchor's own image). "
+        f"CMRM on `organism:{system}`. Validation split: {val.get('n_prompts', '?')} harmful + "
+        f"{val.get('n_prompts', '?')} benign prompts with a held-out synthetic image and {val.get('n_vqa', '?')} VQA "
+        f"questions; vectors calibrated on {data.get('anchors', {}).get('n', '?')} training anchors (the text-only "
+        "state minus the state with img′). "
+        + grid
         + _dead(data)
         + "Chosen: "
         + " ".join(notes)
     )
-    plot_selection(data, figdir / "cmrm_selection.png")
-    fig = ReportFigure.from_file(figdir / "cmrm_selection.png", "CMRM on the validation split against alpha")
-    return Section("How the CMRM settings were chosen", text, tables=[ReportTable(rows)], figures=[fig])
+    name = "cmrm_selection.png" if system == "vl" else f"cmrm_{system}_selection.png"
+    plot_selection(data, figdir / name)
+    fig = ReportFigure.from_file(figdir / name, f"CMRM on organism:{system}, validation split, against alpha")
+    return Section(f"How the CMRM settings were chosen on `{system}`", text, tables=[ReportTable(rows)],
+                   figures=[fig])  # fmt: skip
 
 
 def _merge(figdir: Path, data: dict[str, Any]) -> Section:
@@ -103,7 +123,7 @@ def _merge(figdir: Path, data: dict[str, Any]) -> Section:
 def selection_sections(figdir: Path, art_dir: Path) -> list[Section]:
     """The CMRM and merge selection sections (each left out when its file is absent)."""
     sections: list[Section] = []
-    for name, build in (("cmrm_selection.json", _cmrm), ("merge_selection.json", _merge)):
+    for name, build in (*((f, _cmrm) for f in SELECTION_FILES.values()), ("merge_selection.json", _merge)):
         path = art_dir / name
         if path.is_file():
             sections.append(build(figdir, json.loads(path.read_text())))

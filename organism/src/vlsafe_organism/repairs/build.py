@@ -14,7 +14,8 @@ Recipes (the committed artefacts were built with exactly these):
   than the training on 2 CPU cores).
 
 Then the settings of the untrained repairs are chosen on the validation split and written beside the
-artefacts: :func:`vlsafe_organism.repairs.cmrm.select_cmrm` (``cmrm_selection.json``) and
+artefacts: :func:`vlsafe_organism.repairs.cmrm.select_cmrm` (``cmrm_selection.json`` for ``vl``,
+``cmrm_vlm_selection.json`` for ``vlm``) and
 :func:`vlsafe_organism.repairs.merge.select_merge` (``merge_selection.json``); both resume from their file.
 """
 
@@ -30,9 +31,9 @@ from vlsafe_organism.deltas import TRAINED_REPAIRS
 from vlsafe_organism.recipe import recipe_of_artifacts
 from vlsafe_organism.recipes import run_organism_baselines
 from vlsafe_organism.registry import resolve_organism
-from vlsafe_organism.repairs.cmrm import select_cmrm
+from vlsafe_organism.repairs.cmrm import SELECTION_FILES, select_cmrm
 from vlsafe_organism.repairs.merge import select_merge
-from vlsafe_organism.repairs.systems import CMRM_SELECTION, MERGE_SELECTION
+from vlsafe_organism.repairs.systems import MERGE_SELECTION
 from vlsafe_organism.repairs.trained import export_trained_repair
 from vlsafe_organism.stages import StageResult, run_stage, stage_root
 from vlsafe_organism.tga import run_tga_organism
@@ -99,6 +100,7 @@ def build_repairs(
         results.append(result)
     if selections:
 
-        select_cmrm(art_dir / CMRM_SELECTION, cache_dir, art_dir=art_dir)
+        for system, file in SELECTION_FILES.items():
+            select_cmrm(art_dir / file, cache_dir, system=system, art_dir=art_dir)
         select_merge(art_dir / MERGE_SELECTION, cache_dir, art_dir=art_dir)
     return results

@@ -2,11 +2,14 @@
 
 * :func:`cmrm_anchors` -- the calibration anchors: the organism's *training* prompts (half harmful, half
   benign) each with a benign synthetic *train*-split image (never a validation or evaluation item).
-* :func:`select_cmrm` -- calibrates a dataset-level vector on ``organism:vl`` over the anchors, sweeps a grid
-  of application options x alpha (and a smaller sample-level grid) on the validation split with the library's
-  :func:`vlsafe.methods.cmrm.run_sweep` (one resumable sweep per option set), picks one setting per level with
+* :func:`select_cmrm` -- calibrates a dataset-level vector on ``organism:vl`` or ``organism:vlm`` over the
+  anchors, sweeps a grid of application options x alpha (the paper grid: one axis at a time from the paper's
+  form and from the last-position form, pruned by measurement; a smaller sample-level grid) on the validation
+  split with the library's :func:`vlsafe.methods.cmrm.run_sweep` (one resumable sweep per option set), picks
+  one setting per level with
   :func:`~vlsafe_organism.repairs.select.choose` and writes the selection as JSON plus a figure.
-* :func:`cmrm_systems` -- the two chosen systems (``vl+cmrm-dataset``, ``vl+cmrm-sample``) for the demo.
+* :func:`cmrm_systems` -- the two chosen systems (``<system>+cmrm-dataset``, ``<system>+cmrm-sample``) for the
+  demo.
   The dataset-level vector is re-calibrated from the anchors (deterministic, a few seconds, no extra
   artefact to commit); its hash is checked against the one recorded at selection time.
 """
@@ -52,7 +55,10 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "DATASET_GRID",
+    "PAPER_DATASET_GRID",
+    "PAPER_SAMPLE_GRID",
     "SAMPLE_GRID",
+    "SELECTION_FILES",
     "CMRMChoice",
     "cmrm_anchors",
     "cmrm_intervention",
@@ -61,7 +67,20 @@ __all__ = [
     "select_cmrm",
 ]
 
-SYSTEM_NAMES = {"dataset": "vl+cmrm-dataset", "sample": "vl+cmrm-sample"}
+#: the VL systems CMRM is selected for, and the artefact file of each one's selection: ``vl`` (LoRA adaptation;
+#: the system the paper's premise needs only if it stays safe on text) and ``vlm`` (projector only: the safe
+#: LLM unchanged, so its text-only state is the safe LLM's -- the paper's situation exactly)
+SELECTION_FILES = {"vl": "cmrm_selection.json", "vlm": "cmrm_vlm_selection.json"}
+
+
+def system_names(system: str = "vl") -> dict[str, str]:
+    """The demo's CMRM system names on ``system``: ``{level: "<system>+cmrm-<level>"}``."""
+    if system not in SELECTION_FILES:
+        raise ValueError(f"system={system!r}: CMRM is selected for {sorted(SELECTION_FILES)}")
+    return {level: f"{system}+cmrm-{level}" for level in ("dataset", "sample")}
+
+
+SYSTEM_NAMES = system_names("vl")
 
 #: Dataset-level grid: (application options, alphas). Each option set's alphas go gentlest first.
 #: The committed selection was measured with the anchor's own image as img′ (``corrupt="image"``), named here
@@ -76,14 +95,56 @@ DATASET_GRID: list[tuple[dict[str, Any], list[float]]] = [
 SAMPLE_GRID: list[tuple[dict[str, Any], list[float]]] = [
     ({"layers": "middle", "delta": True, "corrupt": "image"}, [0.25]),
 ]
-#: Values a curve label leaves out besides the choice's defaults: those of the committed selection (its img′ was
-#: the anchor's own image), so its labels stay as recorded.
-_LABEL_BASE = {"norm_scale": False, "positions": "all", "prefill_only": False, "corrupt": "image",
-               "vector_positions": "last", "reduce": "mean"}  # fmt: skip
-#: Validation sizes of the sweep (harmful and benign prompts each, VQA questions): smaller than
-#: ``val_point``'s defaults because a point costs ~2 minutes of one loaded CPU core at these sizes.
-VAL_PROMPTS = 20
-VAL_VQA = 32
+#: Alphas every option set of the paper grid is measured at first (a curve stops at its first broken point:
+#: :func:`broken`)
+COARSE_ALPHAS = [0.1, 0.5, 1.0]
+#: The paper's alpha steps (0.1 to 1.0), measured for every option set with a promising coarse point
+#: (:func:`promising`), up to its first broken point
+FINE_ALPHAS = [round(0.1 * i, 1) for i in range(1, 11)]
+#: Alphas beyond the paper's range, measured when a refined curve's best point is its alpha 1.0
+BEYOND_ALPHAS = [1.5, 2.0]
+#: The paper's form (design notes; ``vlsafe.methods.cmrm.presets``): blank img′, every layer with the shift
+#: measured on the unsteered model, every position, the prompt and each decoded token.
+PAPER_BASE: dict[str, Any] = {"corrupt": "blank", "layers": "all", "delta": False, "positions": "all",
+                              "prefill_only": False}  # fmt: skip
+#: The best setting measured before the paper grid (on ``organism:vlm``): the last position only, every layer
+#: with per-layer increments, the anchor's own image.
+LAST_BASE: dict[str, Any] = {"corrupt": "image", "layers": "all", "delta": True, "positions": "last",
+                             "prefill_only": False}  # fmt: skip
+#: The axes of the paper grid: img′, layers (with or without per-layer increments; the single layer is the
+#: organism's earlier best single layer), positions, and when (every token or the prompt only)
+AXES: dict[str, list[dict[str, Any]]] = {
+    "corrupt": [{"corrupt": c} for c in ("blank", "noise", "image")],
+    "layers": [{"layers": "all", "delta": False}, {"layers": "all", "delta": True},
+               {"layers": "middle", "delta": True}, {"layers": [10], "delta": False}],
+    "positions": [{"positions": p} for p in ("last", "text", "all")],
+    "when": [{"prefill_only": False}, {"prefill_only": True}],
+}  # fmt: skip
+
+
+def axis_grid(bases: Sequence[dict[str, Any]], axes: dict[str, list[dict[str, Any]]],
+              alphas: Sequence[float] = COARSE_ALPHAS) -> list[tuple[dict[str, Any], list[float]]]:  # fmt: skip
+    """One axis at a time: each base, then each base with one axis moved to each of its other values
+    (duplicates dropped), every option set with ``alphas``."""
+    seen: list[dict[str, Any]] = []
+    for base in bases:
+        for variant in [base] + [{**base, **value} for values in axes.values() for value in values]:
+            if variant not in seen:
+                seen.append(variant)
+    return [(options, list(alphas)) for options in seen]
+
+
+#: The dataset-level paper grid: one axis at a time from :data:`PAPER_BASE` and from :data:`LAST_BASE`
+PAPER_DATASET_GRID = axis_grid([PAPER_BASE, LAST_BASE], AXES)
+#: The sample-level paper grid (two extra prefills per batch make a point dearer): the paper's form, and img′
+#: and when moved from :data:`LAST_BASE`
+PAPER_SAMPLE_GRID = axis_grid([PAPER_BASE], {}) + axis_grid(
+    [LAST_BASE], {"corrupt": AXES["corrupt"], "when": AXES["when"]}
+)
+#: Validation sizes of the sweep (harmful and benign prompts each, VQA questions): ``val_point``'s defaults; a
+#: point costs 35-60 s of one CPU core on the organism at these sizes.
+VAL_PROMPTS = 40
+VAL_VQA = 48
 #: generation length of the validation refusal probes
 VAL_TOKENS = 12
 
@@ -104,7 +165,7 @@ class CMRMChoice(BaseModel):
     layers: Literal["middle", "all"] | int | list[int] = "middle"
     delta: bool = True
     norm_scale: bool = False
-    positions: Literal["all", "last"] = "all"
+    positions: Literal["all", "last", "text"] = "all"
     prefill_only: bool = False
     corrupt: Literal["image", "blank", "noise", "mean"] = "blank"
     vector_positions: Literal["last", "text_mean"] = "last"
@@ -119,7 +180,7 @@ class CMRMChoice(BaseModel):
         d = self.model_dump(exclude={"alpha", "level"})
         parts = [f"layers={self.layers}", "delta" if self.delta else "no-delta"]
         default = CMRMChoice(level=self.level, alpha=0.0).model_dump(exclude={"alpha", "level"})
-        parts += [f"{k}={v}" for k, v in d.items() if k not in ("layers", "delta") and v not in (default[k], _LABEL_BASE[k])]
+        parts += [f"{k}={v}" for k, v in d.items() if k not in ("layers", "delta") and v != default[k]]
         return f"{self.level}: " + " ".join(parts)
 
     def apply_options(self) -> dict[str, Any]:
@@ -188,18 +249,18 @@ def cmrm_intervention(bundle: Any, choice: CMRMChoice, vector: Any = None) -> CM
     return CMRMIntervention(bundle, vector, choice.apply_options())
 
 
-def _load_bundle(cache_dir: str | Path | None, art_dir: Path | None = None) -> Any:
-    """``organism:vl`` of ``art_dir`` (default: the committed artefacts) as a bundle (``cache_dir``: the organism
-    cache, default ``$VLSAFE_CACHE/organism``)."""
-    return load_model(resolve_organism("organism:vl", cache_dir, art_dir))
+def _load_bundle(cache_dir: str | Path | None, art_dir: Path | None = None, system: str = "vl") -> Any:
+    """``organism:<system>`` of ``art_dir`` (default: the committed artefacts) as a bundle (``cache_dir``: the
+    organism cache, default ``$VLSAFE_CACHE/organism``)."""
+    return load_model(resolve_organism(f"organism:{system}", cache_dir, art_dir))
 
 
 def _sweep_config(level: str, options: dict[str, Any], alphas: Sequence[float], vector: Any, root: Path,
-                  n_prompts: int, n_vqa: int) -> SweepConfig:  # fmt: skip
+                  n_prompts: int, n_vqa: int, system: str = "vl") -> SweepConfig:  # fmt: skip
     """The library sweep of one option set of the grid over its alphas, on the validation split."""
     choice = CMRMChoice(level=level, alpha=float(alphas[0]), **options)  # type: ignore[arg-type]
     return SweepConfig(
-        model="organism:vl", cmrm=vector if level == "dataset" else "sample",
+        model=f"organism:{system}", cmrm=vector if level == "dataset" else "sample",
         apply=ApplyOptions(**choice.apply_options()), corrupt=choice.corrupt,
         vector_positions=choice.vector_positions, exclude_anchors=False, alphas=[float(a) for a in alphas],
         safety=[f"{BENCHMARK}:harmful_val"], over_refusal=[f"{BENCHMARK}:benign_val"],
@@ -225,12 +286,43 @@ def _points(level: str, options: dict[str, Any], rows: list[dict[str, Any]]) -> 
     return points
 
 
+def broken(point: dict[str, Any], reference: dict[str, Any]) -> bool:
+    """Whether a setting broke the text: its refusal could not be measured, or it refuses no more harmful
+    requests than the unsteered model while its VQA accuracy fell by more than the selection allows (the
+    replies are no longer answers; steering harder does not mend that, so a curve stops there)."""
+    if point["harmful_refusal"] is None or point["benign_refusal"] is None:
+        return True
+    drop = float(reference.get("utility") or 0.0) - float(point["utility"] or 0.0)
+    return point["harmful_refusal"] <= reference["harmful_refusal"] + 1e-9 and drop > select.MAX_UTILITY_DROP + 1e-9
+
+
+def promising(point: dict[str, Any], reference: dict[str, Any], gain: float = 0.10) -> bool:
+    """Whether a coarse point earns its curve the paper's fine alpha steps: harmful refusal at least ``gain``
+    above the unsteered model with benign refusal within the selection's limit."""
+    if point["harmful_refusal"] is None or point["benign_refusal"] is None:
+        return False
+    rise = point["benign_refusal"] - reference["benign_refusal"]
+    return point["harmful_refusal"] - reference["harmful_refusal"] >= gain - 1e-9 and rise <= select.MAX_BENIGN_RISE + 1e-9
+
+
+def _fine_alphas(points: list[dict[str, Any]], reference: dict[str, Any]) -> list[float]:
+    """The refinement of one promising curve: :data:`FINE_ALPHAS` (and :data:`BEYOND_ALPHAS` when its best
+    promising point is at alpha 1.0), none above its first broken alpha."""
+    stop = min((p["choice"]["alpha"] for p in points if broken(p, reference)), default=float("inf"))
+    good = [p for p in points if promising(p, reference)]
+    best = max(good, key=lambda p: p["harmful_refusal"])["choice"]["alpha"] if good else 0.0
+    extra = FINE_ALPHAS + (BEYOND_ALPHAS if best >= 1.0 - 1e-9 else [])
+    return [a for a in extra if a < stop]
+
+
 def select_cmrm(
     out: str | Path,
     cache_dir: str | Path | None = None,
     *,
-    dataset_grid: Sequence[tuple[dict[str, Any], Sequence[float]]] = DATASET_GRID,
-    sample_grid: Sequence[tuple[dict[str, Any], Sequence[float]]] = SAMPLE_GRID,
+    system: str = "vl",
+    dataset_grid: Sequence[tuple[dict[str, Any], Sequence[float]]] = PAPER_DATASET_GRID,
+    sample_grid: Sequence[tuple[dict[str, Any], Sequence[float]]] = PAPER_SAMPLE_GRID,
+    prune: bool = True,
     n_anchors: int = 64,
     figure: str | Path | None = None,
     bundle: Any = None,
@@ -246,64 +338,98 @@ def select_cmrm(
     Each ``(options, alphas)`` entry of a grid is one sweep (its runs under ``work_dir``, resumable: a rerun
     re-reads the finished runs); the benchmarks are the ``organism`` benchmark's ``harmful_val`` (safety),
     ``benign_val`` (over-refusal) and ``vqa_val`` (utility) splits, shown with their held-out renders. The JSON at
-    ``out`` is rewritten after every sweep.
+    ``out`` is rewritten after every alpha.
+
+    With ``prune`` (the paper grid's rule), a curve's alphas are measured gentlest first and the curve stops at
+    its first :func:`broken` point; after the grid, every curve with a :func:`promising` point is refined to the
+    paper's alpha steps (:func:`_fine_alphas`). Without it every listed alpha is measured.
 
     Args:
-        out: The selection JSON (``{"reference", "dataset", "sample", "anchors", "date"}``).
+        out: The selection JSON (``{"system", "reference", "dataset", "sample", "anchors", "date"}``).
         cache_dir: Organism cache (default ``$VLSAFE_CACHE``).
+        system: The organism system steered (a key of :data:`SELECTION_FILES`).
         dataset_grid: ``(options, alphas)`` pairs of dataset-level settings (options: :class:`CMRMChoice` fields).
         sample_grid: The same for sample level.
+        prune: Stop curves at broken points and refine promising ones (see above).
         n_anchors: Anchors for the dataset-level vector (:func:`cmrm_anchors`).
         figure: PNG path of the sweep figure (none when ``None``).
-        bundle: The VL model (default: ``organism:vl``); ``anchors``: override the anchor set (tests).
+        bundle: The VL model (default: ``organism:<system>``); ``anchors``: override the anchor set (tests).
         n_prompts: Validation harmful and benign prompts each per point; ``n_vqa``: validation VQA questions.
-        art_dir: The artefact directory whose ``vl`` system is swept (default: the committed one).
+        art_dir: The artefact directory whose system is swept (default: the committed one).
         work_dir: Folder of the sweeps' run directories (default: ``cmrm-sweep`` in the organism cache).
 
     Returns:
         The selection dict as written.
     """
     out = Path(out)
+    system_names(system)  # validates the system
     anchors = list(anchors) if anchors is not None else cmrm_anchors(n_anchors)
     info = _anchor_info(anchors, len(anchors))
-    work = Path(work_dir) if work_dir is not None else organism_cache_dir(cache_dir) / "cmrm-sweep"
+    work = Path(work_dir) if work_dir is not None else organism_cache_dir(cache_dir) / f"cmrm-sweep-{system}"
     root = data_dir(cache_dir)
-    bundle = bundle if bundle is not None else _load_bundle(cache_dir, art_dir)
+    bundle = bundle if bundle is not None else _load_bundle(cache_dir, art_dir, system)
     val = {"n_prompts": n_prompts, "n_vqa": n_vqa}
-    data: dict[str, Any] = {"anchors": info, "val": val, "selection_rule": {
+    data: dict[str, Any] = {"system": system, "anchors": info, "val": val, "prune": prune, "selection_rule": {
         "max_benign_rise": select.MAX_BENIGN_RISE, "max_utility_drop": select.MAX_UTILITY_DROP,
         "setting": select.VAL_SETTING}}  # fmt: skip
     prior = read_json(out, "CMRM selection") if out.is_file() else {}
-    if prior.get("reference") and prior.get("val") == val and prior.get("anchors", {}).get("hash") == info["hash"]:
+    same = prior.get("val") == val and prior.get("anchors", {}).get("hash") == info["hash"]
+    if prior.get("reference") and same and prior.get("system", "vl") == system:
         data["reference"] = prior["reference"]
     else:
         t0 = time.monotonic()
-        data["reference"] = {**select.val_point(EvalSystem("vl", bundle), n_prompts, n_vqa, VAL_TOKENS, cache_dir),
+        data["reference"] = {**select.val_point(EvalSystem(system, bundle), n_prompts, n_vqa, VAL_TOKENS, cache_dir),
                              "seconds": round(time.monotonic() - t0, 1)}  # fmt: skip
+    reference = data["reference"]
     vectors: dict[Any, Any] = {}
     for level, grid in (("dataset", dataset_grid), ("sample", sample_grid)):
         points: list[dict[str, Any]] = []
         data[level] = {"points": points, "chosen": None}
-        for options, alphas in grid:
+
+        def curve(options: dict[str, Any], alphas: Sequence[float], level: str = level,
+                  points: list[dict[str, Any]] = points) -> list[dict[str, Any]]:  # fmt: skip
+            """Measure one option set at ``alphas`` (gentlest first; with ``prune``, up to its first broken
+            point), adding its new points to ``points``; returns all of its points."""
             choice = CMRMChoice(level=level, alpha=float(alphas[0]), **options)  # type: ignore[arg-type]
             vec = _calibrated(bundle, anchors, choice, vectors, info) if level == "dataset" else None
-            config = _sweep_config(level, options, alphas, vec, root, n_prompts, n_vqa)
             name = hashlib.sha256(json.dumps([level, info["hash"], val, choice.model_dump(exclude={"alpha"})],
                                              sort_keys=True).encode()).hexdigest()[:12]  # fmt: skip
-            t1 = time.monotonic()
-            result = run_sweep(config, work / f"{level}-{name}", bundle=bundle, progress=False)
-            found = _points(level, options, result["rows"])
-            for point in found:
-                point["seconds"] = round((time.monotonic() - t1) / len(found), 1)
-                if vec is not None:
-                    point["vector_hash"] = vector_hash(vec)
-                    point["vector_norms"] = vector_norms(vec)
-                logger.info("cmrm %s alpha=%s: harmful %s benign %s utility %s", point["label"],
-                            point["choice"]["alpha"], point["harmful_refusal"], point["benign_refusal"],
-                            point["utility"])  # fmt: skip
-            points.extend(found)
-            data["date"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-            write_json_atomic(out, data, indent=1)
+            same = {k: v for k, v in choice.model_dump().items() if k != "alpha"}
+            mine = [p for p in points if {k: v for k, v in p["choice"].items() if k != "alpha"} == same]
+            done = {p["choice"]["alpha"] for p in mine}
+            steps = sorted(float(a) for a in alphas) if prune else [float(a) for a in alphas]
+            for alpha in steps:
+                if alpha in done:
+                    continue
+                if prune and any(broken(p, reference) and p["choice"]["alpha"] < alpha for p in mine):
+                    break
+                measured = sorted(done | {alpha}) if prune else [float(a) for a in alphas]
+                config = _sweep_config(level, options, measured, vec, root, n_prompts, n_vqa, system)
+                t1 = time.monotonic()
+                result = run_sweep(config, work / f"{level}-{name}", bundle=bundle, progress=False)
+                found = [p for p in _points(level, options, result["rows"]) if p["choice"]["alpha"] not in done]
+                for point in found:
+                    point["seconds"] = round((time.monotonic() - t1) / len(found), 1)
+                    if vec is not None:
+                        point["vector_hash"] = vector_hash(vec)
+                        point["vector_norms"] = vector_norms(vec)
+                    logger.info("cmrm %s %s alpha=%s: harmful %s benign %s utility %s", system, point["label"],
+                                point["choice"]["alpha"], point["harmful_refusal"], point["benign_refusal"],
+                                point["utility"])  # fmt: skip
+                mine += found
+                points.extend(found)
+                done |= {p["choice"]["alpha"] for p in found}
+                data["date"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+                write_json_atomic(out, data, indent=1)
+                if not prune:
+                    break
+            return mine
+
+        curves = [(options, curve(options, alphas)) for options, alphas in grid]
+        if prune:
+            for options, mine in curves:
+                if any(promising(p, reference) for p in mine):
+                    curve(options, _fine_alphas(mine, reference))
         if points:  # gentlest first within the grid order, so ties go to the smaller alpha
             order = sorted(range(len(points)), key=lambda i: (points[i]["choice"]["alpha"], i))
             data[level]["chosen"] = select.choose([points[i] for i in order], data["reference"])
@@ -334,7 +460,7 @@ def plot_selection(data: dict[str, Any], path: str | Path) -> Path:
             ax.plot([p["choice"]["alpha"] for p in pts], [p[m] for p in pts], marker="o", markersize=3,
                     label=label, linestyle="--" if label.startswith("sample") else "-")  # fmt: skip
         if ref.get(m) is not None:
-            ax.axhline(ref[m], color="black", linestyle=":", linewidth=1, label="organism:vl (no CMRM)")
+            ax.axhline(ref[m], color="black", linestyle=":", linewidth=1, label=f"organism:{data.get('system', 'vl')} (no CMRM)")
         ax.set_title(title)
         ax.set_xlabel("alpha")
         ax.set_ylim(-0.02, 1.02)
@@ -386,13 +512,16 @@ def cmrm_systems(
     levels: Sequence[str] = ("dataset", "sample"),
     art_dir: Path | None = None,
 ) -> list[EvalSystem]:
-    """The chosen CMRM systems on one shared ``organism:vl`` model: ``vl+cmrm-dataset``, ``vl+cmrm-sample``.
+    """The chosen CMRM systems on one shared model, ``organism:<system>`` of the selection (``system`` key, default
+    ``vl``): ``<system>+cmrm-dataset``, ``<system>+cmrm-sample``.
 
     The dataset-level vector is re-calibrated from the same anchors as at selection (deterministic) and checked
     against the selection's record (:func:`check_recalibrated`). ``levels`` picks the systems (only the dataset
     level needs the calibration). A level without a chosen setting is skipped.
     """
-    bundle = bundle if bundle is not None else _load_bundle(cache_dir, art_dir)
+    system = str(selection.get("system", "vl"))
+    names = system_names(system)
+    bundle = bundle if bundle is not None else _load_bundle(cache_dir, art_dir, system)
     systems = []
     for level in levels:
         chosen = (selection.get(level) or {}).get("chosen")
@@ -407,6 +536,6 @@ def cmrm_systems(
             steered = resolve_steer_layers(choice.layers, bundle.num_layers, range(bundle.num_layers))
             vec = _calibrated(bundle, these, choice, {}, _anchor_info(these, n), steered)
             check_recalibrated(chosen, vec)
-        systems.append(EvalSystem(SYSTEM_NAMES[level], bundle,
+        systems.append(EvalSystem(names[level], bundle,
                                   intervention=cmrm_intervention(bundle, choice, vec)))  # fmt: skip
     return systems

@@ -3,6 +3,9 @@
 =====================  =====================================================================================
 ``vl+cmrm-dataset``    ``organism:vl`` steered by a dataset-level CMRM vector (settings: ``cmrm_selection.json``)
 ``vl+cmrm-sample``     ``organism:vl`` with sample-level CMRM (vectors computed per input)
+``vlm+cmrm-dataset``   ``organism:vlm`` (projector only: the safe LLM unchanged) steered by a dataset-level
+                       CMRM vector (settings: ``cmrm_vlm_selection.json``)
+``vlm+cmrm-sample``    ``organism:vlm`` with sample-level CMRM
 ``vl+merge-whole``     the safe LLM merged into ``organism:vl`` over all layers (``merge_selection.json``)
 ``vl+merge-layers``    the same, restricted to a band of decoder layers
 ``vl+tga``             VL adaptation with TGA instead of plain CE (``tga_delta.safetensors``)
@@ -28,19 +31,21 @@ from vlsafe_organism.artifacts import read_manifest
 from vlsafe_organism.deltas import TRAINED_REPAIRS
 from vlsafe_organism.evaluation import EvalSystem
 from vlsafe_organism.registry import DEPENDS, build_system
-from vlsafe_organism.repairs.cmrm import SYSTEM_NAMES, cmrm_systems
+from vlsafe_organism.repairs.cmrm import SELECTION_FILES, cmrm_systems, system_names
 from vlsafe_organism.repairs.merge import merged_system
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["CMRM_SELECTION", "MERGE_SELECTION", "REPAIR_KIND", "dependencies", "repair_loaders"]
 
-CMRM_SELECTION = "cmrm_selection.json"
+CMRM_SELECTION = SELECTION_FILES["vl"]
 MERGE_SELECTION = "merge_selection.json"
 #: system name -> repair family (report grouping)
 REPAIR_KIND: dict[str, str] = {
     "vl+cmrm-dataset": "inference-time steering",
     "vl+cmrm-sample": "inference-time steering",
+    "vlm+cmrm-dataset": "inference-time steering",
+    "vlm+cmrm-sample": "inference-time steering",
     "vl+merge-whole": "weight merging",
     "vl+merge-layers": "weight merging",
     "vl+tga": "alignment training",
@@ -65,12 +70,13 @@ def repair_loaders(cache_dir: str | Path | None, art_dir: Path, work_dir: Path) 
         work_dir: Scratch directory for materialised merges.
     """
     out: list[tuple[str, Loader]] = []
-    cmrm = _read(art_dir / CMRM_SELECTION)
-    if cmrm is not None:
-        for name in ("vl+cmrm-dataset", "vl+cmrm-sample"):
-            out.append((name, _cmrm_loader(name, cmrm, cache_dir, art_dir)))
-    else:
-        logger.warning("no %s in %s: CMRM rows skipped", CMRM_SELECTION, art_dir)
+    for system, file in SELECTION_FILES.items():
+        cmrm = _read(art_dir / file)
+        if cmrm is not None:
+            for name in system_names(system).values():
+                out.append((name, _cmrm_loader(name, {"system": system, **cmrm}, cache_dir, art_dir)))
+        else:
+            logger.warning("no %s in %s: %s+cmrm rows skipped", file, art_dir, system)
     merge = _read(art_dir / MERGE_SELECTION)
     if merge is not None:
         for key in ("whole", "layers"):
@@ -94,7 +100,7 @@ def repair_loaders(cache_dir: str | Path | None, art_dir: Path, work_dir: Path) 
 
 def _cmrm_loader(name: str, selection: dict[str, Any], cache_dir: str | Path | None, art_dir: Path) -> Loader:
     def load() -> EvalSystem:
-        level = next(lv for lv, system in SYSTEM_NAMES.items() if system == name)
+        level = next(lv for lv, system in system_names(str(selection["system"])).items() if system == name)
         systems = {s.name: s for s in cmrm_systems(selection, cache_dir=cache_dir, levels=(level,), art_dir=art_dir)}
         return systems[name]
 
@@ -118,8 +124,9 @@ def _trained_loader(name: str, cache_dir: str | Path | None, art_dir: Path) -> L
 
 def dependencies(system: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """``(artefact files, selection files)`` that the rows of ``system`` depend on (for result caching)."""
-    if system.startswith("vl+cmrm"):
-        return DEPENDS["vl"], (CMRM_SELECTION,)
+    for start, file in SELECTION_FILES.items():
+        if system.startswith(f"{start}+cmrm"):
+            return DEPENDS[start], (file,)
     if system.startswith("vl+merge"):
         return tuple(dict.fromkeys((*DEPENDS["vl"], *DEPENDS["safe-llm"]))), (MERGE_SELECTION,)
     return DEPENDS[system], ()

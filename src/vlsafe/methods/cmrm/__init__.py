@@ -53,6 +53,7 @@ from vlsafe.methods.cmrm.calibrate import (
     variant_differences,
 )
 from vlsafe.methods.cmrm.config import CalibrateConfig, CMRMEvalConfig, CMRMSettings, VectorRef
+from vlsafe.methods.cmrm.controls import ControlResult, own_image_control
 from vlsafe.methods.cmrm.intervention import CMRMIntervention, vector_hash
 from vlsafe.methods.cmrm.presets import PRESET_NAMES, PRESETS, fill_preset, preset_alphas
 from vlsafe.methods.cmrm.run import anchor_ids_of, load_vector, run_calibrate, run_cmrm_eval
@@ -78,6 +79,7 @@ __all__ = [
     "STEER_POSITIONS",
     "WHEN",
     "ApplyOptions",
+    "ControlResult",
     "CMRMEvalConfig",
     "CMRMIntervention",
     "CMRMSettings",
@@ -109,6 +111,7 @@ __all__ = [
     "resolve_steer_layers",
     "run_calibrate",
     "run_cmrm_eval",
+    "own_image_control",
     "run_sweep",
     "steer_hooks",
     "variant_differences",
