@@ -408,4 +408,5 @@ def test_each_cmrm_selection_file_gives_its_systems_rows_and_report_section(tmp_
     assert dependencies("vl+cmrm-dataset") == (DEPENDS["vl"], ("cmrm_selection.json",))
     (section,) = selection_sections(tmp_path / "fig", tmp_path)
     assert "`vlm`" in section.title and "organism:vlm" in section.text and "Pruned by measurement" in section.text
+    assert "with VQA within its limit alone, 0.60 (`sample: layers=all delta positions=last corrupt=image`, alpha 0.5" in section.text
     assert (tmp_path / "fig" / "cmrm_vlm_selection.png").read_bytes()[:4] == b"\x89PNG"

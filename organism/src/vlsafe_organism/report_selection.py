@@ -46,6 +46,32 @@ def _dead(data: dict[str, Any]) -> str:
     )
 
 
+def _tradeoff(data: dict[str, Any]) -> str:
+    """What each of the selection's two limits costs: the best harmful refusal with only the benign limit, and
+    with only the VQA limit (the measured reason when no point is within both)."""
+    ref = data["reference"]
+    rule = data.get("selection_rule", {})
+    rise_max, drop_max = rule.get("max_benign_rise", 0.10), rule.get("max_utility_drop", 0.05)
+    points = [p for level in ("dataset", "sample") for p in (data.get(level) or {}).get("points", [])
+              if p["harmful_refusal"] is not None and p["benign_refusal"] is not None]  # fmt: skip
+
+    def best(ok: Any) -> dict[str, Any] | None:
+        return max((p for p in points if ok(p)), key=lambda p: p["harmful_refusal"], default=None)
+
+    def say(p: dict[str, Any] | None) -> str:
+        if p is None:
+            return "no point"
+        return (f"{_f(p['harmful_refusal'])} (`{p['label']}`, alpha {p['choice']['alpha']}: benign "
+                f"{_f(p['benign_refusal'])}, VQA {_f(p['utility'])})")  # fmt: skip
+
+    benign_ok = best(lambda p: p["benign_refusal"] - ref["benign_refusal"] <= rise_max + 1e-9)
+    vqa_ok = best(lambda p: (ref["utility"] or 0.0) - (p["utility"] or 0.0) <= drop_max + 1e-9)
+    return (
+        f"What each limit costs: with benign refusal within its limit alone, the best harmful refusal is "
+        f"{say(benign_ok)}; with VQA within its limit alone, {say(vqa_ok)} (no CMRM: {_f(ref['harmful_refusal'])}). "
+    )
+
+
 _PRUNE = (
     "The grid moves one axis at a time (img′: blank, noise, the anchor's own image; layers: all, all with "
     "per-layer increments, the middle band with increments, layer 10; positions: last, the query's text span, "
@@ -86,6 +112,7 @@ def _cmrm(figdir: Path, data: dict[str, Any]) -> Section:
         "state minus the state with img′). "
         + grid
         + _dead(data)
+        + _tradeoff(data)
         + "Chosen: "
         + " ".join(notes)
     )
