@@ -210,6 +210,7 @@ def test_select_prunes_broken_curves_and_refines_promising_ones(tiny_bundle, tmp
     assert by["[0]"] == [0.1, 0.5, 1.0]
     assert by["middle"] == [0.1, 0.5, 1.0, 0.2, 0.3, 0.4, 0.6, 0.7, 0.8, 0.9, 1.5, 2.0]
     assert len(data["dataset"]["points"]) == 9 + 3 + 12 and data["sample"]["chosen"] is None
+    assert data["grid"]["dataset"] == [o for o, _ in grid] and data["refined"] == ["dataset", "sample"]
     chosen = data["dataset"]["chosen"]
     assert (chosen["choice"]["layers"], chosen["choice"]["alpha"]) == ("middle", 2.0) and chosen["within_limits"]
     ref = data["reference"]
@@ -221,6 +222,17 @@ def test_select_prunes_broken_curves_and_refines_promising_ones(tiny_bundle, tmp
     again = rc.select_cmrm(tmp_path / "sel.json", dataset_grid=grid, sample_grid=[], bundle=tiny_bundle("llava"),
                            anchors=_tiny_anchors(), work_dir=tmp_path / "work")  # fmt: skip
     assert calls == [] and again["dataset"]["chosen"]["key"] == chosen["key"]
+
+
+def test_select_refines_only_the_levels_asked(tiny_bundle, tmp_path: Path, monkeypatch):
+    calls: list = []
+    monkeypatch.setattr(select, "val_point", _fake_val_point([]))
+    monkeypatch.setattr(rc, "run_sweep", _resuming_sweep(calls, lambda config, a: (0.2 + 0.3 * a, 0.05, 0.2)))
+    grid = [({"layers": "all", "delta": True}, [0.1, 0.5, 1.0])]
+    data = rc.select_cmrm(tmp_path / "sel.json", dataset_grid=grid, sample_grid=grid, refine=("dataset",),
+                          bundle=tiny_bundle("llava"), anchors=_tiny_anchors(), work_dir=tmp_path / "work")  # fmt: skip
+    assert len(data["dataset"]["points"]) == 12 and len(data["sample"]["points"]) == 3
+    assert data["refined"] == ["dataset"]
 
 
 def test_paper_grids_move_one_axis_at_a_time_from_the_two_forms():
@@ -398,7 +410,8 @@ def test_each_cmrm_selection_file_gives_its_systems_rows_and_report_section(tmp_
 
     reference = {"harmful_refusal": 0.1, "benign_refusal": 0.0, "utility": 0.0}
     vlm = {"system": "vlm", "reference": reference, "val": {"n_prompts": 40, "n_vqa": 48}, "anchors": {"n": 64},
-           "prune": True, "dataset": {"points": [], "chosen": None},
+           "prune": True, "grid": {"dataset": [], "sample": [rc.LAST_BASE]}, "refined": ["dataset"],
+           "dataset": {"points": [], "chosen": None},
            "sample": {"points": [point(0.1, 0.3), point(0.5, 0.6)], "chosen": point(0.5, 0.6)}}  # fmt: skip
     (tmp_path / rc.SELECTION_FILES["vlm"]).write_text(json.dumps(vlm))
     (tmp_path / MANIFEST).write_text("{}")
@@ -408,5 +421,6 @@ def test_each_cmrm_selection_file_gives_its_systems_rows_and_report_section(tmp_
     assert dependencies("vl+cmrm-dataset") == (DEPENDS["vl"], ("cmrm_selection.json",))
     (section,) = selection_sections(tmp_path / "fig", tmp_path)
     assert "`vlm`" in section.title and "organism:vlm" in section.text and "Pruned by measurement" in section.text
+    assert "Option sets: 0 at dataset level, 1 at sample level; refined: dataset " in section.text
     assert "with VQA within its limit alone, 0.60 (`sample: layers=all delta positions=last corrupt=image`, alpha 0.5" in section.text
     assert (tmp_path / "fig" / "cmrm_vlm_selection.png").read_bytes()[:4] == b"\x89PNG"

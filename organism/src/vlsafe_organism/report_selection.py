@@ -105,6 +105,14 @@ def _cmrm(figdir: Path, data: dict[str, Any]) -> Section:
             )
     val = data.get("val", {})
     grid = _PRUNE.format(coarse=COARSE_ALPHAS, beyond=BEYOND_ALPHAS) if data.get("prune") else ""
+    if data.get("grid"):
+        sizes = {lv: len(data["grid"].get(lv, [])) for lv in ("dataset", "sample")}
+        refined = data.get("refined", [])
+        grid += (
+            f"Option sets: {sizes['dataset']} at dataset level, {sizes['sample']} at sample level; refined: "
+            f"{', '.join(refined) if refined else 'none'} (a sample-level point costs about three dataset-level "
+            "ones on the CPU build). "
+        )
     text = (
         f"CMRM on `organism:{system}`. Validation split: {val.get('n_prompts', '?')} harmful + "
         f"{val.get('n_prompts', '?')} benign prompts with a held-out synthetic image and {val.get('n_vqa', '?')} VQA "

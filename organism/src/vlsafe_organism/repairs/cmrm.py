@@ -323,6 +323,7 @@ def select_cmrm(
     dataset_grid: Sequence[tuple[dict[str, Any], Sequence[float]]] = PAPER_DATASET_GRID,
     sample_grid: Sequence[tuple[dict[str, Any], Sequence[float]]] = PAPER_SAMPLE_GRID,
     prune: bool = True,
+    refine: Sequence[str] = ("dataset", "sample"),
     n_anchors: int = 64,
     figure: str | Path | None = None,
     bundle: Any = None,
@@ -351,6 +352,8 @@ def select_cmrm(
         dataset_grid: ``(options, alphas)`` pairs of dataset-level settings (options: :class:`CMRMChoice` fields).
         sample_grid: The same for sample level.
         prune: Stop curves at broken points and refine promising ones (see above).
+        refine: The levels whose promising curves are refined (with ``prune``); a sample-level point costs
+            about three times a dataset-level one.
         n_anchors: Anchors for the dataset-level vector (:func:`cmrm_anchors`).
         figure: PNG path of the sweep figure (none when ``None``).
         bundle: The VL model (default: ``organism:<system>``); ``anchors``: override the anchor set (tests).
@@ -369,7 +372,10 @@ def select_cmrm(
     root = data_dir(cache_dir)
     bundle = bundle if bundle is not None else _load_bundle(cache_dir, art_dir, system)
     val = {"n_prompts": n_prompts, "n_vqa": n_vqa}
-    data: dict[str, Any] = {"system": system, "anchors": info, "val": val, "prune": prune, "selection_rule": {
+    grids = {"dataset": [o for o, _ in dataset_grid], "sample": [o for o, _ in sample_grid]}
+    data: dict[str, Any] = {"system": system, "anchors": info, "val": val, "prune": prune, "grid": grids,
+                            "refined": [lv for lv in ("dataset", "sample") if prune and lv in refine],
+                            "selection_rule": {
         "max_benign_rise": select.MAX_BENIGN_RISE, "max_utility_drop": select.MAX_UTILITY_DROP,
         "setting": select.VAL_SETTING}}  # fmt: skip
     prior = read_json(out, "CMRM selection") if out.is_file() else {}
@@ -426,7 +432,7 @@ def select_cmrm(
             return mine
 
         curves = [(options, curve(options, alphas)) for options, alphas in grid]
-        if prune:
+        if prune and level in refine:
             for options, mine in curves:
                 if any(promising(p, reference) for p in mine):
                     curve(options, _fine_alphas(mine, reference))
