@@ -18,7 +18,9 @@ the 54 benign requests on the same renders, the 54 text twins (text only), 48 + 
 held-out benign synthetic image, 48 held-out VQA questions and the 100 pictogram naming questions. Systems:
 ``plain`` (no retrieval), ``tga`` (retrieval from the training images by the same features, in its training
 prompt, on every prompt that shows an image), and the ablations ``tga-no-retrieval`` and ``plain-retrieval``;
-``safe-llm`` answers the twins as the reference. For the retrieval systems, the share of harmful toxic samples
+``safe-llm`` answers the twins as the reference, and (measured after ``tga``) ``tga``'s harmful toxic prompts with
+the texts ``tga`` retrieved for them, text only (``retrieved_text_only``: the refusal the retrieved text alone
+carries, without the image). For the retrieval systems, the share of harmful toxic samples
 whose retrieved caption names the pictured object (and names any harmful object) is reported beside the rows.
 Nothing is tuned: every setting is fixed before measuring.
 
@@ -52,11 +54,21 @@ from _common import emit, environment
 from safetensors import safe_open
 
 from vlsafe.data.pictograms import OBJECTS
+from vlsafe.data.retrieval import retrieval_prompt
+from vlsafe.evals import run_eval
 from vlsafe.evals.rundir import RunDir
+from vlsafe.evals.sample import Sample, SampleKind
 from vlsafe.models import bundle_from_model, load_model
 from vlsafe_organism.artifacts import PACKAGE_ARTIFACTS
 from vlsafe_organism.demo import DEMO_TOKENS
-from vlsafe_organism.evaluation import TWIN_SETTING, EvalSystem, evaluate_system
+from vlsafe_organism.evaluation import (
+    BENCHMARK,
+    TWIN_SETTING,
+    EvalSystem,
+    data_dir,
+    evaluate_system,
+    setting_run,
+)
 from vlsafe_organism.recipe import OrganismRecipe, recipe_of_artifacts
 from vlsafe_organism.registry import build_system
 from vlsafe_organism.tga import organism_embedder, run_tga_organism, training_retriever
@@ -122,6 +134,21 @@ def _retrieval_names(run_dir: Path) -> dict[str, list[int]]:
                                                                         len(harmful)]}  # fmt: skip
 
 
+def _retrieved_text_only(bundle: Any, out: Path) -> list[int]:
+    """``[refused, n]``: the safe LLM asked ``tga``'s harmful toxic prompts with the texts ``tga`` retrieved for
+    them, text only (``"Retrieved Text: r. q"``, no image: the text both orders show without an image): how far
+    the retrieved text alone carries refusal."""
+    records = [r for r in RunDir(out / "eval" / "tga" / "toxic").records() if r["kind"] == "harmful"]
+    samples = [Sample(id=r["id"], benchmark=BENCHMARK, kind=SampleKind.HARMFUL, category=r["category"],
+                      text=retrieval_prompt(r["meta"]["instruction"], r["meta"]["retrieved"], "image_first"))
+               for r in records]  # fmt: skip
+    cfg = setting_run("none", "safe-llm", data_dir(), max_new_tokens=DEMO_TOKENS, shared_prefix=True)
+    results = run_eval(cfg, out / "eval" / "safe-llm" / "retrieved-text-only", bundle=bundle, samples=samples,
+                       progress=False)  # fmt: skip
+    rate = results["metrics"]["by_kind"]["harmful"]["refusal_rate"]
+    return [int(rate["k"]), len(samples)]
+
+
 def measure(out: Path, system: str, args: argparse.Namespace) -> dict[str, Any]:
     rows_file = out / "rows" / f"{system}.json"
     if rows_file.is_file():
@@ -130,10 +157,13 @@ def measure(out: Path, system: str, args: argparse.Namespace) -> dict[str, Any]:
     sizes: dict[str, Any] = QUICK if args.quick else {"n_harmful": 48, "n_benign": 48, "n_vqa": 48}
     if system == "safe-llm":
         model, tok = build_system("safe-llm", None, PACKAGE_ARTIFACTS)
-        sys_ = EvalSystem("safe-llm", bundle_from_model(model, tok, name="organism:safe-llm"))
+        bundle = bundle_from_model(model, tok, name="organism:safe-llm")
+        sys_ = EvalSystem("safe-llm", bundle)
         rows, _ = evaluate_system(sys_, [TWIN_SETTING], out / "eval" / system, max_new_tokens=DEMO_TOKENS,
                                   **{**sizes, "n_vqa": 0})  # fmt: skip
         result: dict[str, Any] = {"system": system, "rows": rows}
+        if (out / "eval" / "tga" / "toxic" / "samples.jsonl").is_file():
+            result["retrieved_text_only"] = _retrieved_text_only(bundle, out)
     else:
         arm, with_retrieval = SYSTEMS[system]
         model_dir = out / arm / "tga" / "model"
@@ -185,6 +215,8 @@ def report(out: Path) -> dict[str, Any]:
         data = json.loads(file.read_text())
         systems[data["system"]] = {**_figures(data["rows"]), "llm_unchanged": data.get("llm_unchanged"),
                                    "retrieval": data.get("retrieval"), "eval_seconds": data.get("seconds")}  # fmt: skip
+        if "retrieved_text_only" in data:
+            systems[data["system"]]["retrieved_text_only"] = data["retrieved_text_only"]
     targets: dict[str, Any] = {}
     plain, tga, safe = systems.get("plain"), systems.get("tga"), systems.get("safe-llm")
     if plain and tga:
