@@ -356,3 +356,61 @@ def test_retrieval_corpus_puts_retrieved_text_in_prompts(tiny_dir, tiny_bundle, 
     corpus.write_text("a different corpus\n")
     with pytest.raises(ConfigError, match="retrieval_corpus"):
         run_eval(cfg, tmp_path / "run", bundle=bundle, samples=samples, progress=False)
+
+
+class _FixedImageRetriever:
+    """An image-to-text retriever that returns one text and records the images it is queried with."""
+
+    fingerprint = "fixed-image-retriever-v1"
+
+    def __init__(self, text: str) -> None:
+        self.text, self.queried = text, []
+
+    def retrieve_image(self, image, k: int = 1, exclude: str | None = None) -> list[str]:
+        self.queried.append(image)
+        return [self.text]
+
+    def retrieve(self, query: str, k: int = 1, exclude: str | None = None) -> list[str]:
+        raise AssertionError("an image sample is retrieved by its image")
+
+
+@pytest.mark.parametrize("order", ["text_first", "image_first"])
+def test_a_retriever_object_shows_the_tga_training_prompt(tiny_dir, tiny_bundle, tmp_path, monkeypatch, order):
+    """``run_eval(..., retriever=...)``: each image sample is shown, character for character, the prompt TGA
+    training encodes for the same image, question and retrieved text."""
+    import vlsafe.evals.generation as generation
+    from vlsafe.methods.training import TGARecord, encode_tga_batch
+
+    bundle = tiny_bundle(FAMILY)
+    Image.new("RGB", (20, 20), (200, 30, 30)).save(tmp_path / "red.png")
+    question, retrieved = "What is the object in this picture?", "a red square on the left"
+    record = TGARecord(image=str(tmp_path / "red.png"), instruction=question, answer="A square.", caption="a square")
+    trained = encode_tga_batch(bundle, [record], retrieved=[retrieved], order=order).prompts[0]
+    shown: list[str] = []
+    real = generation.build_inputs
+
+    def spy(*args, **kwargs):
+        batch = real(*args, **kwargs)
+        shown.extend(batch.prompts)
+        return batch
+
+    monkeypatch.setattr(generation, "build_inputs", spy)
+    retriever = _FixedImageRetriever(retrieved)
+    sample = Sample(id="q0", benchmark="toy", text=question, kind="harmful", image="red.png", image_setting="provided")
+    cfg = _cfg(tiny_dir, data_dir=str(tmp_path), retrieval_order=order)
+    run_eval(cfg, tmp_path / "run", bundle=bundle, samples=[sample], progress=False, retriever=retriever)
+    assert shown == [trained]
+    assert len(retriever.queried) == 1 and retriever.queried[0].getpixel((0, 0)) == (200, 30, 30)
+    (rec,) = _lines(tmp_path / "run" / "samples.jsonl")
+    assert (rec["meta"]["retrieved"], rec["request"]) == (retrieved, question)  # the judge sees the request
+    fingerprint = json.loads((tmp_path / "run" / "run.json").read_text())["fingerprint"]
+    assert (fingerprint["retriever_object"], fingerprint["retrieval_order"]) == ("fixed-image-retriever-v1", order)
+    other = _FixedImageRetriever(retrieved)
+    other.fingerprint = "fixed-image-retriever-v2"
+    with pytest.raises(ConfigError, match="retriever"):  # a run is never resumed with another retriever
+        run_eval(cfg, tmp_path / "run", bundle=bundle, samples=[sample], progress=False, retriever=other)
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("a text\n")
+    both = _cfg(tiny_dir, data_dir=str(tmp_path), retrieval_corpus=str(corpus))
+    with pytest.raises(ConfigError, match="either a retriever or retrieval_corpus"):
+        run_eval(both, tmp_path / "run2", bundle=bundle, samples=[sample], progress=False, retriever=retriever)

@@ -21,7 +21,7 @@ from vlsafe.data.retrieval import (
     retrieval_spans,
 )
 from vlsafe.evals.config import EvalConfig
-from vlsafe.evals.retrieval import with_retrieval
+from vlsafe.evals.retrieval import retriever_fingerprint, with_retrieval
 from vlsafe.evals.sample import Sample, SampleKind
 from vlsafe.methods.training import TGARecord
 from vlsafe.methods.training.tga import TGAConfig, attach_retrieved
@@ -165,3 +165,11 @@ def test_user_turn_layout_places_the_image_at_the_slot() -> None:
         shown.span(rs, qe)
     with pytest.raises(InputError, match="at most once"):
         image.render(f"{IMAGE_SLOT}a{IMAGE_SLOT}")
+
+
+def test_retriever_fingerprint_follows_the_index_content() -> None:
+    a, same = EmbeddingIndex(np.eye(2), ["x", "y"]), EmbeddingIndex(np.eye(2), ["x", "y"])
+    moved, renamed = EmbeddingIndex(np.eye(2) * 2, ["x", "y"]), EmbeddingIndex(np.eye(2), ["x", "z"])
+    assert retriever_fingerprint(a) == retriever_fingerprint(same) == f"vlsafe.data.retrieval.EmbeddingIndex:{a.digest()}"
+    assert len({retriever_fingerprint(r) for r in (a, moved, renamed)}) == 3
+    assert retriever_fingerprint(BM25Retriever(["a"])) == "vlsafe.data.retrieval.BM25Retriever"

@@ -273,7 +273,7 @@ def test_organism_tga_starts_from_the_artifacts_safe_llm(
         lambda vision, llm, tok, **kw: calls.setdefault("wired", (vision, kw)) and (_Model(), "proc"),
     )
     monkeypatch.setattr(tga_organism, "save_vlm", _save)
-    monkeypatch.setattr(tga_organism, "write_organism_tga_data", lambda *a: (tmp_path / "d", tmp_path / "c"))
+    monkeypatch.setattr(tga_organism, "write_organism_tga_data", lambda *a, **k: (tmp_path / "d", tmp_path / "c"))
     monkeypatch.setattr(tga_organism, "organism_tga_config", lambda *a, **k: a)
     monkeypatch.setattr(tga_organism, "run_tga", lambda cfg, progress: {"config": cfg})
 

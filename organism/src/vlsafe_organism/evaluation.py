@@ -32,6 +32,9 @@ harmful only).
 
 **A system's rows** (:func:`evaluate_system`) come from :func:`vlsafe.evals.run_eval`, one resumable run
 directory per image setting plus one for VQA: samples.jsonl, the keyword judge's verdicts and results.json.
+A system with a ``retriever`` (a TGA model) is asked every prompt that shows an image in its training prompt,
+``"Retrieved Text: r. <image>\\nq"`` (``retrieval_order``), through the library's retrieval path
+(``run_eval(..., retriever=...)``); text-only prompts are asked as they are.
 A row counts a harmful (benign) prompt as refused when the judge's verdict says so; its utility is the VQA
 run's accuracy and ``utility_by_type`` its accuracy per question type. With the ``toxic`` setting, the naming
 questions ``pictogram_<set>`` (a vision-language model) are a run of their own, ``pictogram``: their right /
@@ -81,6 +84,7 @@ __all__ = [
     "load_organism",
     "prompt_samples",
     "setting_run",
+    "shows_image",
     "toxic_samples",
     "vqa_samples",
 ]
@@ -264,15 +268,21 @@ def _with_setting(samples: Sequence[Sample], setting: str, root: Path) -> list[S
 
 def setting_run(
     setting: str, model_name: str, root: Path, *, max_new_tokens: int, shared_prefix: bool,
-    batch_size: int = EVAL_BATCH,
+    batch_size: int = EVAL_BATCH, retrieval_order: str = "text_first",
 ) -> EvalConfig:  # fmt: skip
-    """The :class:`vlsafe.evals.EvalConfig` of one organism image setting."""
+    """The :class:`vlsafe.evals.EvalConfig` of one organism image setting (``retrieval_order``: the prompt layout
+    of a run given a retriever)."""
     if setting not in _LIBRARY_SETTING:
         raise InputError(f"image setting {setting!r} is unknown; choose one of {[*IMAGE_SETTINGS, TWIN_SETTING]}")
     library_setting, size = _LIBRARY_SETTING[setting]
     return EvalConfig(model=model_name, benchmark=BENCHMARK, data_dir=str(root), image_setting=library_setting,  # type: ignore[arg-type]
                       image_size=size, max_new_tokens=max_new_tokens, batch_size=batch_size, judge="keyword",
-                      shared_prefix=shared_prefix)  # fmt: skip
+                      shared_prefix=shared_prefix, retrieval_order=retrieval_order)  # type: ignore[arg-type]  # fmt: skip
+
+
+def shows_image(setting: str) -> bool:
+    """Whether an organism image setting shows the model an image (every setting but ``none`` and the twins)."""
+    return _LIBRARY_SETTING[setting][0] != "none"
 
 
 @dataclass
@@ -287,6 +297,18 @@ class EvalSystem:
     name: str
     bundle: ModelBundle
     intervention: Any = None
+    #: TGA inference: an image-to-text retriever (e.g. :func:`vlsafe_organism.tga.training_retriever`) whose
+    #: text goes into every prompt that shows an image, in TGA's training prompt (``retrieval_order``); prompts
+    #: without an image (``none``, :data:`TWIN_SETTING`) are asked as they are
+    retriever: Any = None
+    retrieval_order: Literal["text_first", "image_first"] = "text_first"
+
+    def run(self, cfg: EvalConfig, run_dir: Path, samples: Sequence[Sample], image: bool, progress: bool) -> dict[str, Any]:
+        """:func:`vlsafe.evals.run_eval` of ``samples`` with this system's model and intervention, and its
+        retriever where the run shows an ``image``."""
+        retriever = self.retriever if image else None
+        return run_eval(cfg, run_dir, bundle=self.bundle, intervention=self.intervention, samples=samples,
+                        progress=progress, retriever=retriever)  # fmt: skip
 
 
 def _counts(results: dict[str, Any], kind: str, n: int) -> tuple[int, int]:
@@ -369,18 +391,19 @@ def evaluate_system(
     bundle = system.bundle
     shared = system.intervention is None
     utility, by_type = None, None
+    order = system.retrieval_order
     if n_vqa and bundle.is_vlm:
-        cfg = setting_run("synthetic", system.name, root, max_new_tokens=VQA_TOKENS, shared_prefix=shared)
+        cfg = setting_run("synthetic", system.name, root, max_new_tokens=VQA_TOKENS, shared_prefix=shared,
+                          retrieval_order=order)  # fmt: skip
         vqa = vqa_samples(vqa_split, n_vqa, root=root)
-        results = run_eval(cfg, out / "vqa", bundle=bundle, intervention=system.intervention, samples=vqa,
-                           progress=progress)  # fmt: skip
+        results = system.run(cfg, out / "vqa", vqa, True, progress)
         utility = results["metrics"]["overall"]["accuracy"]["rate"]
         by_type = _by_type(results)
     if "toxic" in settings and n_pictogram != 0 and bundle.is_vlm:
-        cfg = setting_run("toxic", system.name, root, max_new_tokens=VQA_TOKENS, shared_prefix=shared)
+        cfg = setting_run("toxic", system.name, root, max_new_tokens=VQA_TOKENS, shared_prefix=shared,
+                          retrieval_order=order)  # fmt: skip
         naming = toxic_samples(f"pictogram_{toxic_set}", n_pictogram, root=root)
-        results = run_eval(cfg, out / "pictogram", bundle=bundle, intervention=system.intervention, samples=naming,
-                           progress=progress)  # fmt: skip
+        results = system.run(cfg, out / "pictogram", naming, True, progress)
         by_type = {**(by_type or {}), **_by_type(results)}
     harmful_all = prompt_samples(harmful_split, n_harmful, root=root, image_start=image_start)
     benign_all = prompt_samples(benign_split, n_benign, root=root, image_start=image_start)
@@ -391,10 +414,10 @@ def evaluate_system(
         if benign_settings is not None and setting not in benign_settings:
             benign = []
         samples = _with_setting([*harmful, *benign], setting, root)
-        cfg = setting_run(setting, system.name, root, max_new_tokens=max_new_tokens, shared_prefix=shared)
+        cfg = setting_run(setting, system.name, root, max_new_tokens=max_new_tokens, shared_prefix=shared,
+                          retrieval_order=order)  # fmt: skip
         run_dir = out / setting
-        results = run_eval(cfg, run_dir, bundle=bundle, intervention=system.intervention, samples=samples,
-                           progress=progress)  # fmt: skip
+        results = system.run(cfg, run_dir, samples, shows_image(setting), progress)
         h_k, h_n = _counts(results, "harmful", len(harmful))
         b_k, b_n = _counts(results, "benign", len(benign))
         rows.append({

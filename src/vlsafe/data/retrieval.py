@@ -26,6 +26,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 import re
@@ -296,6 +297,11 @@ class EmbeddingIndex:
             raise InputError(f"{len(texts)} texts for {matrix.shape[0]} retrieval keys")
         self.keys, self.texts = matrix, list(texts)
         self.embed_image_fn, self.embed_text_fn = embed_image, embed_text
+
+    def digest(self) -> str:
+        """The digest of the keys (float64) and the texts (16 hex digits; the encoders are not part of it)."""
+        keys = hashlib.sha256(np.ascontiguousarray(self.keys).tobytes()).hexdigest()
+        return json_digest({"keys": keys, "texts": self.texts})
 
     def nearest(self, query: Any, k: int = 1, exclude: str | None = None) -> list[str]:
         """The ``k`` distinct texts of the keys nearest to the embedding ``query`` ``[D]``."""

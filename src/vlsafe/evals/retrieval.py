@@ -24,6 +24,19 @@ from vlsafe.models.inputs_types import BatchInputs
 QUERIES = ("text", "caption", "image")
 
 
+def retriever_fingerprint(retriever: Any) -> str:
+    """A stable text identifying ``retriever`` for a run's fingerprint: its ``fingerprint`` string when it has one
+    (:class:`~vlsafe.data.retrieval.CLIPRetriever`: model and corpus), else its class's qualified name with its
+    ``digest()`` when it has one (:meth:`vlsafe.data.retrieval.EmbeddingIndex.digest`: keys and texts)."""
+    explicit = getattr(retriever, "fingerprint", None)
+    if isinstance(explicit, str) and explicit:
+        return explicit
+    kind = type(retriever)
+    name = f"{kind.__module__}.{kind.__qualname__}"
+    digest = getattr(retriever, "digest", None)
+    return f"{name}:{digest()}" if callable(digest) else name
+
+
 def retrieve_one(retriever: Any, text: str, image: Any = None) -> str | None:
     """The top-1 text for one prompt: by ``image`` when given and the retriever retrieves by image, else by
     ``text``."""

@@ -44,7 +44,7 @@ from vlsafe.evals.interventions import BatchObserver, intervention_fingerprint, 
 from vlsafe.evals.judges import JUDGES, build_judge
 from vlsafe.evals.judging import build_results, judge_records, versions
 from vlsafe.evals.loaders import LoadReport, load_benchmark_report
-from vlsafe.evals.retrieval import with_retrieval
+from vlsafe.evals.retrieval import retriever_fingerprint, with_retrieval
 from vlsafe.evals.rundir import RecordWriter, RunDir
 from vlsafe.evals.sample import ImageSetting, Sample
 from vlsafe.hooks import SteeringVector
@@ -135,8 +135,11 @@ def _generation_kwargs(bundle: ModelBundle, config: EvalConfig) -> dict[str, Any
     return {"generation_config": gc}
 
 
-def _load_samples(config: EvalConfig, samples: Sequence[Sample] | None) -> tuple[list[Sample], LoadReport]:
-    """The run's samples and the report of their load (files read, fallbacks; see ``EvalConfig.strict``)."""
+def _load_samples(
+    config: EvalConfig, samples: Sequence[Sample] | None, retriever: Any = None
+) -> tuple[list[Sample], LoadReport]:
+    """The run's samples and the report of their load (files read, fallbacks; see ``EvalConfig.strict``), with
+    the retrieval prompt of TGA when the config names a corpus or a ``retriever`` is given."""
     if samples is None:
         loaded = load_benchmark_report(
             config.benchmark, config.data_dir, split=config.split, limit=config.limit, strict=config.strict
@@ -154,27 +157,35 @@ def _load_samples(config: EvalConfig, samples: Sequence[Sample] | None) -> tuple
         seen.add(s.id)
     if not out:
         raise InputError(f"benchmark {config.benchmark!r} produced no samples (data_dir={config.data_dir!r})")
-    if config.retrieval_corpus is not None:
-        out = _with_retrieval(out, config)
+    if retriever is not None or config.retrieval_corpus is not None:
+        out = _with_retrieval(out, config, retriever)
     return out, report
 
 
-def _with_retrieval(samples: list[Sample], config: EvalConfig) -> list[Sample]:
-    """TGA inference: the retrieval prompt of TGA training in each sample (``config.retrieval_order``),
-    retrieved by the image each sample is shown when the retriever retrieves by image (``clip``).
-
-    The judged request stays the original one (``metadata["request"]``), so verdicts are comparable
-    with runs without retrieval. A sample whose image cannot be rendered is queried by text (its record
-    reports the image error later).
-    """
-
+def _config_retriever(config: EvalConfig) -> Any:
+    """The retriever ``config`` names (``retriever`` over ``retrieval_corpus``)."""
     assert config.retrieval_corpus is not None
     options: dict[str, Any] = {}
     if config.retriever == "embedding":
         options["model_path"] = config.retrieval_model
     elif config.retriever == "clip":
         options.update(model=config.retrieval_model, cache_dir=retrieval_cache_dir())
-    retriever = make_retriever(config.retriever, load_corpus(config.retrieval_corpus), **options)
+    return make_retriever(config.retriever, load_corpus(config.retrieval_corpus), **options)
+
+
+def _with_retrieval(samples: list[Sample], config: EvalConfig, retriever: Any = None) -> list[Sample]:
+    """TGA inference: the retrieval prompt of TGA training in each sample (``config.retrieval_order``), from
+    ``retriever`` (default: the one the config names), retrieved by the image each sample is shown when the
+    retriever retrieves by image (:class:`~vlsafe.data.retrieval.ImageRetriever`: ``clip``, an
+    :class:`~vlsafe.data.retrieval.EmbeddingIndex`), by the prompt's text otherwise.
+
+    The judged request stays the original one (``metadata["request"]``), so verdicts are comparable
+    with runs without retrieval. A sample whose image cannot be rendered is queried by text (its record
+    reports the image error later).
+    """
+
+    if retriever is None:
+        retriever = _config_retriever(config)
     originals = {s.id: s.request for s in samples}
     images: list[Any] | None = None
     if isinstance(retriever, ImageRetriever):
@@ -419,6 +430,7 @@ def run_eval(
     intervention: Intervention | None = None,
     samples: Sequence[Sample] | None = None,
     progress: bool = True,
+    retriever: Any = None,
 ) -> dict[str, Any]:
     """Evaluate ``config.model`` on ``config.benchmark`` into the run directory ``out_dir``.
 
@@ -432,12 +444,19 @@ def run_eval(
             callable returning one, or ``(SteeringVector, alpha)``; on top of ``config.steer``.
         samples: evaluate these instead of loading ``config.benchmark`` (``limit`` still applies).
         progress: show a tqdm bar with ETA.
+        retriever: TGA inference with a retriever object instead of ``config.retrieval_corpus``: a
+            :class:`~vlsafe.data.retrieval.Retriever` (queried with the prompt) or
+            :class:`~vlsafe.data.retrieval.ImageRetriever` (queried with the image each sample is shown, e.g. an
+            :class:`~vlsafe.data.retrieval.EmbeddingIndex` over training images); each prompt becomes the TGA
+            training prompt (``config.retrieval_order``). The run's fingerprint holds
+            :func:`~vlsafe.evals.retrieval.retriever_fingerprint` (``retriever_object``) and the order.
 
     Returns:
         The content of ``results.json`` (see :mod:`vlsafe.evals.judging`).
 
     Raises:
-        ConfigError: invalid config, a mismatching run directory, or one in use by another writer.
+        ConfigError: invalid config, a mismatching run directory, one in use by another writer, or both
+            ``retriever`` and ``config.retrieval_corpus``.
         InputError: too many per-sample errors (see ``max_error_fraction``), duplicate ids, no samples.
         ModelLoadError: the model cannot be loaded (nothing is written then).
         OutputError: ``out_dir`` cannot be written (checked before anything is computed).
@@ -448,8 +467,14 @@ def run_eval(
     dist = _Dist()
     if dist.is_main:
         check_writable(run.path, "run directory")
-    extra = {"intervention": intervention_fingerprint(intervention)} if intervention is not None else {}
-    all_samples, report = _load_samples(config, samples)
+    extra: dict[str, Any] = {}
+    if intervention is not None:
+        extra["intervention"] = intervention_fingerprint(intervention)
+    if retriever is not None:
+        if config.retrieval_corpus is not None:
+            raise ConfigError(f"give either a retriever or retrieval_corpus ({config.retrieval_corpus!r}), not both")
+        extra.update(retriever_object=retriever_fingerprint(retriever), retrieval_order=config.retrieval_order)
+    all_samples, report = _load_samples(config, samples, retriever)
     hashes = sample_hashes(all_samples, config.data_dir)
 
     JUDGES.get(config.judge)  # fail early on an unknown judge, on every rank
