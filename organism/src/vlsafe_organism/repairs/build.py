@@ -31,7 +31,7 @@ from vlsafe_organism.deltas import TRAINED_REPAIRS
 from vlsafe_organism.recipe import recipe_of_artifacts
 from vlsafe_organism.recipes import run_organism_baselines
 from vlsafe_organism.registry import resolve_organism
-from vlsafe_organism.repairs.cmrm import SELECTION_FILES, select_cmrm
+from vlsafe_organism.repairs.cmrm import BUILD_OPTIONS, SELECTION_FILES, select_cmrm
 from vlsafe_organism.repairs.merge import select_merge
 from vlsafe_organism.repairs.systems import MERGE_SELECTION
 from vlsafe_organism.repairs.trained import export_trained_repair
@@ -101,6 +101,6 @@ def build_repairs(
     if selections:
 
         for system, file in SELECTION_FILES.items():
-            select_cmrm(art_dir / file, cache_dir, system=system, art_dir=art_dir)
+            select_cmrm(art_dir / file, cache_dir, system=system, art_dir=art_dir, **BUILD_OPTIONS[system])
         select_merge(art_dir / MERGE_SELECTION, cache_dir, art_dir=art_dir)
     return results

@@ -54,6 +54,7 @@ from vlsafe_organism.repairs import select
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "BUILD_OPTIONS",
     "DATASET_GRID",
     "PAPER_DATASET_GRID",
     "PAPER_SAMPLE_GRID",
@@ -141,6 +142,13 @@ PAPER_DATASET_GRID = axis_grid([PAPER_BASE, LAST_BASE], AXES)
 PAPER_SAMPLE_GRID = axis_grid([PAPER_BASE], {}) + axis_grid(
     [LAST_BASE], {"corrupt": AXES["corrupt"], "when": AXES["when"]}
 )
+#: What the build sweeps per system beyond the paper grids' defaults: on ``vl`` (no premise: its text-only state
+#: refuses little more than its image state) the sample level is cut to the paper's form and the last-position
+#: form and not refined, for CPU time
+BUILD_OPTIONS: dict[str, dict[str, Any]] = {
+    "vl": {"sample_grid": PAPER_SAMPLE_GRID[:2], "refine": ("dataset",)},
+    "vlm": {},
+}
 #: Validation sizes of the sweep (harmful and benign prompts each, VQA questions): ``val_point``'s defaults; a
 #: point costs 35-60 s of one CPU core on the organism at these sizes.
 VAL_PROMPTS = 40
