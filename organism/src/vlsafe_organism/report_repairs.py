@@ -143,8 +143,8 @@ def _table(metrics: list[dict[str, Any]]) -> list[dict[str, Any]]:
     out = []
     toxic = any("toxic" in m for m in metrics)
     for m in metrics:
-        ceiling = "-" if m["ceiling"] is None else f"{m['ceiling']:.2f}"
-        if m["ceiling_gap"] is not None:
+        ceiling = "-" if m["ceiling"] is None or "+cmrm" not in m["system"] else f"{m['ceiling']:.2f}"
+        if m["ceiling_gap"] is not None and ceiling != "-":
             ceiling += f" ({100 * m['ceiling_gap']:.0f}%)"
         out.append({
             "system": m["system"],
