@@ -25,6 +25,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
+from matplotlib import cm
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from pydantic import BaseModel, ConfigDict
@@ -455,31 +456,34 @@ def select_cmrm(
 
 
 def plot_selection(data: dict[str, Any], path: str | Path) -> Path:
-    """Harmful / benign refusal and VQA accuracy against alpha, one line per option set (reference dashed)."""
-
-
-    fig = Figure(figsize=(13, 4.2), layout="constrained")
-    FigureCanvasAgg(fig)
-    axes = fig.subplots(1, 3, sharex=True)
-    metrics = (("harmful_refusal", "harmful refusal (val)"), ("benign_refusal", "benign refusal (val)"),
-               ("utility", "VQA accuracy (val)"))  # fmt: skip
+    """Harmful / benign refusal and VQA accuracy against alpha, one line per option set (sample level dashed, the
+    unsteered model dotted), the legend below the panels."""
     series: dict[str, list[dict[str, Any]]] = {}
     for level in ("dataset", "sample"):
         for p in (data.get(level) or {}).get("points", []):
             series.setdefault(p["label"], []).append(p)
+    rows = (len(series) + 2) // 3  # legend rows at three columns
+    fig = Figure(figsize=(13, 4.2 + 0.22 * rows), layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, 3, sharex=True)
+    metrics = (("harmful_refusal", "harmful refusal (val)"), ("benign_refusal", "benign refusal (val)"),
+               ("utility", "VQA accuracy (val)"))  # fmt: skip
+    colours = [cm.tab20(i % 20) for i in range(len(series))]  # type: ignore[attr-defined]
     ref = data.get("reference") or {}
     for ax, (m, title) in zip(axes, metrics, strict=True):
-        for label, pts in series.items():
+        for colour, (label, pts) in zip(colours, series.items(), strict=True):
             pts = sorted(pts, key=lambda p: p["choice"]["alpha"])
-            ax.plot([p["choice"]["alpha"] for p in pts], [p[m] for p in pts], marker="o", markersize=3,
+            ax.plot([p["choice"]["alpha"] for p in pts], [p[m] for p in pts], marker="o", markersize=3, color=colour,
                     label=label, linestyle="--" if label.startswith("sample") else "-")  # fmt: skip
         if ref.get(m) is not None:
-            ax.axhline(ref[m], color="black", linestyle=":", linewidth=1, label=f"organism:{data.get('system', 'vl')} (no CMRM)")
+            ax.axhline(ref[m], color="black", linestyle=":", linewidth=1,
+                       label=f"organism:{data.get('system', 'vl')} (no CMRM)")  # fmt: skip
         ax.set_title(title)
         ax.set_xlabel("alpha")
         ax.set_ylim(-0.02, 1.02)
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize="x-small")
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncol=3, fontsize="x-small")
     return save_png(fig, path)
 
 
