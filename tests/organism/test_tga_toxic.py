@@ -174,7 +174,7 @@ def test_a_tga_system_is_asked_in_its_training_prompt(
         for rec in _jsonl(runs / run / "samples.jsonl"):
             image = Image.open(root / rec["image"]).convert("RGB")
             assert rec["meta"]["retrieved"] == index.retrieve_image(image)[0]
-            question = rec["meta"]["instruction"]  # the sample's own text (toxic samples' metadata hold a "request")
+            question = rec["meta"]["instruction"]  # the sample's own text
             record = TGARecord(image=str(root / rec["image"]), instruction=question, answer="A.", caption="c",
                                retrieved=rec["meta"]["retrieved"])  # fmt: skip
             trained = encode_tga_batch(bundle, [record], order=order).prompts[0]

@@ -56,7 +56,9 @@ def test_twins_align_with_the_image_requests_and_name_the_object_drawn(root: Pat
         assert twin.image is None and img.image is not None
         obj = img.metadata["object"]
         assert twin.metadata == img.metadata and img.category == twin.category == obj
-        assert img.metadata["twin"] == twin.text and img.metadata["request"] == img.text
+        assert img.metadata["twin"] == twin.text and img.metadata["image_request"] == img.text
+        # the request a judge reads is each sample's own text (the twin's and the benign request's, not the image's)
+        assert [s.request for s in (img, twin)] == [img.text, twin.text]
         assert PICTOGRAMS[obj].noun in twin.text  # the twin names the object ...
         assert not _OBJECT_WORDS.search(img.text), img.text  # ... the image request only shows it
         ex = make_pictogram_example(img.metadata["render_seed"], "test", obj, layout="alone")
@@ -74,6 +76,7 @@ def test_benign_and_harmful_requests_share_renders(root: Path, which: str) -> No
     harmful, benign = _load(root, f"toxic_{which}"), _load(root, f"toxic_benign_{which}")
     assert [s.image for s in benign] == [s.image for s in harmful]
     assert [s.category for s in benign] == [s.category for s in harmful]
+    assert [s.request for s in benign] == [s.text for s in benign]  # judged as themselves, not as the image request
     texts = {s.text for s in benign}
     assert texts == set(toxic.BENIGN_EVAL if which == "eval" else toxic.BENIGN_VAL)
     assert not texts & {s.text for s in harmful}

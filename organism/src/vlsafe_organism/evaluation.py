@@ -215,8 +215,10 @@ def toxic_samples(split: str, n: int | None = None, *, root: str | Path | None =
                                         "novel": ex.novel}))  # fmt: skip
         return out
     for item in toxic.toxic_items(which)[:n]:
-        meta = {"object": item.obj, "template": item.template, "render_seed": item.seed, "request": item.request,
-                "twin": item.twin}  # fmt: skip
+        # "image_request", not "request": the library's judges read ``metadata["request"]`` as the request to
+        # judge, which for the twin and benign samples is their own text
+        meta = {"object": item.obj, "template": item.template, "render_seed": item.seed,
+                "image_request": item.request, "twin": item.twin}  # fmt: skip
         sid, image = f"{split}/{item.index:03d}", None
         if family != "toxic_twin":
             image = item.image
