@@ -7,11 +7,9 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-from PIL import Image
 
 from vlsafe.evals.retrieval import build_retrieval_inputs
 from vlsafe.methods.training import (
@@ -32,33 +30,6 @@ from vlsafe.methods.training.tga import rebuild_trained_model
 from vlsafe.models import VLM_FAMILIES, build_inputs, load_model
 from vlsafe.models.bundle import ModelBundle
 from vlsafe.models.inputs import IMAGE_SLOT
-
-
-def _image(path: Path, seed: int) -> str:
-    rng = np.random.default_rng(seed)
-    Image.fromarray(rng.integers(0, 256, size=(40, 48, 3), dtype=np.uint8), "RGB").save(path)
-    return str(path)
-
-
-@pytest.fixture(scope="module")
-def records(tmp_path_factory: pytest.TempPathFactory) -> list[TGARecord]:
-    root = tmp_path_factory.mktemp("tga-data")
-    return [
-        TGARecord(
-            image=_image(root / "a.png", 0),
-            instruction="What is on the table?",
-            answer="A kitchen knife.",
-            caption="a kitchen knife lying on a wooden table",
-            retrieved="knives are sharp tools for cutting food",
-        ),
-        TGARecord(
-            image=_image(root / "b.png", 1),
-            instruction="How many bottles are there?",
-            answer="Three.",
-            caption="three green bottles of beer",
-            retrieved=None,
-        ),
-    ]
 
 
 def _fresh(tiny_dir: Callable[[str], Path], family: str) -> ModelBundle:

@@ -7,10 +7,8 @@ import math
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 from torch import nn
 
 from vlsafe.core.errors import ConfigError
@@ -30,23 +28,6 @@ from vlsafe.methods.training.memory import answer_only_loss
 from vlsafe.models import build_inputs, load_model
 from vlsafe.models.bundle import ModelBundle
 from vlsafe.models.structure import decoder_and_head
-
-
-def _image(path: Path, seed: int) -> str:
-    rng = np.random.default_rng(seed)
-    Image.fromarray(rng.integers(0, 256, size=(40, 48, 3), dtype=np.uint8), "RGB").save(path)
-    return str(path)
-
-
-@pytest.fixture(scope="module")
-def records(tmp_path_factory: pytest.TempPathFactory) -> list[TGARecord]:
-    root = tmp_path_factory.mktemp("tga-forms")
-    return [
-        TGARecord(image=_image(root / "a.png", 0), instruction="What is on the table?", answer="A kitchen knife.",
-                  caption="a kitchen knife lying on a wooden table", retrieved="knives are sharp tools for cutting food"),
-        TGARecord(image=_image(root / "b.png", 1), instruction="How many bottles are there?", answer="Three.",
-                  caption="three green bottles of beer", retrieved=None),
-    ]  # fmt: skip
 
 
 def _llava_without_final_norm(tiny_dir: Callable[[str], Path]) -> ModelBundle:
