@@ -33,15 +33,17 @@ import re
 from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Annotated, Any, Literal, Protocol, runtime_checkable
 
 import numpy as np
 import torch
 from PIL import Image
+from pydantic import BeforeValidator
 from safetensors import safe_open
 from safetensors.torch import save_file
 from transformers import AutoImageProcessor, AutoModel, AutoTokenizer
 
+from vlsafe.core.config import one_of
 from vlsafe.core.digest import json_digest
 from vlsafe.core.errors import ConfigError, InputError
 from vlsafe.core.io import atomic_path, iter_jsonl, read_text_file
@@ -56,6 +58,8 @@ RETRIEVAL_FORMATS = {
 }
 #: The orders of :data:`RETRIEVAL_FORMATS`; ``text_first`` is the released code's.
 RETRIEVAL_ORDERS = tuple(RETRIEVAL_FORMATS)
+#: A config field holding one of :data:`RETRIEVAL_ORDERS` (an unknown value is named with the known ones).
+RetrievalOrder = Annotated[Literal["text_first", "image_first"], BeforeValidator(lambda v: one_of(v, RETRIEVAL_ORDERS))]
 #: The text-only form (and the ``image_first`` text after the image).
 RETRIEVAL_FORMAT = RETRIEVAL_FORMATS["image_first"]
 _TOKEN = re.compile(r"\w+", re.UNICODE)

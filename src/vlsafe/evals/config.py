@@ -17,9 +17,9 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from vlsafe.core.config import one_of, read_yaml_mapping, validate_config
+from vlsafe.core.config import read_yaml_mapping, validate_config
 from vlsafe.core.io import write_text_atomic
-from vlsafe.data.retrieval import RETRIEVAL_ORDERS
+from vlsafe.data.retrieval import RetrievalOrder
 from vlsafe.evals.sample import ImageSetting
 
 __all__ = [
@@ -205,12 +205,7 @@ class EvalConfig(GenerationOptions):
     retrieval_corpus: str | None = None
     retriever: str = "bm25"
     retrieval_model: str | None = None
-    retrieval_order: Literal["text_first", "image_first"] = "text_first"
-
-    @field_validator("retrieval_order", mode="before")
-    @classmethod
-    def _known_order(cls, value: Any) -> Any:
-        return one_of(value, RETRIEVAL_ORDERS)
+    retrieval_order: RetrievalOrder = "text_first"
 
     @model_validator(mode="after")
     def _steering(self) -> EvalConfig:

@@ -39,8 +39,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from vlsafe.core.config import one_of, read_yaml_mapping, validate_config
 from vlsafe.core.errors import ConfigError, InputError
 from vlsafe.data.retrieval import (
-    RETRIEVAL_ORDERS,
     ImageRetriever,
+    RetrievalOrder,
     Retriever,
     halve_own_caption,
     load_corpus,
@@ -80,14 +80,9 @@ class RetrievalConfig(BaseModel):
     exclude_self: bool = Field(
         False, description="never retrieve the record's own caption (default: cut it to its first half)"
     )
-    order: Literal["text_first", "image_first"] = Field(
+    order: RetrievalOrder = Field(
         "text_first", description="retrieved text before the image (as released) or after it"
     )
-
-    @field_validator("order", mode="before")
-    @classmethod
-    def _known_order(cls, value: Any) -> Any:
-        return one_of(value, RETRIEVAL_ORDERS)
 
     @model_validator(mode="after")
     def _query_fits_kind(self) -> RetrievalConfig:
