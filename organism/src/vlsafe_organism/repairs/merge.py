@@ -168,7 +168,8 @@ def _load_system(path: Path, name: str) -> EvalSystem:
 def merged_system(
     choice: dict[str, Any], out_dir: Path, cache_dir: str | Path | None = None, art_dir: Path | None = None
 ) -> EvalSystem:
-    """Materialise the merge ``choice`` (a grid point) in ``out_dir`` and load it as ``vl+merge-<kind>``.
+    """Materialise the merge ``choice`` (a grid point) in ``out_dir`` and load it as its ``"system"`` name (default
+    ``vl+merge-<kind>``).
 
     The merge is skipped when ``out_dir`` already holds weights and the same resolved ``merge_config.yaml``.
     """
@@ -181,7 +182,7 @@ def merged_system(
     else:
         seconds = _merge_into(config, out_dir, None)  # refs resolved above
         logger.info("merge %s into %s took %.1f s", choice.get("name"), out_dir, seconds)
-    return _load_system(out_dir, f"vl+merge-{choice['kind']}")
+    return _load_system(out_dir, str(choice.get("system") or f"vl+merge-{choice['kind']}"))
 
 
 def _write(path: Path, data: dict[str, Any]) -> None:
@@ -200,20 +201,24 @@ def select_merge(
     figure: Path | None = None,
     measure: Callable[[EvalSystem], dict[str, Any]] | None = None,
     art_dir: Path | None = None,
+    title: str | None = None,
 ) -> dict[str, Any]:
-    """Measure every grid point on the validation split and choose the best whole and layer-selective merge.
+    """Measure every grid point on the validation split and choose the best point of each kind (the grid's
+    ``"kind"`` values in grid order: ``"whole"`` and ``"layers"`` for :func:`merge_grid`).
 
     Resumable: ``out`` (the selection JSON) is rewritten after every point, and points already in it with the
     same config are not measured again.
 
     Args:
-        out: The selection JSON (``{"reference", "points", "chosen": {"whole", "layers"}, "date"}``; other keys
+        out: The selection JSON (``{"reference", "points", "chosen": {kind: point}, "date"}``; other keys
             such as ``"heldout"`` are kept, ``"heldout"`` dropped when a choice changes).
         cache_dir: Organism cache (default ``$VLSAFE_CACHE/organism``).
         grid: Grid points (default :func:`merge_grid`).
         scratch_dir: Where each merge is written and deleted after measuring (default: a temporary directory).
         figure: Also write the grid figure (:func:`selection_figure`) there as PNG.
         measure: ``system -> metrics`` (default :func:`~.select.val_point`).
+        art_dir: Artefact directory the ``organism:`` refs are built from (default: the committed one).
+        title: The figure's title (default: the safe-LLM merges').
 
     Returns:
         The selection dict written to ``out``.
@@ -262,7 +267,7 @@ def select_merge(
         _write(out, {**data, "date": dt.date.today().isoformat()})
     data["points"] = points
     chosen = {}
-    for kind in ("whole", "layers"):
+    for kind in dict.fromkeys(p["kind"] for p in grid):
         these = [p for p in points if p["kind"] == kind]
         if these:
             chosen[kind] = select.choose(these, data["reference"])
@@ -274,11 +279,11 @@ def select_merge(
     _write(out, data)
     if figure is not None:
 
-        save_png(selection_figure(data), figure)
+        save_png(selection_figure(data, title), figure)
     return data
 
 
-def selection_figure(selection: dict[str, Any]) -> Any:
+def selection_figure(selection: dict[str, Any], title: str | None = None) -> Any:
     """Harmful / benign refusal and VQA accuracy of the reference and every grid point (grouped bars)."""
 
     rows = [selection["reference"], *selection["points"]]
@@ -288,7 +293,8 @@ def selection_figure(selection: dict[str, Any]) -> Any:
         "benign refusal": [r["benign_refusal"] for r in rows],
         "VQA accuracy": [r["utility"] for r in rows],
     }
-    return bar_with_intervals(labels, series, title="Merges of the safe LLM into organism:vl (validation split)",
+    title = title or "Merges of the safe LLM into organism:vl (validation split)"
+    return bar_with_intervals(labels, series, title=title,
                               figsize=(max(7.0, 0.75 * len(labels) + 2), 4.0))  # fmt: skip
 
 

@@ -1,0 +1,203 @@
+"""Merges of ``organism:vl`` with safety-tuned VL models on tiny models: the grid, exact merged tensors for each
+method relative to the shared start, the per-partner selection and the rerunnable YAML files."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+import vlsafe_organism.registry as registry
+from vlsafe.core.errors import ConfigError
+from vlsafe.methods.merging import MergeConfig, llm_name_for, run_merge
+from vlsafe.models import build_tiny
+from vlsafe_organism.repairs import merge as rm
+from vlsafe_organism.repairs import merge_vl as mv
+from vlsafe_organism.repairs import select
+
+
+def _partner(vl: Path, out: Path, seed: int) -> Path:
+    """A copy of ``vl`` whose language-model weight matrices moved by a seeded random delta (vision tower and
+    projector unchanged), as safety tuning from ``vl`` leaves them."""
+    shutil.copytree(vl, out)
+    tensors = load_file(str(vl / "model.safetensors"))
+    gen = torch.Generator().manual_seed(seed)
+    for name, value in tensors.items():
+        if llm_name_for(name) is not None and value.ndim == 2 and "embed" not in name and "lm_head" not in name:
+            tensors[name] = value + 0.05 * torch.randn(value.shape, generator=gen)
+    save_file(tensors, str(out / "model.safetensors"), metadata={"format": "pt"})
+    return out
+
+
+@pytest.fixture(scope="module")
+def organism(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("tiny-vl-partners")
+    vl = build_tiny("llava", root / "vl", seed=0)
+    return {"vl": vl, "vl+sft": _partner(vl, root / "sft", 1), "vl+dpo": _partner(vl, root / "dpo", 2)}
+
+
+@pytest.fixture
+def fake_resolve(monkeypatch, organism) -> None:
+    def resolve(name: str, cache_dir: Any = None, art_dir: Any = None) -> Path:
+        return organism[name.removeprefix("organism:")]
+
+    monkeypatch.setattr(registry, "resolve_organism", resolve)
+    monkeypatch.setattr(rm, "resolve_organism", resolve)
+
+
+def _tensors(path: Path) -> dict[str, torch.Tensor]:
+    return {k: v for f in sorted(path.glob("*.safetensors")) for k, v in load_file(str(f)).items()}
+
+
+def _point(name: str) -> dict[str, Any]:
+    return next(p for p in mv.vl_merge_grid() if p["name"] == name)
+
+
+def test_grid_points_valid_named_and_ordered():
+    grid = mv.vl_merge_grid()
+    assert len({p["name"] for p in grid}) == len(grid) == 28
+    assert [p["kind"] for p in grid] == ["sft"] * 13 + ["dpo"] * 13 + ["sft+dpo"] * 2
+    methods = set()
+    for p in grid:
+        cfg = MergeConfig.from_dict(p["config"])
+        methods.add(cfg.method)
+        assert cfg.template == mv.VL_REF
+        refs = set(cfg.input_refs())
+        assert mv.VL_REF in refs and refs <= {mv.VL_REF, "organism:vl+sft", "organism:vl+dpo"}
+        if cfg.base_model is not None:
+            assert cfg.base_model == mv.VL_REF  # task vectors relative to the shared start
+        assert (cfg.layers is None) == (p["scope"] == "whole")
+        if cfg.layers is not None:
+            assert cfg.layers == rm.BANDS[p["scope"]] and cfg.rest_from == mv.VL_REF
+        if cfg.method.startswith("dare"):
+            assert cfg.seed == mv.SEED
+    assert methods == {"linear", "slerp", "ties", "dare_linear", "task_arithmetic"}
+    assert _point("sft-ties-0.5")["system"] == "vl+merge-sft-ties"
+    assert _point("dpo-linear-1.0-late")["system"] == "vl+merge-dpo-linear-late"
+    assert _point("sft+dpo-ta-0.5")["system"] == "vl+merge-sft-dpo-ta"
+    # gentlest first within a partner: the linear weights and each method's strength rise along the grid
+    lin = [p["config"]["models"][1]["weight"] for p in grid
+           if p["kind"] == "sft" and p["config"]["method"] == "linear" and p["scope"] == "whole"]  # fmt: skip
+    assert lin == [0.25, 0.5, 0.75]
+    assert [p["name"] for p in grid if p["kind"] == "dpo" and "ties" in p["name"]] == ["dpo-ties-0.5", "dpo-ties-1.0"]
+    assert [p["name"] for p in mv.vl_merge_grid(("dpo",))][0] == "dpo-linear-0.25"
+    assert len(mv.vl_merge_grid(("dpo",))) == 13  # no joint task-arithmetic kind with one partner
+
+
+@pytest.mark.parametrize("partners", [(), ("sft", "sft")])
+def test_grid_rejects_bad_partners(partners):
+    with pytest.raises(ConfigError, match="partners="):
+        mv.vl_merge_grid(partners)
+
+
+def _merge(point: dict[str, Any], out: Path) -> dict[str, torch.Tensor]:
+    rm.merged_system(point, out)
+    return _tensors(out)
+
+
+def test_merges_relative_to_vl_exact(fake_resolve, organism, tmp_path):
+    vl, sft, dpo = (_tensors(organism[k]) for k in ("vl", "vl+sft", "vl+dpo"))
+    moved = [k for k in vl if not torch.equal(vl[k], sft[k])]
+    assert len(moved) > 5 and all(llm_name_for(k) for k in moved)
+    lin = _merge(_point("sft-linear-0.25"), tmp_path / "lin")
+    ta = _merge(_point("sft+dpo-ta-0.5"), tmp_path / "ta")
+    ties = _merge(_point("sft-ties-1.0"), tmp_path / "ties")
+    dare = _merge(_point("sft-dare-0.5"), tmp_path / "dare")
+    slerp = _merge(_point("sft-slerp-0.25"), tmp_path / "slerp")
+    for name in vl:
+        tau = sft[name] - vl[name]
+        assert torch.allclose(lin[name], vl[name] + 0.25 * tau, atol=1e-6), name
+        expected_ta = vl[name] + 0.5 * tau + 0.5 * (dpo[name] - vl[name])
+        assert torch.allclose(ta[name], expected_ta, atol=1e-6), name
+        if name not in moved:  # unchanged by tuning (vision tower, projector, norms): every method keeps vl's
+            for merged in (ties, dare, slerp):
+                assert torch.allclose(merged[name], vl[name], atol=1e-6), name
+            continue
+        # TIES with one model: the 30% largest |tau| kept (lambda 1.0), the rest vl's
+        k = round(mv.DENSITY * tau.numel())
+        thr = tau.abs().flatten().kthvalue(tau.numel() - k + 1).values
+        keep = tau.abs() >= thr
+        assert torch.allclose(ties[name], torch.where(keep, sft[name], vl[name]), atol=1e-6), name
+        # DARE: each entry either vl's or vl + 0.5 * tau / density
+        d = dare[name] - vl[name]
+        dropped = d.abs() < 1e-7
+        assert torch.allclose(d[~dropped], (0.5 * tau / mv.DENSITY)[~dropped], atol=1e-5), name
+        assert 0.5 < float(dropped.float().mean()) < 0.9, name
+        # SLERP over the whole tensor from vl (t = 0) to the partner (t = 1), t = 0.25
+        a, b = vl[name].flatten().double(), sft[name].flatten().double()
+        omega = torch.acos((a @ b / (a.norm() * b.norm())).clamp(-1, 1))
+        want = (torch.sin(0.75 * omega) * a + torch.sin(0.25 * omega) * b) / torch.sin(omega)
+        assert torch.allclose(slerp[name].flatten().double(), want, atol=1e-5), name
+    # DARE is seeded: the same config gives the same tensors
+    again = _merge(_point("sft-dare-0.5"), tmp_path / "dare2")
+    assert all(torch.equal(again[k], dare[k]) for k in dare)
+
+
+def test_band_merge_changes_only_the_band(fake_resolve, organism, tmp_path):
+    point = {**_point("sft-linear-1.0-late"), "name": "sft-linear-1.0-l1"}
+    point["config"] = {**point["config"], "layers": [1]}  # the tiny model has 2 decoder layers
+    merged = _merge(point, tmp_path / "band")
+    vl, sft = _tensors(organism["vl"]), _tensors(organism["vl+sft"])
+    n_band = 0
+    for name in vl:
+        in_band = ".layers.1." in name and llm_name_for(name) is not None
+        n_band += in_band
+        assert torch.allclose(merged[name], sft[name] if in_band else vl[name], atol=1e-6), name
+    assert n_band >= 7
+
+
+def test_select_vl_merge_one_choice_per_partner_and_yaml(fake_resolve, organism, tmp_path):
+    grid = [_point(n) for n in ("sft-linear-0.25", "sft-ties-0.5", "dpo-linear-0.25", "dpo-slerp-0.25")]
+    ref = {"harmful_refusal": 0.2, "benign_refusal": 0.0, "utility": 0.6}
+    figures = {  # sft: ties wins within limits; dpo: neither within limits, slerp has the better trade
+        "sft-linear-0.25": (0.4, 0.05, 0.6), "sft-ties-0.5": (0.6, 0.10, 0.56),
+        "dpo-linear-0.25": (0.9, 0.6, 0.6), "dpo-slerp-0.25": (0.5, 0.15, 0.6),
+    }  # fmt: skip
+    queue = [ref] + [dict(zip(("harmful_refusal", "benign_refusal", "utility"), figures[p["name"]], strict=True))
+                     for p in grid]  # fmt: skip
+    names: list[str] = []
+
+    def measure(system):
+        names.append(system.name)
+        return dict(queue.pop(0))
+
+    out = tmp_path / "art" / mv.SELECTION_FILE
+    data = mv.select_vl_merge(out, grid=grid, measure=measure, scratch_dir=tmp_path, figure=tmp_path / "f.png")
+    assert not queue and names == ["vl"] + ["vl+merge"] * 4
+    assert list(data["chosen"]) == ["sft", "dpo"]
+    assert data["chosen"]["sft"]["name"] == "sft-ties-0.5" and data["chosen"]["sft"]["within_limits"]
+    assert data["chosen"]["dpo"]["name"] == "dpo-slerp-0.25" and not data["chosen"]["dpo"]["within_limits"]
+    assert json.loads(out.read_text())["chosen"] == data["chosen"]
+    assert (tmp_path / "f.png").read_bytes()[:4] == b"\x89PNG"
+    files = sorted((out.parent / mv.CONFIG_DIR).iterdir())
+    assert [f.name for f in files] == ["vl_merge-dpo-slerp.yaml", "vl_merge-sft-ties.yaml"]
+    # an ordinary `vlsafe merge` config: loads, keeps the organism refs, and reruns to the selected merge
+    cfg = MergeConfig.from_yaml(files[1])
+    assert cfg.method == "ties" and cfg.base_model == mv.VL_REF and cfg.models[0].model == "organism:vl+sft"
+    assert cfg.parameters["density"] == mv.DENSITY and cfg.parameters["lambda"] == 0.5
+    run_merge(files[1], tmp_path / "rerun", progress=False)
+    direct = _merge(data["chosen"]["sft"], tmp_path / "direct")
+    assert rm.merged_system(data["chosen"]["sft"], tmp_path / "direct").name == "vl+merge-sft-ties"
+    rerun = _tensors(tmp_path / "rerun")
+    assert rerun.keys() == direct.keys() and all(torch.equal(rerun[k], direct[k]) for k in rerun)
+    # a later selection that chooses other merges replaces the stale files
+    data["chosen"] = {"sft": data["chosen"]["sft"]}
+    assert mv.write_merge_configs(data, out.parent / mv.CONFIG_DIR) == [files[1]]
+    assert sorted((out.parent / mv.CONFIG_DIR).iterdir()) == [files[1]]
+
+
+def test_select_merge_measures_through_val_point_by_default(fake_resolve, tmp_path, monkeypatch):
+    calls: list[str] = []
+
+    def fake(system):
+        calls.append(system.name)
+        return {"harmful_refusal": 0.5, "benign_refusal": 0.0, "utility": 0.5}
+
+    monkeypatch.setattr(select, "val_point", fake)
+    data = mv.select_vl_merge(tmp_path / "s.json", grid=[_point("dpo-linear-0.5")], scratch_dir=tmp_path)
+    assert calls == ["vl", "vl+merge"] and data["chosen"]["dpo"]["system"] == "vl+merge-dpo-linear"
