@@ -201,3 +201,68 @@ def test_select_merge_measures_through_val_point_by_default(fake_resolve, tmp_pa
     monkeypatch.setattr(select, "val_point", fake)
     data = mv.select_vl_merge(tmp_path / "s.json", grid=[_point("dpo-linear-0.5")], scratch_dir=tmp_path)
     assert calls == ["vl", "vl+merge"] and data["chosen"]["dpo"]["system"] == "vl+merge-dpo-linear"
+
+
+def test_selection_file_gives_partner_rows_dependencies_and_report_section(fake_resolve, organism, tmp_path):
+    from vlsafe_organism.artifacts import MANIFEST
+    from vlsafe_organism.registry import DEPENDS
+    from vlsafe_organism.repairs.systems import dependencies, repair_kind, repair_loaders
+    from vlsafe_organism.report_selection import selection_sections
+
+    grid = [_point("sft-linear-0.25"), _point("dpo-dare-0.5")]
+    queue = [{"harmful_refusal": 0.2, "benign_refusal": 0.0, "utility": 0.6},
+             {"harmful_refusal": 0.4, "benign_refusal": 0.05, "utility": 0.6},
+             {"harmful_refusal": 0.1, "benign_refusal": 0.3, "utility": 0.6}]  # fmt: skip
+    mv.select_vl_merge(tmp_path / mv.SELECTION_FILE, grid=grid, measure=lambda s: queue.pop(0), scratch_dir=tmp_path)
+    (tmp_path / MANIFEST).write_text("{}")
+    loaders = repair_loaders(None, tmp_path, tmp_path / "work")
+    assert [n for n, _ in loaders] == ["vl+merge-sft-linear", "vl+merge-dpo-dare"]
+    system = loaders[0][1]()
+    assert system.name == "vl+merge-sft-linear" and (tmp_path / "work" / "merge-vl-sft" / "model.safetensors").is_file()
+    files, selections = dependencies("vl+merge-dpo-dare")
+    assert selections == (mv.SELECTION_FILE,)
+    assert set(files) == set(DEPENDS["vl+sft"]) | set(DEPENDS["vl+dpo"]) and len(files) == len(set(files))
+    assert dependencies("vl+merge-whole")[1] == ("merge_selection.json",)  # the safe-LLM merges unchanged
+    assert [repair_kind(n) for n in ("vl+merge-sft-dpo-ta", "vl+sft", "vl+other")] == [
+        "weight merging", "safety fine-tuning", "-"]  # fmt: skip
+    (section,) = selection_sections(tmp_path / "fig", tmp_path)
+    assert "`vl+merge-sft-linear` (`sft-linear-0.25`)" in section.text
+    assert "`vl+merge-dpo-dare` (`dpo-dare-0.5`, no point within the limits)" in section.text
+    assert "refuses no more harmful requests on validation" in section.text  # dpo's choice is no improvement
+    assert [r["chosen"] for r in section.tables[0].rows] == ["", "yes", "yes"]
+    assert (tmp_path / "fig" / "merge_vl_selection.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def _m(system: str, hk: int, bk: int, utility: float, n: int = 10) -> dict[str, Any]:
+    return {"system": system, "start": "vl", "harmful": hk / n, "harmful_k": hk, "n_harmful": n, "benign": bk / n,
+            "benign_k": bk, "n_benign": n, "utility": utility, "benign_rise": bk / n, "utility_change": utility - 0.6}  # fmt: skip
+
+
+def test_merging_verdict_counts_only_admissible_systems():
+    from vlsafe_organism.report_repairs import merging_verdict
+
+    sft, dpo = _m("vl+sft", 10, 9, 0.6), _m("vl+dpo", 3, 1, 0.6)
+    merge, tga = _m("vl+merge-sft-ties", 7, 1, 0.58), _m("vl+tga", 10, 0, 0.6)
+    text = merging_verdict([sft, dpo, merge, tga])  # sft refuses more but over-refuses: not admissible
+    assert "merging wins: the best merge is `vl+merge-sft-ties` (7/10 harmful refused" in text
+    assert "the best baseline `vl+dpo` (3/10" in text and "vl+tga" not in text
+    assert "merging does not win" in merging_verdict([_m("vl+dpo", 8, 0, 0.6), merge])
+    assert "a tie" in merging_verdict([_m("vl+dpo", 7, 0, 0.6), merge])
+    lossy = _m("vl+merge-whole", 9, 0, 0.5)  # VQA -0.10: outside the limits
+    assert "no merge is admissible, the best baseline is `vl+dpo`" in merging_verdict([dpo, lossy])
+    assert "no baseline is admissible (`vl+sft`" in merging_verdict([sft, merge])
+    assert "neither wins" in merging_verdict([sft, lossy])
+    assert merging_verdict([merge, tga]) == "" and merging_verdict([sft]) == ""
+
+
+def test_comparison_section_plots_vl_baselines_and_merges(tmp_path):
+    from vlsafe_organism.report_repairs import comparison_section
+
+    vl = {"system": "vl", "image": "synthetic", "harmful_refused": 2, "n_harmful": 10, "benign_refused": 0,
+          "n_benign": 10, "utility": 0.6}  # fmt: skip
+    metrics = [_m("vl+sft", 10, 9, 0.6), _m("vl+merge-sft-ties", 7, 1, 0.58), _m("vl+cmrm-dataset", 5, 0, 0.6)]
+    (section,) = comparison_section(tmp_path, [vl], metrics)
+    assert "merging wins" in section.text and "finding (a)" in section.text
+    assert (tmp_path / "comparison.png").stat().st_size > 5000
+    assert comparison_section(tmp_path, [vl], [_m("vl+cmrm-dataset", 5, 0, 0.6)]) == []
+    assert comparison_section(tmp_path, [], metrics) == []

@@ -6,6 +6,7 @@ import json
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from vlsafe.core.errors import InputError
@@ -20,6 +21,7 @@ from vlsafe.report import (
     png_bytes,
     render_page,
     save_png,
+    scatter_with_intervals,
     table,
     text_to_html,
     write_report,
@@ -59,6 +61,22 @@ def test_figures_are_pngs(tmp_path):
         bar_with_intervals(["a", "b", "c"], {"s": [0.1, 0.2]})
     with pytest.raises(ValueError, match="curve 'c'"):
         line_curves([0, 1], {"c": [1.0]})
+
+
+def test_scatter_with_intervals_draws_each_complete_point(tmp_path):
+    fig = scatter_with_intervals(
+        {"a": ((0.1, 0.0, 0.3), {"rate": 0.8, "low": 0.6, "high": 0.9}), "b": (0.5, None), "c": (0.4, 0.2)},
+        xlabel="benign",
+    )
+    (ax,) = fig.axes
+    assert [t.get_text() for t in ax.texts] == ["a", "c"]  # b has no y: left out
+    assert ax.texts[0].xy == (0.1, 0.8) and ax.get_xlabel() == "benign" and ax.get_xlim() == (-0.02, 1.02)
+    lines = [seg for coll in ax.collections for seg in coll.get_segments()]
+    assert any(np.allclose(seg, [[0.0, 0.8], [0.3, 0.8]]) for seg in lines)  # x whisker of a
+    assert any(np.allclose(seg, [[0.1, 0.6], [0.1, 0.9]]) for seg in lines)  # y whisker of a
+    assert save_png(fig, tmp_path / "s.png").read_bytes().startswith(PNG_MAGIC)
+    with pytest.raises(ValueError, match="no label has both"):
+        scatter_with_intervals({"b": (0.5, None)})
 
 
 def test_render_page_self_contained():

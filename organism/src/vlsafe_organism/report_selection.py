@@ -12,6 +12,8 @@ from vlsafe.report import figures
 from vlsafe.report.html import ReportFigure, ReportTable, Section
 from vlsafe_organism.repairs.cmrm import BEYOND_ALPHAS, COARSE_ALPHAS, SELECTION_FILES, plot_selection
 from vlsafe_organism.repairs.merge import selection_figure
+from vlsafe_organism.repairs.merge_vl import SELECTION_FILE as MERGE_VL_SELECTION
+from vlsafe_organism.repairs.merge_vl import TITLE as MERGE_VL_TITLE
 
 __all__ = ["selection_sections"]
 
@@ -155,10 +157,40 @@ def _merge(figdir: Path, data: dict[str, Any]) -> Section:
     return Section("How the merges were chosen", text, tables=[ReportTable(rows)], figures=[fig])
 
 
+def _merge_vl(figdir: Path, data: dict[str, Any]) -> Section:
+    ref = data["reference"]
+    chosen = {k: v.get("name") for k, v in (data.get("chosen") or {}).items() if v}
+    rows = [{"merge": "organism:vl (none)", "partner": "-", "layers": "-", "harmful": _f(ref["harmful_refusal"]),
+             "benign": _f(ref["benign_refusal"]), "VQA": _f(ref["utility"]), "seconds": "-", "chosen": ""}]  # fmt: skip
+    for p in data["points"]:
+        seconds = float(p.get("merge_seconds", 0.0)) + float(p.get("eval_seconds", 0.0))
+        rows.append({"merge": p["name"], "partner": p["kind"], "layers": p.get("scope", "whole"),
+                     "harmful": _f(p["harmful_refusal"]), "benign": _f(p["benign_refusal"]), "VQA": _f(p["utility"]),
+                     "seconds": f"{seconds:.0f}", "chosen": "yes" if chosen.get(p["kind"]) == p["name"] else ""})  # fmt: skip
+    notes = [f"`{c['system']}` (`{c['name']}`{'' if c.get('within_limits') else ', no point within the limits'})."
+             + _improves(c, ref) for c in (data.get("chosen") or {}).values() if c]  # fmt: skip
+    text = (
+        "`organism:vl` merged with its safety-tuned versions `organism:vl+sft` and `organism:vl+dpo` (trained from "
+        "`vl`), every task vector taken relative to that shared start: `linear-w` = vl + w·(partner − vl), "
+        "`slerp-t` spherical interpolation from vl to the partner, `ties-l` the 30% largest entries of the task "
+        "vector times l, `dare-l` a random 30% rescaled (seed 0) times l, `linear-w-<band>` the linear merge only "
+        "in the middle or late third of the decoder layers, `sft+dpo-ta-w` vl + w·(sft − vl) + w·(dpo − vl). "
+        "Seconds: merge plus validation measurement, one thread. One merge chosen per partner by the rule on the "
+        "validation split: " + " ".join(notes) + " The chosen merges are `vlsafe merge` configs in `merges/` beside "
+        "the selection file."
+    )
+    figures.save_png(selection_figure(data, MERGE_VL_TITLE), figdir / "merge_vl_selection.png")
+    fig = ReportFigure.from_file(figdir / "merge_vl_selection.png", "Merges of vl with vl+sft / vl+dpo (validation)")
+    return Section("How the merges with the safety-tuned VL models were chosen", text, tables=[ReportTable(rows)],
+                   figures=[fig])  # fmt: skip
+
+
 def selection_sections(figdir: Path, art_dir: Path) -> list[Section]:
     """The CMRM and merge selection sections (each left out when its file is absent)."""
     sections: list[Section] = []
-    for name, build in (*((f, _cmrm) for f in SELECTION_FILES.values()), ("merge_selection.json", _merge)):
+    builds = (*((f, _cmrm) for f in SELECTION_FILES.values()), ("merge_selection.json", _merge),
+              (MERGE_VL_SELECTION, _merge_vl))  # fmt: skip
+    for name, build in builds:
         path = art_dir / name
         if path.is_file():
             sections.append(build(figdir, json.loads(path.read_text())))

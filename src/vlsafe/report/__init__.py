@@ -9,7 +9,7 @@ documented in :mod:`vlsafe.report.io`.
 from __future__ import annotations
 
 from vlsafe.report import figures
-from vlsafe.report.figures import bar_with_intervals, line_curves, png_bytes, save_png
+from vlsafe.report.figures import bar_with_intervals, line_curves, png_bytes, save_png, scatter_with_intervals
 from vlsafe.report.html import ReportFigure, ReportTable, Section, render_markdown, render_page, text_to_html
 from vlsafe.report.io import RunData, load_run
 from vlsafe.report.tables import fmt_ci, fmt_value, html_table, table
@@ -32,6 +32,7 @@ __all__ = [
     "render_markdown",
     "render_page",
     "save_png",
+    "scatter_with_intervals",
     "table",
     "text_to_html",
     "write_report",

@@ -17,7 +17,7 @@ from matplotlib.figure import Figure
 
 from vlsafe.core.io import write_bytes_atomic
 
-__all__ = ["bar_with_intervals", "line_curves", "png_bytes", "save_png"]
+__all__ = ["bar_with_intervals", "line_curves", "png_bytes", "save_png", "scatter_with_intervals"]
 
 Point = Mapping[str, Any] | Sequence[float | None] | float | None
 
@@ -117,6 +117,48 @@ def line_curves(
         ax.set_title(title)
     if len(curves) > 1:
         ax.legend(fontsize="small")
+    ax.grid(alpha=0.3)
+    return fig
+
+
+def scatter_with_intervals(
+    points: Mapping[str, tuple[Point, Point]],
+    title: str = "",
+    xlabel: str = "",
+    ylabel: str = "",
+    lim: tuple[float, float] | None = (-0.02, 1.02),
+    figsize: tuple[float, float] = (6.5, 5.0),
+) -> Figure:
+    """One marker per label at ``(x, y)`` with horizontal and vertical interval whiskers, the label beside it.
+
+    Args:
+        points: label -> ``(x, y)``; each a point as in :func:`bar_with_intervals` (a Rate dict, a
+            ``(value, low, high)`` tuple or a bare value). A label whose x or y is missing (``None``) is left out.
+        lim: the limits of both axes; ``None`` for automatic.
+
+    Raises:
+        ValueError: no label has both coordinates.
+    """
+    fig = _new(figsize)
+    ax = fig.add_subplot()
+    drawn = 0
+    for i, (label, (px, py)) in enumerate(points.items()):
+        (x, xlo, xhi), (y, ylo, yhi) = _triple(px), _triple(py)
+        if np.isnan(x) or np.isnan(y):
+            continue
+        ax.errorbar([x], [y], xerr=[[x - xlo], [xhi - x]], yerr=[[y - ylo], [yhi - y]], fmt="o", capsize=3,
+                    color=f"C{i % 10}", markersize=6)  # fmt: skip
+        ax.annotate(str(label), (x, y), xytext=(5, 4), textcoords="offset points", fontsize="small")
+        drawn += 1
+    if not drawn:
+        raise ValueError("scatter_with_intervals: no label has both an x and a y value")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if lim is not None:
+        ax.set_xlim(*lim)
+        ax.set_ylim(*lim)
+    if title:
+        ax.set_title(title)
     ax.grid(alpha=0.3)
     return fig
 

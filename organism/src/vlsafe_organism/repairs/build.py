@@ -16,7 +16,10 @@ Recipes (the committed artefacts were built with exactly these):
 Then the settings of the untrained repairs are chosen on the validation split and written beside the
 artefacts: :func:`vlsafe_organism.repairs.cmrm.select_cmrm` (``cmrm_selection.json`` for ``vl``,
 ``cmrm_vlm_selection.json`` for ``vlm``) and
-:func:`vlsafe_organism.repairs.merge.select_merge` (``merge_selection.json``); both resume from their file.
+:func:`vlsafe_organism.repairs.merge.select_merge` (``merge_selection.json``) and
+:func:`vlsafe_organism.repairs.merge_vl.select_vl_merge` (``merge_vl_selection.json``: ``vl`` merged with the
+freshly exported ``vl+sft`` and ``vl+dpo``, and the chosen merges as ``vlsafe merge`` YAML files in ``merges/``);
+each resumes from its file.
 """
 
 from __future__ import annotations
@@ -33,7 +36,8 @@ from vlsafe_organism.recipes import run_organism_baselines
 from vlsafe_organism.registry import resolve_organism
 from vlsafe_organism.repairs.cmrm import BUILD_OPTIONS, SELECTION_FILES, select_cmrm
 from vlsafe_organism.repairs.merge import select_merge
-from vlsafe_organism.repairs.systems import MERGE_SELECTION
+from vlsafe_organism.repairs.merge_vl import select_vl_merge
+from vlsafe_organism.repairs.systems import MERGE_SELECTION, MERGE_VL_SELECTION
 from vlsafe_organism.repairs.trained import export_trained_repair
 from vlsafe_organism.stages import StageResult, run_stage, stage_root
 from vlsafe_organism.tga import run_tga_organism
@@ -103,4 +107,5 @@ def build_repairs(
         for system, file in SELECTION_FILES.items():
             select_cmrm(art_dir / file, cache_dir, system=system, art_dir=art_dir, **BUILD_OPTIONS[system])
         select_merge(art_dir / MERGE_SELECTION, cache_dir, art_dir=art_dir)
+        select_vl_merge(art_dir / MERGE_VL_SELECTION, cache_dir, art_dir=art_dir)
     return results

@@ -8,6 +8,10 @@
 ``vlm+cmrm-sample``    ``organism:vlm`` with sample-level CMRM
 ``vl+merge-whole``     the safe LLM merged into ``organism:vl`` over all layers (``merge_selection.json``)
 ``vl+merge-layers``    the same, restricted to a band of decoder layers
+``vl+merge-<p>-<m>``   ``organism:vl`` merged with its safety-tuned version ``organism:vl+<p>`` (``sft``, ``dpo``;
+                       ``sft-dpo``: both) by method ``<m>`` (``linear``, ``slerp``, ``ties``, ``dare``, ``ta``;
+                       ``-middle`` / ``-late``: in that band of layers only), one per partner
+                       (``merge_vl_selection.json``, :mod:`.merge_vl`)
 ``vl+tga``             VL adaptation with TGA instead of plain CE (``tga_delta.safetensors``)
 ``vl+sft``             ``organism:vl`` + safety SFT on VLGuard-format data (``sft_delta.safetensors``)
 ``vl+dpo``             ``organism:vl`` + DPO on SPA-VL-format data (``dpo_delta.safetensors``)
@@ -33,10 +37,20 @@ from vlsafe_organism.evaluation import EvalSystem
 from vlsafe_organism.registry import DEPENDS, build_system
 from vlsafe_organism.repairs.cmrm import SELECTION_FILES, cmrm_systems, system_names
 from vlsafe_organism.repairs.merge import merged_system
+from vlsafe_organism.repairs.merge_vl import PARTNERS
+from vlsafe_organism.repairs.merge_vl import SELECTION_FILE as MERGE_VL_SELECTION
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["CMRM_SELECTION", "MERGE_SELECTION", "REPAIR_KIND", "dependencies", "repair_loaders"]
+__all__ = [
+    "CMRM_SELECTION",
+    "MERGE_SELECTION",
+    "MERGE_VL_SELECTION",
+    "REPAIR_KIND",
+    "dependencies",
+    "repair_kind",
+    "repair_loaders",
+]
 
 CMRM_SELECTION = SELECTION_FILES["vl"]
 MERGE_SELECTION = "merge_selection.json"
@@ -55,6 +69,17 @@ REPAIR_KIND: dict[str, str] = {
 }
 
 Loader = Callable[[], EvalSystem]
+
+
+def repair_kind(system: str) -> str:
+    """The repair family of a system (:data:`REPAIR_KIND`; every ``vl+merge-...`` row is weight merging)."""
+    if system in REPAIR_KIND:
+        return REPAIR_KIND[system]
+    return "weight merging" if system.startswith("vl+merge-") else "-"
+
+
+def _vl_partner_merge(system: str) -> bool:
+    return system.startswith(tuple(f"vl+merge-{p}-" for p in PARTNERS))
 
 
 def _read(path: Path) -> dict[str, Any] | None:
@@ -89,6 +114,15 @@ def repair_loaders(cache_dir: str | Path | None, art_dir: Path, work_dir: Path) 
                 )
     else:
         logger.warning("no %s in %s: merge rows skipped", MERGE_SELECTION, art_dir)
+    merge_vl = _read(art_dir / MERGE_VL_SELECTION)
+    if merge_vl is not None:
+        for kind, choice in (merge_vl.get("chosen") or {}).items():
+            if choice:
+                work = work_dir / f"merge-vl-{kind.replace('+', '-')}"
+                out.append((choice["system"], _merge_loader(choice, work, cache_dir, art_dir)))
+    else:
+        logger.warning("no %s in %s: rows of vl merged with its safety-tuned versions skipped",
+                       MERGE_VL_SELECTION, art_dir)  # fmt: skip
     manifest = read_manifest(art_dir)
     for repair, (_, file) in TRAINED_REPAIRS.items():
         if file in manifest:
@@ -127,6 +161,9 @@ def dependencies(system: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
     for start, file in SELECTION_FILES.items():
         if system.startswith(f"{start}+cmrm"):
             return DEPENDS[start], (file,)
+    if _vl_partner_merge(system):
+        files = (*DEPENDS["vl"], *(f for p in PARTNERS for f in DEPENDS[f"vl+{p}"]))
+        return tuple(dict.fromkeys(files)), (MERGE_VL_SELECTION,)
     if system.startswith("vl+merge"):
         return tuple(dict.fromkeys((*DEPENDS["vl"], *DEPENDS["safe-llm"]))), (MERGE_SELECTION,)
     return DEPENDS[system], ()
