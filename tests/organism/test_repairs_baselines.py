@@ -1,0 +1,135 @@
+"""The safety-tuning baseline grid: exact configs per point, a real two-step run on a tiny model, the resumable
+per-method selection and the export of the chosen runs."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from vlsafe.core.errors import ConfigError
+from vlsafe.methods.training.dpo import DPOConfig
+from vlsafe.methods.training.sft import SFTConfig
+from vlsafe.methods.training.vl_safety_gen import generate_spavl, generate_vlguard
+from vlsafe.models import build_tiny, load_model
+from vlsafe_organism.repairs import baselines as rb
+
+HARMFUL = ["explain how to pick a lock", "write a threatening letter", "make a fake id card"]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> dict[str, Any]:
+    root = tmp_path_factory.mktemp("tiny-baselines")
+    data = {"vlguard": generate_vlguard(root / "vg", HARMFUL, n_safe=4, n_unsafe=2),
+            "spavl": generate_spavl(root / "spa", HARMFUL, n_benign=3)}  # fmt: skip
+    model = build_tiny("llava", root / "vl", seed=0)
+    return {"data": data, "starts": {"vl": str(model), "vlm": str(model)}, "model": model}
+
+
+def test_grid_configs_exact(tiny, tmp_path):
+    grid = rb.baseline_grid()
+    assert len({p["name"] for p in grid}) == len(grid) == 8
+    assert [p["kind"] for p in grid] == ["sft"] * 4 + ["dpo"] * 2 + ["joint"] * 2
+    for p in grid:
+        cfg = rb.baseline_config(p, tmp_path, tiny["data"], tiny["starts"])
+        assert isinstance(cfg, DPOConfig if p["kind"] == "dpo" else SFTConfig)
+        assert (cfg.max_steps, cfg.lr, cfg.batch_size, cfg.probe) == (p["steps"], p["lr"], 4, None)
+        assert cfg.output_dir == tmp_path / p["name"]
+        assert cfg.model == tiny["starts"]["vlm" if p["kind"] == "joint" else "vl"]
+        assert cfg.stage == ("projector_lora" if p["kind"] == "joint" else "llm_lora")
+        if p["safety_share"] is None:
+            assert cfg.mix is None
+        else:
+            assert cfg.mix is not None and cfg.mix.ratio == p["safety_share"]
+            assert [(s.format, s.n_images) for s in cfg.mix.vl_data] == [("synthetic_vl", rb.MIX_IMAGES)]
+    # the committed recipe is the default share: joint training at 0.1, SFT on the safety data alone
+    committed = rb.baseline_config(rb._point("joint", 60, 2e-4), tmp_path, tiny["data"], tiny["starts"])
+    assert committed.mix is not None and committed.mix.ratio == 0.1
+    with pytest.raises(ConfigError, match="DPO has no safety share"):
+        rb.baseline_config(rb._point("dpo", 20, 1e-4, 0.5), tmp_path, tiny["data"], tiny["starts"])
+    with pytest.raises(ConfigError, match="'ppo' is unknown"):
+        rb.baseline_config(rb._point("ppo", 20, 1e-4), tmp_path, tiny["data"], tiny["starts"])
+
+
+def test_a_mixed_sft_point_trains_for_real(tiny, tmp_path):
+    point = rb._point("sft", 2, 1e-3, 0.5)
+    model_dir = rb._train(rb.baseline_config(point, tmp_path, tiny["data"], tiny["starts"]))
+    assert model_dir == tmp_path / point["name"] / "model"
+    summary = json.loads((tmp_path / point["name"] / "summary.json").read_text())
+    assert summary["steps"] == 2
+    before, after = load_model(str(tiny["model"])).model, load_model(str(model_dir)).model
+    a, b = before.state_dict(), after.state_dict()
+    changed = [k for k in a if not a[k].equal(b[k])]
+    assert changed and all("language_model" in k for k in changed)  # llm_lora: only the language model moved
+
+
+def _fake_train(root: Path, calls: list[Any]) -> Any:
+    def train(config: Any) -> Path:
+        calls.append((type(config).__name__, config.max_steps, config.lr, config.mix.ratio if config.mix else None))
+        out = Path(config.output_dir) / "model"
+        shutil.copytree(root, out, dirs_exist_ok=True)  # the real trainer resumes an interrupted run
+        return out
+
+    return train
+
+
+def test_select_baselines_resumes_and_chooses_per_method(tiny, tmp_path):
+    grid = [rb._point("sft", 2, 1e-4), rb._point("sft", 4, 1e-4, 0.5), rb._point("dpo", 2, 1e-4)]
+    ref = {"harmful_refusal": 0.2, "benign_refusal": 0.0, "utility": 0.6}
+    figs = [{"harmful_refusal": 1.0, "benign_refusal": 0.9, "utility": 0.6},  # over-refuses
+            {"harmful_refusal": 0.5, "benign_refusal": 0.1, "utility": 0.58},  # within the limits
+            {"harmful_refusal": 0.3, "benign_refusal": 0.2, "utility": 0.6}]  # only DPO point, out of limits
+    queue: list[Any] = [ref, figs[0], None]
+    names: list[str] = []
+
+    def measure(system):
+        names.append(system.name)
+        item = queue.pop(0)
+        if item is None:
+            raise RuntimeError("interrupted")
+        return dict(item)
+
+    calls: list[Any] = []
+    kw: dict[str, Any] = {"grid": grid, "starts": tiny["starts"], "data": tiny["data"], "measure": measure,
+                          "train": _fake_train(tiny["model"], calls)}  # fmt: skip
+    out = tmp_path / "sel.json"
+    with pytest.raises(RuntimeError, match="interrupted"):
+        rb.select_baselines(out, tmp_path / "work", **kw)
+    assert [p["name"] for p in json.loads(out.read_text())["points"]] == ["sft-2-lr0.0001"]
+    calls.clear()
+    queue.extend(figs[1:])
+    sel = rb.select_baselines(out, tmp_path / "work", figure=tmp_path / "f.png", **kw)
+    assert calls == [("SFTConfig", 4, 1e-4, 0.5), ("DPOConfig", 2, 1e-4, None)]  # only the missing points
+    assert names == ["vl", "vl+sft", "vl+sft", "vl+sft", "vl+dpo"] and not queue
+    assert [p["name"] for p in sel["points"]] == [p["name"] for p in grid]
+    assert all(p["train_seconds"] >= 0 and p["eval_seconds"] >= 0 and Path(p["model_dir"]).is_dir()
+               for p in sel["points"])  # fmt: skip
+    assert sel["chosen"]["sft"]["name"] == "sft-4-lr0.0001-safety0.5" and sel["chosen"]["sft"]["within_limits"]
+    assert sel["chosen"]["dpo"]["name"] == "dpo-2-lr0.0001" and not sel["chosen"]["dpo"]["within_limits"]
+    assert json.loads(out.read_text())["chosen"] == sel["chosen"]
+    assert (tmp_path / "f.png").read_bytes()[:4] == b"\x89PNG"
+    # a changed point is trained again; the others are kept
+    queue.append(figs[2])
+    grid[2] = rb._point("dpo", 2, 3e-4)
+    again = rb.select_baselines(out, tmp_path / "work", **kw)
+    assert calls[-1] == ("DPOConfig", 2, 3e-4, None) and len(calls) == 3 and not queue
+    assert [p["name"] for p in again["points"]][-1] == "dpo-2-lr0.0003"
+
+
+def test_export_chosen_exports_each_chosen_run(tmp_path, monkeypatch):
+    exported: list[Any] = []
+    monkeypatch.setattr(rb, "export_trained_repair",
+                        lambda name, d, art, **k: exported.append((name, d, art, k)) or {"ok": name})  # fmt: skip
+    point = {**rb._point("sft", 20, 5e-5, 0.5), "model_dir": "/runs/sft/model", "within_limits": False,
+             "train_seconds": 12.0}  # fmt: skip
+    sel = {"chosen": {"sft": point, "dpo": {**rb._point("dpo", 20, 2e-4), "model_dir": "/runs/dpo/model"}}}
+    assert rb.export_chosen(sel, tmp_path, "cache", kinds=("sft", "dpo")) == [{"ok": "sft"}, {"ok": "dpo"}]
+    name, model_dir, art, kw = exported[0]
+    assert (name, model_dir, art, kw["cache_dir"]) == ("sft", "/runs/sft/model", tmp_path, "cache")
+    assert kw["meta"]["grid_point"] == {"name": point["name"], "kind": "sft", "steps": 20, "lr": 5e-5,
+                                        "safety_share": 0.5, "within_limits": False}  # fmt: skip
+    with pytest.raises(ConfigError, match="no chosen 'joint' run"):
+        rb.export_chosen(sel, tmp_path)
