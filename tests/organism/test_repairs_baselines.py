@@ -133,3 +133,26 @@ def test_export_chosen_exports_each_chosen_run(tmp_path, monkeypatch):
                                         "safety_share": 0.5, "within_limits": False}  # fmt: skip
     with pytest.raises(ConfigError, match="no chosen 'joint' run"):
         rb.export_chosen(sel, tmp_path)
+
+
+def test_select_baselines_trains_again_when_the_start_systems_change(tiny, tmp_path):
+    from vlsafe_organism.artifacts import MANIFEST
+    from vlsafe_organism.registry import DEPENDS
+
+    art = tmp_path / "art"
+    art.mkdir()
+    files = {f: {"sha256": "a" * 64} for s in ("vl", "vlm") for f in DEPENDS[s]}
+    (art / MANIFEST).write_text(json.dumps(files))
+    calls: list[Any] = []
+    kw: dict[str, Any] = {"grid": [rb._point("sft", 2, 1e-4)], "starts": tiny["starts"], "data": tiny["data"],
+                          "art_dir": art, "train": _fake_train(tiny["model"], calls),
+                          "measure": lambda s: {"harmful_refusal": 0.5, "benign_refusal": 0.0, "utility": 0.5}}  # fmt: skip
+    first = rb.select_baselines(tmp_path / "sel.json", tmp_path / "work", **kw)
+    rb.select_baselines(tmp_path / "sel.json", tmp_path / "work", **kw)
+    assert len(calls) == 1  # resumed
+    files["vl_lora.safetensors"] = {"sha256": "b" * 64}
+    (art / MANIFEST).write_text(json.dumps(files))
+    second = rb.select_baselines(tmp_path / "sel.json", tmp_path / "work", **kw)
+    assert len(calls) == 2 and second["artefacts"]["vl_lora.safetensors"] == "b" * 64
+    old, new = Path(first["points"][0]["model_dir"]), Path(second["points"][0]["model_dir"])
+    assert old != new and old.parent.name == new.parent.name == "sft-2-lr0.0001"  # a fresh run directory

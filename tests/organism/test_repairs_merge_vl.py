@@ -266,3 +266,30 @@ def test_comparison_section_plots_vl_baselines_and_merges(tmp_path):
     assert (tmp_path / "comparison.png").stat().st_size > 5000
     assert comparison_section(tmp_path, [vl], [_m("vl+cmrm-dataset", 5, 0, 0.6)]) == []
     assert comparison_section(tmp_path, [], metrics) == []
+
+
+def test_selection_starts_over_when_a_partner_changes(fake_resolve, tmp_path):
+    from vlsafe_organism.artifacts import MANIFEST
+    from vlsafe_organism.registry import DEPENDS
+
+    art = tmp_path / "art"
+    art.mkdir()
+    files = {f: {"sha256": "a" * 64} for s in ("vl", "vl+sft", "vl+dpo") for f in DEPENDS[s]}
+    (art / MANIFEST).write_text(json.dumps(files))
+    assert mv.artefact_fingerprint(art, ["vl", "vl+sft"]) == {f: "a" * 64 for f in DEPENDS["vl+sft"]}
+    calls: list[str] = []
+
+    def measure(system):
+        calls.append(system.name)
+        return {"harmful_refusal": 0.5, "benign_refusal": 0.0, "utility": 0.5}
+
+    out = art / mv.SELECTION_FILE
+    kw: dict[str, Any] = {"grid": [_point("sft-linear-0.25")], "measure": measure, "scratch_dir": tmp_path, "art_dir": art}
+    mv.select_vl_merge(out, **kw)
+    mv.select_vl_merge(out, **kw)
+    assert calls == ["vl", "vl+merge"]  # resumed: nothing measured again
+    files["sft_delta.safetensors"] = {"sha256": "b" * 64}  # the SFT partner re-tuned
+    (art / MANIFEST).write_text(json.dumps(files))
+    data = mv.select_vl_merge(out, **kw)
+    assert calls == ["vl", "vl+merge"] * 2 and data["artefacts"]["sft_delta.safetensors"] == "b" * 64
+    assert json.loads(out.read_text())["artefacts"] == mv.artefact_fingerprint(art, ["vl", "vl+sft", "vl+dpo"])

@@ -18,6 +18,7 @@ over-refuses, the rule's fallback is marked ``within_limits = False`` and the gr
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import logging
 import sys
@@ -37,6 +38,7 @@ from vlsafe_organism.recipes import organism_baseline_configs, organism_safety_d
 from vlsafe_organism.registry import resolve_organism
 from vlsafe_organism.repairs import select
 from vlsafe_organism.repairs.merge import selection_figure
+from vlsafe_organism.repairs.merge_vl import artefact_fingerprint
 from vlsafe_organism.repairs.trained import export_trained_repair
 
 logger = logging.getLogger(__name__)
@@ -132,8 +134,9 @@ def select_baselines(
     """Train and measure every grid point on the validation split and choose one run per method.
 
     Resumable: ``out`` is rewritten after every point, and a point already there with the same run fields
-    (:data:`RUN_FIELDS`) is not trained again. The runs stay in ``work_dir/<name>/model`` (the chosen ones are
-    exported from there by :func:`export_chosen`).
+    (:data:`RUN_FIELDS`) is not trained again, unless the start systems' artefacts changed (their checksums are
+    recorded as ``"artefacts"``): then every point is trained again. The runs stay in
+    ``work_dir/runs-<checksum>/<name>/model`` (the chosen ones are exported from there by :func:`export_chosen`).
 
     Args:
         out: The selection JSON (``{"reference", "points", "chosen": {kind: point}, "selection_rule", "date"}``).
@@ -152,6 +155,11 @@ def select_baselines(
     grid = list(grid) if grid is not None else baseline_grid()
     out, work_dir = Path(out), Path(work_dir)
     sel: dict[str, Any] = json.loads(out.read_text()) if out.is_file() else {}
+    fingerprint = artefact_fingerprint(art_dir or PACKAGE_ARTIFACTS, ["vl", "vlm"])
+    if sel.get("artefacts") not in (None, fingerprint):
+        logger.info("%s was measured on other start systems: training every point again", out)
+        sel = {}
+    sel["artefacts"] = fingerprint
     sel.setdefault("points", [])
     sel["selection_rule"] = {"max_benign_rise": select.MAX_BENIGN_RISE, "max_utility_drop": select.MAX_UTILITY_DROP,
                              "setting": select.VAL_SETTING}  # fmt: skip
@@ -162,6 +170,7 @@ def select_baselines(
         ref = measure(EvalSystem("vl", load_model(starts["vl"], dtype="float32")))
         sel["reference"] = {"name": "vl", **ref, "eval_seconds": round(time.perf_counter() - t0, 1)}
         _write(out, {**sel, "date": dt.date.today().isoformat()})
+    runs = work_dir / ("runs-" + hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()[:12])
     done = {p["name"]: p for p in sel["points"]}
     points: list[dict[str, Any]] = []
     for gp in grid:
@@ -171,7 +180,7 @@ def select_baselines(
             continue
         if data is None:
             data = organism_safety_data(work_dir / "data")
-        config = baseline_config(gp, work_dir, data, starts)
+        config = baseline_config(gp, runs, data, starts)
         t0 = time.perf_counter()
         model_dir = train(config)
         train_s = time.perf_counter() - t0

@@ -35,8 +35,9 @@ from typing import Any
 
 from vlsafe.core.errors import ConfigError
 from vlsafe.methods.merging import MergeConfig
-from vlsafe_organism.artifacts import PACKAGE_ARTIFACTS
+from vlsafe_organism.artifacts import PACKAGE_ARTIFACTS, read_manifest
 from vlsafe_organism.evaluation import EvalSystem
+from vlsafe_organism.registry import DEPENDS
 from vlsafe_organism.repairs.merge import BANDS, VL_REF, select_merge
 
 logger = logging.getLogger(__name__)
@@ -45,6 +46,7 @@ __all__ = [
     "CONFIG_DIR",
     "PARTNERS",
     "SELECTION_FILE",
+    "artefact_fingerprint",
     "partner_ref",
     "select_vl_merge",
     "system_name",
@@ -157,6 +159,27 @@ def write_merge_configs(selection: dict[str, Any], out_dir: Path) -> list[Path]:
     return paths
 
 
+def artefact_fingerprint(art_dir: Path, systems: Sequence[str]) -> dict[str, str]:
+    """``{artefact file: sha256}`` of every artefact that the organism ``systems`` are built from (what a
+    selection's measurements depend on); a file missing from the manifest maps to ``""``."""
+    manifest = read_manifest(art_dir)
+    files = dict.fromkeys(f for s in systems for f in DEPENDS[s])
+    return {f: str(manifest.get(f, {}).get("sha256", "")) for f in files}
+
+
+def _start_over_if_stale(out: Path, fingerprint: dict[str, str]) -> None:
+    """Drop the measurements in ``out`` when they were made on other artefacts (e.g. re-tuned partners)."""
+    if not out.is_file():
+        return
+    data = json.loads(out.read_text())
+    if data.get("artefacts") not in (None, fingerprint):
+        logger.info("%s was measured on other artefacts: measuring every point again", out)
+        for key in ("points", "reference", "chosen", "heldout"):
+            data.pop(key, None)
+    data["artefacts"] = fingerprint
+    out.write_text(json.dumps(data, indent=1) + "\n")
+
+
 def select_vl_merge(
     out: Path,
     cache_dir: str | Path | None = None,
@@ -170,7 +193,14 @@ def select_vl_merge(
 ) -> dict[str, Any]:
     """Measure the grid (default :func:`vl_merge_grid`) on the validation split and choose one merge per kind, by
     :func:`~.merge.select_merge` (resumable from ``out``); the choices are also written as YAML files to
-    ``<out's folder>/merges/`` (:func:`write_merge_configs`). Returns the selection dict."""
+    ``<out's folder>/merges/`` (:func:`write_merge_configs`). Returns the selection dict.
+
+    The selection records the checksums of the artefacts of ``vl`` and the partners (:func:`artefact_fingerprint`)
+    and measures every point again when they change (a partner re-tuned), instead of resuming.
+    """
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    _start_over_if_stale(out, artefact_fingerprint(art_dir or PACKAGE_ARTIFACTS, ["vl", *(f"vl+{p}" for p in partners)]))
     data = select_merge(out, cache_dir, grid=grid if grid is not None else vl_merge_grid(partners),
                         scratch_dir=scratch_dir, figure=figure, measure=measure, art_dir=art_dir, title=TITLE)  # fmt: skip
     write_merge_configs(data, Path(out).parent / CONFIG_DIR)
