@@ -156,3 +156,34 @@ def test_select_baselines_trains_again_when_the_start_systems_change(tiny, tmp_p
     assert len(calls) == 2 and second["artefacts"]["vl_lora.safetensors"] == "b" * 64
     old, new = Path(first["points"][0]["model_dir"]), Path(second["points"][0]["model_dir"])
     assert old != new and old.parent.name == new.parent.name == "sft-2-lr0.0001"  # a fresh run directory
+
+
+def test_build_repairs_tunes_the_baselines_when_asked(tmp_path, monkeypatch):
+    from vlsafe_organism.artifacts import write_artifact
+    from vlsafe_organism.repairs import build
+
+    art = tmp_path / "art"
+    write_artifact(art, "safe_lora.safetensors", {"x": __import__("torch").zeros(1)})
+    trained: list[str] = []
+    tuned: list[Any] = []
+
+    def fake_train(name: str, out: Path, *a: Any) -> Path:
+        trained.append(name)
+        (out / "model").mkdir(parents=True)
+        return out / "model"
+
+    def fake_select(out: Path, work: Path, cache_dir: Any, *, grid: Any, art_dir: Path) -> dict[str, Any]:
+        tuned.append(("select", out, work.name, sorted({p["kind"] for p in grid}), art_dir))
+        return {"chosen": {}}
+
+    monkeypatch.setattr(build, "_train", fake_train)
+    monkeypatch.setattr(build, "export_trained_repair", lambda *a, **k: None)
+    monkeypatch.setattr(build, "select_baselines", fake_select)
+    monkeypatch.setattr(build, "export_chosen", lambda sel, a, c, kinds: tuned.append(("export", a, kinds)))
+    build.build_repairs(art, tmp_path / "cache", which=("tga", "sft", "joint"), selections=False,
+                        tune_baselines=True)  # fmt: skip
+    assert trained == ["tga"]  # SFT and joint come from the grid
+    assert tuned == [("select", art / rb.SELECTION_FILE, "baseline-grid", ["joint", "sft"], art),
+                     ("export", art, ["sft", "joint"])]  # fmt: skip
+    build.build_repairs(art, tmp_path / "cache", which=("dpo",), selections=False)
+    assert trained == ["tga", "dpo"] and len(tuned) == 2  # the default: one fixed run

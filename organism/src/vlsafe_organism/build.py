@@ -151,6 +151,8 @@ class BuildConfig(BaseModel):
             the committed ones).
         recipe: the training recipe, a YAML file (or, from Python, a mapping) of safe_llm: / vl: fields (see
             vlsafe_organism.recipe); default: the committed artefacts' recipe.
+        tune_baselines: choose safety SFT, DPO and joint training from a validation grid each (steps, learning
+            rate, safety share; about half an hour of one CPU core) instead of one fixed run each.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -160,6 +162,7 @@ class BuildConfig(BaseModel):
     cache_dir: Path | None = None
     out_dir: Path | None = None
     recipe: Path | dict[str, Any] | None = None
+    tune_baselines: bool = False
 
 
 def build(config: BuildConfig | None = None) -> dict[str, Any]:
@@ -190,7 +193,7 @@ def build(config: BuildConfig | None = None) -> dict[str, Any]:
     export(results, out)
     if stage in ("repairs", "all"):
 
-        results += build_repairs(out, cache_dir, recipe=plan)
+        results += build_repairs(out, cache_dir, recipe=plan, tune_baselines=config.tune_baselines)
     summary = {"stages": {r.name: r.record for r in results}, "out": str(out), "seconds": time.time() - start}
     logger.info("organism build finished in %.0f s -> %s", summary["seconds"], out)
     return summary

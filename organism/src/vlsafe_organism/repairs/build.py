@@ -13,6 +13,11 @@ Recipes (the committed artefacts were built with exactly these):
   :data:`BASELINE_STEPS` steps of batch 4 and no in-training probe (the probe's evaluation run costs more
   than the training on 2 CPU cores).
 
+With ``tune_baselines``, SFT, DPO and joint training are instead chosen from a validation grid
+(:func:`vlsafe_organism.repairs.baselines.select_baselines`, ``baseline_selection.json``; runs under
+``<cache>/stages/baseline-grid``) and the chosen runs exported
+(:func:`vlsafe_organism.repairs.baselines.export_chosen`).
+
 Then the settings of the untrained repairs are chosen on the validation split and written beside the
 artefacts: :func:`vlsafe_organism.repairs.cmrm.select_cmrm` (``cmrm_selection.json`` for ``vl``,
 ``cmrm_vlm_selection.json`` for ``vlm``) and
@@ -34,6 +39,9 @@ from vlsafe_organism.deltas import TRAINED_REPAIRS
 from vlsafe_organism.recipe import recipe_of_artifacts
 from vlsafe_organism.recipes import run_organism_baselines
 from vlsafe_organism.registry import resolve_organism
+from vlsafe_organism.repairs.baselines import KINDS as BASELINE_KINDS
+from vlsafe_organism.repairs.baselines import SELECTION_FILE as BASELINE_SELECTION
+from vlsafe_organism.repairs.baselines import baseline_grid, export_chosen, select_baselines
 from vlsafe_organism.repairs.cmrm import BUILD_OPTIONS, SELECTION_FILES, select_cmrm
 from vlsafe_organism.repairs.merge import select_merge
 from vlsafe_organism.repairs.merge_vl import select_vl_merge
@@ -70,13 +78,15 @@ def build_repairs(
     which: tuple[str, ...] = tuple(TRAINED_REPAIRS),
     selections: bool = True,
     recipe: OrganismRecipe | None = None,
+    tune_baselines: bool = False,
 ) -> list[StageResult]:
     """Train (or reuse) the chosen repairs on the organism in ``art_dir`` and export their deltas there;
     with ``selections``, also run (or resume) the CMRM and merge selections into ``art_dir``.
 
     The start systems (``organism:vl``, ``organism:vlm``) are read from ``art_dir``, so a freshly built organism
     and its repairs stay consistent; TGA re-runs the VL adaptation with ``recipe`` (default: the recipe recorded
-    with the ``vl`` artefact in ``art_dir``).
+    with the ``vl`` artefact in ``art_dir``). With ``tune_baselines``, the chosen ones of ``sft``, ``dpo`` and
+    ``joint`` come from the validation grid (module docstring) instead of one fixed run each.
     """
 
     unknown = [w for w in which if w not in TRAINED_REPAIRS]
@@ -85,7 +95,8 @@ def build_repairs(
     manifest = read_manifest(art_dir)
     recipe = recipe or recipe_of_artifacts(art_dir)
     results = []
-    for name in which:
+    tuned = [n for n in which if tune_baselines and n in BASELINE_KINDS]
+    for name in (n for n in which if n not in tuned):
         start, _ = TRAINED_REPAIRS[name]
         deps = {k: v["sha256"] for k, v in manifest.items() if k.startswith(("safe_", f"{start}_"))}
         fingerprint: dict[str, Any] = {"recipe": RECIPE_VERSION, "steps": BASELINE_STEPS, "start": deps}
@@ -102,6 +113,11 @@ def build_repairs(
             name, model_dir, art_dir, cache_dir=cache_dir, meta={"stage": result.record}
         )
         results.append(result)
+    if tuned:
+        grid = [p for p in baseline_grid() if p["kind"] in tuned]
+        chosen = select_baselines(art_dir / BASELINE_SELECTION, stage_root(cache_dir) / "baseline-grid", cache_dir,
+                                  grid=grid, art_dir=art_dir)  # fmt: skip
+        export_chosen(chosen, art_dir, cache_dir, kinds=tuned)
     if selections:
 
         for system, file in SELECTION_FILES.items():
