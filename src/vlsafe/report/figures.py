@@ -148,7 +148,9 @@ def scatter_with_intervals(
             continue
         ax.errorbar([x], [y], xerr=[[x - xlo], [xhi - x]], yerr=[[y - ylo], [yhi - y]], fmt="o", capsize=3,
                     color=f"C{i % 10}", markersize=6)  # fmt: skip
-        ax.annotate(str(label), (x, y), xytext=(5, 4), textcoords="offset points", fontsize="small")
+        right = x > 0.6 * (ax.get_xlim()[1] if lim is None else lim[1])  # labels of right-hand points go left
+        ax.annotate(str(label), (x, y), xytext=(-5 if right else 5, 4 if drawn % 2 == 0 else -11),
+                    textcoords="offset points", fontsize="small", ha="right" if right else "left")  # fmt: skip
         drawn += 1
     if not drawn:
         raise ValueError("scatter_with_intervals: no label has both an x and a y value")
