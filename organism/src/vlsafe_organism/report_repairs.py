@@ -273,7 +273,7 @@ def comparison_section(figdir: Path, rows: list[dict[str, Any]], metrics: list[d
                                                               rate_point(m["harmful_k"], m["n_harmful"]))  # fmt: skip
     fig = figures.scatter_with_intervals(points, title="Safety against over-refusal (held-out, benign image)",
                                          xlabel="benign refusal (over-refusal)", ylabel="harmful refusal")  # fmt: skip
-    limit = vl["benign_refusal"] + MAX_BENIGN_RISE
+    limit = vl["benign_refused"] / max(1, vl["n_benign"]) + MAX_BENIGN_RISE
     fig.axes[0].axvspan(-0.02, limit, color="tab:green", alpha=0.08, label=f"benign refusal within +{MAX_BENIGN_RISE:.2f}")
     fig.axes[0].legend(loc="lower right", fontsize="small")
     figures.save_png(fig, figdir / "comparison.png")
