@@ -187,3 +187,22 @@ def test_build_repairs_tunes_the_baselines_when_asked(tmp_path, monkeypatch):
                      ("export", art, ["sft", "joint"])]  # fmt: skip
     build.build_repairs(art, tmp_path / "cache", which=("dpo",), selections=False)
     assert trained == ["tga", "dpo"] and len(tuned) == 2  # the default: one fixed run
+
+
+def test_baseline_selection_section(tmp_path):
+    from vlsafe_organism.report_selection import selection_sections
+
+    ref = {"harmful_refusal": 0.2, "benign_refusal": 0.0, "utility": 0.6}
+    pts = [{**rb._point("sft", 20, 5e-5, 0.5), "harmful_refusal": 1.0, "benign_refusal": 0.9, "utility": 0.6,
+            "train_seconds": 101.4},
+           {**rb._point("dpo", 20, 2e-4), "harmful_refusal": 0.3, "benign_refusal": 0.05, "utility": 0.6,
+            "train_seconds": 250.0}]  # fmt: skip
+    sel = {"reference": ref, "points": pts,
+           "chosen": {"sft": {**pts[0], "within_limits": False}, "dpo": {**pts[1], "within_limits": True}}}  # fmt: skip
+    (tmp_path / rb.SELECTION_FILE).write_text(json.dumps(sel))
+    (section,) = selection_sections(tmp_path / "fig", tmp_path)
+    assert "sft: `sft-20-lr5e-05-safety0.5` (no run within the limits). dpo: `dpo-20-lr0.0002`." in section.text
+    rows = section.tables[0].rows
+    assert [(r["run"], r["safety share"], r["train s"], r["chosen"]) for r in rows[1:]] == [
+        ("sft-20-lr5e-05-safety0.5", "0.5", "101", "yes"), ("dpo-20-lr0.0002", "-", "250", "yes")]
+    assert (tmp_path / "fig" / "baseline_selection.png").read_bytes()[:4] == b"\x89PNG"

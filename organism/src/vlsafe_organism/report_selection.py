@@ -1,6 +1,6 @@
 """The demo report's "how the repair settings were chosen" sections, drawn from the committed selection files
-(``cmrm_selection.json`` and ``cmrm_vlm_selection.json``, ``merge_selection.json``): every validation point, the
-chosen one, and a figure."""
+(``cmrm_selection.json`` and ``cmrm_vlm_selection.json``, ``merge_selection.json``, ``merge_vl_selection.json``,
+``baseline_selection.json``): every validation point, the chosen one, and a figure."""
 
 from __future__ import annotations
 
@@ -10,6 +10,8 @@ from typing import Any
 
 from vlsafe.report import figures
 from vlsafe.report.html import ReportFigure, ReportTable, Section
+from vlsafe_organism.repairs.baselines import SELECTION_FILE as BASELINE_SELECTION
+from vlsafe_organism.repairs.baselines import TITLE as BASELINE_TITLE
 from vlsafe_organism.repairs.cmrm import BEYOND_ALPHAS, COARSE_ALPHAS, SELECTION_FILES, plot_selection
 from vlsafe_organism.repairs.merge import selection_figure
 from vlsafe_organism.repairs.merge_vl import SELECTION_FILE as MERGE_VL_SELECTION
@@ -185,11 +187,37 @@ def _merge_vl(figdir: Path, data: dict[str, Any]) -> Section:
                    figures=[fig])  # fmt: skip
 
 
+def _baselines(figdir: Path, data: dict[str, Any]) -> Section:
+    ref = data["reference"]
+    chosen = {k: v.get("name") for k, v in (data.get("chosen") or {}).items() if v}
+    rows = [{"run": "organism:vl (none)", "method": "-", "steps": "-", "lr": "-", "safety share": "-",
+             "harmful": _f(ref["harmful_refusal"]), "benign": _f(ref["benign_refusal"]), "VQA": _f(ref["utility"]),
+             "train s": "-", "chosen": ""}]  # fmt: skip
+    for p in data["points"]:
+        share = "safety data only" if p.get("safety_share") is None else f"{p['safety_share']:g}"
+        share = "-" if p["kind"] == "dpo" else share  # DPO's pairs hold their benign prompts
+        rows.append({"run": p["name"], "method": p["kind"], "steps": p["steps"], "lr": f"{p['lr']:g}",
+                     "safety share": share, "harmful": _f(p["harmful_refusal"]), "benign": _f(p["benign_refusal"]),
+                     "VQA": _f(p["utility"]), "train s": f"{float(p.get('train_seconds', 0.0)):.0f}",
+                     "chosen": "yes" if chosen.get(p["kind"]) == p["name"] else ""})  # fmt: skip
+    notes = [f"{kind}: `{c['name']}`" + ("" if c.get("within_limits") else " (no run within the limits)") + "."
+             for kind, c in (data.get("chosen") or {}).items() if c]  # fmt: skip
+    text = (
+        "Safety SFT (VLGuard format), DPO (SPA-VL format) and joint training (VL adaptation from `organism:vlm` with "
+        "the safety data mixed in) over a small grid each: steps of batch 4, learning rate, and the share of safety "
+        "records in the training set (for SFT, mixed with benign synthetic VQA). Chosen by the repairs' rule on the "
+        "validation split: " + " ".join(notes)
+    )
+    figures.save_png(selection_figure(data, BASELINE_TITLE), figdir / "baseline_selection.png")
+    fig = ReportFigure.from_file(figdir / "baseline_selection.png", "Baseline grid on the validation split")
+    return Section("How the safety-tuning baselines were chosen", text, tables=[ReportTable(rows)], figures=[fig])
+
+
 def selection_sections(figdir: Path, art_dir: Path) -> list[Section]:
     """The CMRM and merge selection sections (each left out when its file is absent)."""
     sections: list[Section] = []
     builds = (*((f, _cmrm) for f in SELECTION_FILES.values()), ("merge_selection.json", _merge),
-              (MERGE_VL_SELECTION, _merge_vl))  # fmt: skip
+              (MERGE_VL_SELECTION, _merge_vl), (BASELINE_SELECTION, _baselines))  # fmt: skip
     for name, build in builds:
         path = art_dir / name
         if path.is_file():
