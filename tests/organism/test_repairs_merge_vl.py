@@ -60,8 +60,8 @@ def _point(name: str) -> dict[str, Any]:
 
 def test_grid_points_valid_named_and_ordered():
     grid = mv.vl_merge_grid()
-    assert len({p["name"] for p in grid}) == len(grid) == 28
-    assert [p["kind"] for p in grid] == ["sft"] * 13 + ["dpo"] * 13 + ["sft+dpo"] * 2
+    assert len({p["name"] for p in grid}) == len(grid) == 32
+    assert [p["kind"] for p in grid] == ["sft"] * 15 + ["dpo"] * 15 + ["sft+dpo"] * 2
     methods = set()
     for p in grid:
         cfg = MergeConfig.from_dict(p["config"])
@@ -83,10 +83,10 @@ def test_grid_points_valid_named_and_ordered():
     # gentlest first within a partner: the linear weights and each method's strength rise along the grid
     lin = [p["config"]["models"][1]["weight"] for p in grid
            if p["kind"] == "sft" and p["config"]["method"] == "linear" and p["scope"] == "whole"]  # fmt: skip
-    assert lin == [0.25, 0.5, 0.75]
-    assert [p["name"] for p in grid if p["kind"] == "dpo" and "ties" in p["name"]] == ["dpo-ties-0.5", "dpo-ties-1.0"]
-    assert [p["name"] for p in mv.vl_merge_grid(("dpo",))][0] == "dpo-linear-0.25"
-    assert len(mv.vl_merge_grid(("dpo",))) == 13  # no joint task-arithmetic kind with one partner
+    assert lin == [0.1, 0.25, 0.5, 0.75]
+    assert [p["name"] for p in grid if p["kind"] == "dpo" and "ties" in p["name"]] == ["dpo-ties-0.25", "dpo-ties-0.5", "dpo-ties-1.0"]
+    assert [p["name"] for p in mv.vl_merge_grid(("dpo",))][0] == "dpo-linear-0.1"
+    assert len(mv.vl_merge_grid(("dpo",))) == 15  # no joint task-arithmetic kind with one partner
 
 
 @pytest.mark.parametrize("partners", [(), ("sft", "sft")])

@@ -99,6 +99,8 @@ def _band(partner: str, w: float, band: str) -> dict[str, Any]:
 def _partner_points(partner: str) -> list[tuple[str, str, dict[str, Any]]]:
     """``(name, scope, config)`` of one partner, roughly gentlest first."""
     pts: list[tuple[str, str, dict[str, Any]]] = [
+        ("linear-0.1", "whole", _linear(partner, 0.1)),
+        ("ties-0.25", "whole", _over_vl("ties", partner, density=DENSITY, **{"lambda": 0.25})),
         ("linear-0.25", "whole", _linear(partner, 0.25)),
         ("slerp-0.25", "whole", _over_vl("slerp", partner, t=0.25)),
         ("ties-0.5", "whole", _over_vl("ties", partner, density=DENSITY, **{"lambda": 0.5})),
