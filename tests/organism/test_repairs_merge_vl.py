@@ -293,3 +293,20 @@ def test_selection_starts_over_when_a_partner_changes(fake_resolve, tmp_path):
     data = mv.select_vl_merge(out, **kw)
     assert calls == ["vl", "vl+merge"] * 2 and data["artefacts"]["sft_delta.safetensors"] == "b" * 64
     assert json.loads(out.read_text())["artefacts"] == mv.artefact_fingerprint(art, ["vl", "vl+sft", "vl+dpo"])
+
+
+def test_committed_merge_configs_are_the_committed_choices(tmp_path):
+    from vlsafe_organism.artifacts import PACKAGE_ARTIFACTS
+
+    selection = json.loads((PACKAGE_ARTIFACTS / mv.SELECTION_FILE).read_text())
+    files = sorted((PACKAGE_ARTIFACTS / mv.CONFIG_DIR).glob("*.yaml"))
+    chosen = [c for c in selection["chosen"].values() if c]
+    assert [f.name for f in files] == sorted(c["system"].replace("+", "_") + ".yaml" for c in chosen)
+    for c in chosen:
+        path = PACKAGE_ARTIFACTS / mv.CONFIG_DIR / (c["system"].replace("+", "_") + ".yaml")
+        assert MergeConfig.from_yaml(path).input_refs()[0] == mv.VL_REF  # loads through the library's config
+        resolved = MergeConfig.from_dict(c["config"]).to_yaml(tmp_path / "c.yaml")
+        assert path.read_text() == resolved.read_text()  # every field, defaults included
+        assert c["system"] == mv.system_name(c) and c in [
+            {**p, **{k: c[k] for k in c if k not in p}} for p in mv.vl_merge_grid()]  # a point of the current grid
+    assert selection["artefacts"] == mv.artefact_fingerprint(PACKAGE_ARTIFACTS, ["vl", "vl+sft", "vl+dpo"])
