@@ -69,8 +69,9 @@ def test_scatter_with_intervals_draws_each_complete_point(tmp_path):
         xlabel="benign",
     )
     (ax,) = fig.axes
-    assert [t.get_text() for t in ax.texts] == ["a", "c"]  # b has no y: left out
-    assert ax.texts[0].xy == (0.1, 0.8) and ax.get_xlabel() == "benign" and ax.get_xlim() == (-0.02, 1.02)
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["a", "c"]  # b has no y: left out
+    assert ax.lines[0].get_xydata().tolist() == [[0.1, 0.8]]
+    assert ax.get_xlabel() == "benign" and ax.get_xlim() == (-0.02, 1.02)
     lines = [seg for coll in ax.collections for seg in coll.get_segments()]
     assert any(np.allclose(seg, [[0.0, 0.8], [0.3, 0.8]]) for seg in lines)  # x whisker of a
     assert any(np.allclose(seg, [[0.1, 0.6], [0.1, 0.9]]) for seg in lines)  # y whisker of a

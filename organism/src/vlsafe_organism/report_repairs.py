@@ -275,7 +275,7 @@ def comparison_section(figdir: Path, rows: list[dict[str, Any]], metrics: list[d
                                          xlabel="benign refusal (over-refusal)", ylabel="harmful refusal")  # fmt: skip
     limit = vl["benign_refused"] / max(1, vl["n_benign"]) + MAX_BENIGN_RISE
     fig.axes[0].axvspan(-0.02, limit, color="tab:green", alpha=0.08, label=f"benign refusal within +{MAX_BENIGN_RISE:.2f}")
-    fig.axes[0].legend(loc="lower right", fontsize="small")
+    fig.axes[0].legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize="small")
     figures.save_png(fig, figdir / "comparison.png")
     text = (
         "Paper 2's question on the organism: safety fine-tuning of the VL model (`vl+sft`, `vl+dpo`), joint "

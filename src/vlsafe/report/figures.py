@@ -127,9 +127,10 @@ def scatter_with_intervals(
     xlabel: str = "",
     ylabel: str = "",
     lim: tuple[float, float] | None = (-0.02, 1.02),
-    figsize: tuple[float, float] = (6.5, 5.0),
+    figsize: tuple[float, float] = (9.0, 5.0),
 ) -> Figure:
-    """One marker per label at ``(x, y)`` with horizontal and vertical interval whiskers, the label beside it.
+    """One marker per label at ``(x, y)`` with horizontal and vertical interval whiskers; the labels in a legend
+    beside the axes (markers vary in shape and colour).
 
     Args:
         points: label -> ``(x, y)``; each a point as in :func:`bar_with_intervals` (a Rate dict, a
@@ -142,15 +143,12 @@ def scatter_with_intervals(
     fig = _new(figsize)
     ax = fig.add_subplot()
     drawn = 0
-    for i, (label, (px, py)) in enumerate(points.items()):
+    for label, (px, py) in points.items():
         (x, xlo, xhi), (y, ylo, yhi) = _triple(px), _triple(py)
         if np.isnan(x) or np.isnan(y):
             continue
-        ax.errorbar([x], [y], xerr=[[x - xlo], [xhi - x]], yerr=[[y - ylo], [yhi - y]], fmt="o", capsize=3,
-                    color=f"C{i % 10}", markersize=6)  # fmt: skip
-        right = x > 0.6 * (ax.get_xlim()[1] if lim is None else lim[1])  # labels of right-hand points go left
-        ax.annotate(str(label), (x, y), xytext=(-5 if right else 5, 4 if drawn % 2 == 0 else -11),
-                    textcoords="offset points", fontsize="small", ha="right" if right else "left")  # fmt: skip
+        ax.errorbar([x], [y], xerr=[[x - xlo], [xhi - x]], yerr=[[y - ylo], [yhi - y]], capsize=3, markersize=7,
+                    fmt="osD^v<>ph*"[drawn % 10], color=f"C{drawn % 10}", label=str(label))  # fmt: skip
         drawn += 1
     if not drawn:
         raise ValueError("scatter_with_intervals: no label has both an x and a y value")
@@ -162,6 +160,7 @@ def scatter_with_intervals(
     if title:
         ax.set_title(title)
     ax.grid(alpha=0.3)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize="small")
     return fig
 
 
