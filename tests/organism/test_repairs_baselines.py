@@ -32,7 +32,10 @@ def tiny(tmp_path_factory) -> dict[str, Any]:
 def test_grid_configs_exact(tiny, tmp_path):
     grid = rb.baseline_grid()
     assert len({p["name"] for p in grid}) == len(grid) == 8
-    assert [p["kind"] for p in grid] == ["sft"] * 4 + ["dpo"] * 2 + ["joint"] * 2
+    assert [p["kind"] for p in grid] == ["sft", "dpo", "joint", "sft", "sft", "dpo", "joint", "sft"]
+    for kind in rb.KINDS:  # gentlest first within a method: steps and learning rates never fall
+        runs = [(p["steps"], p["lr"]) for p in grid if p["kind"] == kind]
+        assert [s for s, _ in runs] == sorted(s for s, _ in runs)
     for p in grid:
         cfg = rb.baseline_config(p, tmp_path, tiny["data"], tiny["starts"])
         assert isinstance(cfg, DPOConfig if p["kind"] == "dpo" else SFTConfig)

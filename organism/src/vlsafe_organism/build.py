@@ -152,7 +152,7 @@ class BuildConfig(BaseModel):
         recipe: the training recipe, a YAML file (or, from Python, a mapping) of safe_llm: / vl: fields (see
             vlsafe_organism.recipe); default: the committed artefacts' recipe.
         tune_baselines: choose safety SFT, DPO and joint training from a validation grid each (steps, learning
-            rate, safety share; about half an hour of one CPU core) instead of one fixed run each.
+            rate, safety share; about an hour of one CPU core) instead of one fixed run each.
     """
 
     model_config = ConfigDict(extra="forbid")
