@@ -203,8 +203,12 @@ def test_baseline_selection_section(tmp_path):
     sel = {"reference": ref, "points": pts,
            "chosen": {"sft": {**pts[0], "within_limits": False}, "dpo": {**pts[1], "within_limits": True}}}  # fmt: skip
     (tmp_path / rb.SELECTION_FILE).write_text(json.dumps(sel))
+    manifest = {"sft_delta.safetensors": {"meta": {"grid_point": {"name": "sft-20-lr5e-05-safety0.5"}}},
+                "dpo_delta.safetensors": {"meta": {"stage": {}}}}  # sft exported from the grid, dpo the fixed run
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
     (section,) = selection_sections(tmp_path / "fig", tmp_path)
     assert "sft: `sft-20-lr5e-05-safety0.5` (no run within the limits). dpo: `dpo-20-lr0.0002`." in section.text
+    assert "The demo's `vl+dpo` row(s) still hold the fixed runs" in section.text
     rows = section.tables[0].rows
     assert [(r["run"], r["safety share"], r["train s"], r["chosen"]) for r in rows[1:]] == [
         ("sft-20-lr5e-05-safety0.5", "0.5", "101", "yes"), ("dpo-20-lr0.0002", "-", "250", "yes")]
