@@ -48,7 +48,8 @@ Run (1 thread per job; arms may train side by side)::
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/organism_tga_toxic.py OUT measure selected # ... held_out_systems
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/organism_tga_toxic.py OUT report
 
-(``all`` does these steps one after the other.) Each step prints one JSON object as its last line; ``report``
+``export selected --art DIR`` commits the chosen model as the organism's ``vlm+tga``
+(:func:`vlsafe_organism.repairs.tga_vlm.export_tga_vlm`). (``all`` does the other steps one after the other.) Each step prints one JSON object as its last line; ``report``
 prints ``{"systems": {name: {toxic, toxic_benign, twin, synthetic, synthetic_benign, vqa, naming}}, "validation":
 {name: point}, "selection": {...}, "targets": {...}, ...}``, each figure ``[k, n]``; the targets are the
 selected system's (``tga`` before a selection).
@@ -87,6 +88,7 @@ from vlsafe_organism.evaluation import (
 from vlsafe_organism.recipe import OrganismRecipe, recipe_of_artifacts
 from vlsafe_organism.registry import build_system
 from vlsafe_organism.repairs.select import choose, toxic_val_point
+from vlsafe_organism.repairs.tga_vlm import export_tga_vlm
 from vlsafe_organism.tga import organism_embedder, run_tga_organism, training_retriever
 
 ARMS: dict[str, dict[str, str]] = {
@@ -261,6 +263,23 @@ def measure(out: Path, system: str, args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
+def export(out: Path, system: str, art: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """Commit the TGA arm of ``system`` (a system with retrieval) as the organism's ``vlm+tga`` into the artefact
+    directory ``art`` (:func:`vlsafe_organism.repairs.tga_vlm.export_tga_vlm`: its projector against
+    ``organism:vlm`` and the retrieval keys and captions of its training images, with its prompt order)."""
+    system = _selected(out) if system == "selected" else system
+    arm, with_retrieval = SYSTEMS[system]
+    if not with_retrieval or arm == "plain":
+        raise SystemExit(f"export: {system!r} is not a TGA system with retrieval")
+    vl = recipe(args).vl
+    settings = ARMS[arm]
+    entries = export_tga_vlm(out / arm / "tga" / "model", out / "tga" / "data", art, order=settings["order"],
+                             size=vl.size, feature_layer=vl.feature_layer,
+                             meta={"system": system, **settings, "proj_steps": vl.proj_steps, "proj_lr": vl.proj_lr,
+                                   "n_images": vl.n_images, "n_pictograms": vl.n_pictograms})  # fmt: skip
+    return {"system": system, "art": str(art), **entries}
+
+
 def _figures(rows: list[dict[str, Any]]) -> dict[str, Any]:
     by = {r["image"]: r for r in rows}
     out: dict[str, Any] = {}
@@ -346,9 +365,10 @@ def report(out: Path) -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out", type=Path)
-    parser.add_argument("step", choices=["train", "validate", "select", "measure", "report", "all"])
+    parser.add_argument("step", choices=["train", "validate", "select", "measure", "export", "report", "all"])
     parser.add_argument("name", nargs="?", help="train: an arm; validate: a system; measure: a system, safe-llm "
                         "or selected (the system the step select chose)")
+    parser.add_argument("--art", type=Path, default=None, help="export: the artefact directory to write into")
     parser.add_argument("--pictograms", type=int, default=600)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--images", type=int, default=None, help="scenes (smoke runs; default: the recipe's)")
@@ -373,6 +393,10 @@ def main() -> None:
             raise SystemExit(f"measure: give a system, one of {[*SYSTEMS, 'safe-llm', 'selected']}")
         result = measure(args.out, args.name, args)
         emit({"system": result["system"], **_figures(result["rows"]), "seconds": result.get("seconds")})
+    elif args.step == "export":
+        if args.art is None or args.name not in (*SYSTEMS, "selected"):
+            raise SystemExit("export: give a TGA system with retrieval (or selected) and --art DIR")
+        emit(export(args.out, args.name, args.art, args))
     elif args.step == "report":
         emit(report(args.out))
     else:
