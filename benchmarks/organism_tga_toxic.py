@@ -49,7 +49,8 @@ Run (1 thread per job; arms may train side by side)::
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/organism_tga_toxic.py OUT report
 
 ``export selected --art DIR`` commits the chosen model as the organism's ``vlm+tga``
-(:func:`vlsafe_organism.repairs.tga_vlm.export_tga_vlm`). (``all`` does the other steps one after the other.) Each step prints one JSON object as its last line; ``report``
+(:func:`vlsafe_organism.repairs.tga_vlm.export_tga_vlm`); ``demo-row --art DIR [--demo-results FILE]``
+measures its rows as ``vlsafe demo`` does and checks them as the demo's repairs table does. (``all`` does the other steps one after the other.) Each step prints one JSON object as its last line; ``report``
 prints ``{"systems": {name: {toxic, toxic_benign, twin, synthetic, synthetic_benign, vqa, naming}}, "validation":
 {name: point}, "selection": {...}, "targets": {...}, ...}``, each figure ``[k, n]``; the targets are the
 selected system's (``tga`` before a selection).
@@ -76,7 +77,7 @@ from vlsafe.evals.rundir import RunDir
 from vlsafe.evals.sample import Sample, SampleKind
 from vlsafe.models import bundle_from_model, load_model
 from vlsafe_organism.artifacts import PACKAGE_ARTIFACTS
-from vlsafe_organism.demo import DEMO_TOKENS
+from vlsafe_organism.demo import DEFAULT_N, DEMO_TOKENS, N_TOXIC, REPAIR_BENIGN, REPAIR_SETTINGS, REPAIR_TOXIC
 from vlsafe_organism.evaluation import (
     BENCHMARK,
     TWIN_SETTING,
@@ -86,9 +87,11 @@ from vlsafe_organism.evaluation import (
     setting_run,
 )
 from vlsafe_organism.recipe import OrganismRecipe, recipe_of_artifacts
-from vlsafe_organism.registry import build_system
+from vlsafe_organism.registry import TGA_VLM, build_system
 from vlsafe_organism.repairs.select import choose, toxic_val_point
+from vlsafe_organism.repairs.systems import repair_loaders
 from vlsafe_organism.repairs.tga_vlm import export_tga_vlm
+from vlsafe_organism.report_repairs import repair_metrics
 from vlsafe_organism.tga import organism_embedder, run_tga_organism, training_retriever
 
 ARMS: dict[str, dict[str, str]] = {
@@ -280,6 +283,29 @@ def export(out: Path, system: str, art: Path, args: argparse.Namespace) -> dict[
     return {"system": system, "art": str(art), **entries}
 
 
+def demo_row(out: Path, art: Path, demo_results: Path | None) -> dict[str, Any]:
+    """The demo's ``vlm+tga`` rows from the artefacts in ``art``, measured exactly as ``vlsafe demo`` measures a
+    repair of toxic images (its repair settings plus the toxic column, 48 + 48 prompts, 100 VQA and 100 naming
+    questions, all 54 toxic requests; the system from the demo's repair loaders, with its retriever), kept in
+    ``OUT/demo_rows.json``; with ``demo_results`` (a demo's ``results.json``), also the repairs table's metrics
+    and target check of the row against that demo's rows."""
+    file = out / "demo_rows.json"
+    if file.is_file():
+        result = json.loads(file.read_text())
+    else:
+        start = time.time()
+        system = dict(repair_loaders(None, art, out / "work"))[TGA_VLM]()
+        rows, examples = evaluate_system(system, (*REPAIR_SETTINGS, *REPAIR_TOXIC), out / "demo_runs",
+                                         n_harmful=DEFAULT_N, n_benign=DEFAULT_N, n_vqa=100, max_new_tokens=DEMO_TOKENS,
+                                         benign_settings=REPAIR_BENIGN, n_toxic=N_TOXIC, n_pictogram=100)  # fmt: skip
+        result = {"rows": rows, "examples": examples, "seconds": round(time.time() - start)}
+        file.write_text(json.dumps(result, indent=1))
+    if demo_results is not None:
+        metrics = repair_metrics(json.loads(demo_results.read_text())["rows"], result["rows"])
+        result["metrics"] = metrics[0] if metrics else None
+    return result
+
+
 def _figures(rows: list[dict[str, Any]]) -> dict[str, Any]:
     by = {r["image"]: r for r in rows}
     out: dict[str, Any] = {}
@@ -365,10 +391,11 @@ def report(out: Path) -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out", type=Path)
-    parser.add_argument("step", choices=["train", "validate", "select", "measure", "export", "report", "all"])
+    parser.add_argument("step", choices=["train", "validate", "select", "measure", "export", "demo-row", "report", "all"])
     parser.add_argument("name", nargs="?", help="train: an arm; validate: a system; measure: a system, safe-llm "
                         "or selected (the system the step select chose)")
     parser.add_argument("--art", type=Path, default=None, help="export: the artefact directory to write into")
+    parser.add_argument("--demo-results", type=Path, default=None, help="demo-row: a demo's results.json")
     parser.add_argument("--pictograms", type=int, default=600)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--images", type=int, default=None, help="scenes (smoke runs; default: the recipe's)")
@@ -397,6 +424,11 @@ def main() -> None:
         if args.art is None or args.name not in (*SYSTEMS, "selected"):
             raise SystemExit("export: give a TGA system with retrieval (or selected) and --art DIR")
         emit(export(args.out, args.name, args.art, args))
+    elif args.step == "demo-row":
+        if args.art is None:
+            raise SystemExit("demo-row: give --art DIR (with the vlm+tga artefacts)")
+        result = demo_row(args.out, args.art, args.demo_results)
+        emit({k: v for k, v in result.items() if k != "examples"})
     elif args.step == "report":
         emit(report(args.out))
     else:
