@@ -48,7 +48,10 @@ Run (1 thread per job; arms may train side by side)::
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/organism_tga_toxic.py OUT measure selected # ... held_out_systems
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/organism_tga_toxic.py OUT report
 
-``export selected --art DIR`` commits the chosen model as the organism's ``vlm+tga``
+``train lora`` (after ``select``) trains the selected form through both of TGA's stages: the projector stage
+as above, then projector + LoRA r16 on the language model at a low rate (``--lora-lr``, default 5e-5, a tenth
+of the recipe's 5e-4) for ``--lora-steps`` (default 150) steps, the TGA loss in both; it is measured as the
+system ``lora``. ``export selected --art DIR`` commits the chosen model as the organism's ``vlm+tga``
 (:func:`vlsafe_organism.repairs.tga_vlm.export_tga_vlm`); ``demo-row --art DIR [--demo-results FILE]``
 measures its rows as ``vlsafe demo`` does and checks them as the demo's repairs table does. (``all`` does the other steps one after the other.) Each step prints one JSON object as its last line; ``report``
 prints ``{"systems": {name: {toxic, toxic_benign, twin, synthetic, synthetic_benign, vqa, naming}}, "validation":
@@ -101,13 +104,15 @@ ARMS: dict[str, dict[str, str]] = {
     "tga-paper": {"retrieval": "vision", "loss": "tga", "form": "paper", "order": "text_first"},
     "tga-image-first": {"retrieval": "vision", "loss": "tga", "form": "released", "order": "image_first"},
 }
+#: the arm that trains the selected form through both stages (projector, then LoRA on the LLM at a low rate)
+LORA = "lora"
 #: the loss forms the validation selection chooses among (all text first, as released)
 CANDIDATES = ("tga", "tga-nograd", "tga-paper")
 #: system -> (trained arm, evaluated with retrieval): each TGA arm with its retrieval and without it
 SYSTEMS: dict[str, tuple[str, bool]] = {"plain": ("plain", False), "plain-retrieval": ("plain", True)}
-for _arm in ARMS:
-    if _arm != "plain":
-        SYSTEMS.update({_arm: (_arm, True), f"{_arm}-no-retrieval": (_arm, False)})
+for _name in [*ARMS, LORA]:
+    if _name != "plain":
+        SYSTEMS.update({_name: (_name, True), f"{_name}-no-retrieval": (_name, False)})
 SETTINGS = ["toxic", TWIN_SETTING, "synthetic"]
 #: the systems measured on the validation sets: the reference, the candidates, the image-first ablation
 VAL_SYSTEMS = ("plain", *CANDIDATES, "tga-image-first")
@@ -129,13 +134,34 @@ def recipe(args: argparse.Namespace) -> OrganismRecipe:
     return base.model_copy(update={"vl": base.vl.model_copy(update=update)})
 
 
+def _arm(out: Path, arm: str) -> dict[str, Any]:
+    """The settings of ``arm``: :data:`ARMS`'s, or for ``lora`` those it was trained with (``OUT/lora/arm.json``)."""
+    if arm != LORA:
+        return ARMS[arm]
+    file = out / LORA / "arm.json"
+    if not file.is_file():
+        raise SystemExit("the lora arm is not trained yet: run the step train lora (after select)")
+    return dict(json.loads(file.read_text()))
+
+
 def train(out: Path, arm: str, args: argparse.Namespace) -> dict[str, Any]:
     done = out / arm / "tga" / "tga_summary.json"
     if done.is_file():
         return {"arm": arm, **json.loads(done.read_text()), "resumed": True}
     start = time.time()
-    summary = run_tga_organism(out / arm, recipe=recipe(args), stages="projector", progress=False,
-                               **ARMS[arm])  # type: ignore[arg-type]  # fmt: skip
+    base = recipe(args)
+    if arm == LORA:  # the selected form through both stages, the LoRA stage at --lora-lr for --lora-steps
+        selected = SYSTEMS[_selected(out)][0]
+        settings = {**ARMS[selected], "from": selected, "lora_lr": args.lora_lr, "lora_steps": args.lora_steps}
+        (out / LORA).mkdir(parents=True, exist_ok=True)
+        (out / LORA / "arm.json").write_text(json.dumps(settings, indent=1))
+        base = base.model_copy(update={"vl": base.vl.model_copy(update={"vl_lr": args.lora_lr,
+                                                                         "vl_steps": args.lora_steps})})  # fmt: skip
+        summary = run_tga_organism(out / arm, recipe=base, stages="all", progress=False,
+                                   **{k: v for k, v in settings.items() if k in ARMS[selected]})  # fmt: skip
+    else:
+        summary = run_tga_organism(out / arm, recipe=base, stages="projector", progress=False,
+                                   **ARMS[arm])  # type: ignore[arg-type]  # fmt: skip
     summary["seconds"] = round(time.time() - start)
     (out / arm / "tga" / "tga_summary.json").write_text(json.dumps(summary, indent=1, default=str))
     return {"arm": arm, **summary}
@@ -189,7 +215,7 @@ def _system(out: Path, system: str, args: argparse.Namespace) -> tuple[EvalSyste
     retriever = None
     if with_retrieval:  # every arm trains on the same images: retrieve from the tga arm's data folder
         retriever = training_retriever(out / "tga" / "data", organism_embedder(None, recipe(args).vl))
-    order = ARMS[arm].get("order", "text_first")
+    order = _arm(out, arm).get("order", "text_first")
     return EvalSystem(system, bundle, retriever=retriever, retrieval_order=order), model_dir  # type: ignore[arg-type]
 
 
@@ -275,7 +301,7 @@ def export(out: Path, system: str, art: Path, args: argparse.Namespace) -> dict[
     if not with_retrieval or arm == "plain":
         raise SystemExit(f"export: {system!r} is not a TGA system with retrieval")
     vl = recipe(args).vl
-    settings = ARMS[arm]
+    settings = _arm(out, arm)
     entries = export_tga_vlm(out / arm / "tga" / "model", out / "tga" / "data", art, order=settings["order"],
                              size=vl.size, feature_layer=vl.feature_layer,
                              meta={"system": system, **settings, "proj_steps": vl.proj_steps, "proj_lr": vl.proj_lr,
@@ -377,7 +403,7 @@ def report(out: Path) -> dict[str, Any]:
         validation[point["system"]] = {k: point[k] for k in ("toxic", "toxic_benign", "synthetic", "synthetic_benign",
                                                               "harmful_refusal", "benign_refusal", "utility", "seconds")}  # fmt: skip
     train = {}
-    for arm in ARMS:
+    for arm in [*ARMS, LORA]:
         file = out / arm / "tga" / "tga_summary.json"
         if file.is_file():
             summary = json.loads(file.read_text())
@@ -396,6 +422,8 @@ def main() -> None:
                         "or selected (the system the step select chose)")
     parser.add_argument("--art", type=Path, default=None, help="export: the artefact directory to write into")
     parser.add_argument("--demo-results", type=Path, default=None, help="demo-row: a demo's results.json")
+    parser.add_argument("--lora-lr", type=float, default=5e-5, help="train lora: the LoRA stage's rate")
+    parser.add_argument("--lora-steps", type=int, default=150, help="train lora: the LoRA stage's steps")
     parser.add_argument("--pictograms", type=int, default=600)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--images", type=int, default=None, help="scenes (smoke runs; default: the recipe's)")
@@ -406,8 +434,8 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     args.out.mkdir(parents=True, exist_ok=True)
     if args.step == "train":
-        if args.name not in ARMS:
-            raise SystemExit(f"train: give an arm, one of {sorted(ARMS)}")
+        if args.name not in (*ARMS, LORA):
+            raise SystemExit(f"train: give an arm, one of {[*ARMS, LORA]}")
         emit(train(args.out, args.name, args))
     elif args.step == "validate":
         if args.name not in SYSTEMS:
