@@ -32,14 +32,31 @@ def smollm2_shaped_llama(seed: int = 0, layers: int = 30) -> torch.nn.Module:
     return LlamaForCausalLM(cfg).eval()
 
 
-def interleaved(fns: dict[str, Callable[[], Any]], repeats: int) -> dict[str, list[float]]:
-    """Time each function ``repeats`` times, interleaving them (A B A B ...) to share machine noise."""
+def interleaved(
+    fns: dict[str, Callable[[], Any]],
+    repeats: int,
+    *,
+    alternate: bool = False,
+    cpu_times: dict[str, list[float]] | None = None,
+) -> dict[str, list[float]]:
+    """Time each function ``repeats`` times, interleaving them (A B A B ...) to share machine noise.
+
+    ``alternate``: every other round runs the functions in reverse order (A B C, C B A, ...), so a drift of the
+    machine's speed within a round does not favour the function that runs first. ``cpu_times``: filled with the
+    process's CPU time of each call as well (``time.process_time``: the time this process computed, which other
+    processes competing for the cores do not inflate as they inflate wall time).
+    """
     times: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            start = time.perf_counter()
-            fn()
+    if cpu_times is not None:
+        cpu_times.update({name: [] for name in fns})
+    names = list(fns)
+    for r in range(repeats):
+        for name in reversed(names) if alternate and r % 2 else names:
+            start, cpu = time.perf_counter(), time.process_time()
+            fns[name]()
             times[name].append(time.perf_counter() - start)
+            if cpu_times is not None:
+                cpu_times[name].append(time.process_time() - cpu)
     return times
 
 

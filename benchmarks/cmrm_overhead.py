@@ -3,13 +3,18 @@
 Model: LLaVA wiring around a random-weight Llama with SmolLM2-135M's shapes (hidden 576, 30 decoder
 layers, vocab 49152; the organism's language model) and the tiny random vision tower and processor of
 ``vlsafe.models.tiny`` (16 image tokens per image). Same model, batch and prompts for all three modes;
-runs are interleaved (plain, dataset, sample per round) and each ratio is the median over rounds of
-the within-round time ratio, which is robust to the machine's load drifting between rounds. Every mode
+runs are interleaved (plain, dataset, sample per round, every other round in reverse order) and each ratio is
+the median over rounds of the within-round time ratio, which is robust to the machine's load drifting between
+rounds. Each ratio is given twice: by wall time and by the process's CPU time (``*_cpu``: what the process
+computed; on a shared machine other processes inflate wall time but not this, so it is the steadier estimate of
+the throughput on a machine of one's own; the two agree on a quiet machine). The dataset level steers through
+the same hooks as ``vlsafe eval --cmrm`` (the ``paper`` preset: every layer, every position, prompt and decoded
+tokens); ``hook_us_per_call`` times one decode-step call of one layer's hook alone. Every mode
 includes building the inputs (processor), so the sample-level ratio counts its two extra batched input
 builds and prefill passes. On a shared 2-core machine use ``--threads 1`` (2 threads oversubscribe).
 
 Figures (last line, JSON): dataset_level_vs_plain_throughput (target >= 0.97) and
-sample_level_vs_plain_throughput (target >= 0.5 at 64 new tokens).
+sample_level_vs_plain_throughput (target >= 0.5 at 64 new tokens), and their ``_cpu`` twins.
 """
 
 from __future__ import annotations
@@ -78,7 +83,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--new-tokens", type=int, default=64)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=6)
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
     args = parser.parse_args()
     if args.threads:
@@ -112,17 +117,22 @@ def main() -> None:
             cm.generate(queries, images=images, **gen_kwargs)
 
     plain()  # warm-up
-    times = interleaved({"plain": plain, "dataset": dataset_level, "sample": sample_level}, args.repeats)
+    dataset_level()
+    cpu: dict[str, list[float]] = {}
+    fns = {"plain": plain, "dataset": dataset_level, "sample": sample_level}
+    times = interleaved(fns, args.repeats, alternate=True, cpu_times=cpu)
     tokens = args.batch * args.new_tokens
 
-    def paired(mode: str) -> float:
+    def paired(mode: str, clock: dict[str, list[float]] = times) -> float:
         """Median over rounds of plain / mode time within the round (robust to load drifting between rounds)."""
-        return round(median([p / m for p, m in zip(times["plain"], times[mode], strict=True)]), 3)
+        return round(median([p / m for p, m in zip(clock["plain"], clock[mode], strict=True)]), 3)
 
     emit(
         {
             "dataset_level_vs_plain_throughput": paired("dataset"),
             "sample_level_vs_plain_throughput": paired("sample"),
+            "dataset_level_vs_plain_throughput_cpu": paired("dataset", cpu),
+            "sample_level_vs_plain_throughput_cpu": paired("sample", cpu),
             "plain_tokens_per_s": round(tokens / median(times["plain"]), 1),
             "dataset_tokens_per_s": round(tokens / median(times["dataset"]), 1),
             "sample_tokens_per_s": round(tokens / median(times["sample"]), 1),
@@ -131,6 +141,7 @@ def main() -> None:
             "layers_steered": len(vector.layers),
             "model": bundle.name,
             "times_s": {k: [round(t, 2) for t in v] for k, v in times.items()},
+            "cpu_times_s": {k: [round(t, 2) for t in v] for k, v in cpu.items()},
             **environment(),
         }
     )

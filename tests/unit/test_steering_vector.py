@@ -7,6 +7,9 @@ import torch
 
 from vlsafe.core.errors import ConfigError, InputError
 from vlsafe.hooks import SteeringVector, ablate, add, clamp
+from vlsafe.hooks.apply import LayerSteer
+from vlsafe.hooks.operators import OPERATORS
+from vlsafe.hooks.plumbing import CallContext
 
 
 def _vec() -> SteeringVector:
@@ -73,3 +76,34 @@ def test_operators_exact():
     assert torch.allclose(ablate(h, v, 1.0), torch.tensor([[0.0, 4.0]]))
     assert torch.allclose(ablate(h, v, 0.5), torch.tensor([[1.5, 4.0]]))
     assert torch.allclose(clamp(h, v, -1.0), torch.tensor([[-1.0, 4.0]]))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("rows", [False, True])
+def test_layer_steer_cached_add_equals_the_operator_bit_for_bit(dtype, rows):
+    """The hook's cached ``alpha * v`` (the CMRM path) gives exactly what the ``add`` operator gives."""
+    g = torch.Generator().manual_seed(0)
+    hidden = (torch.randn(3, 5, 7, generator=g) * 9).to(dtype)
+    vector = torch.randn(3, 7, generator=g) if rows else torch.randn(7, generator=g)
+    alpha = 0.7
+    ctx = CallContext()
+    hook = LayerSteer(vector, alpha, OPERATORS.get("add"), ctx, "all", False, None)
+    for _ in range(2):  # the first call fills the cache, the second reads it
+        got = hook(None, (), hidden)
+        v = vector.to(dtype)
+        expect = add(hidden, v[:, None, :] if rows else v, alpha)
+        assert got.dtype == dtype and torch.equal(got, expect)
+    # another dtype gets its own cached product
+    wide = vector.double()
+    expect = add(hidden.double(), wide[:, None, :] if rows else wide, alpha)
+    assert torch.equal(hook(None, (), hidden.double()), expect)
+
+
+def test_layer_steer_other_operators_and_norm_scaling_take_the_general_path():
+    hidden = torch.tensor([[[3.0, 4.0]]])
+    v = torch.tensor([1.0, 0.0])
+    ablated = LayerSteer(v, 1.0, OPERATORS.get("ablate"), CallContext(), "all", False, None)(None, (), hidden)
+    assert torch.equal(ablated, torch.tensor([[[0.0, 4.0]]]))
+    # norm scaling: alpha * ||h|| / ref = 1 * 5 / 2.5 = 2
+    scaled = LayerSteer(v, 1.0, OPERATORS.get("add"), CallContext(), "all", False, 2.5)(None, (), hidden)
+    assert torch.allclose(scaled, torch.tensor([[[5.0, 4.0]]]))

@@ -62,6 +62,9 @@ class LayerSteer:
         self.prefill_only = prefill_only
         self.ref_norm = ref_norm
         self._cast: dict[tuple[torch.dtype, torch.device], torch.Tensor] = {}
+        # the CMRM case (add, a fixed alpha): one cached ``alpha * v`` and one add per call
+        self._add = op is OPERATORS.get("add") and ref_norm is None
+        self._scaled: dict[tuple[torch.dtype, torch.device], torch.Tensor] = {}
 
     def _vec(self, hidden: torch.Tensor) -> torch.Tensor:
         key = (hidden.dtype, hidden.device)
@@ -70,6 +73,10 @@ class LayerSteer:
             v = self.vector.to(device=hidden.device, dtype=hidden.dtype)
             v = v[:, None, :] if v.dim() == 2 else v
             self._cast[key] = v
+            if self._add:
+                # ``alpha * v`` once per dtype and device instead of at every call (the same values: the
+                # operator would compute exactly this product first)
+                self._scaled[key] = self.alpha * v
         if v.dim() == 3 and v.shape[0] != hidden.shape[0]:
             raise InputError(
                 f"a per-row steering vector has {v.shape[0]} rows but the batch has {hidden.shape[0]} rows"
@@ -97,14 +104,21 @@ class LayerSteer:
 
     def __call__(self, module: nn.Module, args: Any, output: Any) -> Any:
         hidden = hidden_from_output(output)
-        prefill = self.ctx.is_prefill(hidden)
+        return self.steer_hidden(output, hidden, self.ctx.is_prefill(hidden))
+
+    def steer_hidden(self, output: Any, hidden: torch.Tensor, prefill: bool) -> Any:
+        """The hook's work for a layer ``output`` whose hidden state (``hidden``) and call kind (``prefill``)
+        the caller has already read (a caller that decides per call, as CMRM's hooks do, reads them once)."""
         if self.prefill_only and not prefill:
             return None
         v = self._vec(hidden)
-        alpha: float | torch.Tensor = self.alpha
-        if self.ref_norm is not None:
-            alpha = self.alpha * hidden.norm(dim=-1, keepdim=True) / self.ref_norm
-        steered = self.op(hidden, v, alpha)
+        if self._add:
+            steered = hidden + self._scaled[(hidden.dtype, hidden.device)]
+        else:
+            alpha: float | torch.Tensor = self.alpha
+            if self.ref_norm is not None:
+                alpha = self.alpha * hidden.norm(dim=-1, keepdim=True) / self.ref_norm
+            steered = self.op(hidden, v, alpha)
         mask = self._mask(hidden, prefill)
         if mask is not None:
             steered = torch.where(mask.unsqueeze(-1), steered, hidden)

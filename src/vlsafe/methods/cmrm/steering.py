@@ -136,15 +136,17 @@ class SteerHooks:
             steer = self._steers.get(layer)
             if self.busy or steer is None:
                 return None
-            if not self._ctx.is_prefill(hidden_from_output(output)):
+            hidden = hidden_from_output(output)
+            prefill = self._ctx.is_prefill(hidden)
+            if not prefill:
                 if self.when == "prefill":
                     return None
                 steer.positions = "all"  # the new token, whatever the prompt's positions were
             elif self.positions == "text":
-                steer.positions = self._text_positions(hidden_from_output(output))
+                steer.positions = self._text_positions(hidden)
             elif self.positions == "last":
                 steer.positions = "last"
-            return steer(module, args, output)
+            return steer.steer_hidden(output, hidden, prefill)
 
         return hook
 
