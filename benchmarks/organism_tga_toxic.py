@@ -95,6 +95,7 @@ from vlsafe_organism.repairs.select import choose, toxic_val_point
 from vlsafe_organism.repairs.systems import repair_loaders
 from vlsafe_organism.repairs.tga_vlm import export_tga_vlm
 from vlsafe_organism.report_repairs import repair_metrics
+from vlsafe_organism.report_tga import TGA_SELECTION
 from vlsafe_organism.tga import organism_embedder, run_tga_organism, training_retriever
 
 ARMS: dict[str, dict[str, str]] = {
@@ -420,7 +421,8 @@ def main() -> None:
     parser.add_argument("step", choices=["train", "validate", "select", "measure", "export", "demo-row", "report", "all"])
     parser.add_argument("name", nargs="?", help="train: an arm; validate: a system; measure: a system, safe-llm "
                         "or selected (the system the step select chose)")
-    parser.add_argument("--art", type=Path, default=None, help="export: the artefact directory to write into")
+    parser.add_argument("--art", type=Path, default=None, help="export: the artefact directory to write into; "
+                        f"report: also write the figures there as {TGA_SELECTION} (the demo report's TGA section)")
     parser.add_argument("--demo-results", type=Path, default=None, help="demo-row: a demo's results.json")
     parser.add_argument("--lora-lr", type=float, default=5e-5, help="train lora: the LoRA stage's rate")
     parser.add_argument("--lora-steps", type=int, default=150, help="train lora: the LoRA stage's steps")
@@ -458,7 +460,11 @@ def main() -> None:
         result = demo_row(args.out, args.art, args.demo_results)
         emit({k: v for k, v in result.items() if k != "examples"})
     elif args.step == "report":
-        emit(report(args.out))
+        figures = report(args.out)
+        if args.art is not None:  # the demo report's TGA section reads this file
+            record = {**figures, "measured_by": "benchmarks/organism_tga_toxic.py", "date": figures["env"]["date"]}
+            (args.art / TGA_SELECTION).write_text(json.dumps(record, indent=1) + "\n")
+        emit(figures)
     else:
         for arm in ARMS:
             train(args.out, arm, args)
