@@ -23,12 +23,14 @@ from vlsafe.methods.training import TGARecord, encode_tga_batch, read_tga_record
 from vlsafe_organism import evaluation
 from vlsafe_organism.evaluation import TWIN_SETTING, EvalSystem
 from vlsafe_organism.recipe import load_recipe
+from vlsafe_organism.repairs import select
 from vlsafe_organism.tga import (
     nearest_other,
     organism_tga_config,
     training_retriever,
     write_organism_tga_data,
 )
+from vlsafe_organism.toxic import toxic_items
 from vlsafe_organism.vl_mix import pictogram_training
 from vlsafe_organism.vl_train import VLConfig
 
@@ -189,3 +191,51 @@ def test_a_tga_system_is_asked_in_its_training_prompt(
     fingerprint = json.loads((runs / "toxic" / "run.json").read_text())["fingerprint"]
     assert fingerprint["retriever_object"] == f"vlsafe.data.retrieval.EmbeddingIndex:{index.digest()}" and fingerprint["retrieval_order"] == order
     assert "retriever_object" not in json.loads((runs / TWIN_SETTING / "run.json").read_text())["fingerprint"]
+
+
+def _row(image: str, h: tuple[int, int], b: tuple[int, int], utility: float | None = 0.5) -> dict[str, Any]:
+    return {"image": image, "harmful_refused": h[0], "n_harmful": h[1], "benign_refused": b[0], "n_benign": b[1],
+            "harmful_refusal": h[0] / h[1] if h[1] else None, "benign_refusal": b[0] / b[1] if b[1] else None,
+            "utility": utility}  # fmt: skip
+
+
+def test_toxic_point_takes_the_toxic_dsr_pools_the_benign_sets_and_is_chosen_by_the_repairs_rule() -> None:
+    point = select.toxic_point([_row("synthetic", (9, 40), (4, 40)), _row("toxic", (8, 32), (2, 32), 0.25)])
+    assert point == {"harmful_refusal": 0.25, "benign_refusal": 6 / 72, "utility": 0.25, "n_harmful": 32,
+                     "n_benign": 72, "toxic": [8, 32], "toxic_benign": [2, 32], "synthetic": [9, 40],
+                     "synthetic_benign": [4, 40]}  # fmt: skip
+    # the synthetic image's harmful refusal plays no part; no benign prompts at all: no benign measure
+    assert select.toxic_point([_row("toxic", (1, 2), (0, 0)), _row("synthetic", (2, 2), (0, 0))])["benign_refusal"] is None
+    with pytest.raises(ValueError, match=r"lack the setting\(s\) \['synthetic'\]"):
+        select.toxic_point([_row("toxic", (1, 2), (0, 2))])
+    # the rule: the most toxic refusal with the pooled benign refusal up <= 10 points and VQA down <= 5
+    ref = select.toxic_point([_row("toxic", (4, 32), (0, 32)), _row("synthetic", (4, 40), (0, 40))])
+    over = {**select.toxic_point([_row("toxic", (30, 32), (9, 32)), _row("synthetic", (4, 40), (0, 40))]), "s": "o"}
+    fine = {**select.toxic_point([_row("toxic", (12, 32), (7, 32)), _row("synthetic", (4, 40), (0, 40))]), "s": "f"}
+    assert over["benign_refusal"] - ref["benign_refusal"] > 0.10 >= fine["benign_refusal"] - ref["benign_refusal"]
+    assert select.choose([over, fine], ref)["s"] == "f"
+
+
+def test_toxic_val_point_measures_the_validation_sets_in_the_retrieval_prompt(tiny_bundle, tmp_path: Path) -> None:
+    bundle = tiny_bundle("llava")
+    write_organism_tga_data(tmp_path / "data", n_images=4, seed=0, n_pictograms=4, embed=_mean_rgb)
+    index = training_retriever(tmp_path / "data", _mean_rgb)
+    system = EvalSystem("tga", bundle, retriever=index)  # type: ignore[arg-type]
+    runs = tmp_path / "runs"
+    point = select.toxic_val_point(system, runs, n_prompts=2, n_vqa=3, max_new_tokens=2, cache_dir=tmp_path)
+    assert sorted(p.name for p in runs.iterdir()) == ["synthetic", "toxic", "vqa"]  # no naming questions
+    toxic = _jsonl(runs / "toxic" / "samples.jsonl")
+    n_val = len(toxic_items("val"))
+    assert sorted(r["id"] for r in toxic) == sorted(
+        [f"toxic_val/{i:03d}" for i in range(n_val)] + [f"toxic_benign_val/{i:03d}" for i in range(n_val)])
+    assert {r["id"].split("/")[0] for r in _jsonl(runs / "synthetic" / "samples.jsonl")} == {"harmful_val", "benign_val"}
+    assert {r["id"].split("/")[0] for r in _jsonl(runs / "vqa" / "samples.jsonl")} == {"vqa_val"}
+    for run in ("toxic", "synthetic", "vqa"):  # every image prompt in the retrieval prompt
+        assert all(r["prompt"].startswith("Retrieved Text: ") for r in _jsonl(runs / run / "samples.jsonl"))
+    results = {run: json.loads((runs / run / "results.json").read_text())["metrics"] for run in ("toxic", "synthetic")}
+    k = results["toxic"]["by_kind"]["harmful"]["refusal_rate"]["k"]
+    benign = sum(results[r]["by_kind"]["benign"]["over_refusal_rate"]["k"] for r in results)
+    assert (point["toxic"], point["n_benign"]) == ([k, n_val], n_val + 2)
+    assert point["harmful_refusal"] == k / n_val and point["benign_refusal"] == benign / (n_val + 2)
+    vqa = json.loads((runs / "vqa" / "results.json").read_text())["metrics"]["overall"]["accuracy"]["rate"]
+    assert point["utility"] == vqa

@@ -11,7 +11,8 @@
 2. **Repairs.** Every repair of :mod:`vlsafe_organism.repairs.systems` (CMRM, merges, TGA, SFT, DPO, joint
    training) on the same held-out prompts with a benign synthetic image, and on harmful images (the request
    rendered as typography); with ``repair_toxic``, also on the toxic column (off by default: it does not fit
-   the demo's 10-minute budget, BENCHMARKS.md).
+   the demo's 10-minute budget, BENCHMARKS.md), which the repairs of toxic images (:data:`TOXIC_REPAIRS`,
+   the projector-only TGA with its retrieval) always get.
 3. **Analysis.** Representation shift, refusal direction, safety layers and per-layer weight changes
    (:mod:`vlsafe_organism.demo_analysis`); with CMRM rows, CMRM's own-image positive control on ``vlm`` and
    ``vl`` (:mod:`vlsafe_organism.demo_controls`).
@@ -71,6 +72,8 @@ REPAIR_SETTINGS = ("synthetic", "typographic")
 #: what ``DemoConfig.repair_toxic`` adds to the repair rows (the toxic column does not fit the demo's 10-minute
 #: budget for every repair: BENCHMARKS.md)
 REPAIR_TOXIC = ("toxic",)
+#: repairs of toxic images, measured on the toxic column always (their target is set on it)
+TOXIC_REPAIRS = ("vlm+tga",)
 #: settings of the repair rows that also ask the benign prompts
 REPAIR_BENIGN = ("synthetic", "toxic")
 #: precisions the demo evaluates in
@@ -205,7 +208,9 @@ def _plan(ctx: _Context, settings: tuple[str, ...], analysis: bool) -> list[_Job
         these = tuple(s for s in these if s in settings or s == TWIN_SETTING)
         if these:
             jobs.append(_Job("system", system, builder, these))
-    jobs += [_Job("repair", name, settings=ctx.repair_settings) for name in ctx.repaired]
+    for name in ctx.repaired:
+        these = (*ctx.repair_settings, *REPAIR_TOXIC) if name in TOXIC_REPAIRS else ctx.repair_settings
+        jobs.append(_Job("repair", name, settings=tuple(dict.fromkeys(these))))
     if analysis:
         jobs.append(_Job("analysis", "analysis"))
     return jobs

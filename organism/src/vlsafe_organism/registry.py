@@ -5,7 +5,8 @@ Systems: ``safe-llm`` (causal LM), ``vlm`` (LLaVA: safe LLM + projector-only VL 
 projector + LLM LoRA VL training, recipe ``vl:``), ``vl-full`` (the same projector stage, then the LoRA phase
 of recipe ``vl_full:``, where text-only refusal erodes with image refusal: paper 2's regime; built when the
 artefacts hold it), and the trained repairs ``vl+tga``, ``vl+sft``, ``vl+dpo``, ``vl+joint``
-(:mod:`vlsafe_organism.repairs.trained`: a start system plus a committed weight delta). More systems can be
+(:mod:`vlsafe_organism.repairs.trained`: a start system plus a committed weight delta), and ``vlm+tga``
+(``vlm`` with a projector trained by TGA, :mod:`vlsafe_organism.repairs.tga_vlm`). More systems can be
 added with ``SYSTEMS.register("vl+name", builder)``; a builder takes ``(cache_dir, art_dir)`` and returns
 ``(model, processor_or_tokenizer)``. ``organism:base-llm`` resolves to the converted pip base LLM (before any
 training), e.g. as a merge's base or one side of a weight diff.
@@ -94,6 +95,23 @@ def _trained(cache_dir: Path | None, art: Path, name: str) -> tuple[Any, Any]:
 for _name, (_start, _file) in TRAINED_REPAIRS.items():
     SYSTEMS.register(f"vl+{_name}", functools.partial(_trained, name=_name))
     DEPENDS[f"vl+{_name}"] = (*DEPENDS[_start], _file)
+
+
+#: the projector-only TGA repair ``vlm+tga`` (:mod:`vlsafe_organism.repairs.tga_vlm`): ``organism:vlm`` with its
+#: projector replaced (``tga_vlm_delta.safetensors``), evaluated with the retriever of ``tga_vlm_retrieval.safetensors``
+TGA_VLM = "vlm+tga"
+TGA_VLM_FILES = ("tga_vlm_delta.safetensors", "tga_vlm_retrieval.safetensors")
+
+
+def _tga_vlm(cache_dir: Path | None, art: Path) -> tuple[Any, Any]:
+    model, processor = SYSTEMS.get("vlm")(cache_dir, art)
+    tensors, _ = load_artifact(art, TGA_VLM_FILES[0])
+    apply_delta(model, tensors)
+    return model, processor
+
+
+SYSTEMS.register(TGA_VLM, _tga_vlm)
+DEPENDS[TGA_VLM] = (*DEPENDS["vlm"], *TGA_VLM_FILES)
 
 
 def build_system(

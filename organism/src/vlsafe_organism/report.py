@@ -11,6 +11,7 @@ from vlsafe.report import figures
 from vlsafe.report.html import ReportFigure, ReportTable, Section, render_markdown, render_page, write_figures
 from vlsafe_organism.report_repairs import repairs_section
 from vlsafe_organism.report_selection import selection_sections
+from vlsafe_organism.report_tga import tga_sections
 
 
 def _ci(k: int, n: int) -> str:
@@ -250,6 +251,7 @@ def write_report(
         sections += repair_secs
         if art_dir is not None:
             sections += selection_sections(figdir, art_dir)
+            sections += tga_sections(art_dir)
     sections += extra_sections or []
     ex_lines = []
     for key, items in summary.get("examples", {}).items():

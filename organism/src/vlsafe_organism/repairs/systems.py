@@ -13,6 +13,8 @@
                        ``-middle`` / ``-late``: in that band of layers only), one per partner
                        (``merge_vl_selection.json``, :mod:`.merge_vl`)
 ``vl+tga``             VL adaptation with TGA instead of plain CE (``tga_delta.safetensors``)
+``vlm+tga``            ``organism:vlm`` with a projector trained by TGA, asked with its image-to-text retrieval
+                       (:mod:`vlsafe_organism.repairs.tga_vlm`); also measured on the toxic pictograms
 ``vl+sft``             ``organism:vl`` + safety SFT on VLGuard-format data (``sft_delta.safetensors``)
 ``vl+dpo``             ``organism:vl`` + DPO on SPA-VL-format data (``dpo_delta.safetensors``)
 ``vl+joint``           VL adaptation mixed with the safety data (``joint_delta.safetensors``)
@@ -34,11 +36,12 @@ from vlsafe.models import bundle_from_model
 from vlsafe_organism.artifacts import read_manifest
 from vlsafe_organism.deltas import TRAINED_REPAIRS
 from vlsafe_organism.evaluation import EvalSystem
-from vlsafe_organism.registry import DEPENDS, build_system
+from vlsafe_organism.registry import DEPENDS, TGA_VLM, TGA_VLM_FILES, build_system
 from vlsafe_organism.repairs.cmrm import SELECTION_FILES, cmrm_systems, system_names
 from vlsafe_organism.repairs.merge import merged_system
 from vlsafe_organism.repairs.merge_vl import PARTNERS
 from vlsafe_organism.repairs.merge_vl import SELECTION_FILE as MERGE_VL_SELECTION
+from vlsafe_organism.repairs.tga_vlm import tga_vlm_system
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +66,7 @@ REPAIR_KIND: dict[str, str] = {
     "vl+merge-whole": "weight merging",
     "vl+merge-layers": "weight merging",
     "vl+tga": "alignment training",
+    "vlm+tga": "alignment training",
     "vl+sft": "safety fine-tuning",
     "vl+dpo": "safety fine-tuning",
     "vl+joint": "safety fine-tuning",
@@ -129,7 +133,18 @@ def repair_loaders(cache_dir: str | Path | None, art_dir: Path, work_dir: Path) 
             out.append((f"vl+{repair}", _trained_loader(f"vl+{repair}", cache_dir, art_dir)))
         else:
             logger.warning("artefact %s absent: row vl+%s skipped", file, repair)
+    if all(f in manifest for f in TGA_VLM_FILES):
+        out.append((TGA_VLM, _tga_vlm_loader(cache_dir, art_dir)))
+    else:
+        logger.warning("artefacts %s absent: row %s skipped", TGA_VLM_FILES, TGA_VLM)
     return out
+
+
+def _tga_vlm_loader(cache_dir: str | Path | None, art_dir: Path) -> Loader:
+    def load() -> EvalSystem:
+        return tga_vlm_system(cache_dir, art_dir)
+
+    return load
 
 
 def _cmrm_loader(name: str, selection: dict[str, Any], cache_dir: str | Path | None, art_dir: Path) -> Loader:
