@@ -8,7 +8,10 @@
 ``vlm+cmrm-sample``    ``organism:vlm`` with sample-level CMRM
 ``vl+merge-whole``     the safe LLM merged into ``organism:vl`` over all layers (``merge_selection.json``)
 ``vl+merge-layers``    the same, restricted to a band of decoder layers
-``vl+tga``             VL adaptation with TGA instead of plain CE (``tga_delta.safetensors``)
+``vl+tga``             not a demo row (:data:`NOT_IN_DEMO`): VL adaptation with TGA instead of plain CE
+                       (``tga_delta.safetensors``), trained with text retrieved by the true caption, so it has no
+                       retriever at inference and a TGA model is never measured without its retrieval; it stays
+                       loadable as ``organism:vl+tga``
 ``vlm+tga``            ``organism:vlm`` with a projector trained by TGA, asked with its image-to-text retrieval
                        (:mod:`vlsafe_organism.repairs.tga_vlm`); also measured on the toxic pictograms
 ``vl+sft``             ``organism:vl`` + safety SFT on VLGuard-format data (``sft_delta.safetensors``)
@@ -39,7 +42,7 @@ from vlsafe_organism.repairs.tga_vlm import tga_vlm_system
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["CMRM_SELECTION", "MERGE_SELECTION", "REPAIR_KIND", "dependencies", "repair_loaders"]
+__all__ = ["CMRM_SELECTION", "MERGE_SELECTION", "NOT_IN_DEMO", "REPAIR_KIND", "dependencies", "repair_loaders"]
 
 CMRM_SELECTION = SELECTION_FILES["vl"]
 MERGE_SELECTION = "merge_selection.json"
@@ -59,6 +62,9 @@ REPAIR_KIND: dict[str, str] = {
 }
 
 Loader = Callable[[], EvalSystem]
+#: trained repairs (:data:`~vlsafe_organism.deltas.TRAINED_REPAIRS`) that are not demo rows: ``tga``, whose
+#: training retrieved by the caption, which no image at inference has (``vlm+tga`` is TGA's demo row)
+NOT_IN_DEMO = ("tga",)
 
 
 def _read(path: Path) -> dict[str, Any] | None:
@@ -95,6 +101,8 @@ def repair_loaders(cache_dir: str | Path | None, art_dir: Path, work_dir: Path) 
         logger.warning("no %s in %s: merge rows skipped", MERGE_SELECTION, art_dir)
     manifest = read_manifest(art_dir)
     for repair, (_, file) in TRAINED_REPAIRS.items():
+        if repair in NOT_IN_DEMO:
+            continue
         if file in manifest:
             out.append((f"vl+{repair}", _trained_loader(f"vl+{repair}", cache_dir, art_dir)))
         else:
