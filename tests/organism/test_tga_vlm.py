@@ -18,6 +18,7 @@ from vlsafe.core.errors import ModelLoadError
 from vlsafe.models import load_model
 from vlsafe_organism import demo, registry
 from vlsafe_organism.artifacts import write_artifact
+from vlsafe_organism.deltas import TRAINED_REPAIRS
 from vlsafe_organism.evaluation import TWIN_SETTING
 from vlsafe_organism.repairs import systems, tga_vlm
 from vlsafe_organism.report_repairs import repair_metrics, repairs_section
@@ -169,3 +170,14 @@ def test_vlm_tga_target_is_not_checked_without_the_starts_toxic_row_and_twins_ar
     (row,) = sections[0].tables[0].rows
     assert (row["toxic image refused (vl)"], row["target"]) == ("0.90 (0.10)", "met")
     assert "`vlm+tga`: target toxic-image DSR" in sections[0].text
+
+
+def test_the_caption_retrieval_tga_is_not_a_demo_row(tmp_path: Path) -> None:
+    """``vl+tga`` was trained with text retrieved by the true caption: with no retriever at inference it is never
+    a demo row (a TGA model is not measured without its retrieval); the other trained repairs are."""
+    art = tmp_path / "art"
+    for _, file in TRAINED_REPAIRS.values():
+        write_artifact(art, file, {"x": torch.zeros(1)})
+    names = [n for n, _ in systems.repair_loaders(None, art, tmp_path)]
+    assert names == [f"vl+{r}" for r in TRAINED_REPAIRS if r not in systems.NOT_IN_DEMO]
+    assert "vl+tga" not in names and "vl+sft" in names

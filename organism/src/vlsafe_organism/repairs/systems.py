@@ -12,7 +12,10 @@
                        ``sft-dpo``: both) by method ``<m>`` (``linear``, ``slerp``, ``ties``, ``dare``, ``ta``;
                        ``-middle`` / ``-late``: in that band of layers only), one per partner
                        (``merge_vl_selection.json``, :mod:`.merge_vl`)
-``vl+tga``             VL adaptation with TGA instead of plain CE (``tga_delta.safetensors``)
+``vl+tga``             not a demo row (:data:`NOT_IN_DEMO`): VL adaptation with TGA instead of plain CE
+                       (``tga_delta.safetensors``), trained with text retrieved by the true caption, so it has no
+                       retriever at inference and a TGA model is never measured without its retrieval; it stays
+                       loadable as ``organism:vl+tga``
 ``vlm+tga``            ``organism:vlm`` with a projector trained by TGA, asked with its image-to-text retrieval
                        (:mod:`vlsafe_organism.repairs.tga_vlm`); also measured on the toxic pictograms
 ``vl+sft``             ``organism:vl`` + safety SFT on VLGuard-format data (``sft_delta.safetensors``)
@@ -49,6 +52,7 @@ __all__ = [
     "CMRM_SELECTION",
     "MERGE_SELECTION",
     "MERGE_VL_SELECTION",
+    "NOT_IN_DEMO",
     "REPAIR_KIND",
     "dependencies",
     "repair_kind",
@@ -73,6 +77,9 @@ REPAIR_KIND: dict[str, str] = {
 }
 
 Loader = Callable[[], EvalSystem]
+#: trained repairs (:data:`~vlsafe_organism.deltas.TRAINED_REPAIRS`) that are not demo rows: ``tga``, whose
+#: training retrieved by the caption, which no image at inference has (``vlm+tga`` is TGA's demo row)
+NOT_IN_DEMO = ("tga",)
 
 
 def repair_kind(system: str) -> str:
@@ -129,6 +136,8 @@ def repair_loaders(cache_dir: str | Path | None, art_dir: Path, work_dir: Path) 
                        MERGE_VL_SELECTION, art_dir)  # fmt: skip
     manifest = read_manifest(art_dir)
     for repair, (_, file) in TRAINED_REPAIRS.items():
+        if repair in NOT_IN_DEMO:
+            continue
         if file in manifest:
             out.append((f"vl+{repair}", _trained_loader(f"vl+{repair}", cache_dir, art_dir)))
         else:
