@@ -108,8 +108,8 @@ def test_select_baselines_resumes_and_chooses_per_method(tiny, tmp_path):
     assert calls == [("SFTConfig", 4, 1e-4, 0.5), ("DPOConfig", 2, 1e-4, None)]  # only the missing points
     assert names == ["vl", "vl+sft", "vl+sft", "vl+sft", "vl+dpo"] and not queue
     assert [p["name"] for p in sel["points"]] == [p["name"] for p in grid]
-    assert all(p["train_seconds"] >= 0 and p["eval_seconds"] >= 0 and Path(p["model_dir"]).is_dir()
-               for p in sel["points"])  # fmt: skip
+    assert all(p["train_seconds"] >= 0 and p["eval_seconds"] >= 0 and not Path(p["model_dir"]).is_absolute()
+               and (tmp_path / "work" / p["model_dir"]).is_dir() for p in sel["points"])  # fmt: skip
     assert sel["chosen"]["sft"]["name"] == "sft-4-lr0.0001-safety0.5" and sel["chosen"]["sft"]["within_limits"]
     assert sel["chosen"]["dpo"]["name"] == "dpo-2-lr0.0001" and not sel["chosen"]["dpo"]["within_limits"]
     assert json.loads(out.read_text())["chosen"] == sel["chosen"]
@@ -131,11 +131,17 @@ def test_export_chosen_exports_each_chosen_run(tmp_path, monkeypatch):
     sel = {"chosen": {"sft": point, "dpo": {**rb._point("dpo", 20, 2e-4), "model_dir": "/runs/dpo/model"}}}
     assert rb.export_chosen(sel, tmp_path, "cache", kinds=("sft", "dpo")) == [{"ok": "sft"}, {"ok": "dpo"}]
     name, model_dir, art, kw = exported[0]
-    assert (name, model_dir, art, kw["cache_dir"]) == ("sft", "/runs/sft/model", tmp_path, "cache")
+    assert (name, model_dir, art, kw["cache_dir"]) == ("sft", Path("/runs/sft/model"), tmp_path, "cache")
     assert kw["meta"]["grid_point"] == {"name": point["name"], "kind": "sft", "steps": 20, "lr": 5e-5,
                                         "safety_share": 0.5, "within_limits": False}  # fmt: skip
     with pytest.raises(ConfigError, match="no chosen 'joint' run"):
         rb.export_chosen(sel, tmp_path)
+    # a relative model_dir (what select_baselines records) is found under the folder it trained in
+    sel["chosen"]["sft"]["model_dir"] = "runs-1/sft/model"
+    with pytest.raises(ConfigError, match="'runs-1/sft/model' is relative .* give work_dir"):
+        rb.export_chosen(sel, tmp_path, kinds=("sft",))
+    rb.export_chosen(sel, tmp_path, kinds=("sft",), work_dir=tmp_path / "work")
+    assert exported[-1][1] == tmp_path / "work" / "runs-1" / "sft" / "model"
 
 
 def test_select_baselines_trains_again_when_the_start_systems_change(tiny, tmp_path):
@@ -158,6 +164,7 @@ def test_select_baselines_trains_again_when_the_start_systems_change(tiny, tmp_p
     second = rb.select_baselines(tmp_path / "sel.json", tmp_path / "work", **kw)
     assert len(calls) == 2 and second["artefacts"]["vl_lora.safetensors"] == "b" * 64
     old, new = Path(first["points"][0]["model_dir"]), Path(second["points"][0]["model_dir"])
+    assert old.parts[-2:] == ("sft-2-lr0.0001", "model")
     assert old != new and old.parent.name == new.parent.name == "sft-2-lr0.0001"  # a fresh run directory
 
 
@@ -182,12 +189,13 @@ def test_build_repairs_tunes_the_baselines_when_asked(tmp_path, monkeypatch):
     monkeypatch.setattr(build, "_train", fake_train)
     monkeypatch.setattr(build, "export_trained_repair", lambda *a, **k: None)
     monkeypatch.setattr(build, "select_baselines", fake_select)
-    monkeypatch.setattr(build, "export_chosen", lambda sel, a, c, kinds: tuned.append(("export", a, kinds)))
+    monkeypatch.setattr(build, "export_chosen",
+                        lambda sel, a, c, kinds, work_dir: tuned.append(("export", a, kinds, work_dir.name)))  # fmt: skip
     build.build_repairs(art, tmp_path / "cache", which=("tga", "sft", "joint"), selections=False,
                         tune_baselines=True)  # fmt: skip
     assert trained == ["tga"]  # SFT and joint come from the grid
     assert tuned == [("select", art / rb.SELECTION_FILE, "baseline-grid", ["joint", "sft"], art),
-                     ("export", art, ["sft", "joint"])]  # fmt: skip
+                     ("export", art, ["sft", "joint"], "baseline-grid")]  # fmt: skip
     build.build_repairs(art, tmp_path / "cache", which=("dpo",), selections=False)
     assert trained == ["tga", "dpo"] and len(tuned) == 2  # the default: one fixed run
 

@@ -188,7 +188,9 @@ def select_baselines(
         t0 = time.perf_counter()
         metrics = measure(EvalSystem(f"vl+{gp['kind']}", load_model(str(model_dir), dtype="float32")))
         eval_s = time.perf_counter() - t0
-        point = {**gp, **metrics, "model_dir": str(model_dir), "train_seconds": round(train_s, 1),
+        # relative to work_dir: the selection file (committed beside the artefacts) names no machine's path
+        rel = Path(model_dir).resolve().relative_to(work_dir.resolve())
+        point = {**gp, **metrics, "model_dir": str(rel), "train_seconds": round(train_s, 1),
                  "eval_seconds": round(eval_s, 1)}  # fmt: skip
         logger.info("baseline %s: %s", gp["name"], {k: metrics.get(k) for k in ("harmful_refusal", "benign_refusal",
                                                                                  "utility")})  # fmt: skip
@@ -207,13 +209,18 @@ def select_baselines(
 
 
 def export_chosen(
-    selection: dict[str, Any], art_dir: Path, cache_dir: str | Path | None = None, kinds: Sequence[str] = KINDS
+    selection: dict[str, Any],
+    art_dir: Path,
+    cache_dir: str | Path | None = None,
+    kinds: Sequence[str] = KINDS,
+    work_dir: str | Path | None = None,
 ) -> list[dict[str, Any]]:
     """Export the chosen run of each of ``kinds`` as the committed delta of ``vl+<kind>`` in ``art_dir`` (its
-    manifest entry records the grid point). Returns the manifest entries.
+    manifest entry records the grid point). A run's ``model_dir`` is relative to ``work_dir``, the folder
+    :func:`select_baselines` trained in (an absolute ``model_dir`` is used as it is). Returns the manifest entries.
 
     Raises:
-        ConfigError: a kind has no chosen run in ``selection``.
+        ConfigError: a kind has no chosen run in ``selection``, or a relative ``model_dir`` without ``work_dir``.
     """
     entries = []
     for kind in kinds:
@@ -222,7 +229,13 @@ def export_chosen(
             raise ConfigError(f"the baseline selection has no chosen {kind!r} run; run select_baselines first")
         meta = {"grid_point": {k: choice.get(k) for k in ("name", *RUN_FIELDS, "within_limits")},
                 "train_seconds": choice.get("train_seconds")}  # fmt: skip
-        entries.append(export_trained_repair(kind, choice["model_dir"], art_dir, cache_dir=cache_dir, meta=meta))
+        model_dir = Path(choice["model_dir"])
+        if not model_dir.is_absolute():
+            if work_dir is None:
+                raise ConfigError(f"the chosen {kind!r} run's model_dir {str(model_dir)!r} is relative to the "
+                                  "folder select_baselines trained in: give work_dir")  # fmt: skip
+            model_dir = Path(work_dir) / model_dir
+        entries.append(export_trained_repair(kind, model_dir, art_dir, cache_dir=cache_dir, meta=meta))
     return entries
 
 

@@ -115,9 +115,9 @@ def build_repairs(
         results.append(result)
     if tuned:
         grid = [p for p in baseline_grid() if p["kind"] in tuned]
-        chosen = select_baselines(art_dir / BASELINE_SELECTION, stage_root(cache_dir) / "baseline-grid", cache_dir,
-                                  grid=grid, art_dir=art_dir)  # fmt: skip
-        export_chosen(chosen, art_dir, cache_dir, kinds=tuned)
+        work = stage_root(cache_dir) / "baseline-grid"
+        chosen = select_baselines(art_dir / BASELINE_SELECTION, work, cache_dir, grid=grid, art_dir=art_dir)
+        export_chosen(chosen, art_dir, cache_dir, kinds=tuned, work_dir=work)
     if selections:
 
         for system, file in SELECTION_FILES.items():
