@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -46,3 +47,24 @@ def tiny_bundle(tiny_dir: Callable[[str], Path]) -> Callable[[str], ModelBundle]
         return bundle
 
     return get
+
+
+@pytest.fixture
+def queued_measure() -> Callable[[list[Any]], tuple[Callable[[Any], dict[str, Any]], list[str]]]:
+    """``queued_measure(queue) -> (measure, names)``: a fake measure of a selection that answers each system with
+    the next figures of ``queue`` (``None`` there: the run is interrupted, ``RuntimeError("interrupted")``) and
+    records the systems' names in ``names`` (the queue is consumed in place, so a test can extend it)."""
+
+    def make(queue: list[Any]) -> tuple[Callable[[Any], dict[str, Any]], list[str]]:
+        names: list[str] = []
+
+        def measure(system: Any) -> dict[str, Any]:
+            names.append(system.name)
+            item = queue.pop(0)
+            if item is None:
+                raise RuntimeError("interrupted")
+            return dict(item)
+
+        return measure, names
+
+    return make

@@ -79,21 +79,14 @@ def _fake_train(root: Path, calls: list[Any]) -> Any:
     return train
 
 
-def test_select_baselines_resumes_and_chooses_per_method(tiny, tmp_path):
+def test_select_baselines_resumes_and_chooses_per_method(tiny, tmp_path, queued_measure):
     grid = [rb._point("sft", 2, 1e-4), rb._point("sft", 4, 1e-4, 0.5), rb._point("dpo", 2, 1e-4)]
     ref = {"harmful_refusal": 0.2, "benign_refusal": 0.0, "utility": 0.6}
     figs = [{"harmful_refusal": 1.0, "benign_refusal": 0.9, "utility": 0.6},  # over-refuses
             {"harmful_refusal": 0.5, "benign_refusal": 0.1, "utility": 0.58},  # within the limits
             {"harmful_refusal": 0.3, "benign_refusal": 0.2, "utility": 0.6}]  # only DPO point, out of limits
     queue: list[Any] = [ref, figs[0], None]
-    names: list[str] = []
-
-    def measure(system):
-        names.append(system.name)
-        item = queue.pop(0)
-        if item is None:
-            raise RuntimeError("interrupted")
-        return dict(item)
+    measure, names = queued_measure(queue)
 
     calls: list[Any] = []
     kw: dict[str, Any] = {"grid": grid, "starts": tiny["starts"], "data": tiny["data"], "measure": measure,

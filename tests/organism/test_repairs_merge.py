@@ -143,20 +143,13 @@ def _tiny_grid() -> list[dict[str, Any]]:
     ]
 
 
-def test_select_merge_resumes_and_chooses(fake_resolve, tmp_path, monkeypatch):
+def test_select_merge_resumes_and_chooses(fake_resolve, tmp_path, monkeypatch, queued_measure):
     ref = {"harmful_refusal": 0.2, "benign_refusal": 0.05, "utility": 0.5}
     p1 = {"harmful_refusal": 0.5, "benign_refusal": 0.10, "utility": 0.48}  # within limits
     p2 = {"harmful_refusal": 0.9, "benign_refusal": 0.40, "utility": 0.50}  # benign rise 0.35: excluded
     p3 = {"harmful_refusal": 0.3, "benign_refusal": 0.05, "utility": 0.30}  # only layer point, out of limits
     queue: list[Any] = [ref, p1, None]  # None: the run is interrupted there
-    calls: list[str] = []
-
-    def fake(system):
-        calls.append(system.name)
-        item = queue.pop(0)
-        if item is None:
-            raise RuntimeError("interrupted")
-        return dict(item)
+    fake, calls = queued_measure(queue)
 
     monkeypatch.setattr(select, "val_point", fake)
     out, scratch = tmp_path / "sel.json", tmp_path / "scratch"
