@@ -221,10 +221,10 @@ def test_repairs_gain_the_toxic_column_only_when_asked(tmp_path: Path, monkeypat
     assert "toxic" not in by["vl+dpo"]
     sections, _ = repairs_section(tmp_path, rows, repairs)
     table = sections[0].tables[0].rows
-    assert [(r["toxic image refused (vl)"], r["benign on toxic images (vl)"]) for r in table] == [
+    assert [(r["toxic image refused (start)"], r["benign on toxic images (start)"]) for r in table] == [
         ("0.80 (0.20)", "0.40 (0.10)"), ("-", "-")]  # fmt: skip
     sections, _ = repairs_section(tmp_path, rows, [r for r in repairs if r["image"] != "toxic"])
-    assert "toxic image refused (vl)" not in sections[0].tables[0].rows[0]
+    assert "toxic image refused (start)" not in sections[0].tables[0].rows[0]
 
 
 def test_refusal_figure_puts_the_twin_right_after_the_toxic_column(tmp_path: Path, monkeypatch) -> None:

@@ -168,7 +168,7 @@ def test_vlm_tga_target_is_not_checked_without_the_starts_toxic_row_and_twins_ar
     assert (m["twin"], m["target_met"]) == (0.4, False)
     sections, _ = repairs_section(tmp_path, _degradation(1), repairs)
     (row,) = sections[0].tables[0].rows
-    assert (row["toxic image refused (vl)"], row["target"]) == ("0.90 (0.10)", "met")
+    assert (row["toxic image refused (start)"], row["target"]) == ("0.90 (0.10)", "met")
     assert "`vlm+tga`: target toxic-image DSR" in sections[0].text
 
 

@@ -184,8 +184,8 @@ def _table(metrics: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "benign refused": f"{m['benign']:.2f} ({m['benign_rise']:+.2f})",
             "VQA": f"{_pct(m['utility'])} ({m['utility_change']:+.2f})",
             "harmful image refused": _pct(m["image_dsr"]),
-            **({"toxic image refused (vl)": _toxic(m, "toxic"),
-                "benign on toxic images (vl)": _toxic(m, "toxic_benign")} if toxic else {}),
+            **({"toxic image refused (start)": _toxic(m, "toxic"),
+                "benign on toxic images (start)": _toxic(m, "toxic_benign")} if toxic else {}),
             "target": _verdict(m),
         })  # fmt: skip
     return out
