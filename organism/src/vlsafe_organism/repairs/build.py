@@ -4,7 +4,8 @@ Each trained repair is one cached, fingerprinted stage (:mod:`vlsafe_organism.st
 ``<cache>/stages/repair-<name>``; its merged model is then reduced to a weight delta from its start system
 (:func:`vlsafe_organism.repairs.trained.export_trained_repair`) in the artefact directory.
 
-Recipes (the committed artefacts were built with exactly these):
+Recipes (the committed ``tga`` artefact was built with exactly its recipe; the committed ``sft``, ``dpo`` and
+``joint`` artefacts are the grid's choices, ``tune_baselines`` below):
 
 * ``tga``: :func:`vlsafe_organism.tga.run_tga_organism` with the VL recipe of the organism it
   repairs (:func:`vlsafe_organism.recipe.recipe_of_artifacts`) -- the plain VL recipe's data, stages, steps
