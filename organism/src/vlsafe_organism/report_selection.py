@@ -10,7 +10,7 @@ from typing import Any
 
 from vlsafe.report import figures
 from vlsafe.report.html import ReportFigure, ReportTable, Section
-from vlsafe_organism.artifacts import MANIFEST
+from vlsafe_organism.artifacts import MANIFEST, read_manifest
 from vlsafe_organism.deltas import TRAINED_REPAIRS
 from vlsafe_organism.repairs.baselines import SELECTION_FILE as BASELINE_SELECTION
 from vlsafe_organism.repairs.baselines import TITLE as BASELINE_TITLE
@@ -203,7 +203,7 @@ def _exported_note(data: dict[str, Any], manifest: dict[str, Any]) -> str:
             "choices (`vlsafe organism build --tune-baselines` exports them).")
 
 
-def _baselines(figdir: Path, data: dict[str, Any]) -> Section:
+def _baselines(figdir: Path, data: dict[str, Any], manifest: dict[str, Any]) -> Section:
     ref = data["reference"]
     chosen = {k: v.get("name") for k, v in (data.get("chosen") or {}).items() if v}
     rows = [{"run": "organism:vl (none)", "method": "-", "steps": "-", "lr": "-", "safety share": "-",
@@ -222,7 +222,7 @@ def _baselines(figdir: Path, data: dict[str, Any]) -> Section:
         "Safety SFT (VLGuard format), DPO (SPA-VL format) and joint training (VL adaptation from `organism:vlm` with "
         "the safety data mixed in) over a small grid each: steps of batch 4, learning rate, and the share of safety "
         "records in the training set (for SFT, mixed with benign synthetic VQA). Chosen by the repairs' rule on the "
-        "validation split: " + " ".join(notes) + _exported_note(data, data.get("_manifest", {}))
+        "validation split: " + " ".join(notes) + _exported_note(data, manifest)
     )
     figures.save_png(selection_figure(data, BASELINE_TITLE), figdir / "baseline_selection.png")
     fig = ReportFigure.from_file(figdir / "baseline_selection.png", "Baseline grid on the validation split")
@@ -232,13 +232,15 @@ def _baselines(figdir: Path, data: dict[str, Any]) -> Section:
 def selection_sections(figdir: Path, art_dir: Path) -> list[Section]:
     """The CMRM, merge and baseline selection sections (each left out when its file is absent)."""
     sections: list[Section] = []
+    manifest = read_manifest(art_dir) if (art_dir / MANIFEST).is_file() else {}
+
+    def baselines(figdir: Path, data: dict[str, Any]) -> Section:
+        return _baselines(figdir, data, manifest)
+
     builds = (*((f, _cmrm) for f in SELECTION_FILES.values()), ("merge_selection.json", _merge),
-              (MERGE_VL_SELECTION, _merge_vl), (BASELINE_SELECTION, _baselines))  # fmt: skip
+              (MERGE_VL_SELECTION, _merge_vl), (BASELINE_SELECTION, baselines))  # fmt: skip
     for name, build in builds:
         path = art_dir / name
         if path.is_file():
-            data = json.loads(path.read_text())
-            if build is _baselines and (art_dir / MANIFEST).is_file():
-                data["_manifest"] = json.loads((art_dir / MANIFEST).read_text())
-            sections.append(build(figdir, data))
+            sections.append(build(figdir, json.loads(path.read_text())))
     return sections
