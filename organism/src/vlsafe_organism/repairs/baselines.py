@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from vlsafe.core.errors import ConfigError
+from vlsafe.core.io import write_json_atomic
 from vlsafe.methods.training.dpo import DPOConfig, run_dpo
 from vlsafe.methods.training.sft import SFTConfig, run_sft
 from vlsafe.models import load_model
@@ -112,12 +113,6 @@ def _train(config: SFTConfig | DPOConfig) -> Path:
     return Path(config.output_dir) / "model"
 
 
-def _write(path: Path, data: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(data, indent=1, default=str) + "\n")
-    tmp.replace(path)
-
 
 def select_baselines(
     out: Path,
@@ -170,7 +165,7 @@ def select_baselines(
         t0 = time.perf_counter()
         ref = measure(EvalSystem("vl", load_model(starts["vl"], dtype="float32")))
         sel["reference"] = {"name": "vl", **ref, "eval_seconds": round(time.perf_counter() - t0, 1)}
-        _write(out, {**sel, "date": dt.date.today().isoformat()})
+        write_json_atomic(out, {**sel, "date": dt.date.today().isoformat()}, indent=1)
     runs = work_dir / ("runs-" + hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()[:12])
     done = {p["name"]: p for p in sel["points"]}
     points: list[dict[str, Any]] = []
@@ -197,12 +192,12 @@ def select_baselines(
         points.append(point)
         names = {p["name"] for p in points}
         sel["points"] = points + [p for p in sel["points"] if p["name"] not in names]
-        _write(out, {**sel, "date": dt.date.today().isoformat()})
+        write_json_atomic(out, {**sel, "date": dt.date.today().isoformat()}, indent=1)
     sel["points"] = points
     sel["chosen"] = {kind: select.choose([p for p in points if p["kind"] == kind], sel["reference"])
                      for kind in dict.fromkeys(p["kind"] for p in points)}  # fmt: skip
     sel["date"] = dt.date.today().isoformat()
-    _write(out, sel)
+    write_json_atomic(out, sel, indent=1)
     if figure is not None:
         save_png(selection_figure(sel, TITLE), figure)
     return sel

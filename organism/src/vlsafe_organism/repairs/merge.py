@@ -29,6 +29,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from vlsafe.core.io import write_json_atomic
 from vlsafe.methods.merging import MergeConfig, merge
 from vlsafe.models import load_model
 from vlsafe.report.figures import bar_with_intervals, save_png
@@ -185,12 +186,6 @@ def merged_system(
     return _load_system(out_dir, str(choice.get("system") or f"vl+merge-{choice['kind']}"))
 
 
-def _write(path: Path, data: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(data, indent=1) + "\n")
-    tmp.replace(path)
-
 
 def select_merge(
     out: Path,
@@ -241,7 +236,7 @@ def select_merge(
         data["reference"] = {"name": "vl", **measure(EvalSystem("vl", bundle)),
                              "eval_seconds": round(time.perf_counter() - t0, 1)}  # fmt: skip
         del bundle
-        _write(out, {**data, "date": dt.date.today().isoformat()})
+        write_json_atomic(out, {**data, "date": dt.date.today().isoformat()}, indent=1)
     done = {p["name"]: p for p in data["points"]}
     points: list[dict[str, Any]] = []
     for gp in grid:
@@ -264,7 +259,7 @@ def select_merge(
                                                                                 "utility")})  # fmt: skip
         points.append(point)
         data["points"] = points + [p for p in data["points"] if p["name"] not in {q["name"] for q in points}]
-        _write(out, {**data, "date": dt.date.today().isoformat()})
+        write_json_atomic(out, {**data, "date": dt.date.today().isoformat()}, indent=1)
     data["points"] = points
     chosen = {}
     for kind in dict.fromkeys(p["kind"] for p in grid):
@@ -276,7 +271,7 @@ def select_merge(
         data.pop("heldout", None)  # held-out numbers of other choices are stale
     data["chosen"] = chosen
     data["date"] = dt.date.today().isoformat()
-    _write(out, data)
+    write_json_atomic(out, data, indent=1)
     if figure is not None:
 
         save_png(selection_figure(data, title), figure)

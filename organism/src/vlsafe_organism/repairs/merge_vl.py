@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from vlsafe.core.errors import ConfigError
+from vlsafe.core.io import write_json_atomic
 from vlsafe.methods.merging import MergeConfig
 from vlsafe_organism.artifacts import PACKAGE_ARTIFACTS, read_manifest
 from vlsafe_organism.evaluation import EvalSystem
@@ -179,7 +180,7 @@ def _start_over_if_stale(out: Path, fingerprint: dict[str, str]) -> None:
         for key in ("points", "reference", "chosen", "heldout"):
             data.pop(key, None)
     data["artefacts"] = fingerprint
-    out.write_text(json.dumps(data, indent=1) + "\n")
+    write_json_atomic(out, data, indent=1)
 
 
 def select_vl_merge(
