@@ -26,12 +26,12 @@ from safetensors import safe_open
 
 from vlsafe.core.errors import ModelLoadError
 from vlsafe.data.retrieval import EmbeddingIndex
-from vlsafe.models import bundle_from_model, load_model
+from vlsafe.models import bundle_from_model
 from vlsafe_organism.artifacts import PACKAGE_ARTIFACTS, load_artifact, write_artifact
 from vlsafe_organism.base import load_base_vision
-from vlsafe_organism.deltas import apply_delta, delta_tensors
 from vlsafe_organism.evaluation import EvalSystem
 from vlsafe_organism.registry import TGA_VLM, TGA_VLM_FILES, build_system
+from vlsafe_organism.repairs.trained import checked_delta
 from vlsafe_organism.tga import IMAGES_FILE, KEYS_FILE, pooled_vision_embedder
 from vlsafe_organism.wiring import make_image_processor
 
@@ -78,19 +78,14 @@ def export_tga_vlm(
         ModelLoadError: a tensor outside the projector differs from ``organism:vlm``'s (not a projector-only
             model), the data folder lacks its keys, or the keys and captions differ in number.
     """
+    def projector_only(tensors: dict[str, torch.Tensor]) -> None:
+        outside = sorted({k.rsplit(".", 1)[0] for k in tensors if PROJECTOR not in k})
+        if outside:
+            raise ModelLoadError(f"{trained_dir} is not a projector-only model: {len(outside)} tensors outside the "
+                                 f"projector differ from organism:vlm's, e.g. {outside[:3]}")  # fmt: skip
+
     model, _ = build_system("vlm", cache_dir, art_dir)
-    start = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    trained_bundle = load_model(str(trained_dir), dtype="float32")
-    trained = {k: v.detach() for k, v in trained_bundle.model.state_dict().items()}
-    tensors = delta_tensors(start, {k: trained[k] for k in start})
-    outside = sorted({k.rsplit(".", 1)[0] for k in tensors if PROJECTOR not in k})
-    if outside:
-        raise ModelLoadError(f"{trained_dir} is not a projector-only model: {len(outside)} tensors outside the "
-                             f"projector differ from organism:vlm's, e.g. {outside[:3]}")  # fmt: skip
-    changed = apply_delta(model, tensors)
-    rebuilt = model.state_dict()
-    err = max(float((rebuilt[k].float() - trained[k].float()).norm() / max(trained[k].float().norm(), 1e-12))
-              for k in start)  # fmt: skip
+    tensors, changed, err = checked_delta(model, trained_dir, projector_only)
     folder = Path(data_dir)
     if not (folder / KEYS_FILE).is_file():
         raise ModelLoadError(f"{folder} holds no retrieval keys ({KEYS_FILE}); write the data with an embedder")
