@@ -54,6 +54,43 @@ def test_high_rank_change_of_a_big_matrix_is_stored_whole() -> None:
     assert set(tensors) == {"w.value"}
 
 
+def test_float32_roundoff_is_not_a_change_but_a_small_real_change_is() -> None:
+    g = torch.Generator().manual_seed(2)
+    start = {"emb": torch.randn(40, 16, generator=g), "n": torch.tensor([0.0, 1.0])}
+    noisy = start["emb"].clone()
+    noisy[-1] = torch.nextafter(noisy[-1], torch.full_like(noisy[-1], 10.0))  # one float32 step, as a reordered
+    noisy[-2] = torch.nextafter(torch.nextafter(noisy[-2], -noisy[-2]), -noisy[-2])  # reduction gives
+    assert not torch.equal(noisy, start["emb"])
+    assert delta_tensors(start, {"emb": noisy, "n": start["n"]}) == {}
+    changed = noisy.clone()
+    changed[3, 5] += 1e-4  # ~1e-4 relative: a real (if tiny) update
+    assert set(delta_tensors(start, {"emb": changed, "n": start["n"]})) == {"emb.value"}
+    assert set(delta_tensors(start, {"emb": start["emb"], "n": torch.tensor([1e-30, 1.0])})) == {"n.value"}
+
+
+class _Tied(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = torch.nn.Embedding(50, 8)
+        self.lm_head = torch.nn.Linear(8, 50, bias=False)
+        self.lm_head.weight = self.embed.weight
+
+
+def test_a_delta_naming_a_tied_weight_by_its_alias_applies() -> None:
+    torch.manual_seed(0)
+    model = _Tied()
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    assert set(start) == {"embed.weight", "lm_head.weight"}  # the state dict names the tied tensor twice
+    trained = {k: v.clone() for k, v in start.items()}
+    for v in trained.values():
+        v[7] += 0.5  # a new row, seen under both names
+    tensors = delta_tensors(start, trained)
+    assert set(tensors) == {"embed.weight.value", "lm_head.weight.value"}
+    assert apply_delta(model, {"lm_head.weight.value": tensors["lm_head.weight.value"]}) == 1
+    assert torch.allclose(model.embed.weight, trained["embed.weight"], atol=1e-3)
+    assert apply_delta(model, tensors) == 2
+
+
 def test_mismatched_checkpoints_are_refused() -> None:
     with pytest.raises(ModelLoadError, match="different tensors"):
         delta_tensors({"a": torch.zeros(2)}, {"b": torch.zeros(2)})

@@ -10,6 +10,10 @@ so ``organism:vl+sft`` etc. load like any other organism system (:mod:`vlsafe_or
 
 Artefact keys: ``<param>.delta_A`` ``[r, in]`` and ``<param>.delta_B`` ``[out, r]`` (float16; the update is
 ``B @ A`` in float32), or ``<param>.value`` (the new tensor, float16).
+
+A tensor that differs from its start only by float32 round-off (every element within :data:`ROUNDOFF_ULPS` units
+in the last place) counts as unchanged: the start system is rebuilt on the fly, and a reduction computed in another
+order (another torch thread count, e.g. the mean-initialised ``<image>`` embedding row) moves it by that much.
 """
 
 from __future__ import annotations
@@ -29,6 +33,17 @@ TRAINED_REPAIRS: dict[str, tuple[str, str]] = {
     "dpo": ("vl", "dpo_delta.safetensors"),
     "joint": ("vlm", "joint_delta.safetensors"),
 }
+
+
+#: a change of at most this many float32 units in the last place, element by element, is round-off, not training
+ROUNDOFF_ULPS = 4
+
+
+def _roundoff_only(a: torch.Tensor, b: torch.Tensor, delta: torch.Tensor) -> bool:
+    if not (a.is_floating_point() and b.is_floating_point()):
+        return False
+    scale = torch.maximum(a.float().abs(), b.float().abs())
+    return bool(torch.all(delta.abs() <= ROUNDOFF_ULPS * torch.finfo(torch.float32).eps * scale))
 
 
 def trained_system_names() -> list[str]:
@@ -64,7 +79,8 @@ def delta_tensors(
 ) -> dict[str, torch.Tensor]:
     """The artefact tensors that turn ``start`` into ``trained`` (see the module docstring).
 
-    Unchanged tensors are left out. A changed 2-D tensor whose change has rank <= ``max_rank`` and is
+    Unchanged tensors are left out, and so are tensors changed only by float32 round-off (:data:`ROUNDOFF_ULPS`).
+    A changed 2-D tensor whose change has rank <= ``max_rank`` and is
     reproduced by the float16 factors within ``rtol`` is stored as factors, anything else as its new value.
 
     Raises:
@@ -81,7 +97,7 @@ def delta_tensors(
                 f"tensor {name!r}: shape {tuple(a.shape)} in start, {tuple(b.shape)} trained"
             )
         delta = b.float() - a.float()
-        if not torch.any(delta):
+        if not torch.any(delta) or _roundoff_only(a, b, delta):
             continue
         factors = (
             _low_rank(delta, max_rank, rtol) if delta.dim() == 2 and min(delta.shape) > max_rank else None
@@ -97,10 +113,12 @@ def delta_tensors(
 def apply_delta(model: torch.nn.Module, tensors: Mapping[str, torch.Tensor]) -> int:
     """Apply artefact tensors to ``model`` in place; returns how many parameters changed.
 
+    A key may name a tied parameter by either of its names (e.g. ``lm_head.weight`` tied to the input embeddings).
+
     Raises:
         ModelLoadError: A key names no parameter of the model, or a shape differs.
     """
-    params = dict(model.named_parameters())
+    params = dict(model.named_parameters(remove_duplicate=False))
     names = sorted({k.rsplit(".", 1)[0] for k in tensors})
     with torch.no_grad():
         for name in names:
