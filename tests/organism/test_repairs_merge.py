@@ -101,7 +101,7 @@ def test_merged_system_exact_linear_and_cached(fake_resolve, organism, tmp_path,
     assert choice["config"]["models"][0] == {"model": rm.SAFE_REF, "weight": 0.25}
     out = tmp_path / "merged"
     system = rm.merged_system(choice, out)
-    assert system.name == "vl+merge-whole" and hasattr(system.bundle.processor, "image_processor")
+    assert system.name == "vl+merge-safe-llm-linear" and hasattr(system.bundle.processor, "image_processor")
     merged, vl, llm = _tensors(out), _tensors(organism["vl"]), _tensors(organism["safe-llm"])
     assert set(merged) == set(vl)
     n_lm = n_changed = 0
@@ -126,7 +126,7 @@ def test_merged_system_exact_linear_and_cached(fake_resolve, organism, tmp_path,
 
     monkeypatch.setattr(rm, "merge", fail)
     mtime = (out / "model.safetensors").stat().st_mtime_ns
-    assert rm.merged_system(choice, out).name == "vl+merge-whole"
+    assert rm.merged_system(choice, out).name == "vl+merge-safe-llm-linear"
     assert (out / "model.safetensors").stat().st_mtime_ns == mtime
     changed = {**choice, "config": rm.merge_grid()[1]["config"]}  # another weight: must merge again
     with pytest.raises(AssertionError, match="merge ran"):
@@ -172,3 +172,59 @@ def test_select_merge_resumes_and_chooses(fake_resolve, tmp_path, monkeypatch, q
     assert json.loads(out.read_text())["chosen"] == data["chosen"]
     assert (tmp_path / "fig.png").read_bytes()[:4] == b"\x89PNG"
     assert list(scratch.iterdir()) == []
+
+
+def test_system_names_say_partner_method_and_band():
+    grid = rm.merge_grid()
+    names = {p["name"]: p["system"] for p in grid}
+    assert names["linear-0.25"] == names["linear-0.75"] == "vl+merge-safe-llm-linear"
+    assert names["task-arith-0.75"] == "vl+merge-safe-llm-ta"
+    assert names["layers-early"] == "vl+merge-safe-llm-linear-early"
+    assert names["layers-middle+late"] == "vl+merge-safe-llm-linear-middle-late"
+    assert names["task-arith-1.0-late"] == "vl+merge-safe-llm-ta-late"
+    assert all(p["system"] == rm.system_name(p) for p in grid)
+    both = {"config": {"method": "task_arithmetic"}}
+    assert rm.system_name(both, partner="sft+dpo") == "vl+merge-sft-dpo-ta"
+    with pytest.raises(ValueError, match=r"layers \[3, 4\] are not one of the bands"):
+        rm.system_name({"config": {"method": "linear", "layers": [3, 4]}})
+    with pytest.raises(ValueError, match="'model_stock' has no system-name tag"):
+        rm.system_name({"config": {"method": "model_stock"}})
+
+
+def test_committed_safe_llm_merges_named_and_written_as_merge_configs(tmp_path):
+    from vlsafe_organism.artifacts import PACKAGE_ARTIFACTS
+    from vlsafe_organism.repairs.systems import dependencies, repair_kind, repair_loaders
+
+    selection = json.loads((PACKAGE_ARTIFACTS / rm.SELECTION_FILE).read_text())
+    chosen = selection["chosen"]
+    assert [rm.system_name(chosen[k]) for k in ("whole", "layers")] == [
+        "vl+merge-safe-llm-ta", "vl+merge-safe-llm-ta-late"]  # fmt: skip
+    for c in chosen.values():
+        path = PACKAGE_ARTIFACTS / rm.CONFIG_DIR / (rm.system_name(c).replace("+", "_") + ".yaml")
+        resolved = MergeConfig.from_dict(c["config"]).to_yaml(tmp_path / "c.yaml")
+        assert path.read_text() == resolved.read_text()  # a rerunnable `vlsafe merge` file, every field
+    names = [n for n, _ in repair_loaders(None, PACKAGE_ARTIFACTS, tmp_path / "work")]
+    assert names[names.index("vl+merge-safe-llm-ta") + 1] == "vl+merge-safe-llm-ta-late"
+    assert not any(n in names for n in ("vl+merge-whole", "vl+merge-layers"))
+    assert dependencies("vl+merge-safe-llm-ta-late")[1] == (rm.SELECTION_FILE,)
+    assert repair_kind("vl+merge-safe-llm-ta") == "weight merging"
+    from vlsafe_organism.report_selection import selection_sections
+
+    (section,) = [s for s in selection_sections(tmp_path / "fig", PACKAGE_ARTIFACTS) if s.title == "How the merges were chosen"]
+    assert "whole: `vl+merge-safe-llm-ta` (`task-arith-0.75`)." in section.text
+    assert "layers: `vl+merge-safe-llm-ta-late` (`task-arith-1.0-late`)." in section.text
+
+
+def test_write_merge_configs_replaces_only_its_own_stale_files(tmp_path):
+    grid = rm.merge_grid()
+    whole, late = grid[4], grid[-1]  # task arithmetic 0.75; task arithmetic 1.0 in the late band
+    other = tmp_path / "vl_merge-sft-linear.yaml"  # another selection's file
+    other.parent.mkdir(parents=True, exist_ok=True)
+    other.write_text("kept")
+    selection = {"points": grid, "chosen": {"whole": whole, "layers": late}}
+    paths = rm.write_merge_configs(selection, tmp_path)
+    assert [p.name for p in paths] == ["vl_merge-safe-llm-ta.yaml", "vl_merge-safe-llm-ta-late.yaml"]
+    selection["chosen"] = {"whole": grid[0], "layers": None}  # re-selected: linear, no band merge
+    assert [p.name for p in rm.write_merge_configs(selection, tmp_path)] == ["vl_merge-safe-llm-linear.yaml"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["vl_merge-safe-llm-linear.yaml", "vl_merge-sft-linear.yaml"]
+    assert other.read_text() == "kept"

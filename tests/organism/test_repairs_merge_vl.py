@@ -222,7 +222,7 @@ def test_selection_file_gives_partner_rows_dependencies_and_report_section(fake_
     files, selections = dependencies("vl+merge-dpo-dare")
     assert selections == (mv.SELECTION_FILE,)
     assert set(files) == set(DEPENDS["vl+sft"]) | set(DEPENDS["vl+dpo"]) and len(files) == len(set(files))
-    assert dependencies("vl+merge-whole")[1] == ("merge_selection.json",)  # the safe-LLM merges unchanged
+    assert dependencies("vl+merge-safe-llm-ta")[1] == ("merge_selection.json",)  # the safe-LLM merges unchanged
     assert [repair_kind(n) for n in ("vl+merge-sft-dpo-ta", "vl+sft", "vl+other")] == [
         "weight merging", "safety fine-tuning", "-"]  # fmt: skip
     (section,) = selection_sections(tmp_path / "fig", tmp_path)
@@ -248,7 +248,7 @@ def test_merging_verdict_counts_only_admissible_systems():
     assert "the best baseline `vl+dpo` (3/10" in text and "vl+tga" not in text
     assert "merging does not win" in merging_verdict([_m("vl+dpo", 8, 0, 0.6), merge])
     assert "a tie" in merging_verdict([_m("vl+dpo", 7, 0, 0.6), merge])
-    lossy = _m("vl+merge-whole", 9, 0, 0.5)  # VQA -0.10: outside the limits
+    lossy = _m("vl+merge-safe-llm-ta", 9, 0, 0.5)  # VQA -0.10: outside the limits
     assert "no merge is admissible, the best baseline is `vl+dpo`" in merging_verdict([dpo, lossy])
     assert "no baseline is admissible (`vl+sft`" in merging_verdict([sft, merge])
     assert "neither wins" in merging_verdict([sft, lossy])
@@ -299,9 +299,11 @@ def test_committed_merge_configs_are_the_committed_choices(tmp_path):
     from vlsafe_organism.artifacts import PACKAGE_ARTIFACTS
 
     selection = json.loads((PACKAGE_ARTIFACTS / mv.SELECTION_FILE).read_text())
-    files = sorted((PACKAGE_ARTIFACTS / mv.CONFIG_DIR).glob("*.yaml"))
+    files = sorted((PACKAGE_ARTIFACTS / mv.CONFIG_DIR).glob("vl_merge-*.yaml"))
     chosen = [c for c in selection["chosen"].values() if c]
-    assert [f.name for f in files] == sorted(c["system"].replace("+", "_") + ".yaml" for c in chosen)
+    safe_llm = json.loads((PACKAGE_ARTIFACTS / "merge_selection.json").read_text())["chosen"].values()
+    systems = [c["system"] for c in chosen] + [rm.system_name(c) for c in safe_llm if c]
+    assert [f.name for f in files] == sorted(s.replace("+", "_") + ".yaml" for s in systems)  # both selections
     for c in chosen:
         path = PACKAGE_ARTIFACTS / mv.CONFIG_DIR / (c["system"].replace("+", "_") + ".yaml")
         assert MergeConfig.from_yaml(path).input_refs()[0] == mv.VL_REF  # loads through the library's config

@@ -15,7 +15,7 @@ from vlsafe_organism.deltas import TRAINED_REPAIRS
 from vlsafe_organism.repairs.baselines import SELECTION_FILE as BASELINE_SELECTION
 from vlsafe_organism.repairs.baselines import TITLE as BASELINE_TITLE
 from vlsafe_organism.repairs.cmrm import BEYOND_ALPHAS, COARSE_ALPHAS, SELECTION_FILES, plot_selection
-from vlsafe_organism.repairs.merge import selection_figure
+from vlsafe_organism.repairs.merge import selection_figure, system_name
 from vlsafe_organism.repairs.merge_vl import SELECTION_FILE as MERGE_VL_SELECTION
 from vlsafe_organism.repairs.merge_vl import TITLE as MERGE_VL_TITLE
 
@@ -149,7 +149,7 @@ def _merge(figdir: Path, data: dict[str, Any]) -> Section:
     notes = []
     for kind, c in (data.get("chosen") or {}).items():
         if c:
-            notes.append(f"{kind}: `{c['name']}`." + _improves(c, ref))
+            notes.append(f"{kind}: `{c.get('system') or system_name(c)}` (`{c['name']}`)." + _improves(c, ref))
     text = (
         "Merges of the safe LLM's weights into `organism:vl`'s language model (projector and vision tower kept): "
         "`linear-w` averages with safe weight w; `task-arith-w` adds w times the safety-tuning delta (safe LLM "

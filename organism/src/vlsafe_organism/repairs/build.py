@@ -22,9 +22,10 @@ With ``tune_baselines``, SFT, DPO and joint training are instead chosen from a v
 Then the settings of the untrained repairs are chosen on the validation split and written beside the
 artefacts: :func:`vlsafe_organism.repairs.cmrm.select_cmrm` (``cmrm_selection.json`` for ``vl``,
 ``cmrm_vlm_selection.json`` for ``vlm``) and
-:func:`vlsafe_organism.repairs.merge.select_merge` (``merge_selection.json``) and
+:func:`vlsafe_organism.repairs.merge.select_merge` (``merge_selection.json``: the safe LLM merged into ``vl``) and
 :func:`vlsafe_organism.repairs.merge_vl.select_vl_merge` (``merge_vl_selection.json``: ``vl`` merged with the
-freshly exported ``vl+sft`` and ``vl+dpo``, and the chosen merges as ``vlsafe merge`` YAML files in ``merges/``);
+freshly exported ``vl+sft`` and ``vl+dpo``); the chosen merges of both are written as ``vlsafe merge`` YAML files in
+``merges/``;
 each resumes from its file.
 """
 
@@ -44,7 +45,7 @@ from vlsafe_organism.repairs.baselines import KINDS as BASELINE_KINDS
 from vlsafe_organism.repairs.baselines import SELECTION_FILE as BASELINE_SELECTION
 from vlsafe_organism.repairs.baselines import baseline_grid, export_chosen, select_baselines
 from vlsafe_organism.repairs.cmrm import BUILD_OPTIONS, SELECTION_FILES, select_cmrm
-from vlsafe_organism.repairs.merge import select_merge
+from vlsafe_organism.repairs.merge import CONFIG_DIR, select_merge, write_merge_configs
 from vlsafe_organism.repairs.merge_vl import select_vl_merge
 from vlsafe_organism.repairs.systems import MERGE_SELECTION, MERGE_VL_SELECTION
 from vlsafe_organism.repairs.trained import export_trained_repair
@@ -123,6 +124,6 @@ def build_repairs(
 
         for system, file in SELECTION_FILES.items():
             select_cmrm(art_dir / file, cache_dir, system=system, art_dir=art_dir, **BUILD_OPTIONS[system])
-        select_merge(art_dir / MERGE_SELECTION, cache_dir, art_dir=art_dir)
+        write_merge_configs(select_merge(art_dir / MERGE_SELECTION, cache_dir, art_dir=art_dir), art_dir / CONFIG_DIR)
         select_vl_merge(art_dir / MERGE_VL_SELECTION, cache_dir, art_dir=art_dir)
     return results

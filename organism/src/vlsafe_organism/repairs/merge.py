@@ -12,7 +12,9 @@ image-token embedding rows and processor, and mixes the language-model tensors (
 
 :func:`select_merge` measures every grid point on the *validation* split (:func:`~.select.val_point`) and picks
 the best whole-model and the best layer-selective point with the fixed rule :func:`~.select.choose`;
-:func:`merged_system` materialises a chosen merge (cached) as an :class:`~vlsafe_organism.evaluation.EvalSystem`.
+:func:`merged_system` materialises a chosen merge (cached) as an :class:`~vlsafe_organism.evaluation.EvalSystem`
+named after its partner and method (:func:`system_name`: ``vl+merge-safe-llm-ta``, ``vl+merge-safe-llm-ta-late``),
+and :func:`write_merge_configs` writes the chosen merges as ``vlsafe merge`` YAML files (``merges/``).
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "BANDS",
+    "CONFIG_DIR",
     "BASE_REF",
     "SAFE_REF",
     "VL_REF",
@@ -51,6 +54,8 @@ __all__ = [
     "merged_system",
     "select_merge",
     "selection_figure",
+    "system_name",
+    "write_merge_configs",
 ]
 
 VL_REF = "organism:vl"
@@ -66,6 +71,53 @@ BANDS: dict[str, list[int]] = {
     "middle+late": list(range(10, 30)),
 }
 SELECTION_FILE = "merge_selection.json"
+#: folder (beside the selection files) of the chosen merges as ``vlsafe merge`` YAML files
+CONFIG_DIR = "merges"
+#: method -> the short tag of the merge rows' system names
+METHOD_TAGS = {"linear": "linear", "task_arithmetic": "ta", "ties": "ties", "dare_linear": "dare", "slerp": "slerp"}
+#: the partner tag of the safe-LLM merges' system names
+PARTNER = "safe-llm"
+
+
+def system_name(point: dict[str, Any], partner: str = PARTNER) -> str:
+    """The demo row of a merge grid point: ``vl+merge-<partner>-<method>[-<band>]``.
+
+    The method tag is :data:`METHOD_TAGS`' (``ta`` for task arithmetic); the band is the :data:`BANDS` name of the
+    config's ``layers`` (``middle+late`` spelled ``middle-late``), absent for a merge of every layer; ``partner``
+    is what is merged into ``vl`` (default the safe LLM), ``+`` spelled ``-``. E.g. ``vl+merge-safe-llm-ta``,
+    ``vl+merge-safe-llm-ta-late``, ``vl+merge-sft-dpo-ta``.
+    """
+    config = point["config"]
+    method = config["method"]
+    if method not in METHOD_TAGS:
+        raise ValueError(f"merge method {method!r} has no system-name tag; known: {sorted(METHOD_TAGS)}")
+    name = f"vl+merge-{partner.replace('+', '-')}-{METHOD_TAGS[method]}"
+    layers = config.get("layers")
+    if layers:
+        band = next((b for b, ls in BANDS.items() if list(ls) == list(layers)), None)
+        if band is None:
+            raise ValueError(f"layers {layers} are not one of the bands {sorted(BANDS)}: no system-name tag")
+        name += f"-{band.replace('+', '-')}"
+    return name
+
+
+def write_merge_configs(selection: dict[str, Any], out_dir: Path) -> list[Path]:
+    """Write each chosen merge of ``selection`` as a ``vlsafe merge`` YAML file ``<out_dir>/<system>.yaml``
+    (``+`` spelled ``_``), every field resolved, ``organism:`` refs kept. The files of this selection's points that
+    are no longer chosen are removed (other files in ``out_dir`` are left alone). Returns the written paths."""
+    chosen = [c for c in (selection.get("chosen") or {}).values() if c]
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    def file(point: dict[str, Any]) -> Path:
+        return out_dir / (str(point.get("system") or system_name(point)).replace("+", "_") + ".yaml")
+
+    paths = [MergeConfig.from_dict(c["config"]).to_yaml(file(c)) for c in chosen]
+    for point in selection.get("points") or []:
+        stale = file(point)
+        if stale not in paths and stale.is_file():
+            stale.unlink()
+    return paths
 
 
 def _linear(w_safe: float) -> dict[str, Any]:
@@ -96,7 +148,8 @@ def _band(band: str, w_safe: float) -> dict[str, Any]:
 
 
 def merge_grid() -> list[dict[str, Any]]:
-    """The ordered grid: ``{"name", "kind": "whole" | "layers", "config": MergeConfig fields}`` per point.
+    """The ordered grid: ``{"name", "kind": "whole" | "layers", "system", "config": MergeConfig fields}`` per point
+    (``system``: the demo row the point becomes when chosen, :func:`system_name`).
 
     Within each kind the points run from the gentlest change of ``organism:vl`` to the strongest, so the
     selection rule's tie-break (the earlier point) prefers the gentler merge. Task arithmetic with the base LLM
@@ -114,9 +167,11 @@ def merge_grid() -> list[dict[str, Any]]:
     # the safety delta added once more, only inside a band (vl's other layers untouched)
     layers += [(f"task-arith-1.0-{band}", {**_over_base("task_arithmetic", 1.0), "layers": BANDS[band],
                                            "rest_from": VL_REF}) for band in ("middle", "late")]  # fmt: skip
-    return [{"name": n, "kind": "whole", "config": c} for n, c in whole] + [
-        {"name": n, "kind": "layers", "config": c} for n, c in layers
-    ]
+    grid = [{"name": n, "kind": "whole", "config": c} for n, c in whole]
+    grid += [{"name": n, "kind": "layers", "config": c} for n, c in layers]
+    for point in grid:
+        point["system"] = system_name(point)
+    return grid
 
 
 def concrete_config(
@@ -170,7 +225,7 @@ def merged_system(
     choice: dict[str, Any], out_dir: Path, cache_dir: str | Path | None = None, art_dir: Path | None = None
 ) -> EvalSystem:
     """Materialise the merge ``choice`` (a grid point) in ``out_dir`` and load it as its ``"system"`` name (default
-    ``vl+merge-<kind>``).
+    :func:`system_name`: a selection written before the points carried their names).
 
     The merge is skipped when ``out_dir`` already holds weights and the same resolved ``merge_config.yaml``.
     """
@@ -183,7 +238,7 @@ def merged_system(
     else:
         seconds = _merge_into(config, out_dir, None)  # refs resolved above
         logger.info("merge %s into %s took %.1f s", choice.get("name"), out_dir, seconds)
-    return _load_system(out_dir, str(choice.get("system") or f"vl+merge-{choice['kind']}"))
+    return _load_system(out_dir, str(choice.get("system") or system_name(choice)))
 
 
 
@@ -242,7 +297,7 @@ def select_merge(
     for gp in grid:
         old = done.get(gp["name"])
         if old is not None and old.get("config") == gp["config"] and old.get("kind") == gp["kind"]:
-            points.append(old)
+            points.append({**old, **gp})  # measured before: the grid's fields (e.g. a new "system") refreshed
             continue
         scratch = Path(tempfile.mkdtemp(prefix="vlsafe-merge-", dir=scratch_dir))
         try:
@@ -300,6 +355,7 @@ def main() -> None:  # pragma: no cover - the real selection run (minutes of CPU
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     fig = Path(sys.argv[1]) if len(sys.argv) > 1 else None
     data = select_merge(PACKAGE_ARTIFACTS / SELECTION_FILE, figure=fig)
+    write_merge_configs(data, PACKAGE_ARTIFACTS / CONFIG_DIR)
     print(json.dumps(data["chosen"], indent=1))
 
 

@@ -35,11 +35,11 @@ from typing import Any
 
 from vlsafe.core.errors import ConfigError
 from vlsafe.core.io import write_json_atomic
-from vlsafe.methods.merging import MergeConfig
 from vlsafe_organism.artifacts import PACKAGE_ARTIFACTS, read_manifest
 from vlsafe_organism.evaluation import EvalSystem
 from vlsafe_organism.registry import DEPENDS
-from vlsafe_organism.repairs.merge import BANDS, VL_REF, select_merge
+from vlsafe_organism.repairs.merge import BANDS, CONFIG_DIR, VL_REF, select_merge, write_merge_configs
+from vlsafe_organism.repairs.merge import system_name as merge_system_name
 
 logger = logging.getLogger(__name__)
 
@@ -58,12 +58,8 @@ __all__ = [
 #: the safety-tuned VL models trained from ``organism:vl`` (trained repairs of :mod:`vlsafe_organism.deltas`)
 PARTNERS: tuple[str, ...] = ("sft", "dpo")
 SELECTION_FILE = "merge_vl_selection.json"
-#: folder (beside the selection file) of the chosen merges as ``vlsafe merge`` YAML files
-CONFIG_DIR = "merges"
 DENSITY = 0.3
 SEED = 0
-#: method -> the short tag of the system names
-METHOD_TAGS = {"linear": "linear", "task_arithmetic": "ta", "ties": "ties", "dare_linear": "dare", "slerp": "slerp"}
 BAND_SCOPES = ("middle", "late")
 TITLE = "Merges of organism:vl with its safety-tuned versions (validation split)"
 
@@ -74,10 +70,9 @@ def partner_ref(partner: str) -> str:
 
 
 def system_name(point: dict[str, Any]) -> str:
-    """The demo row of a grid point: ``vl+merge-<partner>-<method>[-<band>]``."""
-    partner = str(point["kind"]).replace("+", "-")
-    scope = point.get("scope", "whole")
-    return f"vl+merge-{partner}-{METHOD_TAGS[point['config']['method']]}" + ("" if scope == "whole" else f"-{scope}")
+    """The demo row of a grid point: ``vl+merge-<partner>-<method>[-<band>]`` (:func:`.merge.system_name` with the
+    point's kind as the partner)."""
+    return merge_system_name(point, partner=str(point["kind"]))
 
 
 def _linear(partner: str, w: float) -> dict[str, Any]:
@@ -144,22 +139,6 @@ def vl_merge_grid(partners: Sequence[str] = PARTNERS) -> list[dict[str, Any]]:
     for point in grid:
         point["system"] = system_name(point)
     return grid
-
-
-def write_merge_configs(selection: dict[str, Any], out_dir: Path) -> list[Path]:
-    """Write each chosen merge of ``selection`` as a ``vlsafe merge`` YAML file ``<out_dir>/<system>.yaml``
-    (``+`` spelled ``_``), every field resolved, ``organism:`` refs kept; files of merges no longer chosen are
-    removed. Returns the written paths."""
-    chosen = [c for c in (selection.get("chosen") or {}).values() if c]
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for choice in chosen:
-        name = str(choice.get("system") or system_name(choice)).replace("+", "_")
-        paths.append(MergeConfig.from_dict(choice["config"]).to_yaml(out_dir / f"{name}.yaml"))
-    for stale in set(out_dir.glob("vl_merge-*.yaml")) - set(paths):
-        stale.unlink()
-    return paths
 
 
 def artefact_fingerprint(art_dir: Path, systems: Sequence[str]) -> dict[str, str]:

@@ -6,11 +6,13 @@
 ``vlm+cmrm-dataset``   ``organism:vlm`` (projector only: the safe LLM unchanged) steered by a dataset-level
                        CMRM vector (settings: ``cmrm_vlm_selection.json``)
 ``vlm+cmrm-sample``    ``organism:vlm`` with sample-level CMRM
-``vl+merge-whole``     the safe LLM merged into ``organism:vl`` over all layers (``merge_selection.json``)
-``vl+merge-layers``    the same, restricted to a band of decoder layers
-``vl+merge-<p>-<m>``   ``organism:vl`` merged with its safety-tuned version ``organism:vl+<p>`` (``sft``, ``dpo``;
-                       ``sft-dpo``: both) by method ``<m>`` (``linear``, ``slerp``, ``ties``, ``dare``, ``ta``;
-                       ``-middle`` / ``-late``: in that band of layers only), one per partner
+``vl+merge-<p>-<m>``   ``organism:vl`` merged with partner ``<p>`` by method ``<m>`` (``linear``, ``slerp``,
+                       ``ties``, ``dare``, ``ta``: task arithmetic; a band suffix ``-early`` / ``-middle`` /
+                       ``-late`` / ``-middle-late``: in that band of decoder layers only;
+                       :func:`.merge.system_name`). Partner ``safe-llm``: the text-only safe LLM, one merge of
+                       every layer and one of a band (``merge_selection.json``, :mod:`.merge`, e.g.
+                       ``vl+merge-safe-llm-ta``, ``vl+merge-safe-llm-ta-late``); partners ``sft`` / ``dpo``: the
+                       safety-tuned version ``organism:vl+<p>`` (``sft-dpo``: both), one per partner
                        (``merge_vl_selection.json``, :mod:`.merge_vl`)
 ``vl+tga``             not a demo row (:data:`NOT_IN_DEMO`): VL adaptation with TGA instead of plain CE
                        (``tga_delta.safetensors``), trained with text retrieved by the true caption, so it has no
@@ -41,7 +43,7 @@ from vlsafe_organism.deltas import TRAINED_REPAIRS
 from vlsafe_organism.evaluation import EvalSystem
 from vlsafe_organism.registry import DEPENDS, TGA_VLM, TGA_VLM_FILES, build_system
 from vlsafe_organism.repairs.cmrm import SELECTION_FILES, cmrm_systems, system_names
-from vlsafe_organism.repairs.merge import merged_system
+from vlsafe_organism.repairs.merge import merged_system, system_name
 from vlsafe_organism.repairs.merge_vl import PARTNERS
 from vlsafe_organism.repairs.merge_vl import SELECTION_FILE as MERGE_VL_SELECTION
 from vlsafe_organism.repairs.tga_vlm import tga_vlm_system
@@ -67,8 +69,6 @@ REPAIR_KIND: dict[str, str] = {
     "vl+cmrm-sample": "inference-time steering",
     "vlm+cmrm-dataset": "inference-time steering",
     "vlm+cmrm-sample": "inference-time steering",
-    "vl+merge-whole": "weight merging",
-    "vl+merge-layers": "weight merging",
     "vl+tga": "alignment training",
     "vlm+tga": "alignment training",
     "vl+sft": "safety fine-tuning",
@@ -116,13 +116,11 @@ def repair_loaders(cache_dir: str | Path | None, art_dir: Path, work_dir: Path) 
     merge = _read(art_dir / MERGE_SELECTION)
     if merge is not None:
         for key in ("whole", "layers"):
-            if merge.get("chosen", {}).get(key):
-                out.append(
-                    (
-                        f"vl+merge-{key}",
-                        _merge_loader(merge["chosen"][key], work_dir / f"merge-{key}", cache_dir, art_dir),
-                    )
-                )
+            choice = (merge.get("chosen") or {}).get(key)
+            if choice:
+                name = str(choice.get("system") or system_name(choice))
+                out.append((name, _merge_loader({**choice, "system": name}, work_dir / f"merge-{key}", cache_dir,
+                                                art_dir)))  # fmt: skip
     else:
         logger.warning("no %s in %s: merge rows skipped", MERGE_SELECTION, art_dir)
     merge_vl = _read(art_dir / MERGE_VL_SELECTION)
