@@ -43,3 +43,22 @@ def test_lora_target_regex_takes_other_targets_and_refuses_unknown_ones(tiny_bun
     assert names and all(name.endswith(".self_attn.q_proj") for name in names)
     with pytest.raises(ConfigError, match=r"no nn.Linear named one of \['nope'\]"):
         lora_target_regex(model, ["nope"])
+
+
+def test_lora_layers_restrict_the_adapters_to_those_decoder_layers(tiny_bundle) -> None:
+    from vlsafe.methods.training import apply_stage
+
+    model = tiny_bundle("llava").model
+    n_layers = model.config.text_config.num_hidden_layers
+    assert n_layers >= 2
+    names = [n for n, _ in model.named_modules() if re.fullmatch(lora_target_regex(model, layers=[n_layers - 1]), n)]
+    assert len(names) == len(LLM_PROJECTIONS)
+    assert all(f".layers.{n_layers - 1}." in n and "vision" not in n for n in names)
+    with pytest.raises(ConfigError, match=rf"lora.layers \[{n_layers}\] are not decoder layers .*0-{n_layers - 1}"):
+        lora_target_regex(model, layers=[0, n_layers])
+    for bad in ([], [-1], [0, 0]):
+        with pytest.raises(ValueError, match="must be distinct decoder layer indices"):
+            LoraSettings(layers=bad)
+    peft_model = apply_stage(model, "llm_lora", LoraSettings(rank=2, alpha=4.0, layers=[0]))
+    trained = {n for n, p in peft_model.named_parameters() if p.requires_grad}
+    assert trained and all(".layers.0." in n and "lora_" in n for n in trained)

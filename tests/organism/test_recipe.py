@@ -129,6 +129,22 @@ def test_vl_full_recipe_changes_only_the_lora_phase() -> None:
         load_recipe({"vl_full": {"proj_steps": 3}})  # only LoRA-phase fields differ between vl and vl-full
 
 
+def test_vl_lora_layers_reach_the_lora_phase_and_keep_older_fingerprints(tmp_path: Path) -> None:
+    import vlsafe_organism.build as build
+    from vlsafe_organism.vl_train import vl_train_config
+
+    vl = VLConfig(vl_lora_layers=[0, 1, 2])
+    assert vl_train_config(vl, "projector+llm", tmp_path).lora.layers == [0, 1, 2]
+    assert vl_train_config(VLConfig(), "projector+llm", tmp_path).lora.layers is None
+    assert OrganismRecipe().vl_full.apply(vl).vl_lora_layers is None  # vl-full adapts every layer
+    # a cache built before the field existed (its fingerprint without the key) stays valid at the default
+    assert build._recipe_fp(VLConfig()) == {k: v for k, v in VLConfig().model_dump().items() if k != "vl_lora_layers"}
+    assert build._recipe_fp(vl)["vl_lora_layers"] == [0, 1, 2]
+    with pytest.raises(ConfigError, match="layers"):
+        load_recipe({"vl": {"vl_lora_layers": []}}).vl  # noqa: B018
+    assert "vl_lora_layers" in build.LORA_PHASE_FIELDS  # the projector stage is kept when only they change
+
+
 def test_tga_config_follows_the_vl_recipe(tmp_path: Path) -> None:
     from vlsafe_organism.tga import organism_tga_config, write_organism_tga_data
 

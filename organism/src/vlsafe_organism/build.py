@@ -38,8 +38,17 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 #: VL recipe fields used by the ``vl`` stage only: changing them keeps the cached ``vlm`` stage.
-LORA_PHASE_FIELDS = {"vl_steps", "vl_lr", "vl_projector_lr", "rank", "alpha", "text_fraction", "text_tokens"}
+LORA_PHASE_FIELDS = {"vl_steps", "vl_lr", "vl_projector_lr", "rank", "alpha", "text_fraction", "text_tokens",
+                     "vl_lora_layers"}
 CODE_VERSION = "1"
+#: recipe fields added after stages were cached: left out of a fingerprint while at this default, so a cache
+#: built before the field existed stays valid
+LATER_FIELDS: dict[str, Any] = {"vl_lora_layers": None}
+
+
+def _recipe_fp(cfg: VLConfig) -> dict[str, Any]:
+    data = cfg.model_dump()
+    return {k: v for k, v in data.items() if k not in LATER_FIELDS or v != LATER_FIELDS[k]}
 
 
 def _source_fp(cache_dir: str | Path | None) -> dict[str, Any]:
@@ -103,7 +112,7 @@ def build_vl(
         if recipe.model_dump(exclude=LORA_PHASE_FIELDS) != cfg.model_dump(exclude=LORA_PHASE_FIELDS):
             raise ConfigError(f"stage {name} must share vl's projector phase; only {sorted(LORA_PHASE_FIELDS)} may differ")
         train = functools.partial(_train_lora_phase, cache_dir=cache_dir, safe=safe.path, vlm=vlm.path, cfg=recipe)
-        fingerprint = {**src, "config": recipe.model_dump(), "vlm": vlm.record["fingerprint_hash"]}
+        fingerprint = {**src, "config": _recipe_fp(recipe), "vlm": vlm.record["fingerprint_hash"]}
         results.append(run_stage(name, root, fingerprint, train))
     return results
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt
 
 from vlsafe.core.config import read_yaml_mapping, validate_config
 from vlsafe_organism.artifacts import read_manifest
@@ -40,6 +40,7 @@ class VLFullConfig(BaseModel):
     vl_lr: float = Field(default=5e-4, gt=0)
     vl_projector_lr: float | None = Field(default=None, gt=0)
     text_fraction: float = Field(default=0.0, ge=0.0, lt=1.0)
+    vl_lora_layers: list[NonNegativeInt] | None = Field(default=None, min_length=1)
 
     def apply(self, vl: VLConfig) -> VLConfig:
         """``vl`` with this LoRA phase."""

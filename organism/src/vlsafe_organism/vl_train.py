@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
@@ -88,6 +88,9 @@ class VLConfig(BaseModel):
     vl_projector_lr: float | None = Field(default=None, gt=0)
     rank: int = 16
     alpha: int = 32
+    #: Decoder layers of the LLM that the LoRA phase adapts (unset: all 30); a gentler LLM update than a lower
+    #: rate, e.g. the early layers only, below the late ones that carry the refusal behaviour.
+    vl_lora_layers: list[NonNegativeInt] | None = Field(default=None, min_length=1)
     probe_every: int = 100
     probe_n: int = 24
     probe_tokens: int = 12
@@ -263,7 +266,7 @@ def vl_train_config(cfg: VLConfig, phase: str, output_dir: Path) -> TrainConfig:
         {
             "output_dir": output_dir,
             "stage": PHASE_STAGES[phase],
-            "lora": LoraSettings(rank=cfg.rank, alpha=cfg.alpha, dropout=0.0) if lora else None,
+            "lora": LoraSettings(rank=cfg.rank, alpha=cfg.alpha, dropout=0.0, layers=cfg.vl_lora_layers) if lora else None,
             "max_steps": cfg.vl_steps if lora else cfg.proj_steps,
             "batch_size": cfg.batch_size,
             "lr": cfg.vl_lr if lora else cfg.proj_lr,

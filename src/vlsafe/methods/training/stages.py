@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from typing import Any, Literal
 
 from peft import LoraConfig, get_peft_model
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from torch import nn
 
 from vlsafe.core.errors import ConfigError
@@ -49,6 +49,8 @@ LLM_PROJECTIONS: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gat
 _PROJECTOR_PATHS = ("multi_modal_projector", "visual.merger", "connector")
 _LLM_PATHS = ("language_model", "text_model")
 _PROJECTOR_EXTRA_PARAMS = ("image_newline",)
+#: the decoder layer index in a module name (``.layers.<i>.``)
+_LAYER_INDEX = re.compile(r"\.layers\.(\d+)\.")
 
 
 class LoraSettings(BaseModel):
@@ -62,6 +64,17 @@ class LoraSettings(BaseModel):
         default_factory=lambda: list(LLM_PROJECTIONS),
         description="leaf names of the LLM's nn.Linear modules that get adapters",
     )
+    layers: list[int] | None = Field(
+        None,
+        description="decoder layer indices that get adapters (peft's layers_to_transform); unset: every layer",
+    )
+
+    @field_validator("layers")
+    @classmethod
+    def _layers(cls, v: list[int] | None) -> list[int] | None:
+        if v is not None and (not v or min(v) < 0 or len(set(v)) != len(v)):
+            raise ValueError(f"layers={v} must be distinct decoder layer indices >= 0, at least one (or unset)")
+        return v
 
 
 def unwrap(model: Any) -> Any:
@@ -110,7 +123,9 @@ def language_model(model: Any) -> tuple[str, nn.Module]:
     raise ConfigError(f"cannot find the language model inside {type(base).__name__}")
 
 
-def lora_target_regex(model: Any, targets: Sequence[str] = LLM_PROJECTIONS) -> str:
+def lora_target_regex(
+    model: Any, targets: Sequence[str] = LLM_PROJECTIONS, layers: Sequence[int] | None = None
+) -> str:
     """A peft ``target_modules`` regex naming exactly the ``targets`` linear layers of ``model``'s language model.
 
     The names are read off the model (the decoder layers of :func:`language_model`), so a VLM's vision tower
@@ -120,19 +135,26 @@ def lora_target_regex(model: Any, targets: Sequence[str] = LLM_PROJECTIONS) -> s
     Args:
         model: an HF VLM or causal LM (or a peft wrapper around one).
         targets: leaf names of the linear layers that get adapters.
+        layers: decoder layer indices whose linear layers get adapters (default: every layer).
 
     Raises:
-        ConfigError: no linear layer of the language model's decoder layers has one of the ``targets`` names.
+        ConfigError: no linear layer of the language model's decoder layers has one of the ``targets`` names, or
+            ``layers`` names a layer the model does not have.
     """
     prefix, llm = language_model(model)
-    names = [
-        f"{prefix}.{name}"
-        for name, mod in llm.named_modules()
-        if isinstance(mod, nn.Linear) and name.rsplit(".", 1)[-1] in targets and ".layers." in f".{name}"
-    ]
-    if not names:
+    found: list[tuple[int, str]] = []
+    for name, mod in llm.named_modules():
+        match = _LAYER_INDEX.search(f".{name}")
+        if isinstance(mod, nn.Linear) and match and name.rsplit(".", 1)[-1] in targets:
+            found.append((int(match.group(1)), f"{prefix}.{name}"))
+    if not found:
         raise ConfigError(f"no nn.Linear named one of {list(targets)} in the LLM's layers; check lora.targets")
-    return "|".join(re.escape(n) for n in names)
+    if layers is not None:
+        n_layers = max(i for i, _ in found) + 1
+        if bad := sorted(set(layers) - set(range(n_layers))):
+            raise ConfigError(f"lora.layers {bad} are not decoder layers of this model (layers 0-{n_layers - 1})")
+        found = [(i, n) for i, n in found if i in set(layers)]
+    return "|".join(re.escape(n) for _, n in found)
 
 
 def apply_stage(model: Any, stage: Stage, lora: LoraSettings | None = None) -> Any:
@@ -149,7 +171,7 @@ def apply_stage(model: Any, stage: Stage, lora: LoraSettings | None = None) -> A
     if stage.endswith("_lora") and not hasattr(model, "get_base_model"):
 
         settings = lora or LoraSettings.model_validate({})
-        regex = lora_target_regex(model, settings.targets)
+        regex = lora_target_regex(model, settings.targets, settings.layers)
         config = LoraConfig(
             r=settings.rank,
             lora_alpha=settings.alpha,  # type: ignore[arg-type]  # peft accepts floats
