@@ -65,7 +65,7 @@ class LoraSettings(BaseModel):
         description="leaf names of the LLM's nn.Linear modules that get adapters",
     )
     layers: list[int] | None = Field(
-        None,
+        default=None,
         description="decoder layer indices that get adapters (peft's layers_to_transform); unset: every layer",
     )
 
