@@ -175,3 +175,25 @@ def test_base_llm_ref_resolves_to_the_converted_base(tmp_path: Path, monkeypatch
     (tmp_path / "config.json").write_text("{}")
     (tmp_path / "model.safetensors").write_bytes(b"")
     assert resolve_checkpoint(BASE_LLM_REF) == tmp_path and converted == ["c"]  # cached: not converted again
+
+
+def test_build_repairs_selections_write_the_chosen_merges_as_merge_configs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from vlsafe_organism.artifacts import write_artifact
+    from vlsafe_organism.repairs import build
+    from vlsafe_organism.repairs import merge as rm
+
+    art = tmp_path / "art"
+    write_artifact(art, "safe_lora.safetensors", {"x": torch.zeros(1)})
+    calls: list[str] = []
+    grid = rm.merge_grid()
+    monkeypatch.setattr(build, "select_cmrm", lambda out, *a, **k: calls.append(Path(out).name))
+    monkeypatch.setattr(build, "select_merge", lambda out, *a, **k: calls.append(Path(out).name) or {
+        "points": grid, "chosen": {"whole": grid[4], "layers": grid[-1]}})  # fmt: skip
+    monkeypatch.setattr(build, "select_vl_merge", lambda out, *a, **k: calls.append(Path(out).name))
+    assert build.build_repairs(art, tmp_path / "cache", which=()) == []
+    assert calls == ["cmrm_selection.json", "cmrm_vlm_selection.json", "merge_selection.json",
+                     "merge_vl_selection.json"]  # fmt: skip
+    assert sorted(p.name for p in (art / rm.CONFIG_DIR).iterdir()) == [
+        "vl_merge-safe-llm-ta-late.yaml", "vl_merge-safe-llm-ta.yaml"]  # fmt: skip
