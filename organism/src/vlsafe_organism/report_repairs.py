@@ -32,6 +32,7 @@ from vlsafe.evals.metrics.intervals import rate_point
 from vlsafe.report import figures
 from vlsafe.report.html import ReportFigure, ReportTable, Section
 from vlsafe_organism.evaluation import TWIN_SETTING
+from vlsafe_organism.repairs.select import MAX_BENIGN_RISE, within_limits
 from vlsafe_organism.repairs.systems import repair_kind
 
 __all__ = ["BASELINES", "TARGETS", "comparison_section", "merging_verdict", "repair_metrics", "repairs_section",
@@ -115,8 +116,6 @@ TARGETS: dict[str, Check] = {"vl+cmrm": _cmrm, "vlm+cmrm": _cmrm, "vl+merge": _m
 
 #: the safety-tuning baselines that the merges are compared with (paper 2's comparison)
 BASELINES = ("vl+sft", "vl+dpo", "vl+joint")
-#: the selection rule's limits, applied to the held-out figures of the comparison
-MAX_BENIGN_RISE, MAX_UTILITY_DROP = 0.10, 0.05
 
 
 def _get(rows: list[dict[str, Any]], system: str, image: str) -> dict[str, Any] | None:
@@ -274,7 +273,7 @@ def repairs_section(
 
 
 def _within(m: dict[str, Any]) -> bool:
-    return m["benign_rise"] <= MAX_BENIGN_RISE + 1e-9 and m["utility_change"] >= -MAX_UTILITY_DROP - 1e-9
+    return within_limits(m["benign_rise"], -m["utility_change"])  # the selection rule's limits, held out
 
 
 def _say(m: dict[str, Any]) -> str:

@@ -39,7 +39,7 @@ from vlsafe_organism.recipes import organism_baseline_configs, organism_safety_d
 from vlsafe_organism.registry import resolve_organism
 from vlsafe_organism.repairs import select
 from vlsafe_organism.repairs.merge import selection_figure
-from vlsafe_organism.repairs.merge_vl import artefact_fingerprint
+from vlsafe_organism.repairs.merge_vl import artefact_fingerprint, start_over_if_stale
 from vlsafe_organism.repairs.trained import export_trained_repair
 
 logger = logging.getLogger(__name__)
@@ -150,15 +150,11 @@ def select_baselines(
     train = train or _train
     grid = list(grid) if grid is not None else baseline_grid()
     out, work_dir = Path(out), Path(work_dir)
-    sel: dict[str, Any] = json.loads(out.read_text()) if out.is_file() else {}
     fingerprint = artefact_fingerprint(art_dir or PACKAGE_ARTIFACTS, ["vl", "vlm"])
-    if sel.get("artefacts") not in (None, fingerprint):
-        logger.info("%s was measured on other start systems: training every point again", out)
-        sel = {}
-    sel["artefacts"] = fingerprint
+    start_over_if_stale(out, fingerprint)  # other start systems: every point is trained again
+    sel: dict[str, Any] = json.loads(out.read_text())
     sel.setdefault("points", [])
-    sel["selection_rule"] = {"max_benign_rise": select.MAX_BENIGN_RISE, "max_utility_drop": select.MAX_UTILITY_DROP,
-                             "setting": select.VAL_SETTING}  # fmt: skip
+    sel["selection_rule"] = select.selection_rule()
     if starts is None:
         starts = {s: str(resolve_organism(f"organism:{s}", cache_dir, art_dir)) for s in ("vl", "vlm")}
     if sel.get("reference") is None:

@@ -384,9 +384,7 @@ def select_cmrm(
     grids = {"dataset": [o for o, _ in dataset_grid], "sample": [o for o, _ in sample_grid]}
     data: dict[str, Any] = {"system": system, "anchors": info, "val": val, "prune": prune, "grid": grids,
                             "refined": [lv for lv in ("dataset", "sample") if prune and lv in refine],
-                            "selection_rule": {
-        "max_benign_rise": select.MAX_BENIGN_RISE, "max_utility_drop": select.MAX_UTILITY_DROP,
-        "setting": select.VAL_SETTING}}  # fmt: skip
+                            "selection_rule": select.selection_rule()}  # fmt: skip
     prior = read_json(out, "CMRM selection") if out.is_file() else {}
     same = prior.get("val") == val and prior.get("anchors", {}).get("hash") == info["hash"]
     if prior.get("reference") and same and prior.get("system", "vl") == system:

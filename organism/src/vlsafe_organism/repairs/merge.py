@@ -279,8 +279,7 @@ def select_merge(
     out = Path(out)
     data: dict[str, Any] = json.loads(out.read_text()) if out.is_file() else {}
     data.setdefault("points", [])
-    data["selection_rule"] = {"max_benign_rise": select.MAX_BENIGN_RISE, "max_utility_drop": select.MAX_UTILITY_DROP,
-                              "setting": select.VAL_SETTING}  # fmt: skip
+    data["selection_rule"] = select.selection_rule()
     if data.get("reference") is None:
 
         ref_dir = (

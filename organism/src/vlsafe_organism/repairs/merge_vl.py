@@ -50,6 +50,7 @@ __all__ = [
     "artefact_fingerprint",
     "partner_ref",
     "select_vl_merge",
+    "start_over_if_stale",
     "system_name",
     "vl_merge_grid",
     "write_merge_configs",
@@ -149,16 +150,17 @@ def artefact_fingerprint(art_dir: Path, systems: Sequence[str]) -> dict[str, str
     return {f: str(manifest.get(f, {}).get("sha256", "")) for f in files}
 
 
-def _start_over_if_stale(out: Path, fingerprint: dict[str, str]) -> None:
-    """Drop the measurements in ``out`` when they were made on other artefacts (e.g. re-tuned partners)."""
-    if not out.is_file():
-        return
-    data = json.loads(out.read_text())
+def start_over_if_stale(out: Path, fingerprint: dict[str, str]) -> None:
+    """Drop the measurements of the selection file ``out`` (points, reference, choices, held-out figures) when they
+    were made on other artefacts than ``fingerprint`` (:func:`artefact_fingerprint`; e.g. re-tuned partners), and
+    record ``fingerprint`` there (a new file holds only it)."""
+    data = json.loads(out.read_text()) if out.is_file() else {}
     if data.get("artefacts") not in (None, fingerprint):
         logger.info("%s was measured on other artefacts: measuring every point again", out)
         for key in ("points", "reference", "chosen", "heldout"):
             data.pop(key, None)
     data["artefacts"] = fingerprint
+    out.parent.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out, data, indent=1)
 
 
@@ -181,8 +183,7 @@ def select_vl_merge(
     and measures every point again when they change (a partner re-tuned), instead of resuming.
     """
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    _start_over_if_stale(out, artefact_fingerprint(art_dir or PACKAGE_ARTIFACTS, ["vl", *(f"vl+{p}" for p in partners)]))
+    start_over_if_stale(out, artefact_fingerprint(art_dir or PACKAGE_ARTIFACTS, ["vl", *(f"vl+{p}" for p in partners)]))
     data = select_merge(out, cache_dir, grid=grid if grid is not None else vl_merge_grid(partners),
                         scratch_dir=scratch_dir, figure=figure, measure=measure, art_dir=art_dir, title=TITLE)  # fmt: skip
     write_merge_configs(data, Path(out).parent / CONFIG_DIR)
