@@ -46,6 +46,7 @@ from vlsafe_organism.repairs.cmrm import SELECTION_FILES, cmrm_systems, system_n
 from vlsafe_organism.repairs.merge import merged_system, system_name
 from vlsafe_organism.repairs.merge_vl import PARTNERS
 from vlsafe_organism.repairs.merge_vl import SELECTION_FILE as MERGE_VL_SELECTION
+from vlsafe_organism.repairs.merge_vl import system_name as vl_merge_name
 from vlsafe_organism.repairs.tga_vlm import tga_vlm_system
 
 logger = logging.getLogger(__name__)
@@ -113,25 +114,18 @@ def repair_loaders(cache_dir: str | Path | None, art_dir: Path, work_dir: Path) 
                 out.append((name, _cmrm_loader(name, {"system": system, **cmrm}, cache_dir, art_dir)))
         else:
             logger.warning("no %s in %s: %s+cmrm rows skipped", file, art_dir, system)
-    merge = _read(art_dir / MERGE_SELECTION)
-    if merge is not None:
-        for key in ("whole", "layers"):
-            choice = (merge.get("chosen") or {}).get(key)
+    merges = ((MERGE_SELECTION, "merge", system_name, "safe-LLM merge rows"),
+              (MERGE_VL_SELECTION, "merge-vl", vl_merge_name, "rows of vl merged with its safety-tuned versions"))
+    for file, work, name_of, what in merges:
+        selection = _read(art_dir / file)
+        if selection is None:
+            logger.warning("no %s in %s: %s skipped", file, art_dir, what)
+            continue
+        for kind, choice in (selection.get("chosen") or {}).items():
             if choice:
-                name = str(choice.get("system") or system_name(choice))
-                out.append((name, _merge_loader({**choice, "system": name}, work_dir / f"merge-{key}", cache_dir,
-                                                art_dir)))  # fmt: skip
-    else:
-        logger.warning("no %s in %s: merge rows skipped", MERGE_SELECTION, art_dir)
-    merge_vl = _read(art_dir / MERGE_VL_SELECTION)
-    if merge_vl is not None:
-        for kind, choice in (merge_vl.get("chosen") or {}).items():
-            if choice:
-                work = work_dir / f"merge-vl-{kind.replace('+', '-')}"
-                out.append((choice["system"], _merge_loader(choice, work, cache_dir, art_dir)))
-    else:
-        logger.warning("no %s in %s: rows of vl merged with its safety-tuned versions skipped",
-                       MERGE_VL_SELECTION, art_dir)  # fmt: skip
+                name = str(choice.get("system") or name_of(choice))  # older files: the name from the point
+                out.append((name, _merge_loader({**choice, "system": name}, work_dir / f"{work}-{kind.replace('+', '-')}",
+                                                cache_dir, art_dir)))  # fmt: skip
     manifest = read_manifest(art_dir)
     for repair, (_, file) in TRAINED_REPAIRS.items():
         if repair in NOT_IN_DEMO:
