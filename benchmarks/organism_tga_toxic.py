@@ -73,6 +73,7 @@ import torch
 from _common import emit, environment
 from safetensors import safe_open
 
+from vlsafe.core.io import write_json_atomic
 from vlsafe.data.pictograms import OBJECTS
 from vlsafe.data.retrieval import retrieval_prompt
 from vlsafe.evals import run_eval
@@ -155,7 +156,7 @@ def train(out: Path, arm: str, args: argparse.Namespace) -> dict[str, Any]:
         selected = SYSTEMS[_selected(out)][0]
         settings = {**ARMS[selected], "from": selected, "lora_lr": args.lora_lr, "lora_steps": args.lora_steps}
         (out / LORA).mkdir(parents=True, exist_ok=True)
-        (out / LORA / "arm.json").write_text(json.dumps(settings, indent=1))
+        write_json_atomic(out / LORA / "arm.json", settings, indent=1)
         base = base.model_copy(update={"vl": base.vl.model_copy(update={"vl_lr": args.lora_lr,
                                                                          "vl_steps": args.lora_steps})})  # fmt: skip
         summary = run_tga_organism(out / arm, recipe=base, stages="all", progress=False,
@@ -164,7 +165,7 @@ def train(out: Path, arm: str, args: argparse.Namespace) -> dict[str, Any]:
         summary = run_tga_organism(out / arm, recipe=base, stages="projector", progress=False,
                                    **ARMS[arm])  # type: ignore[arg-type]  # fmt: skip
     summary["seconds"] = round(time.time() - start)
-    (out / arm / "tga" / "tga_summary.json").write_text(json.dumps(summary, indent=1, default=str))
+    write_json_atomic(out / arm / "tga" / "tga_summary.json", summary, indent=1)
     return {"arm": arm, **summary}
 
 
@@ -233,7 +234,7 @@ def validate(out: Path, system: str, args: argparse.Namespace) -> dict[str, Any]
     point = {"system": system, **toxic_val_point(sys_, out / "val" / system, max_new_tokens=DEMO_TOKENS, **sizes)}
     point["seconds"] = round(time.time() - start)
     rows_file.parent.mkdir(parents=True, exist_ok=True)
-    rows_file.write_text(json.dumps(point, indent=1))
+    write_json_atomic(rows_file, point, indent=1)
     return point
 
 
@@ -248,7 +249,7 @@ def select(out: Path) -> dict[str, Any]:
     chosen = choose([points[c] for c in CANDIDATES], points["plain"])
     result = {"selected": chosen["system"], "within_limits": chosen["within_limits"], "reference": points["plain"],
               "candidates": [points[c] for c in CANDIDATES]}  # fmt: skip
-    (out / "selection.json").write_text(json.dumps(result, indent=1))
+    write_json_atomic(out / "selection.json", result, indent=1)
     return result
 
 
@@ -289,7 +290,7 @@ def measure(out: Path, system: str, args: argparse.Namespace) -> dict[str, Any]:
             result["retrieval"] = _retrieval_names(out / "eval" / system / "toxic")
     result["seconds"] = round(time.time() - start)
     rows_file.parent.mkdir(parents=True, exist_ok=True)
-    rows_file.write_text(json.dumps(result, indent=1))
+    write_json_atomic(rows_file, result, indent=1)
     return result
 
 
@@ -326,7 +327,7 @@ def demo_row(out: Path, art: Path, demo_results: Path | None) -> dict[str, Any]:
                                          n_harmful=DEFAULT_N, n_benign=DEFAULT_N, n_vqa=100, max_new_tokens=DEMO_TOKENS,
                                          benign_settings=REPAIR_BENIGN, n_toxic=N_TOXIC, n_pictogram=100)  # fmt: skip
         result = {"rows": rows, "examples": examples, "seconds": round(time.time() - start)}
-        file.write_text(json.dumps(result, indent=1))
+        write_json_atomic(file, result, indent=1)
     if demo_results is not None:
         metrics = repair_metrics(json.loads(demo_results.read_text())["rows"], result["rows"])
         result["metrics"] = metrics[0] if metrics else None
@@ -460,7 +461,7 @@ def main() -> None:
         figures = report(args.out)
         if args.art is not None:  # the demo report's TGA section reads this file
             record = {**figures, "measured_by": "benchmarks/organism_tga_toxic.py", "date": figures["env"]["date"]}
-            (args.art / TGA_SELECTION).write_text(json.dumps(record, indent=1) + "\n")
+            write_json_atomic(args.art / TGA_SELECTION, record, indent=1)
         emit(figures)
     else:
         for arm in ARMS:
